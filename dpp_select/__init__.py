@@ -1,0 +1,1 @@
+"""Relevance-Diversity DPP selection of safe data (SPARD, ICML 2026)."""

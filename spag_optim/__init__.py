@@ -1,0 +1,1 @@
+"""SPAG: safety projection after each optimizer step (SPARD, ICML 2026)."""
