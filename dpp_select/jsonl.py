@@ -1,0 +1,65 @@
+"""Strict JSON Lines reading for the pools, fine-tuning sets and evaluation files.
+
+One reader serves the ``dpp-select`` command, the examples and the evaluation loaders, so a
+malformed file fails the same way everywhere: with the file, the 1-based line number and what to
+fix, never with a silently shorter dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Sequence
+
+__all__ = ["JSONLError", "read_jsonl", "write_jsonl"]
+
+
+class JSONLError(ValueError):
+    """A JSONL file that cannot be used as it is; the message names the file and line."""
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
+    """Read ``path`` as one JSON object per line.
+
+    Blank lines are skipped. Every other line must be a JSON object that has each key in
+    ``required`` with a string value; otherwise :class:`JSONLError` names the line.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise JSONLError(f"{path}: no such file; pass the path of a .jsonl file")
+    rows: list[dict] = []
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise JSONLError(
+                    f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); "
+                    "each line must hold one JSON object"
+                ) from None
+            if not isinstance(row, dict):
+                raise JSONLError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+                )
+            for key in required:
+                if key not in row:
+                    raise JSONLError(
+                        f"{path}:{lineno}: missing field {key!r} (fields present: "
+                        f"{sorted(row)}); choose the text fields with the right option"
+                    )
+                if not isinstance(row[key], str):
+                    raise JSONLError(
+                        f"{path}:{lineno}: field {key!r} must be a string, "
+                        f"got {type(row[key]).__name__}"
+                    )
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write ``rows`` one JSON object per line (UTF-8, non-ASCII kept as is)."""
+    with open(os.fspath(path), "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
