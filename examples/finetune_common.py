@@ -371,6 +371,18 @@ def select_safe_rows(
     return [int(i) for i in result.indices]
 
 
+def load_eval_rows(
+    path: str | None, required: tuple[str, ...], option: str, limit: int | None
+) -> list[dict[str, Any]]:
+    """The first ``limit`` rows of an evaluation file (none when the option is not given)."""
+    if path is None:
+        return []
+    rows = read_jsonl(path, required=required)[:limit]
+    if not rows:
+        raise SystemExit(f"{option} {path}: no rows")
+    return rows
+
+
 @dataclass
 class Prepared:
     """What a training loop needs; built once by :func:`prepare`."""
@@ -383,6 +395,8 @@ class Prepared:
     collator: Collator
     optimizer: torch.optim.Optimizer
     spag: SPAGOptimizer | None
+    eval_harmful: list[dict[str, Any]]
+    eval_utility: list[dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
@@ -403,12 +417,24 @@ def seed_everything(seed: int) -> None:
 def prepare(args: argparse.Namespace) -> Prepared:
     """Steps 1-4 of the recipe (see the module docstring)."""
     seed_everything(args.seed)
-    device = resolve_device(args.device)
-    model, tokenizer = load_model(args.model, device, resolve_dtype(args.dtype, device))
     rng = random.Random(args.seed)
-
+    # Read every data file before loading the model: a bad line fails in a second, not after
+    # minutes of loading weights.
     task = load_task_rows(args)
     attack = sample_attack_rows(args, len(task), rng)
+    pool: list[tuple[str, str]] = []
+    if not args.no_defense:
+        pool_rows = read_jsonl(args.safe_pool, required=("prompt", "safe"))
+        if not pool_rows:
+            raise SystemExit(f"--safe-pool {args.safe_pool}: no rows")
+        pool = [(r["prompt"], r["safe"]) for r in pool_rows]
+    eval_harmful = load_eval_rows(args.eval_harmful, ("prompt",), "--eval-harmful",
+                                  args.eval_limit)
+    eval_utility = load_eval_rows(args.eval_utility, ("prompt", "answer"), "--eval-utility",
+                                  args.eval_limit)
+
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.model, device, resolve_dtype(args.dtype, device))
     finetune = task + attack
     rng.shuffle(finetune)
     train_rows = encode_rows(tokenizer, finetune, args.max_length, "fine-tuning")
@@ -423,10 +449,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     safe_rows: list[dict[str, list[int]]] = []
     if not args.no_defense:
-        pool_rows = read_jsonl(args.safe_pool, required=("prompt", "safe"))
-        if not pool_rows:
-            raise SystemExit(f"--safe-pool {args.safe_pool}: no rows")
-        pool = [(r["prompt"], r["safe"]) for r in pool_rows]
         picked = select_safe_rows(model, tokenizer, pool, finetune, args, device)
         safe_rows = encode_rows(tokenizer, [pool[i] for i in picked], args.max_length, "safe")
         info["safe_selected"] = len(safe_rows)
@@ -451,7 +473,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     model.train()
     return Prepared(args=args, model=model, tokenizer=tokenizer, device=device,
                     train_rows=train_rows, collator=collator, optimizer=optimizer, spag=spag,
-                    info=info)
+                    eval_harmful=eval_harmful, eval_utility=eval_utility, info=info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,21 +543,16 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
     Responses are scored, never printed: on real data they may be harmful.
     """
     args, metrics = prep.args, {}
-    if args.eval_harmful:
-        rows = read_jsonl(args.eval_harmful, required=("prompt",))[: args.eval_limit]
-        if not rows:
-            raise SystemExit(f"--eval-harmful {args.eval_harmful}: no rows")
-        prompts = [r["prompt"] for r in rows]
+    if prep.eval_harmful:
+        prompts = [r["prompt"] for r in prep.eval_harmful]
         # A refusal shows in its first words: 64 new tokens are plenty (fewer if asked).
         responses = generate(prep.model, prep.tokenizer, prompts, min(64, args.max_new_tokens),
                              args.eval_batch_size, prep.device)
         scores = KeywordRefusalJudge().score(prompts, responses)
         metrics["asr"] = attack_success_rate(scores)
-        metrics["n_eval_harmful"] = len(rows)
-    if args.eval_utility:
-        rows = read_jsonl(args.eval_utility, required=("prompt", "answer"))[: args.eval_limit]
-        if not rows:
-            raise SystemExit(f"--eval-utility {args.eval_utility}: no rows")
+        metrics["n_eval_harmful"] = len(prompts)
+    if prep.eval_utility:
+        rows = prep.eval_utility
         responses = generate(prep.model, prep.tokenizer, [r["prompt"] for r in rows],
                              args.max_new_tokens, args.eval_batch_size, prep.device)
         correct = [gsm8k_correct(g, r["answer"]) for g, r in zip(responses, rows)]
