@@ -17,6 +17,7 @@ from ._inputs import check_embeddings, is_torch
 __all__ = ["relevance_scores"]
 
 _BLOCK_ELEMENTS = 1 << 22  # entries of one similarity block (16 MiB in float32)
+_TARGET_BLOCK = 8192  # target rows per block, so a block always spans many pool rows
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -44,7 +45,7 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     z = z.to(device=x.device, dtype=dtype)
     z = z / torch.from_numpy(target_norms).to(device=x.device, dtype=dtype)[:, None]
     n, m = x.shape[0], z.shape[0]
-    col_block = min(m, _BLOCK_ELEMENTS)
+    col_block = min(m, _TARGET_BLOCK)
     rows = chunk_size or max(1, _BLOCK_ELEMENTS // col_block)
     out = np.empty(n, dtype=np.float64)
     for lo in range(0, n, rows):
