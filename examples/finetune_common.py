@@ -363,10 +363,10 @@ def select_safe_rows(
         return [format_prompt(tokenizer, p) + a for p, a in pairs]
 
     batch = args.eval_batch_size
-    pool_emb = embed_texts(texts(pool), model, tokenizer, batch_size=batch, device=device,
-                           progress=False)
-    target_emb = embed_texts(texts(finetune), model, tokenizer, batch_size=batch, device=device,
-                             progress=False)
+    pool_emb = embed_texts(texts(pool), model, tokenizer, batch_size=batch,
+                           max_length=args.max_length, device=device, progress=False)
+    target_emb = embed_texts(texts(finetune), model, tokenizer, batch_size=batch,
+                             max_length=args.max_length, device=device, progress=False)
     result = select(pool_emb, target_emb, k=k, method="dpp", beta=args.beta, seed=args.seed)
     return [int(i) for i in result.indices]
 
@@ -570,7 +570,8 @@ def finish(prep: Prepared, steps: int, spag_history: Sequence[dict[str, float]])
     metrics["steps"] = steps
     metrics["train_seconds"] = round(time.perf_counter() - prep.started, 2)
     if prep.spag is not None:
-        metrics["projections"] = int(sum(bool(s["projected"]) for s in spag_history))
+        metrics["projections"] = prep.spag.num_projections
+        metrics["nonfinite_safety_steps"] = prep.spag.num_nonfinite
         losses = [s["safety_loss"] for s in spag_history]
         metrics["final_safety_loss"] = losses[-1] if losses else None
     metrics.update(evaluate(prep))

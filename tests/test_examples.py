@@ -90,7 +90,7 @@ def test_example_end_to_end(script, arch, tiny_models, tmp_path, capsys):
     assert written["task_rows"] == 30 and written["attack_rows"] == 3  # 10% of 30
     assert written["safe_selected"] == math.ceil(0.2 * 33)
     # A random model's safety loss (~ln vocab) is far above tau = 0.2: every step projects.
-    assert written["projections"] == 3
+    assert written["projections"] == 3 and written["nonfinite_safety_steps"] == 0
     assert math.isfinite(written["final_safety_loss"]) and written["final_safety_loss"] > 0.2
     check_adapter_loads(tiny_model, written["adapter"])
 
