@@ -33,7 +33,7 @@ from torch import nn
 
 from dpp_select import embed_texts, select
 from dpp_select.jsonl import read_jsonl
-from spag_optim import SPAGOptimizer, SafetyBatches, make_safety_closure
+from spag_optim import SPAGOptimizer, SafetyBatches, calibrate_tau, make_safety_closure
 from spag_optim.evaluation import KeywordRefusalJudge, attack_success_rate
 
 __all__ = [
@@ -120,7 +120,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     defense.add_argument("--safe-ratio", type=float, default=0.03,
                          help="safe examples selected, as a fraction of the fine-tuning set")
     defense.add_argument("--beta", type=float, default=4.0, help="DPP relevance weight")
-    defense.add_argument("--tau", type=float, default=0.2, help="safety loss threshold")
+    defense.add_argument("--tau", default="0.2",
+                         help="safety loss threshold, or 'calibrate': the model's mean safety "
+                              "loss on the selected safe data before fine-tuning")
     defense.add_argument("--trust-region", default=None,
                          help="'relative', 'lr', 'none' or a float eta_safe; default: the "
                               "SPAGOptimizer default")
@@ -159,6 +161,13 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
     for name in ("batch_size", "safe_batch_size", "max_length", "eval_batch_size", "lora_r"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.tau != "calibrate":
+        try:
+            args.tau = float(args.tau)
+        except ValueError:
+            parser.error(f"--tau {args.tau!r}: use a number >= 0 or 'calibrate'")
+        if not args.tau >= 0:
+            parser.error("--tau must be >= 0")
     if args.trust_region is not None:
         try:
             args.trust_region = _trust_region(args.trust_region)
@@ -465,7 +474,15 @@ def prepare(args: argparse.Namespace) -> Prepared:
                                 seed=args.seed, device=device)
         # The closure calls this very model object: its parameters are the optimizer's.
         closure = make_safety_closure(model, batches)
-        kwargs: dict[str, Any] = {"tau": args.tau}
+        tau = args.tau
+        if tau == "calibrate":
+            calibration = SafetyBatches(safe_rows, batch_size=args.safe_batch_size,
+                                        collate_fn=collator, seed=args.seed, device=device)
+            passes = math.ceil(len(safe_rows) / args.safe_batch_size)
+            tau = calibrate_tau(model, calibration, num_batches=passes)
+            print(f"calibrated tau = {tau:.4f} (mean safety loss before fine-tuning)")
+        info["tau"] = tau
+        kwargs: dict[str, Any] = {"tau": tau}
         if args.trust_region is not _LIBRARY_DEFAULT:
             kwargs["trust_region"] = args.trust_region
         spag = SPAGOptimizer(inner, closure, **kwargs)

@@ -110,6 +110,15 @@ def test_no_defense_baseline(script, arch, tmp_path, capsys, tiny_models):
     assert "safety_loss" not in capsys.readouterr().out
 
 
+def test_tau_calibrate_uses_the_models_own_safety_loss(tmp_path, tiny_models):
+    module = importlib.import_module("lora_plain_loop")
+    metrics = module.main(base_argv(tiny_models["llama"], tmp_path / "cal") + ["--tau", "calibrate"])
+    # A random model's safety loss is about ln(vocab), far above the default 0.2, and with
+    # lr 5e-5 three steps barely move it: the calibrated tau sits right at the measured loss.
+    assert metrics["tau"] > 1.0
+    assert abs(metrics["tau"] - metrics["final_safety_loss"]) < 0.1
+
+
 # The data-error tests fail before any model is loaded (data files are read first), so they pass
 # a model path that does not exist.
 NO_MODEL = "/nonexistent/model"
@@ -155,6 +164,11 @@ def test_bad_options_fail_in_the_parser(capsys):
     args = common.parse_args("x", argv + ["--trust-region", "none"])
     assert args.trust_region is None
     assert common.parse_args("x", argv + ["--trust-region", "0.5"]).trust_region == 0.5
+    assert common.parse_args("x", argv).tau == 0.2
+    assert common.parse_args("x", argv + ["--tau", "calibrate"]).tau == "calibrate"
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv + ["--tau", "-0.1"])
+    assert "--tau must be >= 0" in capsys.readouterr().err
 
 
 # ---- shared pieces ----------------------------------------------------------------------------
