@@ -101,7 +101,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--model", required=True, help="local folder of a Hugging Face causal LM")
     data.add_argument("--train", required=True, help='task data: {"prompt", "answer"} rows')
     data.add_argument(
-        "--safe-pool", required=True, help='safe pool: {"prompt", "safe", ...} rows (refusals)'
+        "--safe-pool",
+        help='safe pool: {"prompt", "safe", ...} rows (refusals); required unless --no-defense',
     )
     data.add_argument(
         "--harmful",
@@ -154,6 +155,8 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
     """Parse and check the options; a bad value stops here with what to change."""
     parser = build_parser(description)
     args = parser.parse_args(argv)
+    if args.safe_pool is None and not args.no_defense:
+        parser.error("--safe-pool is required (or pass --no-defense for the sft baseline)")
     if not 0 <= args.harmful_ratio <= 1:
         parser.error("--harmful-ratio must be in [0, 1]")
     if not 0 < args.safe_ratio <= 1:

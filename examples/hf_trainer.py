@@ -13,11 +13,9 @@ Same options, data, selection and evaluation as ``lora_plain_loop.py`` (both use
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune_common import Prepared, finish, parse_args, prepare  # noqa: E402
+from finetune_common import Prepared, finish, parse_args, prepare
 
 
 def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:

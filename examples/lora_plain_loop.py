@@ -12,14 +12,11 @@ is the optimizer: ``SPAGOptimizer`` runs its safety closure inside ``step()``. E
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from finetune_common import Prepared, finish, parse_args, prepare, spag_stats  # noqa: E402
+from finetune_common import Prepared, finish, parse_args, prepare, spag_stats
 
 
 def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:

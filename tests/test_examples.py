@@ -103,7 +103,9 @@ def test_example_end_to_end(script, arch, tiny_models, tmp_path, capsys):
 @pytest.mark.parametrize("script, arch", [("lora_plain_loop", "qwen2"), ("hf_trainer", "llama")])
 def test_no_defense_baseline(script, arch, tmp_path, capsys, tiny_models):
     module = importlib.import_module(script)
-    metrics = module.main(base_argv(tiny_models[arch], tmp_path / "sft") + ["--no-defense"])
+    argv = base_argv(tiny_models[arch], tmp_path / "sft") + ["--no-defense"]
+    del argv[argv.index("--safe-pool") : argv.index("--safe-pool") + 2]  # not needed for sft
+    metrics = module.main(argv)
     assert metrics["method"] == "sft"
     assert "projections" not in metrics and "safe_selected" not in metrics
     assert 0.0 <= metrics["asr"] <= 1.0
@@ -169,6 +171,10 @@ def test_bad_options_fail_in_the_parser(capsys):
     with pytest.raises(SystemExit):
         common.parse_args("x", argv + ["--tau", "-0.1"])
     assert "--tau must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv[:4])
+    assert "--safe-pool is required" in capsys.readouterr().err
+    assert common.parse_args("x", argv[:4] + ["--no-defense"]).safe_pool is None
 
 
 # ---- shared pieces ----------------------------------------------------------------------------
