@@ -1,5 +1,17 @@
 """Safety and utility evaluation shared by the examples, the demo and users' own scripts."""
 
 from .judges import Judge, KeywordRefusalJudge, attack_success_rate
+from .openai_judge import JudgeRequestError, OpenAIJudge
+from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
 
-__all__ = ["Judge", "KeywordRefusalJudge", "attack_success_rate"]
+__all__ = [
+    "Judge",
+    "KeywordRefusalJudge",
+    "attack_success_rate",
+    "OpenAIJudge",
+    "JudgeRequestError",
+    "MalformedVerdictError",
+    "HARMFULNESS_RUBRIC",
+    "parse_score",
+    "render_rubric",
+]
