@@ -1,6 +1,7 @@
 """Safety and utility evaluation shared by the examples, the demo and users' own scripts."""
 
 from .judges import Judge, KeywordRefusalJudge, attack_success_rate
+from .hf_judge import HFClassifierJudge
 from .openai_judge import JudgeRequestError, OpenAIJudge
 from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
 
@@ -9,6 +10,7 @@ __all__ = [
     "KeywordRefusalJudge",
     "attack_success_rate",
     "OpenAIJudge",
+    "HFClassifierJudge",
     "JudgeRequestError",
     "MalformedVerdictError",
     "HARMFULNESS_RUBRIC",
