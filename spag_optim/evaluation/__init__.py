@@ -2,8 +2,19 @@
 
 from .judges import Judge, KeywordRefusalJudge, attack_success_rate
 from .hf_judge import HFClassifierJudge
+from .loaders import load_attack_prompts, load_gsm8k, load_openbookqa, load_spard_pairs
+from .metrics import (
+    SafetyResult,
+    evaluate_safety,
+    extract_choice,
+    extract_gsm8k_answer,
+    gsm8k_accuracy,
+    openbookqa_accuracy,
+    summarize_scores,
+)
 from .openai_judge import JudgeRequestError, OpenAIJudge
 from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
+from .table import format_table
 
 __all__ = [
     "Judge",
@@ -16,4 +27,16 @@ __all__ = [
     "HARMFULNESS_RUBRIC",
     "parse_score",
     "render_rubric",
+    "SafetyResult",
+    "summarize_scores",
+    "evaluate_safety",
+    "extract_gsm8k_answer",
+    "gsm8k_accuracy",
+    "extract_choice",
+    "openbookqa_accuracy",
+    "format_table",
+    "load_spard_pairs",
+    "load_attack_prompts",
+    "load_gsm8k",
+    "load_openbookqa",
 ]
