@@ -48,7 +48,7 @@ INNERS = {
 
 
 def max_abs_diff(a, b):
-    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+    return max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters()))
 
 
 @pytest.mark.parametrize("inner_name", sorted(INNERS))

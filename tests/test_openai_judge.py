@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -27,7 +28,7 @@ class FakeServer:
 
     Script items: ``"echo"`` replies ``#thescore: N`` where N follows ``SCORE=N`` in the
     judged reply; ``("status", code, body, headers)`` fails; ``"hang"`` never answers until
-    the test ends; ``("content", text)`` replies with that message; ``("raw", bytes)`` sends a
+    the test ends; ``"close"`` drops the connection; ``("content", text)`` replies with that message; ``("raw", bytes)`` sends a
     non-JSON body. When the script runs out, ``"echo"`` is used.
     """
 
@@ -72,6 +73,9 @@ class FakeServer:
             def _act(self, action, body):
                 if action == "hang":
                     server.release.wait(10)
+                    return
+                if action == "close":  # drop the connection without any reply
+                    self.close_connection = True
                     return
                 if action == "echo":
                     text = body["messages"][0]["content"]
@@ -192,6 +196,27 @@ def test_timeout_is_retried_then_reported(server_factory):
         judge.score(["p"], ["SCORE=3"])
     assert sleeps == [2.0]
     assert len(server.requests) == 2
+
+
+def test_dropped_connection_then_success(server_factory):
+    server = server_factory(["close"])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, backoff=0.25)
+    assert judge.score(["p"], ["SCORE=3"]).tolist() == [3.0]
+    assert len(server.requests) == 2 and sleeps == [0.25]
+
+
+def test_refused_connection_is_retried_then_reported():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: connections are refused at once
+    sleeps: list[float] = []
+    judge = OpenAIJudge("m", f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=2,
+                        backoff=1.0, sleep=sleeps.append)
+    with pytest.raises(JudgeRequestError, match="gave up after 3 attempts"):
+        judge.score(["p"], ["r"])
+    assert sleeps == [1.0, 2.0]
 
 
 def test_timeout_then_success(server_factory):

@@ -11,6 +11,7 @@ error text a server echoes back.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -65,7 +66,8 @@ class OpenAIJudge(Judge):
         api_key_env: name of the environment variable holding the key; ``None`` sends no
             ``Authorization`` header (local servers). A named but unset variable is an error.
         timeout: seconds per HTTP request.
-        max_retries: extra attempts after a timeout, a connection error or a retryable status
+        max_retries: extra attempts after a timeout, a connection error (refused, reset,
+            dropped mid-reply) or a retryable status
             (408, 409, 429, 5xx). Other 4xx statuses fail at once: retrying a bad key is useless.
         backoff: first retry delay in seconds, doubled per attempt up to ``max_backoff``; a
             numeric ``Retry-After`` header takes precedence.
@@ -201,6 +203,8 @@ class OpenAIJudge(Judge):
                     reason = f"timed out after {self.timeout:g}s"
                 else:
                     reason = self._scrub(f"connection failed ({err.reason})", key)
+            except (ConnectionError, http.client.HTTPException) as err:
+                reason = f"connection dropped ({type(err).__name__})"
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise MalformedVerdictError(
                     f"judge endpoint {self.url} returned a body that is not JSON"
