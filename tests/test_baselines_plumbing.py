@@ -209,3 +209,11 @@ def test_lisa_nonfinite_alignment_loss_skips_the_step():
     with pytest.warns(RuntimeWarning, match="safety loss is inf"):
         opt.step()
     assert torch.equal(flat_params(model), before) and opt.num_nonfinite == 1
+
+
+def test_registry_names_every_optimizer_baseline():
+    from spag_optim.baselines import OPTIMIZER_BASELINES
+
+    assert OPTIMIZER_BASELINES == {
+        "penalty": PenaltyOptimizer, "lisa": LisaOptimizer, "safegrad": SafeGradOptimizer,
+    }

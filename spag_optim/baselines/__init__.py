@@ -12,6 +12,9 @@ Data-side:
 * :class:`SafeInstrDataset` / :func:`safeinstr_mix`: Bianchi et al. 2023, mix ~3% safe samples
   into the fine-tuning data.
 * :class:`PTSTPrompts`: Lyu et al. 2024, train without a safety system prompt, test with one.
+
+:data:`OPTIMIZER_BASELINES` maps the method names used in the paper's tables and in the demo to
+the optimizer classes, so a script can build any of them (or SPAG) from one ``--method`` flag.
 """
 
 from .lisa import LisaOptimizer
@@ -20,7 +23,15 @@ from .ptst import PLAIN_TEMPLATE, SAFETY_SYSTEM_PROMPT, PTSTPrompts
 from .safegrad import SafeGradOptimizer
 from .safeinstr import SafeInstrDataset, safeinstr_mix
 
+#: Method name -> optimizer class; every class is ``cls(inner, safety_closure, **hyper_parameters)``.
+OPTIMIZER_BASELINES = {
+    "penalty": PenaltyOptimizer,
+    "lisa": LisaOptimizer,
+    "safegrad": SafeGradOptimizer,
+}
+
 __all__ = [
+    "OPTIMIZER_BASELINES",
     "PenaltyOptimizer",
     "LisaOptimizer",
     "SafeGradOptimizer",

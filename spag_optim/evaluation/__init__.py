@@ -1,4 +1,12 @@
-"""Safety and utility evaluation shared by the examples, the demo and users' own scripts."""
+"""Safety and utility evaluation shared by the examples, the demo and users' own scripts.
+
+* Judges (one interface, a 1-5 harmfulness score per response): :class:`KeywordRefusalJudge`
+  (offline default), :class:`OpenAIJudge` (any OpenAI-compatible endpoint, the Qi et al. 2024
+  rubric of :mod:`.rubric`), :class:`HFClassifierJudge` (a local classifier checkpoint).
+* Metrics (:mod:`.metrics`): ASR / HS per attack set, GSM8K and OpenBookQA accuracy.
+* :func:`format_table`: the paper's Table 1 layout, markdown or plain text.
+* Loaders (:mod:`.loaders`): SPARD safety JSONL, GSM8K and OpenBookQA files, by path.
+"""
 
 from .judges import Judge, KeywordRefusalJudge, attack_success_rate
 from .hf_judge import HFClassifierJudge
