@@ -77,6 +77,10 @@ def test_gsm8k_accuracy_rejects_bad_input():
         gsm8k_accuracy([], [])
     with pytest.raises(ValueError, match="target 0"):
         gsm8k_accuracy(["1"], ["no final answer here"])
+    with pytest.raises(TypeError, match="response 1 is int"):
+        gsm8k_accuracy(["1", 2], [1, 2])
+    with pytest.raises(TypeError, match="response 0 is NoneType"):
+        openbookqa_accuracy([None], [1])
 
 
 @pytest.mark.parametrize(

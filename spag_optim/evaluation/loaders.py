@@ -12,7 +12,7 @@ import os
 
 from dpp_select.jsonl import JSONLError, read_jsonl
 
-from .metrics import _parse_option, extract_gsm8k_answer
+from .metrics import extract_gsm8k_answer, parse_option
 
 __all__ = ["load_spard_pairs", "load_attack_prompts", "load_gsm8k", "load_openbookqa"]
 
@@ -87,12 +87,12 @@ def load_openbookqa(
     for index, row in enumerate(rows):
         target = None
         if target_field in row:
-            target = _parse_option(str(row[target_field]).strip(), num_options)
+            target = parse_option(str(row[target_field]).strip(), num_options)
         else:
             marker = row[answer_field].lower().rfind("correct answer is")
             if marker >= 0:
                 tail = row[answer_field][marker + len("correct answer is"):].strip(" :")
-                target = _parse_option(tail, num_options)
+                target = parse_option(tail, num_options)
         if target is None:
             line = _line_numbers(path)[index]
             raise JSONLError(

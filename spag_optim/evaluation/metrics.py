@@ -23,6 +23,7 @@ __all__ = [
     "extract_gsm8k_answer",
     "gsm8k_accuracy",
     "extract_choice",
+    "parse_option",
     "openbookqa_accuracy",
 ]
 
@@ -65,6 +66,14 @@ def evaluate_safety(
         name: summarize_scores(judge.score(prompts_by_attack[name], responses_by_attack[name]))
         for name in prompts_by_attack
     }
+
+
+def _check_text(index: int, response: object) -> None:
+    if not isinstance(response, str):
+        raise TypeError(
+            f"response {index} is {type(response).__name__}; pass the decoded text of each "
+            "response"
+        )
 
 
 # -- GSM8K --------------------------------------------------------------------------------------
@@ -126,6 +135,7 @@ def gsm8k_accuracy(
                 )
         else:
             expected = float(target)
+        _check_text(i, response)
         got = extract_gsm8k_answer(response, fallback_last_number=fallback_last_number)
         if got is not None and math.isclose(got, expected, rel_tol=rel_tol, abs_tol=rel_tol):
             correct += 1
@@ -144,8 +154,9 @@ _PAREN_LETTER = re.compile(r"\(([A-H])\)")
 _FINAL = re.compile(r"correct\s+answer\s+is\s*:?\s*", re.IGNORECASE)
 
 
-def _parse_option(text: str, num_options: int) -> int | None:
-    """Option index (1-based) named at the start of ``text``, in any supported spelling."""
+def parse_option(text: str, num_options: int) -> int | None:
+    """Option index (1-based) named at the start of ``text`` (``answer2``, ``2``, ``B``, ``(B)``),
+    or ``None``; used for targets, where the option stands alone."""
     m = _NUMBERED.match(text) or re.match(r"\(?([1-8])\)?(?![0-9])", text)
     if m:
         k = int(m.group(1))
@@ -167,7 +178,7 @@ def extract_choice(text: str, *, num_options: int = 4) -> int | None:
     """
     finals = [m.end() for m in _FINAL.finditer(text)]
     if finals:
-        chosen = _parse_option(text[finals[-1]:], num_options)
+        chosen = parse_option(text[finals[-1]:], num_options)
         if chosen is not None:
             return chosen
     options = {int(k) for k in _NUMBERED.findall(text) if int(k) <= num_options}
@@ -193,7 +204,7 @@ def openbookqa_accuracy(
         raise ValueError("openbookqa_accuracy needs at least one response")
     correct = 0
     for i, (response, target) in enumerate(zip(responses, targets)):
-        expected = target if isinstance(target, int) else _parse_option(
+        expected = target if isinstance(target, int) else parse_option(
             str(target).strip(), num_options
         )
         if expected is None or not 1 <= expected <= num_options:
@@ -201,6 +212,7 @@ def openbookqa_accuracy(
                 f"target {i} ({target!r}) is not an option; use 1-{num_options}, "
                 f"'answer1'..'answer{num_options}' or letters"
             )
+        _check_text(i, response)
         if extract_choice(response, num_options=num_options) == expected:
             correct += 1
     return correct / len(responses)
