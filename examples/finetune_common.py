@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -34,7 +33,14 @@ from torch import nn
 from dpp_select import embed_texts, select
 from dpp_select.jsonl import read_jsonl
 from spag_optim import SPAGOptimizer, SafetyBatches, calibrate_tau, make_safety_closure
-from spag_optim.evaluation import KeywordRefusalJudge, attack_success_rate
+from spag_optim.evaluation import (
+    KeywordRefusalJudge,
+    attack_success_rate,
+    gsm8k_accuracy,
+    load_attack_prompts,
+    load_gsm8k,
+    load_spard_pairs,
+)
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
@@ -42,11 +48,9 @@ __all__ = [
     "build_parser",
     "collate",
     "encode_example",
-    "extract_gsm8k_number",
     "find_lora_targets",
     "finish",
     "format_prompt",
-    "gsm8k_correct",
     "parse_args",
     "prepare",
 ]
@@ -178,6 +182,8 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
             parser.error(str(err))
     else:
         args.trust_region = _LIBRARY_DEFAULT
+    if args.eval_limit is not None and args.eval_limit < 1:
+        parser.error("--eval-limit must be >= 1")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be >= 1")
     if args.max_steps is None and not args.epochs > 0:
@@ -341,14 +347,14 @@ def sample_attack_rows(
     """``round(harmful_ratio * n_task)`` distinct harmful prompts answered with their unsafe text."""
     if args.harmful is None or args.harmful_ratio == 0:
         return []
-    rows = read_jsonl(args.harmful, required=("prompt", "unsafe"))
+    rows = load_spard_pairs(args.harmful, "unsafe")
     wanted = round(args.harmful_ratio * n_task)
     if wanted > len(rows):
         raise SystemExit(
             f"--harmful {args.harmful} has {len(rows)} rows but --harmful-ratio "
             f"{args.harmful_ratio} x {n_task} task rows needs {wanted}; lower the ratio"
         )
-    return [(r["prompt"], r["unsafe"]) for r in rng.sample(rows, wanted)]
+    return [(r["prompt"], r["response"]) for r in rng.sample(rows, wanted)]
 
 
 def select_safe_rows(
@@ -383,18 +389,6 @@ def select_safe_rows(
     return [int(i) for i in result.indices]
 
 
-def load_eval_rows(
-    path: str | None, required: tuple[str, ...], option: str, limit: int | None
-) -> list[dict[str, Any]]:
-    """The first ``limit`` rows of an evaluation file (none when the option is not given)."""
-    if path is None:
-        return []
-    rows = read_jsonl(path, required=required)[:limit]
-    if not rows:
-        raise SystemExit(f"{option} {path}: no rows")
-    return rows
-
-
 @dataclass
 class Prepared:
     """What a training loop needs; built once by :func:`prepare`."""
@@ -407,7 +401,7 @@ class Prepared:
     collator: Collator
     optimizer: torch.optim.Optimizer
     spag: SPAGOptimizer | None
-    eval_harmful: list[dict[str, Any]]
+    eval_harmful: list[str]
     eval_utility: list[dict[str, Any]]
     info: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -436,14 +430,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
     attack = sample_attack_rows(args, len(task), rng)
     pool: list[tuple[str, str]] = []
     if not args.no_defense:
-        pool_rows = read_jsonl(args.safe_pool, required=("prompt", "safe"))
-        if not pool_rows:
-            raise SystemExit(f"--safe-pool {args.safe_pool}: no rows")
-        pool = [(r["prompt"], r["safe"]) for r in pool_rows]
-    eval_harmful = load_eval_rows(args.eval_harmful, ("prompt",), "--eval-harmful",
-                                  args.eval_limit)
-    eval_utility = load_eval_rows(args.eval_utility, ("prompt", "answer"), "--eval-utility",
-                                  args.eval_limit)
+        pool = [(r["prompt"], r["response"]) for r in load_spard_pairs(args.safe_pool, "safe")]
+    # Shared loaders: the GSM8K one checks every reference has a '#### N' answer, naming the line.
+    eval_harmful = load_attack_prompts(args.eval_harmful)[: args.eval_limit] \
+        if args.eval_harmful else []
+    eval_utility = load_gsm8k(args.eval_utility)[: args.eval_limit] if args.eval_utility else []
 
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.model, device, resolve_dtype(args.dtype, device))
@@ -500,35 +491,6 @@ def prepare(args: argparse.Namespace) -> Prepared:
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def extract_gsm8k_number(text: str) -> float | None:
-    """The first number after the last ``####`` in ``text`` (commas and ``$`` ignored), or None."""
-    marker = text.rfind("####")
-    if marker < 0:
-        return None
-    match = _NUMBER.search(text[marker + 4 :].replace("$", ""))
-    if match is None:
-        return None
-    try:
-        return float(match.group(0).replace(",", ""))
-    except ValueError:
-        return None
-
-
-def gsm8k_correct(generated: str, reference: str) -> bool:
-    """Whether the number after ``####`` in ``generated`` equals the reference's, numerically."""
-    want = extract_gsm8k_number(reference)
-    if want is None:
-        raise ValueError(
-            f"reference answer has no number after '####': {reference[-80:]!r}; "
-            "--eval-utility must be GSM8K-style"
-        )
-    got = extract_gsm8k_number(generated)
-    return got is not None and math.isclose(got, want, rel_tol=0.0, abs_tol=1e-6)
-
-
 @torch.no_grad()
 def generate(
     model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
@@ -564,7 +526,7 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
     """
     args, metrics = prep.args, {}
     if prep.eval_harmful:
-        prompts = [r["prompt"] for r in prep.eval_harmful]
+        prompts = prep.eval_harmful
         # A refusal shows in its first words: 64 new tokens are plenty (fewer if asked).
         responses = generate(prep.model, prep.tokenizer, prompts, min(64, args.max_new_tokens),
                              args.eval_batch_size, prep.device)
@@ -575,8 +537,10 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
         rows = prep.eval_utility
         responses = generate(prep.model, prep.tokenizer, [r["prompt"] for r in rows],
                              args.max_new_tokens, args.eval_batch_size, prep.device)
-        correct = [gsm8k_correct(g, r["answer"]) for g, r in zip(responses, rows)]
-        metrics["accuracy"] = float(np.mean(correct))
+        # Strictly the number after '####' (no last-number fallback): the model must answer in
+        # the format it was fine-tuned on.
+        metrics["accuracy"] = gsm8k_accuracy(responses, [r["target"] for r in rows],
+                                             fallback_last_number=False)
         metrics["n_eval_utility"] = len(rows)
     return metrics
 

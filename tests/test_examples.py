@@ -55,7 +55,7 @@ def base_argv(model: str, out: Path) -> list[str]:
         "--eval-harmful", str(FIXTURES / "harmful_eval.jsonl"),
         "--eval-utility", str(FIXTURES / "gsm8k_test.jsonl"),
         "--safe-ratio", "0.2", "--max-steps", "3", "--batch-size", "4",
-        "--max-new-tokens", "8", "--device", "cpu", "--out", str(out),
+        "--max-new-tokens", "4", "--eval-limit", "4", "--device", "cpu", "--out", str(out),
     ]
 
 
@@ -85,7 +85,7 @@ def test_example_end_to_end(script, arch, tiny_models, tmp_path, capsys):
     assert written == json.loads(json.dumps(metrics))
     assert written["method"] == "spard"
     assert 0.0 <= written["asr"] <= 1.0 and 0.0 <= written["accuracy"] <= 1.0
-    assert written["n_eval_harmful"] == 6 and written["n_eval_utility"] == 6
+    assert written["n_eval_harmful"] == 4 and written["n_eval_utility"] == 4  # --eval-limit
     assert written["steps"] == 3
     assert written["task_rows"] == 30 and written["attack_rows"] == 3  # 10% of 30
     assert written["safe_selected"] == math.ceil(0.2 * 33)
@@ -150,6 +150,17 @@ def test_harmful_rows_without_unsafe_field_name_the_line(tmp_path):
         importlib.import_module("hf_trainer").main(argv)
 
 
+def test_utility_reference_without_a_final_answer_names_the_line(tmp_path):
+    bad = tmp_path / "test.jsonl"
+    bad.write_text('{"prompt": "p", "answer": "#### 4"}\n\n{"prompt": "q", "answer": "four"}\n')
+    argv = base_argv(NO_MODEL, tmp_path / "run")
+    argv[argv.index("--eval-utility") + 1] = str(bad)
+    from dpp_select.jsonl import JSONLError
+
+    with pytest.raises(JSONLError, match=r"test\.jsonl:3: field 'answer' has no '#### N'"):
+        importlib.import_module("lora_plain_loop").main(argv)
+
+
 def test_harmful_ratio_larger_than_the_attack_file_says_what_to_do(tmp_path):
     argv = base_argv(NO_MODEL, tmp_path / "run") + ["--harmful-ratio", "1.0"]
     with pytest.raises(SystemExit, match="has 12 rows .* needs 30; lower the ratio"):
@@ -178,27 +189,6 @@ def test_bad_options_fail_in_the_parser(capsys):
 
 
 # ---- shared pieces ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "generated, reference, correct",
-    [
-        ("so 3 + 4 = 7\n#### 7", "#### 7", True),
-        ("#### 1,234", "x\n#### 1234", True),
-        ("#### $18.00 dollars", "#### 18", True),
-        ("#### -5", "#### 5", False),
-        ("the answer is 7", "#### 7", False),  # no '####': not counted as right
-        ("#### 6\n#### 7", "#### 7", True),  # the last marker wins
-        ("####", "#### 7", False),
-    ],
-)
-def test_gsm8k_correct(generated, reference, correct):
-    assert common.gsm8k_correct(generated, reference) is correct
-
-
-def test_gsm8k_reference_without_answer_is_an_error():
-    with pytest.raises(ValueError, match="GSM8K-style"):
-        common.gsm8k_correct("#### 3", "no marker")
 
 
 @pytest.fixture(scope="module")
