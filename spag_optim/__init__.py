@@ -1,1 +1,19 @@
-"""SPAG: safety projection after each optimizer step (SPARD, ICML 2026)."""
+"""SPAG: safety projection after each optimizer step (SPARD, ICML 2026).
+
+``SPAGOptimizer(torch.optim.AdamW(...), safety_closure)`` wraps any torch optimizer; see
+:mod:`spag_optim.optimizer` for the algorithm and :mod:`spag_optim.safety_data` for building the
+closure from a safe dataset.
+"""
+
+from .optimizer import SPAGOptimizer
+from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
+from .wrapper import OptimizerWrapper
+
+__all__ = [
+    "SPAGOptimizer",
+    "OptimizerWrapper",
+    "SafetyBatches",
+    "SafetyClosure",
+    "make_safety_closure",
+    "calibrate_tau",
+]

@@ -1,0 +1,371 @@
+r"""SPAGOptimizer: safety projection after every step of any torch optimizer.
+
+Algorithm (SPARD, ICML 2026, Algorithm 1; Eq. 3-4), on each :meth:`SPAGOptimizer.step`:
+
+1. the inner optimizer takes its normal step on the utility gradient the caller computed:
+   :math:`\theta^+`;
+2. ``safety_closure()`` returns the safety loss :math:`\ell` on a batch of safe data (harmful
+   prompt + refusal) at :math:`\theta^+`, with its graph;
+3. if :math:`\ell \le \tau` (+ ``tolerance``) keep :math:`\theta^+`;
+4. otherwise, with :math:`g = \nabla_\theta \ell` over every parameter of every group (one
+   global vector), :math:`\alpha = \min((\ell - \tau)/\lVert g\rVert^2, \eta_{safe})` and
+   :math:`\theta \leftarrow \theta^+ - \alpha g`: the projection onto the linearised safe
+   half-space, limited to a trust region.
+
+The trust region :math:`\eta_{safe}` (``trust_region``):
+
+* a float: :math:`\eta_{safe}` itself;
+* ``None``: no cap (the paper's Table 7 ablation "w/o eta_safe");
+* ``"lr"``: the inner optimizer's current learning rate (first param group), the paper's
+  experimental setting; it follows any LR scheduler;
+* ``"relative"`` (default): the projection may move the parameters at most ``rho`` times as far as
+  the utility step just did, :math:`\alpha\lVert g\rVert \le \rho\lVert\theta^+ - \theta\rVert`.
+  Scale-aware, so it works with Adam-family optimizers whose step size has nothing to do with the
+  gradient's scale (with ``"lr"`` the projection is 10-100x smaller than Adam's step and the
+  defense does nothing; see the README's ablation). It keeps one copy of the parameters to measure
+  the utility step: the displacement of an arbitrary inner optimizer cannot be recovered from its
+  state afterwards.
+
+``mode="authors_code"`` reproduces the authors' released code instead (per-tensor scaling, norm
+not squared, the inner optimizer stepping on the scaled safety gradient): see
+:func:`spag_optim.functional.authors_code_scale_` and the README.
+
+Memory and synchronisation: the safety gradient lives in ``p.grad`` (the utility gradient there
+was consumed by the inner step), so after ``step()`` the ``.grad`` fields hold the scaled safety
+gradient; call ``zero_grad()`` as usual. In paper mode the only host read is the safety loss, used
+to skip the safety backward when already safe (``skip_if_safe=True``); with ``skip_if_safe=False``
+the whole step stays on device and ``last_stats`` holds 0-dim tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from .wrapper import OptimizerWrapper
+
+__all__ = ["SPAGOptimizer"]
+
+logger = logging.getLogger(__name__)
+
+TrustRegion = Union[float, str, None]
+_MODES = ("paper", "authors_code")
+
+
+class SPAGOptimizer(OptimizerWrapper):
+    r"""Wrap ``inner`` so that every step ends with SPAG's safety projection.
+
+    Args:
+        inner: the optimizer that takes the utility step (e.g. ``torch.optim.AdamW``).
+        safety_closure: ``() -> Tensor``, the scalar safety loss on a safe mini-batch, evaluated
+            at the current parameters and still attached to the graph (SPAG calls backward).
+        tau: safety threshold; the projection triggers when the loss exceeds it. Calibrate it
+            with :func:`spag_optim.calibrate_tau` (the loss of the aligned model).
+        trust_region: ``"relative"``, a float :math:`\eta_{safe}`, ``None`` or ``"lr"`` (above).
+        rho: ratio of the ``"relative"`` trust region.
+        mode: ``"paper"`` (Eq. 3-4) or ``"authors_code"`` (the released implementation).
+        tolerance: trigger only when ``loss > tau + tolerance`` (the authors' scripts use 0.1);
+            the step size still uses ``loss - tau``.
+        alpha_max: per-tensor cap of ``"authors_code"`` mode.
+        eps: added to the denominator (:math:`\lVert g\rVert^2` in paper mode, the per-tensor
+            :math:`\lVert g_p\rVert` in authors'-code mode).
+        skip_if_safe: read the safety loss once on the host and skip the safety backward when it
+            is already below the trigger (paper mode; authors'-code mode always reads it).
+    """
+
+    STATE_KEY = "spag"
+
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        safety_closure: Callable[[], Tensor],
+        *,
+        tau: float = 0.2,
+        trust_region: TrustRegion = "relative",
+        rho: float = 0.5,
+        mode: str = "paper",
+        tolerance: float = 0.0,
+        alpha_max: float = 1.0,
+        eps: float = 1e-8,
+        skip_if_safe: bool = True,
+    ) -> None:
+        super().__init__(inner)
+        if not callable(safety_closure):
+            raise TypeError(
+                "safety_closure must be a callable returning the safety loss tensor, e.g. "
+                "spag_optim.make_safety_closure(model, SafetyBatches(safe_dataset))"
+            )
+        _check_number("tau", tau, minimum=0.0)
+        _check_number("tolerance", tolerance, minimum=0.0)
+        _check_number("eps", eps, minimum=0.0)
+        _check_number("alpha_max", alpha_max, minimum=0.0, strict=True)
+        _check_number("rho", rho, minimum=0.0, strict=True)
+        if mode not in _MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {_MODES}")
+        if isinstance(trust_region, str):
+            if trust_region not in ("lr", "relative"):
+                raise ValueError(
+                    f"unknown trust_region {trust_region!r}; pass a positive float (eta_safe), "
+                    "None (no cap), 'lr' or 'relative'"
+                )
+        elif trust_region is not None:
+            _check_number("trust_region", trust_region, minimum=0.0, strict=True)
+            trust_region = float(trust_region)
+        self.safety_closure = safety_closure
+        self.tau = float(tau)
+        self.trust_region = trust_region
+        self.rho = float(rho)
+        self.mode = mode
+        self.tolerance = float(tolerance)
+        self.alpha_max = float(alpha_max)
+        self.eps = float(eps)
+        self.skip_if_safe = bool(skip_if_safe)
+        self.last_stats: dict[str, Any] = {}
+        self._num_steps = 0
+        self._num_nonfinite = 0
+        # Counted on device so that the sync-free path never reads it back in the hot loop.
+        self._projections: Optional[Tensor] = None
+        self._nonfinite_grads: Optional[Tensor] = None
+        self._warned_nonfinite_grads = 0
+        self._snapshot: list[Tensor] = []
+
+    def _extra_repr(self) -> str:
+        return (
+            f"tau={self.tau}, trust_region={self.trust_region!r}, rho={self.rho}, "
+            f"mode={self.mode!r}, tolerance={self.tolerance}"
+        )
+
+    # -- counters ---------------------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        """Optimizer steps taken through this wrapper."""
+        return self._num_steps
+
+    @property
+    def num_projections(self) -> int:
+        """Steps whose safety projection moved the parameters (alpha > 0)."""
+        return 0 if self._projections is None else int(self._projections)
+
+    @property
+    def num_nonfinite(self) -> int:
+        """Steps whose safety loss or gradient was NaN/inf; the parameters stayed at theta+."""
+        grads = 0 if self._nonfinite_grads is None else int(self._nonfinite_grads)
+        self._warn_nonfinite_grads(grads)
+        return self._num_nonfinite + grads
+
+    def _warn_nonfinite_grads(self, seen: int) -> None:
+        if seen > self._warned_nonfinite_grads:
+            warnings.warn(
+                f"SPAG: {seen - self._warned_nonfinite_grads} earlier step(s) had a non-finite "
+                "safety gradient; their projection was skipped (parameters kept theta+)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self._warned_nonfinite_grads = seen
+
+    def _counters(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if self._projections is None:
+            self._projections = torch.zeros((), dtype=torch.int64, device=device)
+            self._nonfinite_grads = torch.zeros((), dtype=torch.int64, device=device)
+        assert self._nonfinite_grads is not None
+        return self._projections, self._nonfinite_grads
+
+    # -- step -------------------------------------------------------------------------------------
+    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:  # type: ignore[override]
+        """Inner step on the utility gradient, then the safety projection.
+
+        ``closure`` is the usual torch utility closure (re-evaluates the utility loss and calls
+        backward); the safety loss comes from ``safety_closure`` given at construction.
+        """
+        utility_loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                utility_loss = closure()
+        params = self.params()
+        relative = self.mode == "paper" and self.trust_region == "relative"
+        if relative:
+            self._take_snapshot(params)
+        self.inner.step()
+        self._num_steps += 1
+        if self.mode == "paper":
+            self._paper_projection(params, relative)
+        else:
+            self._authors_code_projection(params)
+        return utility_loss
+
+    def _take_snapshot(self, params: list[Tensor]) -> None:
+        if len(self._snapshot) != len(params) or any(
+            s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
+            for s, p in zip(self._snapshot, params)
+        ):
+            self._snapshot = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(self._snapshot, params)
+
+    def _safety_loss(self) -> Tensor:
+        with torch.enable_grad():
+            loss = self.safety_closure()
+        if loss is None:
+            raise TypeError(
+                "safety_closure returned None; it must return the safety loss tensor (and must not "
+                "call backward itself: SPAG differentiates it)"
+            )
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"safety_closure must return a torch.Tensor, got {type(loss).__name__}")
+        if loss.numel() != 1:
+            raise ValueError(
+                f"safety_closure must return a scalar loss, got shape {tuple(loss.shape)}; "
+                "reduce it (e.g. .mean())"
+            )
+        if loss.grad_fn is None:
+            raise ValueError(
+                "the safety loss has no grad_fn: compute it with gradients enabled from the "
+                "parameters being optimized (not under torch.no_grad(), not .detach()ed)"
+            )
+        return loss.reshape(())
+
+    def _nonfinite_loss(self, loss_value: float) -> None:
+        self._num_nonfinite += 1
+        warnings.warn(
+            f"SPAG: the safety loss is {loss_value}; this step's projection was skipped and the "
+            "parameters kept the inner optimizer's update",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _backward(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """Safety gradient into ``p.grad`` (reusing the consumed utility buffers)."""
+        with torch.no_grad():
+            existing = [p.grad for p in params if p.grad is not None]
+            if existing:
+                torch._foreach_zero_(existing)
+        torch.autograd.backward(loss, inputs=params)
+        with torch.no_grad():
+            for p in params:
+                if p.grad is None:  # not reached by the safety loss: a zero component of g
+                    p.grad = torch.zeros_like(p)
+        return [p.grad for p in params]  # type: ignore[misc]
+
+    def _paper_projection(self, params: list[Tensor], relative: bool) -> None:
+        if not params:
+            self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
+            return
+        device = params[0].device
+        loss = self._safety_loss()
+        projections, nonfinite = self._counters(device)
+        if self.skip_if_safe:
+            # The one allowed host-device synchronisation; it also brings back the device-side
+            # count of earlier non-finite gradients so that they are warned about.
+            loss_value, seen = torch.stack(
+                [loss.detach().to(torch.float64), nonfinite.to(loss.device, torch.float64)]
+            ).tolist()
+            self._warn_nonfinite_grads(int(seen))
+            if not math.isfinite(loss_value):
+                self._nonfinite_loss(loss_value)
+                self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
+                return
+            if loss_value - self.tau <= self.tolerance:
+                self.last_stats = _stats(loss_value, False, 0.0, 0.0)
+                return
+        grads = self._backward(loss, params)
+        with torch.no_grad():
+            sq_norm = F.global_sq_norm(grads, device)
+            cap = self._cap(params, sq_norm, relative)
+            alpha, finite = F.projection_alpha(
+                loss, sq_norm, tau=self.tau, tolerance=self.tolerance, eps=self.eps, cap=cap
+            )
+            F.apply_projection_(params, grads, alpha)
+            projected = alpha > 0
+            projections.add_(projected.to(torch.int64))
+            nonfinite.add_((~finite).to(torch.int64))
+        self.last_stats = {
+            "safety_loss": loss.detach(),
+            "projected": projected,
+            "alpha": alpha,
+            "safety_grad_norm": sq_norm.sqrt(),
+        }
+
+    def _cap(self, params: list[Tensor], sq_norm: Tensor, relative: bool) -> float | Tensor | None:
+        if relative:
+            # The snapshot becomes theta - theta+; its norm is the utility step's length.
+            torch._foreach_sub_(self._snapshot, params)
+            step_norm = F.global_sq_norm(self._snapshot, sq_norm.device).sqrt()
+            return self.rho * step_norm / sq_norm.sqrt()
+        if self.trust_region == "lr":
+            return self.param_groups[0]["lr"]
+        return self.trust_region  # a float or None
+
+    def _authors_code_projection(self, params: list[Tensor]) -> None:
+        loss = self._safety_loss()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            self._nonfinite_loss(loss_value)
+            self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
+            return
+        if loss_value - self.tau <= self.tolerance or not params:
+            self.last_stats = _stats(loss_value, False, 0.0, 0.0)
+            return
+        grads = self._backward(loss, params)
+        with torch.no_grad():
+            grad_norm = float(F.global_sq_norm(grads, params[0].device).sqrt())
+            if not math.isfinite(grad_norm):
+                self._num_nonfinite += 1
+                warnings.warn(
+                    "SPAG: the safety gradient is not finite; the projection was skipped",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.last_stats = _stats(loss_value, False, 0.0, grad_norm)
+                return
+            factors = F.authors_code_scale_(
+                grads, loss_value, tau=self.tau, alpha_max=self.alpha_max, eps=self.eps
+            )
+        self.inner.step()
+        projections, _ = self._counters(params[0].device)
+        projections.add_(1)
+        self.last_stats = _stats(loss_value, True, max(factors), grad_norm)
+
+    # -- state dict -------------------------------------------------------------------------------
+    def _wrapper_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "num_steps": self._num_steps,
+            "num_projections": self.num_projections,
+            "num_nonfinite": self.num_nonfinite,
+        }
+        closure_state = getattr(self.safety_closure, "state_dict", None)
+        if callable(closure_state):
+            state["safety_closure"] = closure_state()
+        return state
+
+    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+        self._num_steps = int(state["num_steps"])
+        self._num_nonfinite = int(state["num_nonfinite"])
+        device = self.params()[0].device if self.params() else torch.device("cpu")
+        self._projections = torch.tensor(int(state["num_projections"]), device=device)
+        self._nonfinite_grads = torch.zeros((), dtype=torch.int64, device=device)
+        if "safety_closure" in state:
+            loader = getattr(self.safety_closure, "load_state_dict", None)
+            if not callable(loader):
+                raise ValueError(
+                    "the checkpoint holds the safety closure's position but this safety_closure "
+                    "has no load_state_dict; build it with spag_optim.make_safety_closure"
+                )
+            loader(state["safety_closure"])
+
+
+def _stats(loss: float, projected: bool, alpha: float, grad_norm: float) -> dict[str, Any]:
+    return {"safety_loss": loss, "projected": projected, "alpha": alpha, "safety_grad_norm": grad_norm}
+
+
+def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be finite and {relation} {minimum}, got {value}")

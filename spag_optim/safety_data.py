@@ -1,0 +1,234 @@
+"""Turning a safe dataset into SPAG's safety closure in one line.
+
+``make_safety_closure(model, SafetyBatches(safe_dataset, batch_size=8))`` gives the callable that
+:class:`~spag_optim.SPAGOptimizer` evaluates after every step: it draws the next safe mini-batch
+(cycling forever, reshuffled on every pass with a seed), moves it to the model's device and returns
+the model's loss with its graph. Its position is part of the optimizer's state dict, so a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "move_to_device"]
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.nn.Module, Any], Tensor]
+
+
+def move_to_device(batch: Any, device: torch.device | str | None) -> Any:
+    """``batch`` with every tensor (inside dicts, lists, tuples) moved to ``device``."""
+    if device is None:
+        return batch
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        if hasattr(batch, "to"):  # transformers' BatchEncoding moves itself
+            return batch.to(device)
+        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+class SafetyBatches:
+    """Endless, reproducible mini-batches from a safe dataset.
+
+    ``data`` is a map-style dataset (anything with ``__len__`` and ``__getitem__``: a list of
+    examples, a ``torch.utils.data.Dataset``, a Hugging Face ``datasets.Dataset``) or a
+    ``DataLoader``. A dataset is shuffled with ``seed`` + pass number on every pass and batched
+    with ``collate_fn`` (torch's ``default_collate`` if not given); the position is saved by
+    :meth:`state_dict`. A ``DataLoader`` is cycled as it is (its own sampler orders it), and its
+    position cannot be saved.
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Any] | Dataset | DataLoader,
+        *,
+        batch_size: int = 8,
+        collate_fn: Optional[Callable[[list], Any]] = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.loader = data if isinstance(data, DataLoader) else None
+        if self.loader is None:
+            if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
+                raise TypeError(
+                    "SafetyBatches needs a map-style dataset (with __len__ and __getitem__) or a "
+                    f"DataLoader, got {type(data).__name__}"
+                )
+            if len(data) == 0:  # type: ignore[arg-type]
+                raise ValueError("the safe dataset is empty; SPAG needs at least one safe example")
+            if drop_last and len(data) < batch_size:  # type: ignore[arg-type]
+                raise ValueError(
+                    f"drop_last=True with {len(data)} examples and batch_size={batch_size} "  # type: ignore[arg-type]
+                    "would yield no batch; lower batch_size or set drop_last=False"
+                )
+        self.data = data
+        self.batch_size = batch_size
+        self.collate_fn = collate_fn or default_collate
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.device = device
+        self.epoch = 0
+        self.position = 0
+        self._order: Optional[list[int]] = None
+        self._loader_iter: Optional[Iterator] = None
+
+    def _epoch_order(self) -> list[int]:
+        n = len(self.data)  # type: ignore[arg-type]
+        if not self.shuffle:
+            return list(range(n))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(n, generator=generator).tolist()
+
+    def __iter__(self) -> "SafetyBatches":
+        return self
+
+    def __next__(self) -> Any:
+        if self.loader is not None:
+            return move_to_device(self._next_from_loader(), self.device)
+        if self._order is None:
+            self._order = self._epoch_order()
+        n = len(self._order)
+        end = self.position + self.batch_size
+        if end > n and (self.drop_last or self.position >= n):
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+            return next(self)
+        indices = self._order[self.position : min(end, n)]
+        self.position = min(end, n)
+        if self.position >= n:
+            self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        batch = self.collate_fn([self.data[i] for i in indices])  # type: ignore[index]
+        return move_to_device(batch, self.device)
+
+    def _next_from_loader(self) -> Any:
+        assert self.loader is not None
+        for _ in range(2):
+            if self._loader_iter is None:
+                self._loader_iter = iter(self.loader)
+            try:
+                return next(self._loader_iter)
+            except StopIteration:
+                self._loader_iter = None
+                self.epoch += 1
+        raise ValueError("the safety DataLoader yields no batches; give it at least one example")
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if self.loader is not None:
+            logger.warning("SafetyBatches over a DataLoader cannot restore its position; restarting it")
+            return
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
+        self._order = None
+
+
+def _model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
+    """Hugging Face convention: the model returns an output with ``.loss`` given ``labels``."""
+    output = model(**batch) if isinstance(batch, Mapping) else model(*batch)
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if loss is None:
+        raise ValueError(
+            "the model returned no loss for the safety batch: include 'labels' in the batch "
+            "(Hugging Face models) or pass loss_fn=lambda model, batch: ..."
+        )
+    return loss
+
+
+def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
+    for p in model.parameters():
+        return p.device
+    return None
+
+
+class SafetyClosure:
+    """``() -> loss``: the next safe batch through ``model``; resumable through its state dict."""
+
+    def __init__(self, model: torch.nn.Module, batches: Iterable[Any], loss_fn: Optional[LossFn] = None):
+        self.model = model
+        self.batches = batches
+        self._iterator = iter(batches)
+        self.loss_fn = loss_fn or _model_loss
+
+    def __call__(self) -> Tensor:
+        batch = next(self._iterator)
+        if getattr(self.batches, "device", None) is None:
+            batch = move_to_device(batch, _model_device(self.model))
+        return self.loss_fn(self.model, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        saver = getattr(self.batches, "state_dict", None)
+        return {"batches": saver()} if callable(saver) else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        loader = getattr(self.batches, "load_state_dict", None)
+        if "batches" in state and callable(loader):
+            loader(state["batches"])
+
+
+def make_safety_closure(
+    model: torch.nn.Module, batches: Iterable[Any], loss_fn: Optional[LossFn] = None
+) -> SafetyClosure:
+    """The safety closure for :class:`~spag_optim.SPAGOptimizer`.
+
+    ``batches`` is usually a :class:`SafetyBatches`; any endless iterable of batches works.
+    ``loss_fn(model, batch)`` defaults to ``model(**batch).loss``. Call it with the model object
+    whose parameters the optimizer updates (under DDP, see the README's Integrations section).
+    """
+    return SafetyClosure(model, batches, loss_fn)
+
+
+@torch.no_grad()
+def calibrate_tau(
+    model: torch.nn.Module,
+    batches: Iterable[Any],
+    num_batches: Optional[int] = None,
+    loss_fn: Optional[LossFn] = None,
+) -> float:
+    """Mean safety loss of ``model`` (before fine-tuning) over ``num_batches`` batches.
+
+    The paper sets tau from the aligned model's safety loss; SPAG then only acts once fine-tuning
+    has pushed the loss above what alignment achieved. The model is put in eval mode for the
+    measurement and restored afterwards. With an endless ``batches`` (``SafetyBatches``) give
+    ``num_batches``; a finite iterable is used whole when ``num_batches`` is None.
+    """
+    if num_batches is None and isinstance(batches, SafetyBatches):
+        raise ValueError("SafetyBatches never ends: pass num_batches (e.g. 8)")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    loss_fn = loss_fn or _model_loss
+    device = None if getattr(batches, "device", None) is not None else _model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = 0.0, 0
+        for batch in batches:
+            loss = float(loss_fn(model, move_to_device(batch, device)))
+            if loss != loss or loss in (float("inf"), float("-inf")):
+                raise ValueError(f"the safety loss of batch {count} is {loss}; check the safe data")
+            total += loss
+            count += 1
+            if num_batches is not None and count >= num_batches:
+                break
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("calibrate_tau got no batches")
+    return total / count
