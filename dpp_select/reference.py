@@ -19,9 +19,11 @@ __all__ = ["dense_kernel", "brute_force_greedy", "chen_greedy", "resolve_greedy"
 def dense_kernel(emb: np.ndarray, weights: np.ndarray, jitter: float) -> np.ndarray:
     """L = D K D + jitter I in float64, with K the cosine similarity of the rows of ``emb``."""
     x = np.asarray(emb, dtype=np.float64)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
     w = np.asarray(weights, dtype=np.float64)
-    return (w[:, None] * (x @ x.T) * w[None, :]) + jitter * np.eye(x.shape[0])
+    f = x * (w / np.linalg.norm(x, axis=1))[:, None]
+    kernel = f @ f.T  # built in place: one N x N array, no temporaries of that size
+    kernel[np.diag_indices_from(kernel)] += jitter
+    return kernel
 
 
 def _argmax_lowest(values: np.ndarray, tie_tol: float) -> int:

@@ -176,3 +176,16 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="backend"):
         greedy_dpp(x, 2, backend="cuda")
     assert greedy_dpp(x, 0).size == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_backend_matches_the_cpu_backend(dtype):
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(rng.normal(size=(5000, 96)).astype(np.float32)).to(dtype)
+    quality = rng.uniform(0.1, 1.0, 5000)
+    cpu = greedy_dpp(x, 50, quality=quality, beta=4.0, jitter=1e-6, backend="torch")
+    gpu = greedy_dpp(x.cuda(), 50, quality=torch.from_numpy(quality).cuda(), beta=4.0,
+                     jitter=1e-6)
+    np.testing.assert_array_equal(cpu, gpu)
