@@ -24,6 +24,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the demo's own helpers, examples/_demo
 
 from _demo import evaluation  # noqa: E402
@@ -49,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-cache", action="store_true", help="retrain the aligned model")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for tests: seconds, not results")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the model's matrices are so small that more threads "
+        "mostly add synchronisation, and on a busy machine they fight over the cores)",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.threads < 1:
+        print("error: --threads must be at least 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     config = replace(SMOKE if args.smoke else DemoConfig(), seed=args.seed)
     progress = not args.no_progress
     args.out.mkdir(parents=True, exist_ok=True)

@@ -82,9 +82,9 @@ def write_plot(
     bars.axhline(base["asr"], color="C0", ls=":", lw=1, label="aligned base ASR")
     bars.axhline(base["utility"], color="C1", ls=":", lw=1, label="aligned base utility")
     bars.set_xticks(list(xs), names, rotation=30, ha="right")
-    bars.set_ylim(0, 1.05)
+    bars.set_ylim(0, 1.35)  # headroom for the legend above the bars
     bars.set_title("after the harmful fine-tuning attack")
-    bars.legend(fontsize=8)
+    bars.legend(fontsize=8, ncol=2, loc="upper center")
     for name, losses in safety_losses.items():
         if losses:
             curves.plot(range(1, len(losses) + 1), losses, lw=1, label=name)
