@@ -58,7 +58,6 @@ def run_attack(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=config.finetune_lr)
     losses: list[float] = []
-    projections = 0
     if method.selection is not None:
         if not safe:
             raise ValueError(f"{desc}: a SPAG method needs safe examples")
@@ -73,10 +72,7 @@ def run_attack(
         )
 
     def record(step: int) -> None:
-        nonlocal projections
-        stats = optimizer.last_stats
-        losses.append(float(stats["safety_loss"]))
-        projections += bool(stats["projected"])
+        losses.append(float(optimizer.last_stats["safety_loss"]))
 
     train(
         model,
@@ -90,4 +86,5 @@ def run_attack(
         desc=desc,
         progress=progress,
     )
+    projections = optimizer.num_projections if isinstance(optimizer, SPAGOptimizer) else 0
     return AttackOutcome(model, projections, time.perf_counter() - start, losses)
