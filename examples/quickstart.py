@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the demo's own helpers, examples/_demo
 
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --threads must be at least 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    # The demo's own bars cover the long stages; the dependencies' bars and deprecation notices for
+    # a one-second weight load would only bury the story.
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     config = replace(SMOKE if args.smoke else DemoConfig(), seed=args.seed)
     progress = not args.no_progress
     args.out.mkdir(parents=True, exist_ok=True)
