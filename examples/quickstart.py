@@ -10,7 +10,14 @@
    with (placeholder) compliance. Plain fine-tuning (``sft``) loses the refusals.
 3. SPARD fine-tunes on the same data with ``SPAGOptimizer``: after every step it checks the safety
    loss on a few safe examples that ``dpp_select`` picked (relevant to the attack *and* diverse)
-   and projects the weights back when the loss exceeds tau. The refusals stay; the task is learned.
+   and projects the weights back when the loss exceeds tau, so the refusals can survive while
+   the task is still learned.
+
+Methods (``--methods``, default ``all``; details in ``_demo/methods.py``): ``sft`` (no defense),
+``spag_random`` and ``spag_top_relevance`` (SPAG with other safe-data choices), ``spard`` (SPAG +
+DPP, library defaults), ``spard_relative_trust`` / ``spard_no_trust`` / ``spard_fixed_trust`` /
+``spard_lr_trust`` (SPAG's trust region pinned to relative rho=0.5 / none / eta_safe=0.01 / the
+learning rate) and ``spard_authors_code`` (the authors' released update, tolerance 0.1).
 
 The synthetic "harmful" data only names placeholder tasks; no real harmful content is anywhere.
 Writes ``results.json`` and (with matplotlib) ``results.png`` to ``--out``.
