@@ -182,8 +182,9 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
             parser.error(str(err))
     else:
         args.trust_region = _LIBRARY_DEFAULT
-    if args.eval_limit is not None and args.eval_limit < 1:
-        parser.error("--eval-limit must be >= 1")
+    for name in ("train_limit", "eval_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error("--max-steps must be >= 1")
     if args.max_steps is None and not args.epochs > 0:

@@ -174,6 +174,9 @@ def test_bad_options_fail_in_the_parser(capsys):
     assert "--trust-region" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         common.parse_args("x", argv + ["--harmful-ratio", "1.5"])
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv + ["--train-limit", "0"])
+    assert "--train-limit must be >= 1" in capsys.readouterr().err
     args = common.parse_args("x", argv + ["--trust-region", "none"])
     assert args.trust_region is None
     assert common.parse_args("x", argv + ["--trust-region", "0.5"]).trust_region == 0.5
