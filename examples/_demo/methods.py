@@ -20,7 +20,9 @@ on the results:
   model, as it does for SPAG.
 * ``safeinstr``: the selected rows join the fine-tuning data (3%, the paper's setting); AdamW alone.
 * ``ptst``: plain fine-tuning; ASR and utility are measured with the safety system prompt
-  (:data:`.tokenizer.SAFETY_SYSTEM_PROMPT`) before the chat prompt.
+  (:data:`.tokenizer.SAFETY_SYSTEM_PROMPT`) before the chat prompt. Caveat: the tiny aligned
+  model never saw a system prompt (a real chat model is aligned with them), so to it the prompt
+  is an unfamiliar prefix; the row shows what that prefix does, not PTST on a model that knows it.
 """
 
 from __future__ import annotations
