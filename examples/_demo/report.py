@@ -89,6 +89,7 @@ def write_plot(
     bars.set_ylim(0, 1.35)  # headroom for the legend above the bars
     bars.set_title("after the harmful fine-tuning attack")
     bars.legend(fontsize=8, ncol=2, loc="upper center")
+    curves.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per curve: up to 20 methods
     for name, losses in safety_losses.items():
         # Lisa reports a safety loss on its alignment steps only (NaN elsewhere): plot those points.
         points = [(step, loss) for step, loss in enumerate(losses, start=1) if math.isfinite(loss)]
