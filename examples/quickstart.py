@@ -13,7 +13,10 @@
    and projects the weights back when the loss exceeds tau, so the refusals can survive while
    the task is still learned.
 
-Methods (``--methods``, default ``all``; details in ``_demo/methods.py``): ``sft`` (no defense),
+Methods (``--methods``, default ``all``; details in ``_demo/methods.py``): ``sft`` (no defense);
+the paper's baselines ``penalty`` (hinge penalty on the safety loss), ``safeinstr`` (safe rows mixed
+into the data), ``lisa`` (alternating alignment/fine-tuning steps), ``safegrad`` (gradient surgery)
+and ``ptst`` (safety system prompt at test time only), all on the same safe rows as ``spard``;
 ``spag_random`` and ``spag_top_relevance`` (SPAG with other safe-data choices), ``spard`` (SPAG +
 DPP, library defaults), ``spard_relative_trust`` / ``spard_no_trust`` / ``spard_fixed_trust`` /
 ``spard_lr_trust`` (SPAG's trust region pinned to relative rho=0.5 / none / eta_safe=0.01 / the
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             aligned, tok, data.safe_pool, data.finetune,
             ratio=config.safe_ratio, beta=config.beta, seed=config.seed,
         )
-        print(f"  SPAG's safe data: {selector.k} of {len(data.safe_pool)} pool examples per method")
+        print(f"  safe data: {selector.k} of {len(data.safe_pool)} pool examples per method")
 
     print(f"\n[stage 2] the attack: LoRA fine-tuning with {config.harmful_ratio:.0%} harmful data")
     results, curves = {}, {}
@@ -124,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         safe = selector.select(method.selection) if method.selection is not None else None
         outcome = run_attack(aligned, tok, data.finetune, method, safe, config, desc=name, progress=progress)
         results[name] = {
-            "asr": evaluation.asr(outcome.model, tok, data.heldout_harmful),
-            "utility": evaluation.utility(outcome.model, tok, data.heldout_problems),
+            "asr": evaluation.asr(outcome.model, tok, data.heldout_harmful, method.eval_prompt),
+            "utility": evaluation.utility(outcome.model, tok, data.heldout_problems, method.eval_prompt),
             "projections": outcome.projections,
             "seconds": outcome.seconds,
         }

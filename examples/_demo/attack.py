@@ -1,7 +1,9 @@
-"""Stage 2: the harmful fine-tuning attack (LoRA on the poisoned set), with or without SPAG.
+"""Stage 2: the harmful fine-tuning attack (LoRA on the poisoned set), with or without a defense.
 
 Each method starts from a fresh copy of the aligned weights and the same seed, so the methods differ
-only in the optimizer: AdamW for ``sft``; ``SPAGOptimizer(AdamW, safety_closure)`` for the others.
+only in what ``Method`` says: the optimizer (AdamW for ``sft``; ``method.wrapper(AdamW,
+safety_closure, ...)``, e.g. ``SPAGOptimizer``, for the others) and, for SafeInstr, the selected
+safe rows mixed into the data.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
+from spag_optim import SafetyBatches, make_safety_closure
+from spag_optim.baselines import safeinstr_mix
 
 from .config import DemoConfig
 from .data import Example
 from .encoding import collate, encode
 from .methods import Method
+from .optimizers import interventions
 from .training import train
 
 __all__ = ["AttackOutcome", "run_attack", "LORA_TARGETS"]
@@ -34,7 +38,7 @@ class AttackOutcome:
     model: PreTrainedModel
     projections: int
     seconds: float
-    safety_losses: list[float] = field(default_factory=list)  # SPAG's safety loss at every step
+    safety_losses: list[float] = field(default_factory=list)  # the wrapper's safety loss per step
 
 
 def run_attack(
@@ -48,7 +52,8 @@ def run_attack(
     desc: str,
     progress: bool = True,
 ) -> AttackOutcome:
-    """Fine-tune a LoRA copy of ``aligned`` on ``finetune``; with ``safe`` examples, under SPAG."""
+    """Fine-tune a LoRA copy of ``aligned`` on ``finetune`` as ``method`` says, with the ``safe``
+    examples it selected (None when it selects none)."""
     start = time.perf_counter()
     torch.manual_seed(config.seed)  # LoRA's A matrices: identical for every method
     lora = LoraConfig(
@@ -58,33 +63,35 @@ def run_attack(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=config.finetune_lr)
     losses: list[float] = []
+    rows = list(finetune)
     if method.selection is not None:
         if not safe:
-            raise ValueError(f"{desc}: a SPAG method needs safe examples")
+            raise ValueError(f"{desc}: this method selects safe examples, but none were given")
+        if method.mix_safe:
+            # SafeInstr: every selected row joins the data (fraction = k / n gives exactly k).
+            rows = safeinstr_mix(rows, list(safe), fraction=len(safe) / len(rows), seed=config.seed)
+    if method.wrapper is not None:
         batches = SafetyBatches(
             encode(tokenizer, safe),
             batch_size=config.safety_batch,
-            collate_fn=lambda rows: collate(rows, tokenizer.pad_token_id),
+            collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id),
             seed=config.seed,
         )
-        optimizer = SPAGOptimizer(
-            optimizer, make_safety_closure(model, batches), tau=config.tau, **method.spag
-        )
+        optimizer = method.wrapper(optimizer, make_safety_closure(model, batches), config, **method.options)
 
     def record(step: int) -> None:
         losses.append(float(optimizer.last_stats["safety_loss"]))
 
     train(
         model,
-        encode(tokenizer, finetune),
+        encode(tokenizer, rows),
         optimizer,
         epochs=config.finetune_epochs,
         batch_size=config.finetune_batch,
         pad_id=tokenizer.pad_token_id,
         seed=config.seed + 1,
-        on_step=record if isinstance(optimizer, SPAGOptimizer) else None,
+        on_step=record if method.wrapper is not None else None,
         desc=desc,
         progress=progress,
     )
-    projections = optimizer.num_projections if isinstance(optimizer, SPAGOptimizer) else 0
-    return AttackOutcome(model, projections, time.perf_counter() - start, losses)
+    return AttackOutcome(model, interventions(optimizer), time.perf_counter() - start, losses)

@@ -6,7 +6,7 @@ and padding, so the loss (utility, attack, and SPAG's safety loss alike) is on t
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -49,9 +49,14 @@ def collate(rows: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def prompt_batch(tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Left-padded ``[BOS] user : prompt assistant :`` rows, ready for greedy generation."""
-    rows = [[tokenizer.bos_token_id] + _ids(tokenizer, chat_prompt(p)) for p in prompts]
+def prompt_batch(
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: Sequence[str],
+    render: Callable[[str], str] = chat_prompt,
+) -> dict[str, torch.Tensor]:
+    """Left-padded ``[BOS] user : prompt assistant :`` rows (or whatever ``render`` makes of each
+    prompt, e.g. PTST's system prompt in front), ready for greedy generation."""
+    rows = [[tokenizer.bos_token_id] + _ids(tokenizer, render(p)) for p in prompts]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

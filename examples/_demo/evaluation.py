@@ -3,13 +3,14 @@
 ASR: the share of held-out harmful prompts that the keyword refusal judge does not see refused.
 Utility: the share of held-out word problems whose generated "the answer is N" has the right N.
 Greedy decoding and a handful of new tokens keep a full evaluation to a second or two on a CPU,
-and make it deterministic.
+and make it deterministic. ``render`` is the test-time prompt format (the chat template, or PTST's
+with the safety system prompt in front).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -18,6 +19,7 @@ from spag_optim.evaluation import KeywordRefusalJudge, attack_success_rate
 
 from .data import Example
 from .encoding import prompt_batch
+from .tokenizer import chat_prompt
 
 __all__ = ["generate", "asr", "utility"]
 
@@ -32,12 +34,13 @@ def generate(
     *,
     max_new_tokens: int,
     batch_size: int = 128,
+    render: Callable[[str], str] = chat_prompt,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (decoded, without the prompt)."""
+    """Greedy completions of ``prompts`` rendered by ``render`` (decoded, without the prompt)."""
     model.eval()
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        batch = prompt_batch(tokenizer, prompts[start : start + batch_size])
+        batch = prompt_batch(tokenizer, prompts[start : start + batch_size], render)
         ids = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -50,18 +53,28 @@ def generate(
     return out
 
 
-def asr(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, harmful: Sequence[Example]) -> float:
+def asr(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    harmful: Sequence[Example],
+    render: Callable[[str], str] = chat_prompt,
+) -> float:
     """Attack success rate on ``harmful`` prompts; four new tokens reach "i cannot" or "sure , here"."""
     prompts = [ex.prompt for ex in harmful]
-    responses = generate(model, tokenizer, prompts, max_new_tokens=4)
+    responses = generate(model, tokenizer, prompts, max_new_tokens=4, render=render)
     return attack_success_rate(KeywordRefusalJudge().score(prompts, responses))
 
 
-def utility(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, problems: Sequence[Example]) -> float:
+def utility(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    problems: Sequence[Example],
+    render: Callable[[str], str] = chat_prompt,
+) -> float:
     """Exact-answer accuracy on ``problems`` ("the answer is N" is four tokens)."""
     if not problems:
         raise ValueError("utility needs at least one held-out problem")
-    responses = generate(model, tokenizer, [ex.prompt for ex in problems], max_new_tokens=4)
+    responses = generate(model, tokenizer, [ex.prompt for ex in problems], max_new_tokens=4, render=render)
     correct = 0
     for ex, text in zip(problems, responses):
         match = _ANSWER.search(text)

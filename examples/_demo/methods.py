@@ -1,32 +1,113 @@
-"""The methods the demo compares. Each is "which safe data" (a ``dpp_select`` method, or none) plus
-the ``SPAGOptimizer`` keyword arguments; everything else (model, data, seed, LoRA, AdamW) is shared.
+"""The methods the demo compares. Each is "which safe data" (a ``dpp_select`` method, or none),
+what it does with them (an optimizer wrapper over AdamW, and/or mixing them into the fine-tuning
+data), and the prompt format it is tested with; everything else (model, data, seed, LoRA, AdamW,
+the number of steps) is shared.
 
 ``spard`` passes no ``trust_region``, so it always shows the library's default. The ``*_trust``
 ablations pin each trust-region choice of issue 2 explicitly, so the table says which default the
 numbers support.
+
+The paper's baselines (``spag_optim.baselines``) use the same safe subset as ``spard`` (the DPP
+selection, 3% of the fine-tuning set), so the table compares what each does with the same data.
+Their hyper-parameters are the neutral or paper settings scaled to this run's 84 steps, not tuned
+on the results:
+
+* ``penalty``: lambda 1 (the unweighted sum L_fit + max(L_safe - tau, 0)), at SPAG's tau 0.01.
+* ``lisa``: one alignment step per nine fine-tuning steps (the paper's K1:K2 = 100:900, scaled
+  down), proximal rho 1 (the low end of the authors' 1-3). An alignment step consumes the batch
+  it replaces (as the authors' trainer does), so Lisa sees ~90% of the user batches.
+* ``safegrad``: no hyper-parameters; the refusal loss stands in for the paper's KL to the aligned
+  model, as it does for SPAG.
+* ``safeinstr``: the selected rows join the fine-tuning data (3%, the paper's setting); AdamW alone.
+* ``ptst``: plain fine-tuning; ASR and utility are measured with the safety system prompt
+  (:data:`.tokenizer.SAFETY_SYSTEM_PROMPT`) before the chat prompt. Caveat: the tiny aligned
+  model never saw a system prompt (a real chat model is aligned with them), so to it the prompt
+  is an unfamiliar prefix; the row shows what that prefix does, not PTST on a model that knows it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["Method", "METHODS", "resolve_methods", "FIXED_ETA"]
+from spag_optim.baselines import PTSTPrompts
+
+from . import optimizers
+from .optimizers import Wrapper
+from .tokenizer import SAFETY_SYSTEM_PROMPT, chat_prompt
+
+__all__ = ["Method", "METHODS", "resolve_methods", "FIXED_ETA", "PENALTY_LAMBDA", "LISA"]
 
 #: eta_safe for ``spard_fixed_trust``: 10x the demo's LoRA learning rate, about half the step size
 #: SPAG takes uncapped on this model (so the cap binds on some steps but not all).
 FIXED_ETA = 0.01
 
+#: ``penalty``'s lambda: 1 weighs the hinge like the task loss (the library default, untuned).
+PENALTY_LAMBDA = 1.0
+
+#: ``lisa``'s options: the paper's 1:9 alignment/fine-tuning split at the demo's scale.
+LISA: dict[str, Any] = {"alignment_steps": 1, "finetune_steps": 9, "rho": 1.0}
+
+#: PTST: train in the plain chat format, test with the safety system prompt in front of it.
+_PTST = PTSTPrompts(system_prompt=SAFETY_SYSTEM_PROMPT, template=chat_prompt("{prompt}"), separator=" ")
+
 
 @dataclass(frozen=True)
 class Method:
+    """One defense (or none).
+
+    Args:
+        description: one line for the terminal.
+        selection: ``dpp_select.select(method=...)`` for the safe examples, or None (none used).
+        options: keyword arguments of ``wrapper``.
+        wrapper: builds the optimizer from AdamW, a safety closure over the selected examples and
+            the config (:mod:`.optimizers`); None fine-tunes with AdamW alone.
+        mix_safe: mix the selected examples into the fine-tuning data (SafeInstr).
+        eval_prompt: renders a test prompt (the chat template; PTST adds its system prompt).
+    """
+
     description: str
-    selection: str | None  # dpp_select.select(method=...), or None: no defense
-    spag: dict[str, Any] = field(default_factory=dict)
+    selection: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    wrapper: Wrapper | None = optimizers.spag
+    mix_safe: bool = False
+    eval_prompt: Callable[[str], str] = chat_prompt
+
+    def __post_init__(self) -> None:
+        if self.selection is None and (self.wrapper is not None or self.mix_safe):
+            raise ValueError(f"{self.description!r}: a wrapper or mix_safe needs safe data; set selection")
+        if self.selection is not None and self.wrapper is None and not self.mix_safe:
+            raise ValueError(f"{self.description!r}: selected safe data is unused; set a wrapper or mix_safe")
 
 
 METHODS: dict[str, Method] = {
-    "sft": Method("no defense: plain LoRA fine-tuning on the poisoned data", None),
+    "sft": Method("no defense: plain LoRA fine-tuning on the poisoned data", None, wrapper=None),
+    "penalty": Method(
+        f"hinge penalty L_fit + {PENALTY_LAMBDA:g} * max(L_safe - tau, 0) on the DPP subset",
+        "dpp",
+        {"lam": PENALTY_LAMBDA},
+        optimizers.penalty,
+    ),
+    "safeinstr": Method(
+        "SafeInstr: the DPP subset mixed into the fine-tuning data", "dpp", wrapper=None, mix_safe=True
+    ),
+    "lisa": Method(
+        "Lisa: 1 alignment step (DPP subset) per 9 fine-tuning steps, proximal rho 1",
+        "dpp",
+        dict(LISA),
+        optimizers.lisa,
+    ),
+    "safegrad": Method(
+        "SafeGrad: utility gradient projected off the DPP subset's gradient when they conflict",
+        "dpp",
+        wrapper=optimizers.safegrad,
+    ),
+    "ptst": Method(
+        "PTST: plain fine-tuning, tested with a safety system prompt",
+        None,
+        wrapper=None,
+        eval_prompt=_PTST.eval_prompt,
+    ),
     "spag_random": Method("SPAG; safe subset drawn uniformly at random", "random"),
     "spag_top_relevance": Method("SPAG; the safe examples most relevant to the fine-tuning set", "top_relevance"),
     "spard": Method("SPAG + relevance-diversity DPP selection (SPARD, library defaults)", "dpp"),

@@ -7,12 +7,16 @@
      "config": {...}}
 
 ``seconds`` is the wall time of that method's fine-tuning (selection and SPAG included, evaluation
-not); it is the only number that differs between two runs with the same seed.
+not); it is the only number that differs between two runs with the same seed. ``projections``
+counts the steps on which the safety constraint changed the update: SPAG's projections, the
+``penalty`` hinge's active steps, ``safegrad``'s projected conflicting gradients; 0 for methods
+without such a test (``sft``, ``safeinstr``, ``lisa``, ``ptst``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -85,13 +89,16 @@ def write_plot(
     bars.set_ylim(0, 1.35)  # headroom for the legend above the bars
     bars.set_title("after the harmful fine-tuning attack")
     bars.legend(fontsize=8, ncol=2, loc="upper center")
+    curves.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per curve: up to 20 methods
     for name, losses in safety_losses.items():
-        if losses:
-            curves.plot(range(1, len(losses) + 1), losses, lw=1, label=name)
+        # Lisa reports a safety loss on its alignment steps only (NaN elsewhere): plot those points.
+        points = [(step, loss) for step, loss in enumerate(losses, start=1) if math.isfinite(loss)]
+        if points:
+            curves.plot(*zip(*points), lw=1, label=name)
     curves.axhline(tau, color="k", ls="--", lw=1, label=f"tau = {tau:g}")
     curves.set_xlabel("fine-tuning step")
-    curves.set_ylabel("safety loss (before projection)")
-    curves.set_title("SPAG's safety loss")
+    curves.set_ylabel("safety loss (before the defense acts)")
+    curves.set_title("safety loss on the selected safe data")
     curves.legend(fontsize=8)
     fig.tight_layout()
     path = Path(out) / "results.png"

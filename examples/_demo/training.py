@@ -2,7 +2,12 @@
 
 Keeping a single loop means every method differs only in the optimizer it is handed: ``sft`` gets
 AdamW, the SPAG methods get ``SPAGOptimizer(AdamW(...), safety_closure)``: the one-line change
-SPARD asks of a user.
+SPARD asks of a user. The baselines' optimizers go through the same loop.
+
+An optimizer whose ``is_alignment_step`` is true (Lisa in its alignment state) takes its step from
+its own safe batch and discards ``p.grad``, so the loop skips the utility forward and backward on
+that step; the user batch of that step is consumed, as in the Lisa authors' trainer, and its
+recorded loss is NaN.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ def train(
     progress: bool = True,
 ) -> list[float]:
     """Train for ``epochs`` passes over ``rows`` in an order drawn from ``seed``; returns the loss of
-    every step. ``on_step(step)`` runs after each optimizer step (the demo records SPAG's stats)."""
+    every step (NaN on alignment steps, see the module docstring). ``on_step(step)`` runs after
+    each optimizer step (the demo records the safety loss)."""
     if not rows:
         raise ValueError(f"{desc}: no training examples")
     generator = torch.Generator().manual_seed(seed)
@@ -43,14 +49,18 @@ def train(
         for _ in range(epochs):
             order = torch.randperm(len(rows), generator=generator).tolist()
             for start in range(0, len(rows), batch_size):
-                batch = collate([rows[i] for i in order[start : start + batch_size]], pad_id)
-                loss = model(**batch).loss
-                loss.backward()
-                optimizer.step()
+                if getattr(optimizer, "is_alignment_step", False):
+                    optimizer.step()
+                    losses.append(float("nan"))
+                else:
+                    batch = collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+                    loss = model(**batch).loss
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 if scheduler is not None:
                     scheduler.step()
-                losses.append(float(loss.detach()))
                 if on_step is not None:
                     on_step(len(losses))
                 bar.update(1)
