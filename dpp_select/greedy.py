@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 14  # rows of bookkeeping at a time: temporaries stay in cache, memory stays O(N)
 _RESCORE_BLOCK = 2048  # rows gathered at once when re-scoring in float64
+_SMALL_PRODUCT = 1 << 24  # multiply-adds below which threads cost more than they save
 _MARGIN = 1e-11  # relative slack covering float64 rounding between update and re-score orders
 
 
@@ -119,6 +120,11 @@ def greedy_dpp(
     ties). Stops at ``k`` items, or earlier with an :class:`EarlyStopWarning` when the best gain
     falls below ``eps``. ``backend='numpy'`` runs BLAS on the CPU; ``'torch'`` runs the pass on
     the tensor's device (or ``device``); ``'auto'`` follows the input type.
+
+    Tolerance: picks are exact for the embeddings as stored. float16/bfloat16 tensors (torch
+    backend) are exact for their rounded values, which differ from float32 embeddings by up to
+    2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
+    than about that fraction may change against a float32 run.
     """
     return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device).indices
 
@@ -200,7 +206,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
         stale = contenders[err[contenders] > 0.0]
         for start in range(0, stale.size, _RESCORE_BLOCK):
             idx = stale[start:start + _RESCORE_BLOCK]
-            proj = (xpass.rows(idx) @ basis_a[:t].T) * scale[idx, None]
+            proj = _rows_times_basis(xpass.rows(idx), basis_a[:t]) * scale[idx, None]
             gain[idx] = base[idx] - np.einsum("ij,ij->i", proj, proj)
             err[idx] = 0.0
         rescored += stale.size
@@ -208,7 +214,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
         best_gain = float(values.max())
         # Gains within the rounding margin of the best are ties; the lowest index wins.
         choice = int(contenders[np.flatnonzero(values >= best_gain - margin)[0]])
-        if not best_gain >= eps or best_gain == -np.inf:
+        if not best_gain >= eps:
             break
         if not _extend_basis(xpass, choice, scale[choice], jitter, basis_a, basis_b, t):
             break
@@ -235,7 +241,9 @@ def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a:
                   basis_b: np.ndarray, t: int) -> bool:
     """Append the normalised residual of phi_choice to the basis (two Gram-Schmidt passes).
 
-    Returns False when the residual vanishes (only possible with eps = 0).
+    The O(k d) products use ``einsum`` (single-threaded C loops) rather than BLAS: on a shared
+    machine, waking BLAS threads for a (k x d) matrix-vector product costs several times the
+    product itself. Returns False when the residual vanishes (only possible with eps = 0).
     """
     f = xpass.rows(np.array([choice]))[0] * scale
     a_prev, b_prev = basis_a[:t], basis_b[:t, : t + 1]
@@ -243,12 +251,19 @@ def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a:
     r_b = np.zeros(t + 1)
     r_b[t] = math.sqrt(jitter)
     for _ in range(2):  # the second pass restores orthogonality lost to rounding
-        coef = a_prev @ r_a + b_prev @ r_b
-        r_a = r_a - a_prev.T @ coef
-        r_b = r_b - b_prev.T @ coef
+        coef = np.einsum("ij,j->i", a_prev, r_a) + np.einsum("ij,j->i", b_prev, r_b)
+        r_a = r_a - np.einsum("ij,i->j", a_prev, coef)
+        r_b = r_b - np.einsum("ij,i->j", b_prev, coef)
     norm = math.sqrt(float(r_a @ r_a + r_b @ r_b))
     if not norm > 0.0:
         return False
     basis_a[t] = r_a / norm
     basis_b[t, : t + 1] = r_b / norm
     return True
+
+
+def _rows_times_basis(rows: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``rows @ basis.T``: single-threaded einsum for the usual few rows, BLAS for many."""
+    if rows.shape[0] * basis.size < _SMALL_PRODUCT:
+        return np.einsum("ij,kj->ik", rows, basis)
+    return rows @ basis.T
