@@ -15,6 +15,8 @@ Sections (each grid cell runs in a fresh process so peak memory is its own):
         measured device-to-device copy bandwidth each step achieves.
 
 Usage: python benchmarks/dpp_scaling.py [--quick] [--sections grid,refs,llm,gpu] [--out PATH]
+On a shared machine, OPENBLAS_NUM_THREADS=1 avoids BLAS threads waiting on busy cores (the
+recorded results say which setting they used).
 """
 
 from __future__ import annotations
@@ -290,10 +292,11 @@ def _section_gpu(quick: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N only (development)")
-    parser.add_argument("--sections", default="grid,refs,llm,gpu")
+    parser.add_argument("--sections", default="grid,refs,llm,gpu",
+                        help="comma-separated sections to run; empty: only collect the file")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
-    sections = args.sections.split(",")
+    sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -301,7 +304,9 @@ def main(argv: list[str] | None = None) -> None:
         started = os.getloadavg()[0]
         lines = globals()[f"_section_{section}"](args.quick)
         lines.insert(2, f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with "
-                     f"`--sections {section}{' --quick' if args.quick else ''}`; load average "
+                     f"`--sections {section}{' --quick' if args.quick else ''}`, "
+                     f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
+                     "load average "
                      f"{started:.1f} at start, {os.getloadavg()[0]:.1f} at end (shared "
                      "machine).\n")
         with open(f"{args.out}.{section}.tmp", "w", encoding="utf-8") as handle:

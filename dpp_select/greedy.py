@@ -240,22 +240,34 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
 
 def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a: np.ndarray,
                   basis_b: np.ndarray, t: int) -> bool:
-    """Append the normalised residual of phi_choice to the basis (two Gram-Schmidt passes).
+    """Append the normalised residual of phi_choice to the basis.
 
-    The O(k d) products use ``einsum`` (single-threaded C loops) rather than BLAS: on a shared
-    machine, waking BLAS threads for a (k x d) matrix-vector product costs several times the
-    product itself. Returns False when the residual vanishes (only possible with eps = 0).
+    Classical Gram-Schmidt, repeated once only when the first pass cancelled more than half of
+    the norm ("twice is enough", Kahan/Parlett), which is when orthogonality would suffer. In the
+    first pass phi_choice's jitter part sqrt(j) e_t is orthogonal to every earlier b (they live
+    on earlier items), so only the feature part is projected. The O(k d) products use
+    ``einsum`` (single-threaded C loops) rather than BLAS: on a shared machine, waking BLAS
+    threads for a (k x d) matrix-vector product costs several times the product itself.
+    Returns False when the residual vanishes (only possible with eps = 0).
     """
     f = xpass.rows(np.array([choice]))[0] * scale
     a_prev, b_prev = basis_a[:t], basis_b[:t, : t + 1]
-    r_a = f
+    coef = np.einsum("ij,j->i", a_prev, f)
+    r_a = f - np.einsum("ij,i->j", a_prev, coef)
     r_b = np.zeros(t + 1)
-    r_b[t] = math.sqrt(jitter)
-    for _ in range(2):  # the second pass restores orthogonality lost to rounding
-        coef = np.einsum("ij,j->i", a_prev, r_a) + np.einsum("ij,j->i", b_prev, r_b)
-        r_a = r_a - np.einsum("ij,i->j", a_prev, coef)
-        r_b = r_b - np.einsum("ij,i->j", b_prev, coef)
-    norm = math.sqrt(float(r_a @ r_a + r_b @ r_b))
+    if jitter > 0.0:
+        r_b -= np.einsum("ij,i->j", b_prev, coef)
+        r_b[t] = math.sqrt(jitter)
+    before = float(f @ f) + jitter
+    after = float(r_a @ r_a + r_b @ r_b)
+    if after < 0.5 * before:
+        coef = np.einsum("ij,j->i", a_prev, r_a)
+        if jitter > 0.0:
+            coef += np.einsum("ij,j->i", b_prev, r_b)
+            r_b -= np.einsum("ij,i->j", b_prev, coef)
+        r_a -= np.einsum("ij,i->j", a_prev, coef)
+        after = float(r_a @ r_a + r_b @ r_b)
+    norm = math.sqrt(after)
     if not norm > 0.0:
         return False
     basis_a[t] = r_a / norm
