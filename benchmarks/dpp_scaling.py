@@ -147,6 +147,21 @@ def llm_cell() -> dict:
         ours_s = greedy_dpp_result(xs, k, quality=qs, beta=4.0, jitter=jitter)
         seeds.append((seed, bool(np.array_equal(ours_s.indices, exact_s)), ours_s.rescored,
                       _first_difference(float32_pass_greedy(xs, ws, k, jitter), exact_s)))
+    # The instance of tests/test_dpp_greedy.py (float64 relevance, 1000 targets), on which the
+    # plain float32 pass does change the picks.
+    rng = np.random.default_rng(1)
+    mean = rng.normal(size=d)
+    mean[:2] *= 30.0
+    mean *= 10.0 / np.linalg.norm(mean)
+    xt, tt = ((mean + 2.0 * rng.normal(size=(m, d)) / np.sqrt(d)).astype(np.float32)
+              for m in (n, 1000))
+    xn = (xt / np.linalg.norm(xt, axis=1, keepdims=True)).astype(np.float64)
+    tn = (tt / np.linalg.norm(tt, axis=1, keepdims=True)).astype(np.float64)
+    qt = (xn @ tn.T).max(axis=1)
+    exact_t = feature_greedy(xt, qt**4, k, jitter)
+    ours_t = greedy_dpp_result(xt, k, quality=qt, beta=4.0, jitter=jitter)
+    seeds.append(("test", bool(np.array_equal(ours_t.indices, exact_t)), ours_t.rescored,
+                  _first_difference(float32_pass_greedy(xt, qt**4, k, jitter), exact_t)))
     return {"q_share_085": float(np.mean(quality > 0.85)), "q_median": float(np.median(quality)),
             "same_exact": bool(np.array_equal(ours.indices, exact)),
             "same_chen": bool(np.array_equal(ours.indices, chen)),
@@ -259,7 +274,9 @@ def _section_llm(quick: bool) -> list[str]:
               f"picks at: {r['naive_diverges']}",
               f"- time: ours {r['t_ours']:.2f} s, exact float64 greedy {r['t_exact']:.2f} s, "
               f"plain float32 {r['t_naive']:.2f} s, Chen {r['t_chen']:.2f} s", "",
-              "More draws of the same kind of data (seed 1 is the one above):", "",
+              "More draws of the same kind of data (seed 1 is the one above; \"test\" is the "
+              "instance in tests/test_dpp_greedy.py, with float64 relevance and 1000 targets):",
+              "",
               "| seed | ours == exact float64 | re-scored | plain float32 first differs |",
               "|---|---|---|---|"]
     lines += [f"| {s} | {same} | {resc} | {diff} |" for s, same, resc, diff in r["seeds"]]
