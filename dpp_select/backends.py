@@ -13,10 +13,14 @@ and one for rounding float64 embeddings to float32 when the pass works on a floa
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
 __all__ = ["NumpyPass", "TorchPass", "pass_error_unit"]
+
+logger = logging.getLogger(__name__)
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
@@ -53,6 +57,14 @@ class NumpyPass:
         return np.asarray(self._source[idx], dtype=np.float64)
 
 
+def _tf32_enabled(device: torch.device) -> bool:
+    """Whether float32 products on ``device`` may use TF32 (10-bit mantissa)."""
+    return device.type == "cuda" and (
+        torch.backends.cuda.matmul.allow_tf32
+        or torch.get_float32_matmul_precision() != "highest"
+    )
+
+
 class TorchPass:
     """``X @ a`` with torch on any device, X kept in its dtype.
 
@@ -60,32 +72,41 @@ class TorchPass:
     float32 a block of rows at a time (exact), so the float32 error bound still holds and the
     picks are exact for the stored (rounded) embeddings; the rounding to half precision itself
     (relative 2^-11 for float16, 2^-8 for bfloat16 per entry) is the only tolerance against the
-    original float32 embeddings.
+    original float32 embeddings. When TF32 is enabled for float32 products on a CUDA device,
+    the pass runs in float64 (blocks upcast the same way) because TF32 voids the float32 bound.
     """
 
     def __init__(self, x: torch.Tensor, device: torch.device | str | None = None) -> None:
         self._x = x if device is None else x.to(device)
         self.device = self._x.device
         self.n, self.d = self._x.shape
-        self._f64 = self._x.dtype == torch.float64
-        self._half = self._x.dtype in (torch.float16, torch.bfloat16)
+        self._f64 = self._x.dtype == torch.float64 or _tf32_enabled(self.device)
+        if self._f64 and self._x.dtype != torch.float64:
+            logger.warning(
+                "TF32 is enabled for float32 matrix products on %s, which voids the float32 "
+                "error bound; the greedy DPP pass runs in float64 instead (exact, slower). "
+                "Set torch.backends.cuda.matmul.allow_tf32 = False and "
+                "torch.set_float32_matmul_precision('highest') for the float32 pass.",
+                self.device,
+            )
         self._pass_dtype = torch.float64 if self._f64 else torch.float32
-        self._block = max(1, _UPCAST_BYTES // (4 * self.d))
+        self._upcast = self._x.dtype != self._pass_dtype
+        self._block = max(1, _UPCAST_BYTES // (self._pass_dtype.itemsize * self.d))
         self.unit = pass_error_unit(self.d, float64_pass=self._f64)
 
     def project(self, a: np.ndarray, out: np.ndarray) -> None:
-        """Write ``X @ a`` (float32, or float64 for a float64 X) into the NumPy array ``out``."""
+        """Write ``X @ a`` (in ``pass_dtype``) into the NumPy array ``out``."""
         a_dev = torch.from_numpy(a).to(device=self.device, dtype=self._pass_dtype)
         on_cpu = self.device.type == "cpu"
         target = torch.from_numpy(out) if on_cpu else torch.empty(
             self.n, dtype=self._pass_dtype, device=self.device
         )
-        if not self._half:
+        if not self._upcast:
             torch.mv(self._x, a_dev, out=target)
         else:
             for lo in range(0, self.n, self._block):
                 hi = min(self.n, lo + self._block)
-                torch.mv(self._x[lo:hi].to(torch.float32), a_dev, out=target[lo:hi])
+                torch.mv(self._x[lo:hi].to(self._pass_dtype), a_dev, out=target[lo:hi])
         if not on_cpu:
             out[:] = target.cpu().numpy()
 

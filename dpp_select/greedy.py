@@ -13,7 +13,8 @@ update, jitter included, without the N x N kernel or their N x k factor: memory 
 Why it stays exact with a float32 pass: gains are kept in float64, and every update carries a
 rigorous per-candidate bound on the float32 error (see ``backends.py``). Before each pick, every
 candidate whose upper bound reaches the best lower bound is re-scored in float64 from the stored
-basis (O(k d) each) and its bound reset to zero, so the pick is the argmax of exact float64 gains.
+basis (O(k d) at worst, O(d) per step since its last re-scoring in practice) and its bound reset
+to zero, so the pick is the argmax of exact float64 gains.
 Ties are broken deterministically towards the lowest index; gains closer than 1e-11 x max_i L_ii
 (float64 rounding noise between two evaluation orders) count as ties.
 """
@@ -37,7 +38,8 @@ __all__ = ["EarlyStopWarning", "GreedyResult", "greedy_dpp", "greedy_dpp_result"
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 14  # rows of bookkeeping at a time: temporaries stay in cache, memory stays O(N)
-_RESCORE_BLOCK = 2048  # rows gathered at once when re-scoring in float64
+_RESCORE_BLOCK = 256  # rows gathered at once when re-scoring in float64
+_SMALL_PRODUCT = 1 << 24  # multiply-adds below which threads cost more than they save
 _MARGIN = 1e-11  # relative slack covering float64 rounding between update and re-score orders
 
 
@@ -119,6 +121,11 @@ def greedy_dpp(
     ties). Stops at ``k`` items, or earlier with an :class:`EarlyStopWarning` when the best gain
     falls below ``eps``. ``backend='numpy'`` runs BLAS on the CPU; ``'torch'`` runs the pass on
     the tensor's device (or ``device``); ``'auto'`` follows the input type.
+
+    Tolerance: picks are exact for the embeddings as stored. float16/bfloat16 tensors (torch
+    backend) are exact for their rounded values, which differ from float32 embeddings by up to
+    2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
+    than about that fraction may change against a float32 run.
     """
     return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device).indices
 
@@ -155,6 +162,8 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
     base = w * w + jitter  # L_ii: cos(x_i, x_i) = 1
     gain = base.copy()
     err = np.zeros(n)  # rigorous bound on |gain - exact float64 gain|
+    exact_gain = base.copy()  # float64 gain of each candidate at step exact_step
+    exact_step = np.zeros(n, dtype=np.int32)
     basis_a = np.zeros((k, d))
     basis_b = np.zeros((k, k))
     v = np.empty(n, dtype=xpass.pass_dtype)
@@ -198,17 +207,15 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             for c, (lo, hi) in enumerate(chunks) if ub_max[c] >= threshold
         ])
         stale = contenders[err[contenders] > 0.0]
-        for start in range(0, stale.size, _RESCORE_BLOCK):
-            idx = stale[start:start + _RESCORE_BLOCK]
-            proj = (xpass.rows(idx) @ basis_a[:t].T) * scale[idx, None]
-            gain[idx] = base[idx] - np.einsum("ij,ij->i", proj, proj)
-            err[idx] = 0.0
+        if stale.size:
+            gain[stale] = _rescore(xpass, stale, t, basis_a, scale, exact_gain, exact_step)
+            err[stale] = 0.0
         rescored += stale.size
         values = gain[contenders]
         best_gain = float(values.max())
         # Gains within the rounding margin of the best are ties; the lowest index wins.
         choice = int(contenders[np.flatnonzero(values >= best_gain - margin)[0]])
-        if not best_gain >= eps or best_gain == -np.inf:
+        if not best_gain >= eps:
             break
         if not _extend_basis(xpass, choice, scale[choice], jitter, basis_a, basis_b, t):
             break
@@ -233,22 +240,65 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
 
 def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a: np.ndarray,
                   basis_b: np.ndarray, t: int) -> bool:
-    """Append the normalised residual of phi_choice to the basis (two Gram-Schmidt passes).
+    """Append the normalised residual of phi_choice to the basis.
 
+    Classical Gram-Schmidt, repeated once only when the first pass cancelled more than half of
+    the norm ("twice is enough", Kahan/Parlett), which is when orthogonality would suffer. In the
+    first pass phi_choice's jitter part sqrt(j) e_t is orthogonal to every earlier b (they live
+    on earlier items), so only the feature part is projected. The O(k d) products use
+    ``einsum`` (single-threaded C loops) rather than BLAS: on a shared machine, waking BLAS
+    threads for a (k x d) matrix-vector product costs several times the product itself.
     Returns False when the residual vanishes (only possible with eps = 0).
     """
     f = xpass.rows(np.array([choice]))[0] * scale
     a_prev, b_prev = basis_a[:t], basis_b[:t, : t + 1]
-    r_a = f
+    coef = np.einsum("ij,j->i", a_prev, f)
+    r_a = f - np.einsum("ij,i->j", a_prev, coef)
     r_b = np.zeros(t + 1)
-    r_b[t] = math.sqrt(jitter)
-    for _ in range(2):  # the second pass restores orthogonality lost to rounding
-        coef = a_prev @ r_a + b_prev @ r_b
-        r_a = r_a - a_prev.T @ coef
-        r_b = r_b - b_prev.T @ coef
-    norm = math.sqrt(float(r_a @ r_a + r_b @ r_b))
+    if jitter > 0.0:
+        r_b -= np.einsum("ij,i->j", b_prev, coef)
+        r_b[t] = math.sqrt(jitter)
+    before = float(f @ f) + jitter
+    after = float(r_a @ r_a + r_b @ r_b)
+    if after < 0.5 * before:
+        coef = np.einsum("ij,j->i", a_prev, r_a)
+        if jitter > 0.0:
+            coef += np.einsum("ij,j->i", b_prev, r_b)
+            r_b -= np.einsum("ij,i->j", b_prev, coef)
+        r_a -= np.einsum("ij,i->j", a_prev, coef)
+        after = float(r_a @ r_a + r_b @ r_b)
+    norm = math.sqrt(after)
     if not norm > 0.0:
         return False
     basis_a[t] = r_a / norm
     basis_b[t, : t + 1] = r_b / norm
     return True
+
+
+def _rescore(xpass: Any, idx: np.ndarray, t: int, basis_a: np.ndarray, scale: np.ndarray,
+             exact_gain: np.ndarray, exact_step: np.ndarray) -> np.ndarray:
+    """Exact float64 gains of candidates ``idx`` before step ``t``.
+
+    Each candidate's gain is brought forward from the step at which it was last exact, using
+    only the basis vectors added since: O((t - t0) d) instead of O(t d). The candidates that
+    need re-scoring are mostly the leaders of the previous steps, so t - t0 is usually small.
+    Candidates are processed most-recently-exact first, in blocks of similar t0.
+    """
+    order = idx[np.argsort(-exact_step[idx], kind="stable")]
+    for start in range(0, order.size, _RESCORE_BLOCK):
+        block = order[start:start + _RESCORE_BLOCK]
+        first = int(exact_step[block].min())
+        if first == t:
+            continue
+        proj = _rows_times_basis(xpass.rows(block), basis_a[first:t]) * scale[block, None]
+        proj[np.arange(t - first)[None, :] < (exact_step[block] - first)[:, None]] = 0.0
+        exact_gain[block] -= np.einsum("ij,ij->i", proj, proj)
+        exact_step[block] = t
+    return exact_gain[idx]
+
+
+def _rows_times_basis(rows: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``rows @ basis.T``: single-threaded einsum for the usual few rows, BLAS for many."""
+    if rows.shape[0] * basis.size < _SMALL_PRODUCT:
+        return np.einsum("ij,kj->ik", rows, basis)
+    return rows @ basis.T

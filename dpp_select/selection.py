@@ -49,7 +49,7 @@ def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -
     if ratio is not None:
         if not (isinstance(ratio, (int, float)) and 0 < ratio and math.isfinite(ratio)):
             raise ValueError(f"ratio must be a positive number, got {ratio!r}")
-        k = max(1, math.ceil(ratio * n_target - 1e-9))
+        k = max(1, math.ceil(ratio * n_target - 1e-9))  # 0.03 * 8000 is 240.00000000000003
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > n_pool:
@@ -90,7 +90,7 @@ def select(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     quality = relevance_scores(pool_emb, target_emb)
-    n_pool, n_target = quality.size, int(target_emb.shape[0])
+    n_pool, n_target = quality.size, len(target_emb)
     k = _resolve_k(k, ratio, n_pool, n_target)
     rng = np.random.default_rng(seed)
     by_relevance = np.argsort(-quality, kind="stable")

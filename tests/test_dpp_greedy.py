@@ -95,6 +95,20 @@ def test_torch_half_storage_is_exact_for_the_rounded_embeddings(half):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_tf32_falls_back_to_an_exact_float64_pass(monkeypatch, caplog):
+    import dpp_select.backends as backends
+
+    monkeypatch.setattr(backends, "_tf32_enabled", lambda device: True)
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    quality = rng.uniform(0.1, 1.0, 400)
+    p = TorchPass(torch.from_numpy(x))
+    assert p.pass_dtype == np.float64 and "TF32" in caplog.text
+    expected = chen_greedy(dense_kernel(x, quality**4, 1e-6), 20)
+    got = greedy_dpp(torch.from_numpy(x), 20, quality=quality, beta=4.0, jitter=1e-6)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_numpy_and_torch_cpu_backends_agree():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3000, 64)).astype(np.float32)
