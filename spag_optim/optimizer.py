@@ -338,7 +338,7 @@ class SPAGOptimizer(OptimizerWrapper):
         recorded = (state or {}).get("found_inf_per_device") or {}
         if recorded:
             target = next(iter(recorded.values()))
-            target.add_(found_inf.to(target.device))
+            target.add_(found_inf.to(target.device).reshape(target.shape))
 
     def _paper_projection(self, params: list[Tensor], relative: bool) -> None:
         if not params:
