@@ -1,1 +1,15 @@
-"""Relevance-Diversity DPP selection of safe data (SPARD, ICML 2026)."""
+"""Relevance-Diversity DPP selection of safe data (SPARD, ICML 2026).
+
+``relevance_scores`` measures how close each pool item is to the fine-tuning task,
+``greedy_dpp`` runs exact greedy MAP of the relevance-weighted DPP without ever forming the
+N x N kernel, ``select`` wraps both (and the paper's baselines), and ``embed_texts`` produces the
+mean-pooled hidden-state embeddings they work on.
+"""
+
+from .embed import embed_texts
+from .greedy import EarlyStopWarning, greedy_dpp
+from .relevance import relevance_scores
+from .selection import SelectionResult, select
+
+__all__ = ["EarlyStopWarning", "SelectionResult", "embed_texts", "greedy_dpp",
+           "relevance_scores", "select"]

@@ -1,0 +1,100 @@
+"""The two ways of making the one pass over the embeddings that each greedy step needs.
+
+The greedy algorithm (``greedy.py``) is written once; it asks a backend for ``v = X @ a`` (a
+float32 pass, the only O(N d) work per step) and, rarely, for a few rows of ``X`` in float64 to
+re-score candidates exactly. A backend also states ``unit``: a rigorous bound ``eta`` such that
+``|v_i - x_i . a| <= eta * ||x_i|| * ||a||`` for the values it returns, which is what lets the
+greedy keep its picks equal to an exact float64 greedy while the pass itself runs in float32.
+
+The bound is the classical one for a dot product of length d in precision u (any summation
+order, with or without FMA): gamma_d = d u / (1 - d u), plus one u for rounding ``a`` to float32
+and one for rounding float64 embeddings to float32 when the pass works on a float32 copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["NumpyPass", "TorchPass", "pass_error_unit"]
+
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+# Rows upcast at a time when the torch backend stores float16/bfloat16 (bounds the temporary).
+_UPCAST_BYTES = 1 << 26
+
+
+def pass_error_unit(dim: int, float64_pass: bool) -> float:
+    """Relative error bound eta of one ``X @ a`` pass (see the module docstring)."""
+    u = _U64 if float64_pass else _U32
+    gamma = dim * u / (1.0 - dim * u)
+    return (gamma + 2.0 * u) * 1.001
+
+
+class NumpyPass:
+    """``X @ a`` with NumPy/BLAS on a float32 matrix (a float32 copy if X is float64).
+
+    The copy costs half of a float64 input's memory; float32 input is used in place.
+    """
+
+    def __init__(self, x: np.ndarray) -> None:
+        self._source = x
+        self._x32 = x if x.dtype == np.float32 else x.astype(np.float32)
+        self.n, self.d = x.shape
+        self.unit = pass_error_unit(self.d, float64_pass=False)
+        self.pass_dtype = np.dtype(np.float32)
+
+    def project(self, a: np.ndarray, out: np.ndarray) -> None:
+        """Write ``X @ a`` (float32) into ``out``."""
+        np.matmul(self._x32, a.astype(np.float32), out=out)
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The rows ``idx`` of the original matrix, in float64."""
+        return np.asarray(self._source[idx], dtype=np.float64)
+
+
+class TorchPass:
+    """``X @ a`` with torch on any device, X kept in its dtype.
+
+    float32 and float64 tensors are multiplied as stored. float16/bfloat16 tensors are upcast to
+    float32 a block of rows at a time (exact), so the float32 error bound still holds and the
+    picks are exact for the stored (rounded) embeddings; the rounding to half precision itself
+    (relative 2^-11 for float16, 2^-8 for bfloat16 per entry) is the only tolerance against the
+    original float32 embeddings.
+    """
+
+    def __init__(self, x: torch.Tensor, device: torch.device | str | None = None) -> None:
+        self._x = x if device is None else x.to(device)
+        self.device = self._x.device
+        self.n, self.d = self._x.shape
+        self._f64 = self._x.dtype == torch.float64
+        self._half = self._x.dtype in (torch.float16, torch.bfloat16)
+        self._pass_dtype = torch.float64 if self._f64 else torch.float32
+        self._block = max(1, _UPCAST_BYTES // (4 * self.d))
+        self.unit = pass_error_unit(self.d, float64_pass=self._f64)
+
+    def project(self, a: np.ndarray, out: np.ndarray) -> None:
+        """Write ``X @ a`` (float32, or float64 for a float64 X) into the NumPy array ``out``."""
+        a_dev = torch.from_numpy(a).to(device=self.device, dtype=self._pass_dtype)
+        on_cpu = self.device.type == "cpu"
+        target = torch.from_numpy(out) if on_cpu else torch.empty(
+            self.n, dtype=self._pass_dtype, device=self.device
+        )
+        if not self._half:
+            torch.mv(self._x, a_dev, out=target)
+        else:
+            for lo in range(0, self.n, self._block):
+                hi = min(self.n, lo + self._block)
+                torch.mv(self._x[lo:hi].to(torch.float32), a_dev, out=target[lo:hi])
+        if not on_cpu:
+            out[:] = target.cpu().numpy()
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The rows ``idx`` of the stored matrix, in float64 on the CPU."""
+        index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device)
+        return self._x.index_select(0, index).to(torch.float64).cpu().numpy()
+
+    @property
+    def pass_dtype(self) -> np.dtype:
+        """NumPy dtype of the values ``project`` writes."""
+        return np.dtype(np.float64 if self._f64 else np.float32)

@@ -1,0 +1,254 @@
+"""Exact greedy MAP inference for the relevance-weighted DPP, in feature space.
+
+Why feature space: with f_i = w_i x_i / ||x_i|| the kernel is L = F F^T + j I = Phi Phi^T, where
+phi_i = [f_i ; sqrt(j) e_i]. The greedy gain det(L_{S+i}) / det(L_S) of candidate i is the squared
+distance of phi_i from span{phi_s : s in S}. We keep an orthonormal basis u_t = [a_t ; b_t] of that
+span; b_t lives only on the selected items' jitter coordinates, so for a candidate i outside S,
+phi_i . u_t = f_i . a_t. Each step is therefore one pass v = X a_t over the embeddings (scaled by
+w_i / ||x_i||, so no normalised copy of X exists) and gain_i -= v_i^2, plus O(k d + k^2) to add
+the chosen item to the basis. The gains are exactly the d_i^2 of Chen et al. (2018)'s Cholesky
+update, jitter included, without the N x N kernel or their N x k factor: memory is X plus O(N + k d
++ k^2).
+
+Why it stays exact with a float32 pass: gains are kept in float64, and every update carries a
+rigorous per-candidate bound on the float32 error (see ``backends.py``). Before each pick, every
+candidate whose upper bound reaches the best lower bound is re-scored in float64 from the stored
+basis (O(k d) each) and its bound reset to zero, so the pick is the argmax of exact float64 gains.
+Ties are broken deterministically towards the lowest index; gains closer than 1e-11 x max_i L_ii
+(float64 rounding noise between two evaluation orders) count as ties.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._inputs import check_embeddings, is_torch
+from .backends import NumpyPass, TorchPass
+
+__all__ = ["EarlyStopWarning", "GreedyResult", "greedy_dpp", "greedy_dpp_result", "dpp_weights"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 14  # rows of bookkeeping at a time: temporaries stay in cache, memory stays O(N)
+_RESCORE_BLOCK = 2048  # rows gathered at once when re-scoring in float64
+_MARGIN = 1e-11  # relative slack covering float64 rounding between update and re-score orders
+
+
+class EarlyStopWarning(UserWarning):
+    """Greedy selection stopped before k items because the best remaining gain fell below eps."""
+
+
+@dataclass(frozen=True)
+class GreedyResult:
+    """Picks in greedy order with their gains det(L_{S+i}) / det(L_S) and work counters.
+
+    ``rescored`` counts float64 re-scorings triggered by the float32 error bounds (the price of
+    exactness); ``stopped_early`` is True when fewer than the requested items were selected.
+    """
+
+    indices: np.ndarray
+    gains: np.ndarray
+    rescored: int
+    stopped_early: bool
+
+
+def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
+    """Weights w_i = max(q_i, 0)^beta in float64 (all ones when ``quality`` is None).
+
+    Negative relevance is clamped to 0 before the power because a fractional power of a negative
+    number is undefined; such items keep weight 0 for beta > 0 (only the jitter can select them)
+    and weight 1 for beta = 0, where quality is ignored by definition (0^0 = 1).
+    """
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    if quality is None:
+        return np.ones(n, dtype=np.float64)
+    if is_torch(quality):
+        quality = quality.detach().to(torch.float64).cpu().numpy()
+    q = np.asarray(quality, dtype=np.float64)
+    if q.shape != (n,):
+        raise ValueError(f"quality must have shape ({n},) to match the embeddings, got {q.shape}")
+    bad = np.flatnonzero(~np.isfinite(q))
+    if bad.size:
+        raise ValueError(f"quality holds NaN or inf at indices {bad[:10].tolist()}")
+    return np.power(np.maximum(q, 0.0), float(beta))
+
+
+def _make_pass(emb: Any, backend: str, device: Any) -> tuple[Any, np.ndarray]:
+    if backend == "auto":
+        backend = "torch" if is_torch(emb) or device is not None else "numpy"
+    if backend == "numpy":
+        if device is not None:
+            raise ValueError("device applies to backend='torch' only")
+        if is_torch(emb):
+            emb = emb.detach()
+            if emb.dtype == torch.bfloat16:
+                emb = emb.to(torch.float32)
+            emb = emb.cpu().numpy()
+        x, norms = check_embeddings(emb, "embeddings")
+        return NumpyPass(x), norms
+    if backend == "torch":
+        if not is_torch(emb):
+            emb = torch.from_numpy(np.asarray(emb))
+        x, norms = check_embeddings(emb, "embeddings")
+        return TorchPass(x, device), norms
+    raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
+
+
+def greedy_dpp(
+    emb: Any,
+    k: int,
+    quality: Any = None,
+    beta: float = 1.0,
+    jitter: float = 0.0,
+    eps: float = 1e-10,
+    backend: str = "auto",
+    device: Any = None,
+) -> np.ndarray:
+    """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
+
+    Returns the selected row indices (int64) in greedy order: each pick maximises
+    det(L_{S+i}) / det(L_S) exactly as an exact float64 greedy would (lowest index on exact
+    ties). Stops at ``k`` items, or earlier with an :class:`EarlyStopWarning` when the best gain
+    falls below ``eps``. ``backend='numpy'`` runs BLAS on the CPU; ``'torch'`` runs the pass on
+    the tensor's device (or ``device``); ``'auto'`` follows the input type.
+    """
+    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device).indices
+
+
+def greedy_dpp_result(
+    emb: Any,
+    k: int,
+    quality: Any = None,
+    beta: float = 1.0,
+    jitter: float = 0.0,
+    eps: float = 1e-10,
+    backend: str = "auto",
+    device: Any = None,
+) -> GreedyResult:
+    """:func:`greedy_dpp` returning gains and the float64 re-scoring count as well."""
+    xpass, norms = _make_pass(emb, backend, device)
+    n = xpass.n
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if k > n:
+        raise ValueError(f"k={k} exceeds the pool size N={n}; ask for at most {n} items")
+    if not (math.isfinite(jitter) and jitter >= 0):
+        raise ValueError(f"jitter must be finite and >= 0, got {jitter!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    w = dpp_weights(quality, n, beta)
+    return _run(xpass, norms, w, int(k), float(jitter), float(eps))
+
+
+def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float
+         ) -> GreedyResult:
+    n, d = xpass.n, xpass.d
+    scale = w / norms  # f_i = scale_i * x_i
+    base = w * w + jitter  # L_ii: cos(x_i, x_i) = 1
+    gain = base.copy()
+    err = np.zeros(n)  # rigorous bound on |gain - exact float64 gain|
+    basis_a = np.zeros((k, d))
+    basis_b = np.zeros((k, k))
+    v = np.empty(n, dtype=xpass.pass_dtype)
+    t1, t2, t3 = (np.empty(min(n, _CHUNK)) for _ in range(3))
+    margin = _MARGIN * float(base.max())
+    picks: list[int] = []
+    gains: list[float] = []
+    rescored = 0
+    chunks = [(lo, min(n, lo + _CHUNK)) for lo in range(0, n, _CHUNK)]
+    ub_max = np.empty(len(chunks))
+
+    for t in range(k):
+        if t == 0:
+            best_lower = float(gain.max())
+            ub_max[:] = [gain[lo:hi].max() for lo, hi in chunks]
+        else:
+            a = basis_a[t - 1]
+            bound = xpass.unit * float(np.linalg.norm(a))
+            xpass.project(a, v)
+            best_lower = -np.inf
+            for c, (lo, hi) in enumerate(chunks):
+                m = hi - lo
+                proj, e, tmp = t1[:m], t2[:m], t3[:m]
+                g, r = gain[lo:hi], err[lo:hi]
+                np.multiply(v[lo:hi], scale[lo:hi], out=proj)  # f_i . a_t (float32 pass)
+                np.multiply(w[lo:hi], bound, out=e)  # |proj error| <= e
+                np.abs(proj, out=tmp)
+                tmp *= 2.0
+                tmp += e
+                tmp *= e  # |proj^2 - exact^2| <= e (2|proj| + e)
+                r += tmp
+                np.multiply(proj, proj, out=proj)
+                g -= proj
+                np.subtract(g, r, out=tmp)
+                best_lower = max(best_lower, float(tmp.max()))
+                np.add(g, r, out=tmp)
+                ub_max[c] = tmp.max()
+        threshold = best_lower - margin
+        contenders = np.concatenate([
+            lo + np.flatnonzero(gain[lo:hi] + err[lo:hi] >= threshold)
+            for c, (lo, hi) in enumerate(chunks) if ub_max[c] >= threshold
+        ])
+        stale = contenders[err[contenders] > 0.0]
+        for start in range(0, stale.size, _RESCORE_BLOCK):
+            idx = stale[start:start + _RESCORE_BLOCK]
+            proj = (xpass.rows(idx) @ basis_a[:t].T) * scale[idx, None]
+            gain[idx] = base[idx] - np.einsum("ij,ij->i", proj, proj)
+            err[idx] = 0.0
+        rescored += stale.size
+        values = gain[contenders]
+        best_gain = float(values.max())
+        # Gains within the rounding margin of the best are ties; the lowest index wins.
+        choice = int(contenders[np.flatnonzero(values >= best_gain - margin)[0]])
+        if not best_gain >= eps or best_gain == -np.inf:
+            break
+        if not _extend_basis(xpass, choice, scale[choice], jitter, basis_a, basis_b, t):
+            break
+        picks.append(choice)
+        gains.append(best_gain)
+        gain[choice] = -np.inf
+        err[choice] = 0.0
+
+    stopped = len(picks) < k
+    if stopped:
+        message = (
+            f"greedy DPP selected {len(picks)} of the {k} requested items: the best remaining "
+            f"gain det(L_S+i)/det(L_S) fell below eps={eps:g}, i.e. the kernel's rank is "
+            "exhausted (more items than distinct directions, or too many zero weights); add "
+            "jitter > 0, lower eps, or ask for fewer items"
+        )
+        warnings.warn(message, EarlyStopWarning, stacklevel=3)
+        logger.warning(message)
+    logger.debug("greedy DPP: %d picks, %d float64 re-scorings", len(picks), rescored)
+    return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped)
+
+
+def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a: np.ndarray,
+                  basis_b: np.ndarray, t: int) -> bool:
+    """Append the normalised residual of phi_choice to the basis (two Gram-Schmidt passes).
+
+    Returns False when the residual vanishes (only possible with eps = 0).
+    """
+    f = xpass.rows(np.array([choice]))[0] * scale
+    a_prev, b_prev = basis_a[:t], basis_b[:t, : t + 1]
+    r_a = f
+    r_b = np.zeros(t + 1)
+    r_b[t] = math.sqrt(jitter)
+    for _ in range(2):  # the second pass restores orthogonality lost to rounding
+        coef = a_prev @ r_a + b_prev @ r_b
+        r_a = r_a - a_prev.T @ coef
+        r_b = r_b - b_prev.T @ coef
+    norm = math.sqrt(float(r_a @ r_a + r_b @ r_b))
+    if not norm > 0.0:
+        return False
+    basis_a[t] = r_a / norm
+    basis_b[t, : t + 1] = r_b / norm
+    return True

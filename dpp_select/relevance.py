@@ -1,0 +1,60 @@
+"""Relevance of each pool item to the fine-tuning task (SPARD Eq. 5).
+
+q_i = max over fine-tuning items z of cos(x_i, x_z). The (N x M) similarity matrix is never held
+whole: rows of the pool and columns of the targets are processed in blocks whose product stays
+under a fixed size, so a million-item pool against tens of thousands of targets fits in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._inputs import check_embeddings, is_torch
+
+__all__ = ["relevance_scores"]
+
+_BLOCK_ELEMENTS = 1 << 22  # entries of one similarity block (16 MiB in float32)
+_TARGET_BLOCK = 8192  # target rows per block, so a block always spans many pool rows
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    if is_torch(x):
+        return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = None
+                     ) -> np.ndarray:
+    """Max cosine similarity of each pool row to any target row, as a float64 NumPy (N,) array.
+
+    ``chunk_size`` is the number of pool rows per block (default: sized so one block of the
+    similarity holds about 4M entries). Works on NumPy arrays and on torch tensors on any device
+    (computed there, in float32 for half-precision input); NaN/inf or all-zero rows raise an
+    error naming them.
+    """
+    pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
+    target, target_norms = check_embeddings(target_emb, "target embeddings", dim=pool.shape[1])
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    x = _as_tensor(pool)
+    z = _as_tensor(target)
+    dtype = torch.promote_types(x.dtype, z.dtype)
+    z = z.to(device=x.device, dtype=dtype)
+    z = z / torch.from_numpy(target_norms).to(device=x.device, dtype=dtype)[:, None]
+    n, m = x.shape[0], z.shape[0]
+    col_block = min(m, _TARGET_BLOCK)
+    rows = chunk_size or max(1, _BLOCK_ELEMENTS // col_block)
+    out = np.empty(n, dtype=np.float64)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        block = x[lo:hi].to(dtype)
+        best = torch.full((hi - lo,), -torch.inf, dtype=dtype, device=x.device)
+        for c0 in range(0, m, col_block):
+            sims = block @ z[c0:c0 + col_block].T
+            best = torch.maximum(best, sims.amax(dim=1))
+        out[lo:hi] = best.to(torch.float64).cpu().numpy()
+    out /= pool_norms
+    return np.clip(out, -1.0, 1.0)

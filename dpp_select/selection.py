@@ -1,0 +1,110 @@
+"""One entry point for SPARD's selection and the baselines of the paper's Tables 4-6.
+
+``select`` turns pool and fine-tuning embeddings into a subset: it scores relevance once and then
+applies the chosen method, so the ablations differ only in the rule that picks, never in the
+preprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .greedy import greedy_dpp_result
+from .relevance import relevance_scores
+
+__all__ = ["METHODS", "SelectionResult", "select"]
+
+METHODS = ("dpp", "dpp_diversity_only", "random", "top_relevance", "low_relevance",
+           "high_relevance")
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """A selected subset of the pool.
+
+    ``indices`` are pool row indices (int64) in selection order (greedy order for the DPP
+    methods, decreasing/increasing relevance for the relevance methods, sampling order for the
+    random ones); ``quality`` is q for every pool item; ``gains`` holds the DPP gain of each pick
+    (None for the other methods); ``rescored`` counts float64 re-scorings in the DPP.
+    """
+
+    indices: np.ndarray
+    quality: np.ndarray
+    method: str
+    k: int
+    beta: float
+    seed: int
+    gains: np.ndarray | None = None
+    rescored: int = 0
+
+
+def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -> int:
+    if (k is None) == (ratio is None):
+        raise ValueError("give exactly one of k (number of items) or ratio (fraction of the "
+                         "fine-tuning set size)")
+    if ratio is not None:
+        if not (isinstance(ratio, (int, float)) and 0 < ratio and math.isfinite(ratio)):
+            raise ValueError(f"ratio must be a positive number, got {ratio!r}")
+        k = max(1, math.ceil(ratio * n_target - 1e-9))
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k > n_pool:
+        raise ValueError(f"k={k} exceeds the pool size N={n_pool}; lower k or ratio, or use a "
+                         "larger pool")
+    return int(k)
+
+
+def _half_sample(order: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k items drawn uniformly from the first half of ``order`` (at least k items)."""
+    head = order[: max(k, order.size // 2)]
+    return rng.choice(head, size=k, replace=False).astype(np.int64)
+
+
+def select(
+    pool_emb: Any,
+    target_emb: Any,
+    k: int | None = None,
+    ratio: float | None = None,
+    method: str = "dpp",
+    beta: float = 4.0,
+    seed: int = 0,
+    jitter: float = 1e-6,
+    eps: float = 1e-10,
+    backend: str = "auto",
+    device: Any = None,
+) -> SelectionResult:
+    """Select ``k`` pool items (or ``ceil(ratio x number of target items)``, SPARD's "3% of the
+    fine-tuning set" being ``ratio=0.03``) for the fine-tuning task embedded in ``target_emb``.
+
+    Methods: ``dpp`` (relevance-weighted DPP, w = max(q, 0)^beta), ``dpp_diversity_only``
+    (beta = 0), ``top_relevance`` (the k largest q; the beta -> infinity limit), ``random``
+    (uniform), and Hsiung et al.'s similarity sets: ``high_relevance`` / ``low_relevance`` draw k
+    items uniformly (seeded) from the more / less relevant half of the pool (from the k
+    most / least relevant items when k exceeds half the pool). Relevance ties go to the lowest
+    index.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    quality = relevance_scores(pool_emb, target_emb)
+    n_pool, n_target = quality.size, int(target_emb.shape[0])
+    k = _resolve_k(k, ratio, n_pool, n_target)
+    rng = np.random.default_rng(seed)
+    by_relevance = np.argsort(-quality, kind="stable")
+    if method in ("dpp", "dpp_diversity_only"):
+        b = 0.0 if method == "dpp_diversity_only" else beta
+        res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
+                                backend=backend, device=device)
+        return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored)
+    if method == "top_relevance":
+        idx = by_relevance[:k].astype(np.int64)
+    elif method == "random":
+        idx = rng.choice(n_pool, size=k, replace=False).astype(np.int64)
+    elif method == "high_relevance":
+        idx = _half_sample(by_relevance, k, rng)
+    else:
+        idx = _half_sample(np.argsort(quality, kind="stable"), k, rng)
+    return SelectionResult(idx, quality, method, k, beta, seed)

@@ -1,0 +1,101 @@
+"""Hugging Face ``Trainer`` glue: SPAG's per-step statistics in the Trainer's logs.
+
+``Trainer(..., optimizers=(SPAGOptimizer(...), None))`` already trains with SPAG; what the Trainer
+cannot know is whether the safety projection is doing anything. :class:`SPAGLoggingCallback` reads
+``SPAGOptimizer.last_stats`` after every optimizer step and adds a summary of the steps since the
+previous log to each log entry, so ``report_to`` integrations, the progress bar and
+``trainer.state.log_history`` show whether the model keeps drifting out of the safe region.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+__all__ = ["SPAGLoggingCallback", "add_spag_logging", "find_spag_optimizer"]
+
+logger = logging.getLogger(__name__)
+
+
+def find_spag_optimizer(optimizer: Any) -> Any | None:
+    """The SPAG optimizer inside ``optimizer``, unwrapping Accelerate's ``AcceleratedOptimizer``
+    (and any other wrapper that keeps the wrapped one as ``.optimizer``); None if there is none."""
+    seen: set[int] = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        if hasattr(optimizer, "last_stats"):
+            return optimizer
+        seen.add(id(optimizer))
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+class SPAGLoggingCallback(TrainerCallback):
+    """Adds SPAG's statistics to every Trainer log entry.
+
+    Keys added (over the optimizer steps since the previous log entry):
+
+    - ``spag/safety_loss``: mean safety loss measured after the utility step;
+    - ``spag/projected``: fraction of those steps where the projection fired;
+    - ``spag/alpha``: mean projection step size (0 on steps that did not project);
+    - ``spag/projections``: projections since training began (cumulative count).
+
+    ``history`` keeps every step's stats as floats for scripts that want more than the logs.
+    Pass ``optimizer`` when the Trainer's own optimizer is not the SPAG one (or not yet built);
+    otherwise it is found in the callback arguments, through Accelerate's wrapper.
+    """
+
+    def __init__(self, optimizer: Any | None = None):
+        self.optimizer = optimizer
+        self.history: list[dict[str, float]] = []
+        self.projections = 0
+        self._since_log: list[dict[str, float]] = []
+        self._warned = False
+
+    def _spag(self, optimizer: Any) -> Any | None:
+        spag = find_spag_optimizer(self.optimizer if self.optimizer is not None else optimizer)
+        if spag is None and not self._warned:
+            logger.warning("SPAGLoggingCallback: the optimizer is not a SPAGOptimizer; "
+                           "nothing to log")
+            self._warned = True
+        return spag
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    optimizer: Any = None, **kwargs: Any) -> None:
+        spag = self._spag(optimizer)
+        if spag is None or not spag.last_stats:
+            return
+        stats = {key: float(value) for key, value in spag.last_stats.items()}
+        self.history.append(stats)
+        self._since_log.append(stats)
+        self.projections += int(bool(stats.get("projected", 0.0)))
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs is None or not self._since_log:
+            return
+        steps = self._since_log
+        added = {
+            "spag/safety_loss": math.fsum(s["safety_loss"] for s in steps) / len(steps),
+            "spag/projected": sum(bool(s["projected"]) for s in steps) / len(steps),
+            "spag/alpha": math.fsum(s["alpha"] for s in steps) / len(steps),
+            "spag/projections": self.projections,
+        }
+        logs.update(added)
+        # Trainer.log appends its entry to log_history before calling on_log: complete it too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(added)
+        self._since_log = []
+
+
+def add_spag_logging(trainer: Trainer, optimizer: Any | None = None) -> SPAGLoggingCallback:
+    """Attach a :class:`SPAGLoggingCallback` to ``trainer`` *first* among its callbacks.
+
+    ``Trainer(callbacks=[...])`` puts user callbacks after the ``report_to`` integrations, which
+    would then send each log entry before the SPAG keys are in it; this puts them in first.
+    """
+    callback = SPAGLoggingCallback(optimizer)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback

@@ -1,0 +1,237 @@
+"""End-to-end runs of the two fine-tuning examples on tiny random models, plus their shared pieces.
+
+The models (2-layer Llama and Qwen2) and their word-level tokenizers are built in-process from the
+synthetic fixtures in ``tests/fixtures/`` (their "unsafe" fields are placeholders), so nothing here
+needs a network, a GPU or the real datasets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tiny_lm import save_tiny_lm  # noqa: E402
+
+common = importlib.import_module("finetune_common")
+
+
+def fixture_texts() -> list[str]:
+    texts = []
+    for path in FIXTURES.glob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            texts.extend(v for v in json.loads(line).values() if isinstance(v, str))
+    return texts
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """A 2-layer random Llama and Qwen2 (with a chat template), saved once for this module."""
+    texts = fixture_texts()
+    return {arch: save_tiny_lm(tmp_path_factory.mktemp(f"tiny_{arch}"), arch, texts)
+            for arch in ("llama", "qwen2")}
+
+
+def base_argv(model: str, out: Path) -> list[str]:
+    return [
+        "--model", model,
+        "--train", str(FIXTURES / "gsm8k_train.jsonl"),
+        "--safe-pool", str(FIXTURES / "safe_pool.jsonl"),
+        "--harmful", str(FIXTURES / "harmful_attack.jsonl"),
+        "--eval-harmful", str(FIXTURES / "harmful_eval.jsonl"),
+        "--eval-utility", str(FIXTURES / "gsm8k_test.jsonl"),
+        "--safe-ratio", "0.2", "--max-steps", "3", "--batch-size", "4",
+        "--max-new-tokens", "8", "--device", "cpu", "--out", str(out),
+    ]
+
+
+def check_adapter_loads(model_path: str, adapter_dir: str) -> None:
+    """The saved adapter loads onto the base model and carries trained (non-zero) LoRA B weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert os.path.isfile(os.path.join(adapter_dir, "adapter_config.json"))
+    base = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
+    loaded = PeftModel.from_pretrained(base, adapter_dir)
+    lora_b = [p for n, p in loaded.named_parameters() if "lora_B" in n]
+    assert lora_b, "no LoRA weights in the saved adapter"
+    # LoRA initialises B to zero; training moved it, so a non-zero B proves the trained weights.
+    assert any(bool(p.abs().sum() > 0) for p in lora_b)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("script", ["lora_plain_loop", "hf_trainer"])
+def test_example_end_to_end(script, arch, tiny_models, tmp_path, capsys):
+    tiny_model = tiny_models[arch]
+    module = importlib.import_module(script)
+    out = tmp_path / "run"
+    metrics = module.main(base_argv(tiny_model, out))
+
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    assert written["method"] == "spard"
+    assert 0.0 <= written["asr"] <= 1.0 and 0.0 <= written["accuracy"] <= 1.0
+    assert written["n_eval_harmful"] == 6 and written["n_eval_utility"] == 6
+    assert written["steps"] == 3
+    assert written["task_rows"] == 30 and written["attack_rows"] == 3  # 10% of 30
+    assert written["safe_selected"] == math.ceil(0.2 * 33)
+    # A random model's safety loss (~ln vocab) is far above tau = 0.2: every step projects.
+    assert written["projections"] == 3 and written["nonfinite_safety_steps"] == 0
+    assert math.isfinite(written["final_safety_loss"]) and written["final_safety_loss"] > 0.2
+    check_adapter_loads(tiny_model, written["adapter"])
+
+    printed = capsys.readouterr().out
+    key = "spag/safety_loss" if script == "hf_trainer" else "'safety_loss'"
+    assert key in printed, f"SPAG stats were not logged by {script}"
+    assert "PLACEHOLDER" not in printed  # the attack's unsafe text is never printed
+
+
+@pytest.mark.parametrize("script, arch", [("lora_plain_loop", "qwen2"), ("hf_trainer", "llama")])
+def test_no_defense_baseline(script, arch, tmp_path, capsys, tiny_models):
+    module = importlib.import_module(script)
+    metrics = module.main(base_argv(tiny_models[arch], tmp_path / "sft") + ["--no-defense"])
+    assert metrics["method"] == "sft"
+    assert "projections" not in metrics and "safe_selected" not in metrics
+    assert 0.0 <= metrics["asr"] <= 1.0
+    assert "safety_loss" not in capsys.readouterr().out
+
+
+# The data-error tests fail before any model is loaded (data files are read first), so they pass
+# a model path that does not exist.
+NO_MODEL = "/nonexistent/model"
+
+
+def test_malformed_train_jsonl_names_the_line(tmp_path):
+    bad = tmp_path / "train.jsonl"
+    lines = (FIXTURES / "gsm8k_train.jsonl").read_text().splitlines()
+    lines[2] = '{"prompt": "unterminated'
+    bad.write_text("\n".join(lines) + "\n")
+    argv = base_argv(NO_MODEL, tmp_path / "run")
+    argv[argv.index("--train") + 1] = str(bad)
+    from dpp_select.jsonl import JSONLError
+
+    with pytest.raises(JSONLError, match=r"train\.jsonl:3: not valid JSON"):
+        importlib.import_module("lora_plain_loop").main(argv)
+
+
+def test_harmful_rows_without_unsafe_field_name_the_line(tmp_path):
+    bad = tmp_path / "attack.jsonl"
+    bad.write_text('{"prompt": "p", "unsafe": "x"}\n{"prompt": "q", "safe": "s"}\n')
+    argv = base_argv(NO_MODEL, tmp_path / "run")
+    argv[argv.index("--harmful") + 1] = str(bad)
+    from dpp_select.jsonl import JSONLError
+
+    with pytest.raises(JSONLError, match=r"attack\.jsonl:2: missing field 'unsafe'"):
+        importlib.import_module("hf_trainer").main(argv)
+
+
+def test_harmful_ratio_larger_than_the_attack_file_says_what_to_do(tmp_path):
+    argv = base_argv(NO_MODEL, tmp_path / "run") + ["--harmful-ratio", "1.0"]
+    with pytest.raises(SystemExit, match="has 12 rows .* needs 30; lower the ratio"):
+        importlib.import_module("lora_plain_loop").main(argv)
+
+
+def test_bad_options_fail_in_the_parser(capsys):
+    argv = ["--model", "m", "--train", "t", "--safe-pool", "s"]
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv + ["--trust-region", "-1"])
+    assert "--trust-region" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv + ["--harmful-ratio", "1.5"])
+    args = common.parse_args("x", argv + ["--trust-region", "none"])
+    assert args.trust_region is None
+    assert common.parse_args("x", argv + ["--trust-region", "0.5"]).trust_region == 0.5
+
+
+# ---- shared pieces ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "generated, reference, correct",
+    [
+        ("so 3 + 4 = 7\n#### 7", "#### 7", True),
+        ("#### 1,234", "x\n#### 1234", True),
+        ("#### $18.00 dollars", "#### 18", True),
+        ("#### -5", "#### 5", False),
+        ("the answer is 7", "#### 7", False),  # no '####': not counted as right
+        ("#### 6\n#### 7", "#### 7", True),  # the last marker wins
+        ("####", "#### 7", False),
+    ],
+)
+def test_gsm8k_correct(generated, reference, correct):
+    assert common.gsm8k_correct(generated, reference) is correct
+
+
+def test_gsm8k_reference_without_answer_is_an_error():
+    with pytest.raises(ValueError, match="GSM8K-style"):
+        common.gsm8k_correct("#### 3", "no marker")
+
+
+@pytest.fixture(scope="module")
+def tokenizers_pair(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    texts = fixture_texts()
+    with_template = AutoTokenizer.from_pretrained(
+        save_tiny_lm(tmp_path_factory.mktemp("tmpl"), "llama", texts))
+    plain = AutoTokenizer.from_pretrained(
+        save_tiny_lm(tmp_path_factory.mktemp("plain"), "llama", texts, chat_template=False))
+    return with_template, plain
+
+
+def test_format_prompt_uses_the_chat_template_when_there_is_one(tokenizers_pair):
+    with_template, plain = tokenizers_pair
+    assert common.format_prompt(with_template, "Tom has 3 apples") == (
+        "<|user|> Tom has 3 apples <|end|> <|assistant|> ")
+    assert common.format_prompt(plain, "Tom has 3 apples") == "<s>Tom has 3 apples\n"
+
+
+def test_encode_example_masks_the_prompt_and_ends_with_eos(tokenizers_pair):
+    tok = tokenizers_pair[0]
+    prompt_ids = tok(common.format_prompt(tok, "Tom has 3 apples"),
+                     add_special_tokens=False)["input_ids"]
+    answer_ids = tok("Tom has 3 apples .", add_special_tokens=False)["input_ids"]
+    row = common.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", 512)
+    assert row["input_ids"] == prompt_ids + answer_ids + [tok.eos_token_id]
+    assert row["labels"] == [-100] * len(prompt_ids) + answer_ids + [tok.eos_token_id]
+
+    short = common.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", len(prompt_ids) + 2)
+    assert short["labels"] == [-100] * len(prompt_ids) + answer_ids[:2]
+    assert common.encode_example(tok, "Tom has 3 apples", "x", len(prompt_ids)) is None
+
+
+def test_encode_rows_fails_when_every_prompt_is_too_long(tokenizers_pair):
+    with pytest.raises(ValueError, match="raise --max-length"):
+        common.encode_rows(tokenizers_pair[0], [("Tom has 3 apples", "7")], 2, "fine-tuning")
+
+
+def test_collate_pads_right_and_masks_padding():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    batch = common.collate(rows, pad_token_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_find_lora_targets(arch, tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], local_files_only=True)
+    assert common.find_lora_targets(model) == list(common.DEFAULT_LORA_TARGETS)
+    with pytest.raises(SystemExit, match="pass some with --lora-targets"):
+        common.find_lora_targets(model, wanted=("query_key_value",))

@@ -1,0 +1,290 @@
+"""SPAGOptimizer behaves like a torch optimizer: schedulers, state dicts, hooks, bad input."""
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+
+from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+
+
+class PairLoss(torch.nn.Module):
+    """Wraps a model so that ``model(x=..., y=...)`` returns an object with ``.loss`` (HF style)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, y):
+        return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()
+
+
+def safe_dataset(n=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [{"x": torch.randn(4, generator=g), "y": torch.full((2,), 3.0)} for _ in range(n)]
+
+
+def utility_batch(step):
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(8, 4, generator=g)
+    return x, torch.stack([x.sum(1), -x.sum(1)], 1)
+
+
+def build(seed=0, tau=0.5, **kw):
+    wrapper = PairLoss(tiny_model(seed))
+    closure = make_safety_closure(wrapper, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
+    inner = torch.optim.AdamW(wrapper.parameters(), lr=0.05)
+    return wrapper, SPAGOptimizer(inner, closure, tau=tau, **kw)
+
+
+def train(wrapper, opt, steps, start=0, scheduler=None):
+    for step in range(start, start + steps):
+        x, y = utility_batch(step)
+        opt.zero_grad()
+        ((wrapper.net(x) - y) ** 2).mean().backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def flat_params(module):
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def test_scheduler_drives_the_inner_learning_rate_and_the_lr_trust_region():
+    wrapper, opt = build(trust_region="lr")
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "scheduler.step() before optimizer.step()" warning
+        train(wrapper, opt, 3, scheduler=scheduler)
+    assert opt.inner.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**3)
+    assert opt.param_groups is opt.inner.param_groups
+    # the "lr" cap follows the scheduled learning rate
+    train(wrapper, opt, 1, start=3)
+    lr = opt.inner.param_groups[0]["lr"]
+    assert float(opt.last_stats["alpha"]) == pytest.approx(lr, rel=1e-6)  # capped, in float32
+
+
+def test_state_dict_resume_is_bit_identical():
+    wrapper, opt = build()
+    scheduler = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=20)
+    train(wrapper, opt, 7, scheduler=scheduler)
+    buffer = io.BytesIO()
+    torch.save({"model": wrapper.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()}, buffer)
+    train(wrapper, opt, 8, start=7, scheduler=scheduler)
+    uninterrupted = flat_params(wrapper)
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    wrapper2, opt2 = build(seed=5)  # different init: everything must come from the checkpoint
+    wrapper2.load_state_dict(checkpoint["model"])
+    opt2.load_state_dict(checkpoint["opt"])
+    scheduler2 = torch.optim.lr_scheduler.LinearLR(opt2, start_factor=1.0, end_factor=0.1, total_iters=20)
+    scheduler2.load_state_dict(checkpoint["sched"])
+    assert opt2.num_steps == 7 and opt2.num_projections == checkpoint["opt"]["spag"]["num_projections"]
+    train(wrapper2, opt2, 8, start=7, scheduler=scheduler2)
+    assert torch.equal(flat_params(wrapper2), uninterrupted)
+    assert opt2.num_projections == opt.num_projections > 0
+
+
+def test_load_state_dict_does_not_mutate_the_checkpoint_and_accepts_plain_optimizer_state(caplog):
+    wrapper, opt = build()
+    train(wrapper, opt, 2)
+    state = opt.state_dict()
+    keys = set(state)
+    _, opt2 = build()
+    opt2.load_state_dict(state)
+    assert set(state) == keys
+    _, opt3 = build()
+    opt3.load_state_dict(opt.inner.state_dict())  # a checkpoint of plain AdamW
+    assert "starts fresh" in caplog.text
+    assert opt3.num_steps == 0
+
+
+def test_add_param_group_is_optimized_and_projected():
+    wrapper, opt = build(tau=0.0, trust_region=None)
+    extra = torch.nn.Parameter(torch.zeros(2))
+    opt.add_param_group({"params": [extra], "lr": 0.1})
+    assert len(opt.inner.param_groups) == 2 and opt.inner.param_groups[1]["lr"] == 0.1
+    original = wrapper.net[2].bias
+    wrapper.net[2].bias = None  # route the output bias through the new parameter
+    forward = wrapper.net.forward
+    wrapper.net.forward = lambda x: forward(x) + extra
+    train(wrapper, opt, 2)
+    wrapper.net[2].bias = original
+    assert extra.abs().sum() > 0
+    assert opt.num_projections == 2  # tau = 0: every step projects, the new group included
+
+
+def test_step_hooks_zero_grad_and_utility_closure():
+    wrapper, opt = build()
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    x, y = utility_batch(0)
+
+    def closure():
+        opt.zero_grad()
+        loss = ((wrapper.net(x) - y) ** 2).mean()
+        loss.backward()
+        return loss
+
+    returned = opt.step(closure)
+    assert calls == ["pre", "post"]
+    assert isinstance(returned, torch.Tensor) and returned.ndim == 0
+    opt.zero_grad()
+    assert all(p.grad is None for p in wrapper.parameters())
+
+
+def test_last_stats_and_counters_report_the_step():
+    wrapper, opt = build(tau=0.0)
+    train(wrapper, opt, 3)
+    stats = opt.last_stats
+    assert set(stats) >= {"safety_loss", "projected", "alpha", "safety_grad_norm"}
+    assert float(stats["alpha"]) > 0 and bool(stats["projected"])
+    assert opt.num_projections == opt.num_steps == 3
+    saved = opt.state_dict()["spag"]
+    assert saved["num_projections"] == 3 and saved["safety_closure"]["batches"]["position"] > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"tau": -0.1}, ValueError),
+        ({"tau": float("nan")}, ValueError),
+        ({"trust_region": 0.0}, ValueError),
+        ({"trust_region": -1.0}, ValueError),
+        ({"trust_region": "huge"}, ValueError),
+        ({"mode": "fast"}, ValueError),
+        ({"rho": 0.0}, ValueError),
+        ({"tau": "0.2"}, TypeError),
+    ],
+)
+def test_bad_hyperparameters_fail_at_construction(kwargs, error):
+    with pytest.raises(error):
+        build(**kwargs)
+
+
+def test_bad_inner_and_closure_fail_at_construction():
+    model = tiny_model()
+    with pytest.raises(TypeError, match="wraps a torch.optim.Optimizer"):
+        SPAGOptimizer(model.parameters(), lambda: None)
+    with pytest.raises(TypeError, match="callable"):
+        SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), None)
+    inner = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: None)
+    with pytest.raises(TypeError, match="cannot wrap another wrapper"):
+        SPAGOptimizer(inner, lambda: None)
+
+
+@pytest.mark.parametrize(
+    "closure, error, match",
+    [
+        (lambda m: None, TypeError, "returned None"),
+        (lambda m: 1.0, TypeError, "torch.Tensor"),
+        (lambda m: m(torch.ones(3, 4)).sum(0), ValueError, "scalar"),
+        (lambda m: m(torch.ones(3, 4)).sum().detach(), ValueError, "grad_fn"),
+    ],
+)
+def test_bad_closure_results_fail_clearly(closure, error, match):
+    model = tiny_model()
+    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: closure(model))
+    model(torch.ones(2, 4)).sum().backward()
+    before = flat_params(model)
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert torch.isfinite(flat_params(model)).all() and not torch.equal(before, flat_params(model))
+
+
+def theta_plus(seed=0):
+    """Parameters after one plain SGD step: what a skipped projection must leave."""
+    model = tiny_model(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    return flat_params(model)
+
+
+NONFINITE_LOSSES = {
+    "nan_loss": lambda m: m(torch.ones(2, 4)).sum() * float("nan"),
+    "inf_loss": lambda m: m(torch.ones(2, 4)).sum() + float("inf"),
+    # finite loss (= 1) whose gradient is NaN: d sqrt(u)/du = inf at u = 0, times 0
+    "nan_grad": lambda m: torch.sqrt((m[0].weight - m[0].weight.detach()).abs().sum()) + 1.0,
+}
+
+
+@pytest.mark.parametrize("name", sorted(NONFINITE_LOSSES))
+@pytest.mark.parametrize("skip_if_safe", [True, False])
+@pytest.mark.parametrize("mode", ["paper", "authors_code"])
+def test_nonfinite_safety_loss_or_gradient_leaves_theta_plus(name, skip_if_safe, mode):
+    model = tiny_model()
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), lambda: NONFINITE_LOSSES[name](model),
+        tau=0.1, trust_region=None, skip_if_safe=skip_if_safe, mode=mode,
+    )
+    model(torch.ones(2, 4)).sum().backward()
+    with pytest.warns(RuntimeWarning, match="SPAG"):
+        opt.step()
+        _ = opt.num_nonfinite  # a deferred warning (sync-free path) is raised on read
+    assert torch.equal(flat_params(model), theta_plus())
+    assert opt.num_nonfinite == 1 and opt.num_projections == 0
+
+
+@pytest.mark.parametrize("skip_if_safe", [True, False])
+@pytest.mark.parametrize("trust_region", [None, 0.1, "relative", "lr"])
+def test_zero_safety_gradient_never_divides_by_zero(skip_if_safe, trust_region):
+    model = tiny_model()
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda: 0.0 * sum(p.sum() for p in model.parameters()) + 5.0,
+        tau=0.1, trust_region=trust_region, eps=0.0, skip_if_safe=skip_if_safe,
+    )
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    assert torch.equal(flat_params(model), theta_plus())
+    assert float(opt.last_stats["alpha"]) == 0.0 and opt.num_projections == 0
+
+
+def test_safety_batches_cycle_reshuffle_with_seed_and_resume():
+    data = list(range(10))
+    batches = SafetyBatches(data, batch_size=4, seed=3, collate_fn=list)
+    first_pass = [next(batches) for _ in range(3)]
+    second_pass = [next(batches) for _ in range(3)]
+    assert sorted(sum(first_pass, [])) == data and sorted(sum(second_pass, [])) == data
+    assert first_pass != second_pass  # reshuffled on the new pass
+    again = SafetyBatches(data, batch_size=4, seed=3, collate_fn=list)
+    assert [next(again) for _ in range(3)] == first_pass  # same seed, same order
+    resumed = SafetyBatches(data, batch_size=4, seed=0, collate_fn=list)
+    resumed.load_state_dict(again.state_dict())
+    assert [next(resumed) for _ in range(3)] == second_pass
+    with pytest.raises(ValueError, match="empty"):
+        SafetyBatches([], batch_size=2)
+
+
+def test_safety_batches_cycle_a_dataloader_and_move_to_device():
+    loader = torch.utils.data.DataLoader(torch.arange(5.0), batch_size=2)
+    batches = SafetyBatches(loader, device="cpu")
+    got = [next(batches) for _ in range(4)]
+    assert [b.tolist() for b in got] == [[0.0, 1.0], [2.0, 3.0], [4.0], [0.0, 1.0]]
+
+
+def test_calibrate_tau_is_the_mean_safety_loss_in_eval_mode():
+    wrapper = PairLoss(tiny_model())
+    wrapper.train()
+    data = safe_dataset(6)
+    batches = [torch.utils.data.default_collate(data[i : i + 2]) for i in range(0, 6, 2)]
+    with torch.no_grad():
+        expected = sum(float(wrapper(**b).loss) for b in batches) / 3
+    assert calibrate_tau(wrapper, batches) == pytest.approx(expected, rel=1e-12)
+    assert wrapper.training
+    endless = SafetyBatches(data, batch_size=2, shuffle=False)
+    assert calibrate_tau(wrapper, endless, num_batches=3) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="num_batches"):
+        calibrate_tau(wrapper, SafetyBatches(data, batch_size=2))
+    assert math.isfinite(expected)
