@@ -51,6 +51,7 @@ from torch import Tensor
 from . import functional as F
 
 __all__ = [
+    "DEEPSPEED_UNSUPPORTED",
     "DISTRIBUTED_MODES",
     "Reducer",
     "check_distributed_mode",
@@ -204,8 +205,18 @@ class Reducer:
         return torch.stack([part.to(dtype) for part in parts]).sum()
 
 
-def _is_deepspeed(obj: Any) -> bool:
-    return any(cls.__module__.split(".")[0] == "deepspeed" for cls in type(obj).__mro__)
+DEEPSPEED_UNSUPPORTED = (
+    "SPAGOptimizer does not support DeepSpeed ZeRO: ZeRO partitions gradients and fp32 master "
+    "weights and performs the update inside its engine, so SPAG can neither compute the full "
+    "safety gradient at theta+ nor move the master weights after the inner step. Use DDP or FSDP2 "
+    "(torch.distributed.fsdp.fully_shard) with SPAGOptimizer instead."
+)
+
+
+def _is_deepspeed_runtime(obj: Any) -> bool:
+    """An engine or ZeRO optimizer (``deepspeed.runtime``); DeepSpeed's fused/CPU Adam kernels
+    (``deepspeed.ops``) are plain torch optimizers and stay allowed."""
+    return any(cls.__module__.startswith("deepspeed.runtime") for cls in type(obj).__mro__)
 
 
 def reject_deepspeed(inner: Any, safety_closure: Any) -> None:
@@ -221,14 +232,8 @@ def reject_deepspeed(inner: Any, safety_closure: Any) -> None:
     model = getattr(safety_closure, "model", None)
     params = [p for group in getattr(inner, "param_groups", []) for p in group.get("params", [])]
     suspects = [("optimizer", inner), ("safety closure", safety_closure), ("closure model", model)]
-    found = [what for what, obj in suspects if obj is not None and _is_deepspeed(obj)]
+    found = [what for what, obj in suspects if obj is not None and _is_deepspeed_runtime(obj)]
     if any(hasattr(p, "ds_id") for p in params):
         found.append("ZeRO-3 partitioned parameters")
     if found:
-        raise NotImplementedError(
-            "SPAGOptimizer does not support DeepSpeed ZeRO (got a DeepSpeed "
-            f"{', '.join(found)}): ZeRO partitions gradients and fp32 master weights and performs "
-            "the update inside its engine, so SPAG cannot compute the full safety gradient at "
-            "theta+ nor move the master weights after the inner step. Use DDP or FSDP2 "
-            "(torch.distributed.fsdp.fully_shard) with SPAGOptimizer instead."
-        )
+        raise NotImplementedError(f"got a DeepSpeed {', '.join(found)}. {DEEPSPEED_UNSUPPORTED}")

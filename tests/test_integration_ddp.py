@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from multiprocess import run_workers
+from gloo_workers import run_workers
 from spag_optim import SPAGOptimizer, make_safety_closure
 
 pytestmark = pytest.mark.distributed

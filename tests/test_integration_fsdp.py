@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from multiprocess import run_workers
+from gloo_workers import run_workers
 from spag_optim import SPAGOptimizer
 
 pytestmark = pytest.mark.distributed
