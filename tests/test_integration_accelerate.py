@@ -28,9 +28,13 @@ MICRO_BATCHES = 12
 def fresh_accelerate_state():
     from accelerate.state import AcceleratorState, PartialState
 
+    def reset():
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
+
+    reset()  # other test modules may leave an Accelerator behind
     yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
+    reset()
 
 
 class Regressor(torch.nn.Module):

@@ -32,9 +32,13 @@ def fresh_accelerate_state():
     """Each Trainer builds an Accelerator; its process-wide state must not leak between tests."""
     from accelerate.state import AcceleratorState, PartialState
 
+    def reset():
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
+
+    reset()  # other test modules may leave an Accelerator behind
     yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
+    reset()
 
 
 class Probe:
