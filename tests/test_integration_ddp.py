@@ -78,16 +78,18 @@ class RepeatBatch:
 
 
 SCENARIOS = {
-    # name: (closure runs the DDP-wrapped model?, distributed=, skip_if_safe)
-    "ddp_model_auto": (True, "auto", True),
-    "bare_module_auto": (False, "auto", True),
-    "ddp_model_explicit_no_sync_read": (True, "ddp", False),
-    "bare_module_explicit": (False, "allreduce", True),
+    # name: (closure runs the DDP-wrapped model?, distributed=, skip_if_safe, mode)
+    "ddp_model_auto": (True, "auto", True, "paper"),
+    "bare_module_auto": (False, "auto", True, "paper"),
+    "ddp_model_explicit_no_sync_read": (True, "ddp", False, "paper"),
+    "bare_module_explicit": (False, "allreduce", True, "paper"),
+    "ddp_model_authors_code": (True, "auto", True, "authors_code"),
+    "bare_module_authors_code": (False, "auto", True, "authors_code"),
 }
 
 
 def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
-    through_ddp, distributed, skip = SCENARIOS[name]
+    through_ddp, distributed, skip, mode = SCENARIOS[name]
     model = make_model()
     ddp_model = DDP(model)
     util, safe = make_data(rank)
@@ -101,7 +103,7 @@ def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
     closure = make_safety_closure(ddp_model if through_ddp else model, RepeatBatch(safe), loss_fn)
     opt = SPAGOptimizer(
         make_inner(ddp_model.parameters()), closure, tau=tau(), trust_region=None, eps=0.0,
-        distributed=distributed, skip_if_safe=skip,
+        distributed=distributed, skip_if_safe=skip, mode=mode,
     )
     alphas, global_losses = [], []
     for _ in range(STEPS):
@@ -139,18 +141,21 @@ def ddp_results(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_process():
-    """The same run in one process on the concatenated batches."""
-    model = make_model()
-    util, safe = make_data(None)
-    opt = SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, safe), tau=tau(),
-                        trust_region=None, eps=0.0)
-    alphas = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        mse(model, util).backward()
-        opt.step()
-        alphas.append(float(opt.last_stats["alpha"]))
-    return {"params": [p.detach().clone() for p in model.parameters()], "alphas": alphas}
+    """The same runs in one process on the concatenated batches, per SPAG mode."""
+    results = {}
+    for mode in ("paper", "authors_code"):
+        model = make_model()
+        util, safe = make_data(None)
+        opt = SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, safe), tau=tau(),
+                            trust_region=None, eps=0.0, mode=mode)
+        alphas = []
+        for _ in range(STEPS):
+            opt.zero_grad()
+            mse(model, util).backward()
+            opt.step()
+            alphas.append(float(opt.last_stats["alpha"]))
+        results[mode] = {"params": [p.detach().clone() for p in model.parameters()], "alphas": alphas}
+    return results
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -165,8 +170,9 @@ def test_replicas_stay_bitwise_identical(ddp_results, name):
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_alpha_equals_single_process_alpha_on_concatenated_data(ddp_results, single_process, name):
     rank0 = ddp_results[name][0]
-    assert rank0["alphas"] == pytest.approx(single_process["alphas"], rel=1e-9, abs=1e-15)
-    for p, q in zip(rank0["params"], single_process["params"]):
+    expected = single_process[SCENARIOS[name][3]]
+    assert rank0["alphas"] == pytest.approx(expected["alphas"], rel=1e-9, abs=1e-15)
+    for p, q in zip(rank0["params"], expected["params"]):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-10)
 
 
