@@ -167,19 +167,16 @@ class Reducer:
     def average_grads_(self, grads: Sequence[Tensor]) -> None:
         """All-reduce the gradients to their mean over ranks, in place (``"allreduce"`` mode).
 
-        One flat buffer per dtype and device: one collective instead of one per tensor.
+        One asynchronous collective per tensor, all in flight together, then one foreach
+        division: no flat copy of the gradient (it would double the gradient's memory on a large
+        model). A DDP-wrapped closure (``"ddp"``) lets DDP's bucketed reduction do this instead.
         """
         if not self.reduces_grads or not grads:
             return
-        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-        for g in grads:
-            by_kind.setdefault((g.device, g.dtype), []).append(g)
-        for tensors in by_kind.values():
-            flat = torch.cat([t.reshape(-1) for t in tensors])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-            flat.div_(self.world_size)
-            chunks = flat.split([t.numel() for t in tensors])
-            torch._foreach_copy_(tensors, [c.view_as(t) for c, t in zip(chunks, tensors)])
+        works = [dist.all_reduce(g, op=dist.ReduceOp.SUM, group=self.group, async_op=True) for g in grads]
+        for work in works:
+            work.wait()
+        torch._foreach_div_(list(grads), float(self.world_size))
 
     def sq_norm(self, local: Sequence[Tensor], device: torch.device) -> Tensor:
         """Global :math:`\\sum \\lVert t\\rVert^2` of tensors laid out like the parameters.
