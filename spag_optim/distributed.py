@@ -66,10 +66,9 @@ logger = logging.getLogger(__name__)
 DISTRIBUTED_MODES = ("auto", "ddp", "allreduce", "sharded", None)
 
 try:  # DTensor is public from torch 2.4; older versions simply have no sharded parameters.
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - torch < 2.4
     DTensor = None  # type: ignore[assignment,misc]
-    Shard = None  # type: ignore[assignment,misc]
 
 
 def is_dtensor(t: Any) -> bool:

@@ -9,15 +9,13 @@ loss and the mean gradient, i.e. exactly what one process computes on the concat
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gloo_workers import run_workers
-from spag_optim import SPAGOptimizer, make_safety_closure
+from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
 
 pytestmark = pytest.mark.distributed
 
@@ -64,19 +62,6 @@ def tau() -> float:
     return float(mse(make_model(), safe).detach()) * 1.25
 
 
-class RepeatBatch:
-    """An endless iterable of one fixed batch (the closure's batch source)."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.batch
-
-
 SCENARIOS = {
     # name: (closure runs the DDP-wrapped model?, distributed=, skip_if_safe, mode)
     "ddp_model_auto": (True, "auto", True, "paper"),
@@ -100,7 +85,9 @@ def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
         local_losses.append(float(loss.detach()))
         return loss
 
-    closure = make_safety_closure(ddp_model if through_ddp else model, RepeatBatch(safe), loss_fn)
+    # This rank's whole safe half as one (reshuffled) batch per step.
+    batches = SafetyBatches(list(zip(*safe)), batch_size=ROWS, seed=rank)
+    closure = make_safety_closure(ddp_model if through_ddp else model, batches, loss_fn)
     opt = SPAGOptimizer(
         make_inner(ddp_model.parameters()), closure, tau=tau(), trust_region=None, eps=0.0,
         distributed=distributed, skip_if_safe=skip, mode=mode,
