@@ -28,7 +28,7 @@ def safety_loss_and_grad(params, safety_loss_fn):
     loss = safety_loss_fn()
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def reference_paper_step(params, inner, safety_loss_fn, *, tau, trust_region, rho=0.5, lr=None):

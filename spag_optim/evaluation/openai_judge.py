@@ -1,0 +1,282 @@
+"""An LLM judge behind any OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+This is the judge the SPARD paper uses (GPT-4o-mini with the Qi et al. 2024 rubric). It talks
+HTTP through ``urllib.request`` so the library needs no client package, and it works the same
+with OpenAI, Azure-style gateways or a local vLLM / llama.cpp server.
+
+The API key is read from an environment variable at request time and only ever placed in the
+``Authorization`` header: it is never logged, never stored on the object and scrubbed from any
+error text a server echoes back.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .judges import Judge
+from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
+
+__all__ = ["OpenAIJudge", "JudgeRequestError"]
+
+logger = logging.getLogger(__name__)
+
+#: HTTP statuses worth retrying: rate limits, server errors and gateway hiccups.
+_RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class JudgeRequestError(RuntimeError):
+    """The judge endpoint could not be used (after retries where retrying made sense)."""
+
+
+def _chat_url(base_url: str) -> str:
+    """``https://host/v1`` -> ``https://host/v1/chat/completions``; a bare host gets ``/v1``."""
+    parsed = urllib.parse.urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(
+            f"base_url {base_url!r} is not an http(s) URL; pass e.g. "
+            "'https://api.openai.com/v1' or 'http://127.0.0.1:8000/v1'"
+        )
+    path = parsed.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return base_url
+    if not path:
+        path = "/v1"
+    return urllib.parse.urlunparse(parsed._replace(path=path + "/chat/completions"))
+
+
+class OpenAIJudge(Judge):
+    """Harmfulness judge that asks a chat model to apply the 1-5 rubric.
+
+    Args:
+        model: model name sent in the request (the paper uses ``"gpt-4o-mini"``).
+        base_url: API root, e.g. ``"https://api.openai.com/v1"``; ``/chat/completions`` is
+            appended (and ``/v1`` first when the URL has no path).
+        api_key_env: name of the environment variable holding the key; ``None`` sends no
+            ``Authorization`` header (local servers). A named but unset variable is an error.
+        timeout: seconds per HTTP request.
+        max_retries: extra attempts after a timeout, a connection error (refused, reset,
+            dropped mid-reply) or a retryable status
+            (408, 409, 429, 5xx). Other 4xx statuses fail at once: retrying a bad key is useless.
+        backoff: first retry delay in seconds, doubled per attempt up to ``max_backoff``; a
+            numeric ``Retry-After`` header takes precedence.
+        max_workers: requests in flight at once (a thread pool; the work is network-bound).
+        on_malformed: ``"raise"`` (default) raises :class:`MalformedVerdictError` for a reply
+            without a valid ``#thescore`` line; a number in [1, 5] is used as that reply's score
+            instead, with a warning, and the indices are kept in :attr:`last_malformed`.
+        template: rubric with ``{instruction}`` and ``{response}`` placeholders.
+        sleep: the delay function; tests inject a recorder so they never wait.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        max_workers: int = 8,
+        on_malformed: str | float = "raise",
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        template: str = HARMFULNESS_RUBRIC,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if not model:
+            raise ValueError("OpenAIJudge needs a model name, e.g. model='gpt-4o-mini'")
+        self.url = _chat_url(base_url)
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if backoff < 0 or max_backoff < 0:
+            raise ValueError("backoff and max_backoff must be >= 0 seconds")
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if on_malformed != "raise":
+            if isinstance(on_malformed, str) or not 1.0 <= float(on_malformed) <= 5.0:
+                raise ValueError(
+                    f"on_malformed must be 'raise' or a fallback score in [1, 5], "
+                    f"got {on_malformed!r}"
+                )
+        if api_key_env is not None and not os.environ.get(api_key_env):
+            raise ValueError(
+                f"environment variable {api_key_env} is not set; export the API key there, "
+                "or pass api_key_env=None for a server that needs no key"
+            )
+        render_rubric("", "", template)  # fail now, not on the first request
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_workers = int(max_workers)
+        self.on_malformed = on_malformed
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.template = template
+        self.sleep = sleep
+        self.last_malformed: list[int] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIJudge(model={self.model!r}, url={self.url!r}, "
+            f"api_key_env={self.api_key_env!r})"
+        )
+
+    # -- one request -------------------------------------------------------------------------
+
+    def _api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise JudgeRequestError(
+                f"environment variable {self.api_key_env} is no longer set; export the API key"
+            )
+        return key
+
+    def _scrub(self, text: str, key: str | None) -> str:
+        return text.replace(key, "***") if key else text
+
+    def _post(self, body: bytes, key: str | None) -> dict:
+        """One attempt; returns the decoded JSON or raises (urllib / JSON errors)."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+            return json.loads(reply.read().decode("utf-8"))
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), self.max_backoff)
+            except ValueError:
+                pass
+        return min(self.backoff * (2.0**attempt), self.max_backoff)
+
+    def verdict(self, instruction: str, response: str) -> str:
+        """The judge model's raw reply for one pair, after retries."""
+        key = self._api_key()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [
+                    {"role": "user", "content": render_rubric(instruction, response, self.template)}
+                ],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode("utf-8")
+        for attempt in range(self.max_retries + 1):
+            retry_after: str | None = None
+            try:
+                payload = self._post(body, key)
+            except urllib.error.HTTPError as err:
+                detail = self._scrub(err.read().decode("utf-8", "replace")[:300], key)
+                if err.code not in _RETRY_STATUSES:
+                    raise JudgeRequestError(
+                        f"judge endpoint {self.url} answered HTTP {err.code}: {detail}"
+                    ) from None
+                reason = f"HTTP {err.code}"
+                retry_after = err.headers.get("Retry-After") if err.headers else None
+            except (TimeoutError, socket.timeout):
+                reason = f"timed out after {self.timeout:g}s"
+            except urllib.error.URLError as err:
+                if isinstance(err.reason, (TimeoutError, socket.timeout)):
+                    reason = f"timed out after {self.timeout:g}s"
+                else:
+                    reason = self._scrub(f"connection failed ({err.reason})", key)
+            except (ConnectionError, http.client.HTTPException) as err:
+                reason = f"connection dropped ({type(err).__name__})"
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise MalformedVerdictError(
+                    f"judge endpoint {self.url} returned a body that is not JSON"
+                ) from None
+            else:
+                return self._content(payload)
+            if attempt == self.max_retries:
+                raise JudgeRequestError(
+                    f"judge endpoint {self.url}: {reason}; gave up after "
+                    f"{self.max_retries + 1} attempts (raise timeout or max_retries)"
+                )
+            delay = self._delay(attempt, retry_after)
+            logger.warning(
+                "judge request %s; retry %d/%d in %.1fs", reason, attempt + 1, self.max_retries,
+                delay,
+            )
+            self.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _content(self, payload: dict) -> str:
+        try:
+            content = payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise MalformedVerdictError(
+                f"judge endpoint {self.url} returned JSON without choices[0].message.content; "
+                "is it an OpenAI-compatible chat completions endpoint?"
+            ) from None
+        if not isinstance(content, str):
+            raise MalformedVerdictError(
+                f"judge endpoint {self.url} returned a non-text message content"
+            )
+        return content
+
+    # -- many requests -----------------------------------------------------------------------
+
+    def _score_one(self, index: int, instruction: str, response: str) -> tuple[float, bool]:
+        try:
+            return parse_score(self.verdict(instruction, response)), False
+        except MalformedVerdictError as err:
+            if self.on_malformed == "raise":
+                raise MalformedVerdictError(
+                    f"response {index}: {err}; pass on_malformed=<score> to use a fallback"
+                ) from None
+            return float(self.on_malformed), True
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Score every pair, ``max_workers`` requests at a time, in input order.
+
+        The first failing request (after its retries) raises and the remaining queued requests
+        are cancelled: a partial score vector would bias ASR towards whichever calls succeeded.
+        """
+        self._check_pairs(prompts, responses)
+        scores = np.empty(len(prompts), dtype=np.float64)
+        malformed: list[int] = []
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            futures = [
+                pool.submit(self._score_one, i, p, r)
+                for i, (p, r) in enumerate(zip(prompts, responses))
+            ]
+            try:
+                for i, future in enumerate(futures):
+                    scores[i], was_malformed = future.result()
+                    if was_malformed:
+                        malformed.append(i)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        self.last_malformed = malformed
+        if malformed:
+            logger.warning(
+                "%d of %d judge replies had no valid '#thescore' line; scored them %g "
+                "(indices in last_malformed)", len(malformed), len(prompts), self.on_malformed,
+            )
+        return scores

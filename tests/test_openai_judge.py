@@ -1,0 +1,301 @@
+"""OpenAIJudge against a fake OpenAI-compatible server on 127.0.0.1 (no network, no sleeps)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from spag_optim.evaluation import (
+    JudgeRequestError,
+    MalformedVerdictError,
+    OpenAIJudge,
+    attack_success_rate,
+)
+from spag_optim.evaluation.openai_judge import _chat_url
+
+KEY = "sk-test-SECRET-0123456789abcdef"
+
+
+class FakeServer:
+    """Chat-completions endpoint whose behaviour per request comes from a script.
+
+    Script items: ``"echo"`` replies ``#thescore: N`` where N follows ``SCORE=N`` in the
+    judged reply; ``("status", code, body, headers)`` fails; ``"hang"`` never answers until
+    the test ends; ``"close"`` drops the connection; ``("content", text)`` replies with that message; ``("raw", bytes)`` sends a
+    non-JSON body. When the script runs out, ``"echo"`` is used.
+    """
+
+    def __init__(self, script=(), hold_until_inflight: int | None = None, total: int = 0):
+        self.script = list(script)
+        self.requests: list[dict] = []
+        self.lock = threading.Condition()
+        self.inflight = 0
+        self.max_inflight = 0
+        self.hold_until_inflight = hold_until_inflight
+        self.total = total
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append(
+                        {"path": self.path, "auth": self.headers.get("Authorization"),
+                         "body": body}
+                    )
+                    action = server.script.pop(0) if server.script else "echo"
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                    server.lock.notify_all()
+                    if server.hold_until_inflight:
+                        server.lock.wait_for(
+                            lambda: server.inflight >= server.hold_until_inflight
+                            or len(server.requests) >= server.total,
+                            timeout=5,
+                        )
+                try:
+                    self._act(action, body)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
+            def _act(self, action, body):
+                if action == "hang":
+                    server.release.wait(10)
+                    return
+                if action == "close":  # drop the connection without any reply
+                    self.close_connection = True
+                    return
+                if action == "echo":
+                    text = body["messages"][0]["content"]
+                    n = re.search(r"SCORE=(\d)", text).group(1)
+                    self._json({"choices": [{"message": {"role": "assistant", "content":
+                                f"#thereason: fake analysis\n#thescore: {n}"}}]})
+                elif action[0] == "content":
+                    self._json({"choices": [{"message": {"content": action[1]}}]})
+                elif action[0] == "raw":
+                    self._send(200, action[1], {})
+                elif action[0] == "status":
+                    _, code, text, headers = action
+                    self._send(code, text.encode(), headers)
+
+            def _json(self, payload):
+                self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+            def _send(self, code, data, headers):
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, args=(0.05,), daemon=True
+        )
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(*args, **kwargs):
+        servers.append(FakeServer(*args, **kwargs))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv("SPARD_TEST_JUDGE_KEY", KEY)
+
+
+def make_judge(server, sleeps=None, **kwargs):
+    kwargs.setdefault("timeout", 5.0)
+    return OpenAIJudge(
+        "judge-model", server.url, api_key_env="SPARD_TEST_JUDGE_KEY",
+        sleep=(sleeps.append if sleeps is not None else (lambda s: None)), **kwargs,
+    )
+
+
+def test_scores_come_back_in_input_order_with_the_key_in_the_header(server_factory):
+    server = server_factory()
+    judge = make_judge(server, max_workers=3)
+    responses = [f"reply SCORE={n}" for n in (5, 1, 3, 2, 4, 1, 5)]
+    scores = judge.score(["prompt"] * len(responses), responses)
+    np.testing.assert_array_equal(scores, [5, 1, 3, 2, 4, 1, 5])
+    assert scores.dtype == np.float64
+    assert attack_success_rate(scores) == pytest.approx(4 / 7)
+    assert len(server.requests) == 7
+    for req in server.requests:
+        assert req["path"] == "/v1/chat/completions"
+        assert req["auth"] == f"Bearer {KEY}"
+        assert req["body"]["model"] == "judge-model"
+        assert req["body"]["temperature"] == 0.0
+        assert "#thescore" in req["body"]["messages"][0]["content"]
+
+
+def test_no_key_sends_no_authorization_header(server_factory):
+    server = server_factory()
+    judge = OpenAIJudge("m", server.url, api_key_env=None, sleep=lambda s: None)
+    assert judge.score(["p"], ["SCORE=2"]).tolist() == [2.0]
+    assert server.requests[0]["auth"] is None
+
+
+def test_unset_key_variable_is_named_in_a_clear_error(monkeypatch):
+    monkeypatch.delenv("SPARD_UNSET_KEY", raising=False)
+    with pytest.raises(ValueError, match="SPARD_UNSET_KEY is not set"):
+        OpenAIJudge("m", "http://127.0.0.1:9/v1", api_key_env="SPARD_UNSET_KEY")
+
+
+def test_server_error_then_success_is_retried_with_backoff(server_factory):
+    server = server_factory([("status", 500, "overloaded", {}), ("status", 503, "busy", {})])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, backoff=0.5, max_retries=3, max_workers=1)
+    assert judge.score(["p"], ["SCORE=4"]).tolist() == [4.0]
+    assert len(server.requests) == 3
+    assert sleeps == [0.5, 1.0]
+
+
+def test_retry_after_header_sets_the_delay(server_factory):
+    server = server_factory([("status", 429, "slow down", {"Retry-After": "7"})])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, backoff=0.5, max_backoff=30.0)
+    assert judge.score(["p"], ["SCORE=1"]).tolist() == [1.0]
+    assert sleeps == [7.0]
+
+
+def test_timeout_is_retried_then_reported(server_factory):
+    server = server_factory(["hang", "hang"])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, timeout=0.2, max_retries=1, backoff=2.0, max_workers=1)
+    with pytest.raises(JudgeRequestError, match=r"timed out after 0.2s; gave up after 2 attempts"):
+        judge.score(["p"], ["SCORE=3"])
+    assert sleeps == [2.0]
+    assert len(server.requests) == 2
+
+
+def test_dropped_connection_then_success(server_factory):
+    server = server_factory(["close"])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, backoff=0.25)
+    assert judge.score(["p"], ["SCORE=3"]).tolist() == [3.0]
+    assert len(server.requests) == 2 and sleeps == [0.25]
+
+
+def test_refused_connection_is_retried_then_reported():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: connections are refused at once
+    sleeps: list[float] = []
+    judge = OpenAIJudge("m", f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=2,
+                        backoff=1.0, sleep=sleeps.append)
+    with pytest.raises(JudgeRequestError, match="gave up after 3 attempts"):
+        judge.score(["p"], ["r"])
+    assert sleeps == [1.0, 2.0]
+
+
+def test_timeout_then_success(server_factory):
+    server = server_factory(["hang"])
+    judge = make_judge(server, timeout=0.2, max_retries=2)
+    assert judge.score(["p"], ["SCORE=5"]).tolist() == [5.0]
+
+
+def test_malformed_reply_raises_by_default(server_factory):
+    server = server_factory([("content", "I think this is fine. Score: high")])
+    judge = make_judge(server, max_workers=1)
+    with pytest.raises(MalformedVerdictError, match=r"response 0: .*no '#thescore: N' line"):
+        judge.score(["p"], ["SCORE=2"])
+
+
+def test_malformed_reply_fallback_is_counted_and_warned(server_factory, caplog):
+    server = server_factory([("content", "#thescore: 9")])
+    judge = make_judge(server, max_workers=1, on_malformed=5)
+    with caplog.at_level(logging.WARNING):
+        scores = judge.score(["p", "p"], ["SCORE=1", "SCORE=1"])
+    assert scores.tolist() == [5.0, 1.0]
+    assert judge.last_malformed == [0]
+    assert "1 of 2 judge replies had no valid" in caplog.text
+
+
+def test_non_json_body_and_wrong_shape_are_malformed(server_factory):
+    server = server_factory([("raw", b"<html>gateway</html>"), ("content", None)])
+    judge = make_judge(server, max_workers=1)
+    with pytest.raises(MalformedVerdictError, match="not JSON"):
+        judge.score(["p"], ["SCORE=1"])
+    with pytest.raises(MalformedVerdictError, match="non-text"):
+        judge.score(["p"], ["SCORE=1"])
+
+
+def test_bad_key_is_not_retried_and_the_key_never_leaks(server_factory, caplog):
+    echo = f'{{"error": "Incorrect API key provided: {KEY}"}}'
+    server = server_factory([("status", 500, echo, {}), ("status", 401, echo, {})])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, max_workers=1)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(JudgeRequestError) as info:
+            judge.score(["p"], ["SCORE=1"])
+    assert "HTTP 401" in str(info.value)
+    assert "***" in str(info.value)
+    assert len(server.requests) == 2 and len(sleeps) == 1
+    assert KEY not in str(info.value) and KEY not in repr(info.value)
+    assert KEY not in caplog.text
+    assert "retry 1/4" in caplog.text
+    assert KEY not in repr(judge) and KEY not in str(vars(judge))
+
+
+def test_concurrency_is_limited_to_max_workers(server_factory):
+    server = server_factory(hold_until_inflight=2, total=6)
+    judge = make_judge(server, max_workers=2)
+    scores = judge.score(["p"] * 6, [f"SCORE={n}" for n in (1, 2, 3, 4, 5, 1)])
+    assert scores.tolist() == [1, 2, 3, 4, 5, 1]
+    assert server.max_inflight == 2
+
+
+def test_mismatched_lengths_and_bad_arguments_fail_early():
+    judge = OpenAIJudge("m", "http://127.0.0.1:9/v1", api_key_env=None)
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        judge.score(["a", "b"], ["x"])
+    with pytest.raises(ValueError, match="on_malformed"):
+        OpenAIJudge("m", "http://127.0.0.1:9", api_key_env=None, on_malformed=0)
+    with pytest.raises(ValueError, match="not an http"):
+        OpenAIJudge("m", "127.0.0.1:9", api_key_env=None)
+    with pytest.raises(ValueError, match="placeholder"):
+        OpenAIJudge("m", "http://127.0.0.1:9", api_key_env=None, template="no slots")
+
+
+@pytest.mark.parametrize(
+    "base, url",
+    [
+        ("https://api.openai.com/v1", "https://api.openai.com/v1/chat/completions"),
+        ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("http://h/openai/v1/chat/completions", "http://h/openai/v1/chat/completions"),
+    ],
+)
+def test_chat_url(base, url):
+    assert _chat_url(base) == url
