@@ -61,6 +61,8 @@ __all__ = ["SPAGOptimizer"]
 logger = logging.getLogger(__name__)
 
 TrustRegion = Union[float, str, None]
+# torch.amp.GradScaler is the device-generic class from torch 2.3; torch.cuda.amp's before that.
+_GRAD_SCALER = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler
 _MODES = ("paper", "authors_code")
 
 
@@ -113,7 +115,7 @@ class SPAGOptimizer(OptimizerWrapper):
         skip_if_safe: bool = True,
         distributed: Optional[str] = "auto",
         process_group: Any = None,
-        grad_scaler: Optional[torch.amp.GradScaler] = None,
+        grad_scaler: Optional["torch.amp.GradScaler"] = None,
     ) -> None:
         reject_deepspeed(inner, safety_closure)
         super().__init__(inner)
@@ -128,7 +130,7 @@ class SPAGOptimizer(OptimizerWrapper):
         _check_number("alpha_max", alpha_max, minimum=0.0, strict=True)
         _check_number("rho", rho, minimum=0.0, strict=True)
         check_distributed_mode(distributed)
-        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+        if grad_scaler is not None and not isinstance(grad_scaler, _GRAD_SCALER):
             raise TypeError(
                 f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}"
             )

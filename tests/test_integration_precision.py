@@ -18,6 +18,9 @@ from spag_reference import flat, reference_paper_step
 
 STEPS = 12
 
+if torch.__version__ < (2, 3):
+    pytest.skip("torch.amp.GradScaler('cpu') needs torch >= 2.3", allow_module_level=True)
+
 
 def make_problem(dtype=torch.float32, safety_weight=1.0):
     g = torch.Generator().manual_seed(0)
@@ -93,7 +96,10 @@ def test_low_precision_matches_float64_reference(name):
     assert 0 < projected < STEPS
 
 
-@pytest.mark.parametrize("flavour", ["foreach", "fused"])
+FUSED_ON_CPU = pytest.mark.skipif(torch.__version__ < (2, 4), reason="fused AdamW on CPU needs torch >= 2.4")
+
+
+@pytest.mark.parametrize("flavour", ["foreach", pytest.param("fused", marks=FUSED_ON_CPU)])
 def test_foreach_and_fused_inner_optimizers_match_reference(flavour):
     model, util, safe = make_problem(torch.float64)
     ref_model = copy.deepcopy(model)

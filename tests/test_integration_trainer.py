@@ -13,6 +13,7 @@ import math
 import pytest
 
 pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
 

@@ -12,6 +12,7 @@ import os
 import pytest
 
 pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 
 from gloo_workers import run_workers  # noqa: E402
