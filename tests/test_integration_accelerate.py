@@ -70,7 +70,7 @@ def test_prepared_spag_projects_once_per_accumulated_step_in_bf16():
         assert model.last_dtype == torch.bfloat16, "the safety forward must run under autocast"
         return loss
 
-    # [README snippet "Accelerate"]
+    # README "Integrations" snippet (Accelerate): from here ...
     accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=ACCUMULATION, cpu=True)
     model = accelerator.prepare(Regressor())
     safety = make_safety_closure(model, SafetyBatches(safe, batch_size=4), loss_fn=counting_loss)
@@ -82,7 +82,7 @@ def test_prepared_spag_projects_once_per_accumulated_step_in_bf16():
             accelerator.backward(model(**batch)["loss"])
             optimizer.step()  # a no-op on micro-batches that do not end an accumulation
             optimizer.zero_grad()
-    # [end of snippet]
+    # ... to here.
     spag = optimizer.optimizer
     assert len(calls) == spag.num_steps == MICRO_BATCHES // ACCUMULATION
     assert spag.num_projections == spag.num_steps

@@ -75,7 +75,7 @@ class Probe:
             self._in_safety = False
 
 
-# The README's "Hugging Face Trainer" snippet is the body of this function.
+# README "Integrations" snippet (Hugging Face Trainer): the body of this function.
 def train_with_spag(tmp_path, bf16=False):
     tok = tokenizer()
     model = tiny_llama(tok)
@@ -156,7 +156,7 @@ def test_sft_trainer_with_spag(tmp_path):
     model = tiny_llama(tok)
     inner = torch.optim.AdamW(model.parameters(), lr=LR)
     probe = Probe(model, inner)
-    # README snippet "TRL SFTTrainer": from here ...
+    # README "Integrations" snippet (TRL SFTTrainer): from here ...
     safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=probe.loss_fn)
     optimizer = SPAGOptimizer(inner, safety, tau=0.0)
     config = trl.SFTConfig(
