@@ -179,3 +179,21 @@ def test_sft_trainer_with_spag(tmp_path):
     assert max(probe.grad_norms) <= MAX_GRAD_NORM * (1 + 1e-3)
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(train_logs) == MAX_STEPS and all(entry["spag/projected"] == 1.0 for entry in train_logs)
+
+
+def test_closure_position_resumes_with_this_ranks_seed():
+    """A checkpoint holds rank 0's closure state; loading it on rank 1 keeps rank 1's own seed."""
+    from types import SimpleNamespace
+
+    tok = tokenizer()
+    closures = []
+    for rank in (0, 1):
+        closure = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, seed=5,
+                                       collate_fn=lambda rows: rows)
+        closure.bind(SimpleNamespace(args=SimpleNamespace(process_index=rank), data_collator=None))
+        closures.append(closure)
+    next(closures[0].batches)
+    saved = closures[0].state_dict()
+    closures[1].load_state_dict(saved)
+    assert closures[1].batches.seed == 6
+    assert closures[1].batches.position == closures[0].batches.position == 2

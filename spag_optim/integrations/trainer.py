@@ -96,8 +96,12 @@ class TrainerSafetyClosure:
         return {"batches": self.batches.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the position. The Trainer saves rank 0's optimizer state for every rank, so the
+        seed is re-derived from this process's rank (positions agree across ranks anyway: all
+        ranks draw equal-sized batches from equally long data)."""
         if "batches" in state:
             self.batches.load_state_dict(state["batches"])
+        self.batches.seed = self._seed + (int(self.trainer.args.process_index) if self.trainer else 0)
 
 
 def attach_spag(trainer: Any) -> SPAGLoggingCallback:
