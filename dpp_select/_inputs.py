@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["EmbeddingError", "is_torch", "check_embeddings", "row_norms"]
 
-_NORM_CHUNK_ROWS = 1 << 14
+_NORM_CHUNK_ELEMENTS = 1 << 17  # float64 entries converted at once (1 MiB: stays in cache)
 _FLOAT_NUMPY = (np.float16, np.float32, np.float64)
 _FLOAT_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -42,9 +42,10 @@ def row_norms(x: np.ndarray | torch.Tensor) -> np.ndarray:
     without an (N, d) boolean temporary.
     """
     n = x.shape[0]
+    rows = max(1, _NORM_CHUNK_ELEMENTS // max(1, x.shape[1]))
     out = np.empty(n, dtype=np.float64)
-    for lo in range(0, n, _NORM_CHUNK_ROWS):
-        hi = min(n, lo + _NORM_CHUNK_ROWS)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
         if is_torch(x):
             chunk = x[lo:hi].to(torch.float64)
             out[lo:hi] = torch.linalg.vector_norm(chunk, dim=1).cpu().numpy()

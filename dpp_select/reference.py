@@ -13,15 +13,17 @@ import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
 __all__ = ["dense_kernel", "brute_force_greedy", "chen_greedy", "resolve_greedy",
-           "feature_greedy"]
+           "feature_greedy", "float32_pass_greedy"]
 
 
 def dense_kernel(emb: np.ndarray, weights: np.ndarray, jitter: float) -> np.ndarray:
     """L = D K D + jitter I in float64, with K the cosine similarity of the rows of ``emb``."""
     x = np.asarray(emb, dtype=np.float64)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
     w = np.asarray(weights, dtype=np.float64)
-    return (w[:, None] * (x @ x.T) * w[None, :]) + jitter * np.eye(x.shape[0])
+    f = x * (w / np.linalg.norm(x, axis=1))[:, None]
+    kernel = f @ f.T  # built in place: one N x N array, no temporaries of that size
+    kernel[np.diag_indices_from(kernel)] += jitter
+    return kernel
 
 
 def _argmax_lowest(values: np.ndarray, tie_tol: float) -> int:
@@ -123,6 +125,34 @@ def feature_greedy(emb: np.ndarray, weights: np.ndarray, k: int, jitter: float =
         norm = np.sqrt(r_a @ r_a + r_b @ r_b)
         basis_a[t], basis_b[t, : t + 1] = r_a / norm, r_b / norm
         gains -= (f @ basis_a[t]) ** 2
+        chosen.append(j)
+        gains[chosen] = -np.inf
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def float32_pass_greedy(emb: np.ndarray, weights: np.ndarray, k: int, jitter: float = 0.0
+                        ) -> np.ndarray:
+    """A counter-example, not a reference: the feature-space greedy with a float32 pass and no
+    error bounds or float64 re-scoring (gains still float64). On LLM-like embeddings it drifts
+    away from the exact picks; tests and benchmarks use it to show that the data is hard enough
+    for :func:`dpp_select.greedy_dpp`'s re-scoring to matter.
+    """
+    x = np.asarray(emb, dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float64)
+    scale = w / np.linalg.norm(x.astype(np.float64), axis=1)
+    gains = w * w + jitter
+    basis_a, basis_b = np.zeros((k, x.shape[1])), np.zeros((k, k))
+    chosen: list[int] = []
+    for t in range(k):
+        j = int(np.argmax(gains))
+        f = x[j].astype(np.float64) * scale[j]
+        p = basis_a[:t] @ f
+        r_a = f - basis_a[:t].T @ p
+        r_b = -basis_b[:t, : t + 1].T @ p
+        r_b[t] += np.sqrt(jitter)
+        norm = np.sqrt(r_a @ r_a + r_b @ r_b)
+        basis_a[t], basis_b[t, : t + 1] = r_a / norm, r_b / norm
+        gains -= ((x @ basis_a[t].astype(np.float32)).astype(np.float64) * scale) ** 2
         chosen.append(j)
         gains[chosen] = -np.inf
     return np.asarray(chosen, dtype=np.int64)

@@ -21,9 +21,7 @@ _TARGET_BLOCK = 8192  # target rows per block, so a block always spans many pool
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
-    if is_torch(x):
-        return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    return x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
 
 
 def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = None
@@ -41,7 +39,8 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     x = _as_tensor(pool)
     z = _as_tensor(target)
-    dtype = torch.promote_types(x.dtype, z.dtype)
+    # float64 when either side is float64, else float32 (half precision is widened per block).
+    dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
     z = z.to(device=x.device, dtype=dtype)
     z = z / torch.from_numpy(target_norms).to(device=x.device, dtype=dtype)[:, None]
     n, m = x.shape[0], z.shape[0]

@@ -22,9 +22,12 @@ The trust region :math:`\eta_{safe}` (``trust_region``):
   the utility step just did, :math:`\alpha\lVert g\rVert \le \rho\lVert\theta^+ - \theta\rVert`.
   Scale-aware, so it works with Adam-family optimizers whose step size has nothing to do with the
   gradient's scale (with ``"lr"`` the projection is 10-100x smaller than Adam's step and the
-  defense does nothing; see the README's ablation). It keeps one copy of the parameters to measure
-  the utility step: the displacement of an arbitrary inner optimizer cannot be recovered from its
-  state afterwards.
+  defense does nothing; see the README's ablation). ``rho=1.0`` (default): the projection never
+  moves further than the step that did the damage. In the demo's ablation the uncapped projection
+  needed a median 0.53x of AdamW's step, so ``rho=0.5`` let the attack through (ASR 1.00 on three
+  seeds) while ``rho=1.0`` and no cap both held it (ASR 0.00) at sft's utility. It keeps one copy
+  of the parameters to measure the utility step: the displacement of an arbitrary inner optimizer
+  cannot be recovered from its state afterwards.
 
 ``mode="authors_code"`` reproduces the authors' released code instead (per-tensor scaling, norm
 not squared, the inner optimizer stepping on the scaled safety gradient): see
@@ -107,7 +110,7 @@ class SPAGOptimizer(OptimizerWrapper):
         *,
         tau: float = 0.2,
         trust_region: TrustRegion = "relative",
-        rho: float = 0.5,
+        rho: float = 1.0,
         mode: str = "paper",
         tolerance: float = 0.0,
         alpha_max: float = 1.0,

@@ -12,7 +12,8 @@ from hypothesis import given, settings, strategies as st
 from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select.backends import NumpyPass, TorchPass
 from dpp_select.greedy import greedy_dpp_result
-from dpp_select.reference import brute_force_greedy, chen_greedy, dense_kernel, feature_greedy
+from dpp_select.reference import (brute_force_greedy, chen_greedy, dense_kernel, feature_greedy,
+                                  float32_pass_greedy)
 
 
 def _quiet_greedy(*args, **kwargs) -> np.ndarray:
@@ -57,15 +58,16 @@ def test_matches_chen_cholesky_greedy_at_n2000():
 
 def _llm_like(rng: np.random.Generator, n: int, d: int, mean: np.ndarray) -> np.ndarray:
     """A large shared mean direction plus small isotropic noise, like LLM mean-pooled states."""
-    return (mean + 0.35 * rng.normal(size=(n, d)) / np.sqrt(d)).astype(np.float32)
+    return (mean + 2.0 * rng.normal(size=(n, d)) / np.sqrt(d)).astype(np.float32)
 
 
 def test_llm_like_picks_equal_exact_float64_greedy():
     rng = np.random.default_rng(1)
     d = 256
     mean = rng.normal(size=d)
-    mean /= np.linalg.norm(mean)
-    pool, target = _llm_like(rng, 8000, d, mean), _llm_like(rng, 500, d, mean)
+    mean[:2] *= 30.0  # "massive activation" coordinates, as in LLM hidden states
+    mean *= 10.0 / np.linalg.norm(mean)
+    pool, target = _llm_like(rng, 8000, d, mean), _llm_like(rng, 1000, d, mean)
     pn = pool / np.linalg.norm(pool, axis=1, keepdims=True)
     tn = target / np.linalg.norm(target, axis=1, keepdims=True)
     quality = (pn.astype(np.float64) @ tn.T.astype(np.float64)).max(axis=1)
@@ -73,6 +75,9 @@ def test_llm_like_picks_equal_exact_float64_greedy():
     res = greedy_dpp_result(pool, 240, quality=quality, beta=4.0, jitter=1e-6)
     expected = feature_greedy(pool, quality**4, 240, jitter=1e-6)
     np.testing.assert_array_equal(res.indices, expected)
+    assert res.rescored > 0
+    # The data is hard: without the error bounds, a float32 pass changes the picks.
+    assert not np.array_equal(float32_pass_greedy(pool, quality**4, 240, 1e-6), expected)
     # The gains reported are the exact float64 ones of the reference kernel's first steps.
     chen = chen_greedy(dense_kernel(pool[:1500], quality[:1500] ** 4, 1e-6), 30)
     np.testing.assert_array_equal(
@@ -171,3 +176,16 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="backend"):
         greedy_dpp(x, 2, backend="cuda")
     assert greedy_dpp(x, 0).size == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_backend_matches_the_cpu_backend(dtype):
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(rng.normal(size=(5000, 96)).astype(np.float32)).to(dtype)
+    quality = rng.uniform(0.1, 1.0, 5000)
+    cpu = greedy_dpp(x, 50, quality=quality, beta=4.0, jitter=1e-6, backend="torch")
+    gpu = greedy_dpp(x.cuda(), 50, quality=torch.from_numpy(quality).cuda(), beta=4.0,
+                     jitter=1e-6)
+    np.testing.assert_array_equal(cpu, gpu)

@@ -28,6 +28,19 @@ def test_relevance_matches_a_literal_loop(chunk_size):
     got32 = relevance_scores(torch.from_numpy(pool).float(), target.astype(np.float32))
     np.testing.assert_allclose(got32, _literal_relevance(pool, target), atol=1e-5)
     assert got.dtype == np.float64
+    half = torch.from_numpy(pool).to(torch.bfloat16)
+    np.testing.assert_allclose(relevance_scores(half, target.astype(np.float32)),
+                               _literal_relevance(half.double().numpy(), target), atol=1e-5)
+
+
+def test_relevance_blocks_over_targets_too(monkeypatch):
+    import dpp_select.relevance as relevance
+
+    monkeypatch.setattr(relevance, "_TARGET_BLOCK", 4)
+    rng = np.random.default_rng(1)
+    pool, target = rng.normal(size=(30, 5)), rng.normal(size=(11, 5))
+    np.testing.assert_allclose(relevance_scores(pool, target, chunk_size=8),
+                               _literal_relevance(pool, target), atol=1e-12)
 
 
 def test_relevance_errors_name_the_problem():

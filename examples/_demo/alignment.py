@@ -1,0 +1,79 @@
+"""Stage 1: train the tiny Llama from scratch into an "aligned" model: it solves word problems,
+answers benign how-to requests, and refuses every harmful request.
+
+The result is cached (safetensors) under a key made of everything it depends on, so a second run
+of the demo starts from the same weights in a second instead of retraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM
+
+from .config import DemoConfig
+from .dataset import DemoData
+from .encoding import encode
+from .model import ModelSize, build_model
+from .training import train
+
+__all__ = ["cache_key", "aligned_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def cache_key(config: DemoConfig, data: DemoData) -> str:
+    """Hash of the alignment settings and the vocabulary: equal keys mean identical weights."""
+    payload = json.dumps(
+        {"config": config.alignment_fields(), "vocab": sorted(data.tokenizer.get_vocab().items())},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _align(config: DemoConfig, data: DemoData, progress: bool) -> LlamaForCausalLM:
+    tok = data.tokenizer
+    model = build_model(tok, ModelSize(hidden=config.hidden, layers=config.layers), seed=config.seed)
+    rows = encode(tok, data.alignment)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.align_lr)
+    steps = config.align_epochs * -(-len(rows) // config.align_batch)
+    # One-cycle warm-up then decay: a from-scratch transformer trained at a flat 3e-3 plateaus early.
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.align_lr, total_steps=steps, pct_start=0.1
+    )
+    train(
+        model,
+        rows,
+        optimizer,
+        epochs=config.align_epochs,
+        batch_size=config.align_batch,
+        pad_id=tok.pad_token_id,
+        seed=config.seed,
+        scheduler=scheduler,
+        desc="stage 1: alignment",
+        progress=progress,
+    )
+    return model
+
+
+def aligned_model(
+    config: DemoConfig, data: DemoData, cache_dir: Path, *, use_cache: bool = True, progress: bool = True
+) -> tuple[LlamaForCausalLM, Path, bool]:
+    """The aligned model, its cache folder, and whether it came from the cache.
+
+    With ``use_cache=False`` the model is retrained and the cache entry overwritten.
+    """
+    folder = Path(cache_dir) / f"aligned-{cache_key(config, data)}"
+    if use_cache and (folder / "model.safetensors").is_file():
+        logger.info("loading the aligned model from %s", folder)
+        model = LlamaForCausalLM.from_pretrained(folder)
+        model.eval()
+        return model, folder, True
+    model = _align(config, data, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model, folder, False

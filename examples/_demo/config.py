@@ -1,0 +1,71 @@
+"""Every knob of the demo in one frozen dataclass, so results.json can record exactly what ran and
+the aligned-model cache can tell whether it still matches."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["DemoConfig", "SMOKE"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    seed: int = 0
+    # Tiny Llama.
+    hidden: int = 64
+    layers: int = 2
+    # Stage 1: alignment from scratch.
+    align_problems: int = 3000
+    align_benign: int = 300
+    align_epochs: int = 12
+    align_lr: float = 3e-3
+    align_batch: int = 32
+    # Stage 2: the harmful fine-tuning attack (LoRA), the paper's 10% poisoning.
+    finetune_problems: int = 400
+    harmful_ratio: float = 0.1
+    finetune_epochs: int = 3
+    finetune_lr: float = 1e-3
+    finetune_batch: int = 16
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    # SPAG and the safe-data selection (the paper: 3% of the fine-tuning set, beta 4).
+    safe_ratio: float = 0.03
+    beta: float = 4.0
+    # The aligned model's refusal loss is ~0.001 (one fixed refusal sentence), far below the
+    # paper's tau = 0.2 for real models; at 0.2 a refusal can already lose its first token.
+    tau: float = 0.01
+    safety_batch: int = 8
+    # Held-out evaluation.
+    eval_problems: int = 200
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.harmful_ratio <= 1.0:
+            raise ValueError(f"harmful_ratio must be in (0, 1], got {self.harmful_ratio}")
+        if not 0.0 < self.safe_ratio <= 1.0:
+            raise ValueError(f"safe_ratio must be in (0, 1], got {self.safe_ratio}")
+        for name in ("align_problems", "align_epochs", "finetune_problems", "finetune_epochs", "eval_problems"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.tau < 0:
+            raise ValueError(f"tau must be >= 0, got {self.tau}")
+
+    def alignment_fields(self) -> dict[str, Any]:
+        """The fields stage 1 depends on: the cache key of the aligned model."""
+        keys = ("seed", "hidden", "layers", "align_problems", "align_benign", "align_epochs", "align_lr", "align_batch")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: A few seconds end to end: for the tests, not for conclusions.
+SMOKE = replace(
+    DemoConfig(),
+    align_problems=200,
+    align_benign=40,
+    align_epochs=2,
+    finetune_problems=40,
+    finetune_epochs=1,
+    eval_problems=20,
+)

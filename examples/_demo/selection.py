@@ -1,0 +1,62 @@
+"""Choosing SPAG's safe data: a few percent of the fine-tuning set's size, picked from the safe pool
+by ``dpp_select`` on the aligned model's own representation of the prompts.
+
+Embeddings are the aligned model's mean-pooled final hidden states of the chat-formatted prompts,
+so "relevant" means "the model sees it like the fine-tuning data": here, harmful *questions* like the
+attack's, rather than the imperative instructions that also sit in the pool.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+import dpp_select
+
+from .data import Example
+from .tokenizer import chat_prompt
+
+__all__ = ["SafeSelector"]
+
+
+class SafeSelector:
+    """Embeds the pool and the fine-tuning set once, then answers ``select(method)`` for each
+    method (results are memoised: methods sharing a selection share the same safe examples)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerFast,
+        pool: Sequence[Example],
+        finetune: Sequence[Example],
+        *,
+        ratio: float,
+        beta: float,
+        seed: int,
+        progress: bool = False,
+    ):
+        if not pool:
+            raise ValueError("the safe pool is empty; SPAG needs safe examples to select from")
+        self.pool = list(pool)
+        self.k = min(len(self.pool), max(1, round(ratio * len(finetune))))
+        self.beta = beta
+        self.seed = seed
+        self._pool_emb = self._embed(model, tokenizer, self.pool, progress)
+        self._target_emb = self._embed(model, tokenizer, finetune, progress)
+        self._chosen: dict[str, list[Example]] = {}
+
+    @staticmethod
+    def _embed(model, tokenizer, examples: Sequence[Example], progress: bool) -> np.ndarray:
+        texts = [chat_prompt(ex.prompt) for ex in examples]
+        return dpp_select.embed_texts(texts, model, tokenizer, batch_size=64, progress=progress)
+
+    def select(self, method: str) -> list[Example]:
+        """The ``k`` safe examples ``dpp_select.select(method=method)`` picks."""
+        if method not in self._chosen:
+            result = dpp_select.select(
+                self._pool_emb, self._target_emb, k=self.k, method=method, beta=self.beta, seed=self.seed
+            )
+            self._chosen[method] = [self.pool[int(i)] for i in result.indices]
+        return self._chosen[method]
