@@ -105,7 +105,7 @@ def test_foreach_and_fused_inner_optimizers_match_reference(flavour):
     ref_model = copy.deepcopy(model)
     tau = tau_for(model, safe, None)
     opt = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=0.05, **{flavour: True}),
-                        lambda: mse(model, safe), tau=tau, trust_region="relative", eps=0.0)
+                        lambda: mse(model, safe), tau=tau, trust_region="relative", rho=0.5, eps=0.0)
     ref_params = list(ref_model.parameters())
     ref_inner = torch.optim.AdamW(ref_params, lr=0.05, foreach=False)
     projected = 0
@@ -115,7 +115,7 @@ def test_foreach_and_fused_inner_optimizers_match_reference(flavour):
             mse(m, util).backward()
         opt.step()
         did, _ = reference_paper_step(ref_params, ref_inner, lambda: mse(ref_model, safe), tau=tau,
-                                      trust_region="relative")
+                                      trust_region="relative", rho=0.5)
         projected += did
         for p, q in zip(model.parameters(), ref_params):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
