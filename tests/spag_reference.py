@@ -31,7 +31,7 @@ def safety_loss_and_grad(params, safety_loss_fn):
     return float(loss.detach()), grads
 
 
-def reference_paper_step(params, inner, safety_loss_fn, *, tau, trust_region, rho=0.5, lr=None):
+def reference_paper_step(params, inner, safety_loss_fn, *, tau, trust_region, rho, lr=None):
     """The four steps of the issue: inner step, safety loss, keep if safe, else project."""
     theta = flat(params)
     inner.step()  # 1. utility step -> theta+

@@ -52,7 +52,7 @@ def test_paper_mode_matches_literal_reference(inner_name, trust_region):
     tau = initial_safety_loss() * 1.3
     opt = SPAGOptimizer(
         INNERS[inner_name](model.parameters()), lambda: mse(model, safe),
-        tau=tau, trust_region=trust_region, eps=0.0,
+        tau=tau, trust_region=trust_region, rho=0.7, eps=0.0,
     )
     ref_params = list(ref_model.parameters())
     ref_inner = INNERS[inner_name](ref_params)
@@ -65,7 +65,7 @@ def test_paper_mode_matches_literal_reference(inner_name, trust_region):
         mse(ref_model, util).backward()
         did, alpha = reference_paper_step(
             ref_params, ref_inner, lambda: mse(ref_model, safe), tau=tau,
-            trust_region=trust_region, lr=ref_inner.param_groups[0]["lr"],
+            trust_region=trust_region, rho=0.7, lr=ref_inner.param_groups[0]["lr"],
         )
         projected += did
         assert bool(opt.last_stats["projected"]) == did
