@@ -84,7 +84,7 @@ def test_low_precision_matches_float64_reference(name):
             loss.backward()
         opt.step()
         did, alpha = reference_paper_step(ref_params, ref_inner, lambda: safety(ref_model), tau=tau,
-                                          trust_region=None)
+                                          trust_region=None, rho=1.0)
         projected += did
         assert bool(opt.last_stats["projected"]) == did
         assert float(opt.last_stats["alpha"]) == pytest.approx(alpha, rel=1e-4 if dtype == torch.float32 else 2e-2)
@@ -154,7 +154,7 @@ def test_grad_scaler_scales_and_unscales_the_safety_backward():
         with autocast(torch.float16):
             mse(ref_model, util).backward()
         did, alpha = reference_paper_step(ref_params, ref_inner, lambda: safety(ref_model), tau=tau,
-                                          trust_region=None)
+                                          trust_region=None, rho=1.0)
         projected += did
         assert float(opt.last_stats["alpha"]) == pytest.approx(alpha, rel=1e-3)
         for p, q in zip(model.parameters(), ref_params):
