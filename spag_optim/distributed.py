@@ -159,7 +159,8 @@ class Reducer:
             value = value.full_tensor()
         if self.mode is None:
             return value
-        value = value.clone()
+        # A copy, summed in at least float32 (an fp16 loss summed over many ranks could overflow).
+        value = value.to(torch.promote_types(value.dtype, torch.float32), copy=True)
         dist.all_reduce(value, op=dist.ReduceOp.SUM, group=self.group)
         return value.div_(self.world_size)
 
