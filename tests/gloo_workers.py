@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-# Long enough for a rank descheduled on a busy CI machine (a 45 s limit once failed a correct run
-# here), short enough that a real hang fails the test instead of stalling the suite.
+# Long enough for a rank descheduled on a busy machine (with 45 s the DDP workers failed once in
+# about ten runs on a shared 2-core box, most likely by this timeout: the log was not kept), short
+# enough that a real hang fails the test instead of stalling the suite.
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
 
 
