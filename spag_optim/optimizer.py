@@ -33,6 +33,10 @@ The trust region :math:`\eta_{safe}` (``trust_region``):
 not squared, the inner optimizer stepping on the scaled safety gradient): see
 :func:`spag_optim.functional.authors_code_scale_` and the README.
 
+Distributed training (DDP, FSDP2/DTensor; ``distributed=``) and fp16 loss scaling
+(``grad_scaler=``) are described in :mod:`spag_optim.distributed` and in :class:`SPAGOptimizer`;
+DeepSpeed ZeRO is rejected at construction (see :func:`spag_optim.distributed.reject_deepspeed`).
+
 Memory and synchronisation: the safety gradient lives in ``p.grad`` (the utility gradient there
 was consumed by the inner step), so after ``step()`` the ``.grad`` fields hold the scaled safety
 gradient; call ``zero_grad()`` as usual. In paper mode the only host read is the safety loss, used
@@ -49,8 +53,10 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import functional as F
+from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed, resolve_distributed
 from .wrapper import OptimizerWrapper
 
 __all__ = ["SPAGOptimizer"]
@@ -58,6 +64,8 @@ __all__ = ["SPAGOptimizer"]
 logger = logging.getLogger(__name__)
 
 TrustRegion = Union[float, str, None]
+# torch.amp.GradScaler is the device-generic class from torch 2.3; torch.cuda.amp's before that.
+_GRAD_SCALER = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler
 _MODES = ("paper", "authors_code")
 
 
@@ -79,7 +87,18 @@ class SPAGOptimizer(OptimizerWrapper):
         eps: added to the denominator (:math:`\lVert g\rVert^2` in paper mode, the per-tensor
             :math:`\lVert g_p\rVert` in authors'-code mode).
         skip_if_safe: read the safety loss once on the host and skip the safety backward when it
-            is already below the trigger (paper mode; authors'-code mode always reads it).
+            is already below the trigger (paper mode; authors'-code mode always reads it). Under
+            ``distributed`` the read is of the loss averaged over ranks, so all ranks agree.
+        distributed: how the ranks share the projection: ``"auto"`` (default), ``"ddp"`` (the
+            closure runs the ``DistributedDataParallel``-wrapped model), ``"allreduce"`` (the
+            closure runs the bare module; SPAG averages the gradient), ``"sharded"``
+            (FSDP2/DTensor parameters) or ``None``; see :mod:`spag_optim.distributed`.
+        process_group: the group the loss and gradient are averaged over (default: the world).
+        grad_scaler: the ``torch.amp.GradScaler`` of an fp16 run. The safety backward is then
+            scaled by it and the gradient unscaled before use, as the utility backward is; an
+            inf/NaN there skips the projection and makes the scaler back off at its next
+            ``update()``. (A step whose *utility* gradient overflows is skipped by
+            ``scaler.step(optimizer)`` itself, projection included.)
     """
 
     STATE_KEY = "spag"
@@ -97,7 +116,11 @@ class SPAGOptimizer(OptimizerWrapper):
         alpha_max: float = 1.0,
         eps: float = 1e-8,
         skip_if_safe: bool = True,
+        distributed: Optional[str] = "auto",
+        process_group: Any = None,
+        grad_scaler: Optional["torch.amp.GradScaler"] = None,
     ) -> None:
+        reject_deepspeed(inner, safety_closure)
         super().__init__(inner)
         if not callable(safety_closure):
             raise TypeError(
@@ -109,6 +132,11 @@ class SPAGOptimizer(OptimizerWrapper):
         _check_number("eps", eps, minimum=0.0)
         _check_number("alpha_max", alpha_max, minimum=0.0, strict=True)
         _check_number("rho", rho, minimum=0.0, strict=True)
+        check_distributed_mode(distributed)
+        if grad_scaler is not None and not isinstance(grad_scaler, _GRAD_SCALER):
+            raise TypeError(
+                f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}"
+            )
         if mode not in _MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {_MODES}")
         if isinstance(trust_region, str):
@@ -129,6 +157,13 @@ class SPAGOptimizer(OptimizerWrapper):
         self.alpha_max = float(alpha_max)
         self.eps = float(eps)
         self.skip_if_safe = bool(skip_if_safe)
+        self.distributed = distributed
+        self.process_group = process_group
+        self.grad_scaler = grad_scaler
+        # Resolved on the first step (the process group may be initialised after construction)
+        # and rebuilt when the parameters change (add_param_group).
+        self._reducer: Optional[Reducer] = None
+        self._reducer_params: tuple[int, ...] = ()
         self.last_stats: dict[str, Any] = {}
         self._num_steps = 0
         self._num_nonfinite = 0
@@ -141,8 +176,21 @@ class SPAGOptimizer(OptimizerWrapper):
     def _extra_repr(self) -> str:
         return (
             f"tau={self.tau}, trust_region={self.trust_region!r}, rho={self.rho}, "
-            f"mode={self.mode!r}, tolerance={self.tolerance}"
+            f"mode={self.mode!r}, tolerance={self.tolerance}, distributed={self.distributed!r}"
         )
+
+    def _reducer_for(self, params: list[Tensor]) -> Reducer:
+        key = tuple(id(p) for p in params)
+        if self._reducer is None or key != self._reducer_params:
+            mode = resolve_distributed(self.distributed, params, self.safety_closure, self.process_group)
+            if mode == "sharded" and self.mode == "authors_code":
+                raise NotImplementedError(
+                    "mode='authors_code' takes per-tensor norms on the host and does not support "
+                    "sharded (FSDP2/DTensor) parameters; use mode='paper'"
+                )
+            self._reducer = Reducer(mode, params, self.process_group)
+            self._reducer_params = key
+        return self._reducer
 
     # -- counters ---------------------------------------------------------------------------------
     @property
@@ -193,7 +241,8 @@ class SPAGOptimizer(OptimizerWrapper):
         params = self.params()
         relative = self.mode == "paper" and self.trust_region == "relative"
         if relative:
-            self._take_snapshot(params)
+            with torch.no_grad():
+                self._take_snapshot(local_tensors(params))
         self.inner.step()
         self._num_steps += 1
         if self.mode == "paper":
@@ -242,31 +291,74 @@ class SPAGOptimizer(OptimizerWrapper):
             stacklevel=3,
         )
 
-    def _backward(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
-        """Safety gradient into ``p.grad`` (reusing the consumed utility buffers)."""
+    def _backward(self, loss: Tensor, params: list[Tensor], reducer: Reducer) -> list[Tensor]:
+        """Safety gradient into ``p.grad`` (reusing the consumed utility buffers).
+
+        Returns the local gradient tensors, averaged over ranks and unscaled: the global
+        gradient of the rank-averaged loss, laid out like the parameters.
+        """
         with torch.no_grad():
-            existing = [p.grad for p in params if p.grad is not None]
+            existing = local_tensors([p.grad for p in params if p.grad is not None])
             if existing:
                 torch._foreach_zero_(existing)
-        torch.autograd.backward(loss, inputs=params)
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            loss = self.grad_scaler.scale(loss)
+        if reducer.mode == "sharded":
+            # FSDP2 computes gradients of the unsharded parameters and reduce-scatters them into
+            # the sharded ones in its own backward hooks; restricting backward to the sharded
+            # parameters (inputs=) would bypass them. Parameters outside this optimizer that
+            # require grad therefore also receive the safety gradient here.
+            torch.autograd.backward(loss)
+        else:
+            torch.autograd.backward(loss, inputs=params)
         with torch.no_grad():
             for p in params:
                 if p.grad is None:  # not reached by the safety loss: a zero component of g
                     p.grad = torch.zeros_like(p)
-        return [p.grad for p in params]  # type: ignore[misc]
+            grads = local_tensors([p.grad for p in params])  # type: ignore[misc]
+            reducer.average_grads_(grads)
+            self._unscale_(grads)
+        return grads
+
+    def _unscale_(self, grads: list[Tensor]) -> None:
+        """Undo ``grad_scaler``'s scale, as ``GradScaler.unscale_`` does, and report overflow.
+
+        Uses GradScaler's own kernel and device-side scale (no host read). An inf/NaN is added to
+        the ``found_inf`` that ``scaler.step(self)`` recorded for this optimizer, so the scaler's
+        next ``update()`` backs off exactly as for an overflowing utility gradient; the
+        projection itself is skipped because the squared norm is then not finite.
+        """
+        scaler = self.grad_scaler
+        if scaler is None or not scaler.is_enabled() or not grads:
+            return
+        scale = scaler._scale  # set by the scaler.scale() call in _backward
+        assert scale is not None
+        inv_scale = scale.double().reciprocal().float()
+        found_inf = torch.zeros(1, dtype=torch.float32, device=scale.device)
+        for (device, _), ([group], _) in _group_tensors_by_device_and_dtype([grads]).items():
+            found = torch.zeros(1, dtype=torch.float32, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, inv_scale.to(device))
+            found_inf.add_(found.to(found_inf.device))
+        state = scaler._per_optimizer_states.get(id(self))
+        recorded = (state or {}).get("found_inf_per_device") or {}
+        if recorded:
+            target = next(iter(recorded.values()))
+            target.add_(found_inf.to(target.device).reshape(target.shape))
 
     def _paper_projection(self, params: list[Tensor], relative: bool) -> None:
         if not params:
             self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
             return
         device = params[0].device
-        loss = self._safety_loss()
+        reducer = self._reducer_for(params)
+        local_loss = self._safety_loss()
+        loss = reducer.mean_loss(local_loss)  # what alpha (and every rank's decision) uses
         projections, nonfinite = self._counters(device)
         if self.skip_if_safe:
             # The one allowed host-device synchronisation; it also brings back the device-side
             # count of earlier non-finite gradients so that they are warned about.
             loss_value, seen = torch.stack(
-                [loss.detach().to(torch.float64), nonfinite.to(loss.device, torch.float64)]
+                [loss.to(torch.float64), nonfinite.to(loss.device, torch.float64)]
             ).tolist()
             self._warn_nonfinite_grads(int(seen))
             if not math.isfinite(loss_value):
@@ -276,37 +368,41 @@ class SPAGOptimizer(OptimizerWrapper):
             if loss_value - self.tau <= self.tolerance:
                 self.last_stats = _stats(loss_value, False, 0.0, 0.0)
                 return
-        grads = self._backward(loss, params)
+        grads = self._backward(local_loss, params, reducer)
         with torch.no_grad():
-            sq_norm = F.global_sq_norm(grads, device)
-            cap = self._cap(params, sq_norm, relative)
+            local_params = local_tensors(params)
+            sq_norm = reducer.sq_norm(grads, device)
+            cap = self._cap(local_params, sq_norm, relative, reducer)
             alpha, finite = F.projection_alpha(
                 loss, sq_norm, tau=self.tau, tolerance=self.tolerance, eps=self.eps, cap=cap
             )
-            F.apply_projection_(params, grads, alpha)
+            F.apply_projection_(local_params, grads, alpha)
             projected = alpha > 0
             projections.add_(projected.to(torch.int64))
             nonfinite.add_((~finite).to(torch.int64))
         self.last_stats = {
-            "safety_loss": loss.detach(),
+            "safety_loss": loss,
             "projected": projected,
             "alpha": alpha,
             "safety_grad_norm": sq_norm.sqrt(),
         }
 
-    def _cap(self, params: list[Tensor], sq_norm: Tensor, relative: bool) -> float | Tensor | None:
+    def _cap(
+        self, params: list[Tensor], sq_norm: Tensor, relative: bool, reducer: Reducer
+    ) -> float | Tensor | None:
         if relative:
             # The snapshot becomes theta - theta+; its norm is the utility step's length.
             torch._foreach_sub_(self._snapshot, params)
-            step_norm = F.global_sq_norm(self._snapshot, sq_norm.device).sqrt()
+            step_norm = reducer.sq_norm(self._snapshot, sq_norm.device).sqrt()
             return self.rho * step_norm / sq_norm.sqrt()
         if self.trust_region == "lr":
             return self.param_groups[0]["lr"]
         return self.trust_region  # a float or None
 
     def _authors_code_projection(self, params: list[Tensor]) -> None:
+        reducer = self._reducer_for(params)
         loss = self._safety_loss()
-        loss_value = float(loss.detach())
+        loss_value = float(reducer.mean_loss(loss))
         if not math.isfinite(loss_value):
             self._nonfinite_loss(loss_value)
             self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
@@ -314,9 +410,9 @@ class SPAGOptimizer(OptimizerWrapper):
         if loss_value - self.tau <= self.tolerance or not params:
             self.last_stats = _stats(loss_value, False, 0.0, 0.0)
             return
-        grads = self._backward(loss, params)
+        grads = self._backward(loss, params, reducer)
         with torch.no_grad():
-            grad_norm = float(F.global_sq_norm(grads, params[0].device).sqrt())
+            grad_norm = float(reducer.sq_norm(grads, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
                 self._num_nonfinite += 1
                 warnings.warn(

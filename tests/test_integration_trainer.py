@@ -1,0 +1,199 @@
+"""SPAG inside Hugging Face ``Trainer`` and TRL's ``SFTTrainer`` (tiny Llama, CPU).
+
+What the Trainer must not break: the learning rate its own scheduler sets must reach the inner
+optimizer; with gradient accumulation SPAG projects once per optimizer step, not per micro-batch;
+``max_grad_norm`` clips the utility gradient the inner optimizer sees; the safety closure runs the
+trainer's wrapped model (under ``bf16=True``, in autocast); SPAG's stats reach the logs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
+import torch  # noqa: E402
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
+
+from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer  # noqa: E402
+from spag_optim import SPAGOptimizer  # noqa: E402
+from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag  # noqa: E402
+
+MAX_STEPS = 4
+ACCUMULATION = 2
+BATCH = 2
+LR = 1e-2
+MAX_GRAD_NORM = 0.01
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each Trainer builds an Accelerator; its process-wide state must not leak between tests."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    def reset():
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
+
+    reset()  # other test modules may leave an Accelerator behind
+    yield
+    reset()
+
+
+class Probe:
+    """Records what the inner optimizer sees at each step and what the safety closure runs."""
+
+    def __init__(self, model, inner):
+        self.lrs, self.grad_norms, self.safety_calls, self.safety_dtypes = [], [], 0, []
+        self.forwards = 0
+        self._in_safety = False
+        model.register_forward_pre_hook(self._count_forward)
+        first_linear = model.model.layers[0].self_attn.q_proj
+        first_linear.register_forward_hook(self._dtype)
+        inner.register_step_pre_hook(self._inner_step)
+
+    def _count_forward(self, module, args):
+        self.forwards += 1
+
+    def _dtype(self, module, args, output):
+        if self._in_safety:
+            self.safety_dtypes.append(output.dtype)
+
+    def _inner_step(self, optimizer, args, kwargs):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    def loss_fn(self, model, batch):
+        self.safety_calls += 1
+        self._in_safety = True
+        try:
+            return model(**batch).loss
+        finally:
+            self._in_safety = False
+
+
+# README "Integrations" snippet (Hugging Face Trainer): the body of this function.
+def train_with_spag(tmp_path, bf16=False):
+    tok = tokenizer()
+    model = tiny_llama(tok)
+    inner = torch.optim.AdamW(model.parameters(), lr=LR)
+    probe = Probe(model, inner)
+    safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=probe.loss_fn)
+    optimizer = SPAGOptimizer(inner, safety, tau=0.0)  # tau=0: every step projects
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATION, learning_rate=LR, lr_scheduler_type="linear",
+        max_grad_norm=MAX_GRAD_NORM, logging_steps=1, report_to=[], save_strategy="no",
+        use_cpu=True, bf16=bf16, seed=0, disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        optimizers=(optimizer, None),  # None: the Trainer creates its scheduler on SPAG
+    )
+    callback = attach_spag(trainer)
+    trainer.train()
+    return trainer, optimizer, probe, callback
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_trainer_with_spag(tmp_path, bf16):
+    trainer, optimizer, probe, callback = train_with_spag(tmp_path, bf16=bf16)
+    assert trainer.state.global_step == MAX_STEPS
+
+    # Scheduler: the Trainer's linear decay reached the inner optimizer at every step.
+    assert probe.lrs == pytest.approx([LR * (MAX_STEPS - i) / MAX_STEPS for i in range(MAX_STEPS)])
+
+    # Gradient accumulation: one projection per optimizer step, none per micro-batch.
+    assert probe.safety_calls == optimizer.num_steps == MAX_STEPS
+    assert probe.forwards == MAX_STEPS * ACCUMULATION + MAX_STEPS
+    assert optimizer.num_projections == MAX_STEPS
+
+    # max_grad_norm: the inner step sees the clipped utility gradient.
+    logged = [entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry]
+    assert len(logged) == MAX_STEPS and min(logged) > MAX_GRAD_NORM
+    assert max(probe.grad_norms) <= MAX_GRAD_NORM * (1 + 1e-3)
+
+    # The closure runs the trainer's (autocast-patched under bf16) model.
+    expected_dtype = torch.bfloat16 if bf16 else torch.float32
+    assert probe.safety_dtypes and set(probe.safety_dtypes) == {expected_dtype}
+
+    # SPAG's stats are in the Trainer's logs.
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(train_logs) == MAX_STEPS
+    for entry, step in zip(train_logs, callback.history):
+        assert entry["spag/projected"] == 1.0
+        assert math.isclose(entry["spag/safety_loss"], step["safety_loss"], rel_tol=1e-6)
+        assert entry["spag/alpha"] > 0
+    assert train_logs[-1]["spag/projections"] == MAX_STEPS
+
+
+def test_unbound_trainer_closure_says_what_to_do():
+    tok = tokenizer()
+    closure = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS))
+    with pytest.raises(RuntimeError, match="attach_spag"):
+        closure()
+
+
+def test_attach_spag_needs_a_spag_optimizer(tmp_path):
+    tok = tokenizer()
+    model = tiny_llama(tok)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
+    trainer = Trainer(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                      optimizers=(torch.optim.AdamW(model.parameters()), None))
+    with pytest.raises(ValueError, match="SPAGOptimizer"):
+        attach_spag(trainer)
+
+
+def test_sft_trainer_with_spag(tmp_path):
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    tok = tokenizer()
+    model = tiny_llama(tok)
+    inner = torch.optim.AdamW(model.parameters(), lr=LR)
+    probe = Probe(model, inner)
+    # README "Integrations" snippet (TRL SFTTrainer): from here ...
+    safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=probe.loss_fn)
+    optimizer = SPAGOptimizer(inner, safety, tau=0.0)
+    config = trl.SFTConfig(
+        output_dir=str(tmp_path), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATION, learning_rate=LR, max_grad_norm=MAX_GRAD_NORM,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, max_length=32, seed=0,
+        disable_tqdm=True,
+    )
+    trainer = trl.SFTTrainer(
+        model=model, args=config, processing_class=tok, optimizers=(optimizer, None),
+        train_dataset=datasets.Dataset.from_list([{"text": t} for t in UTILITY_TEXTS]),
+    )
+    attach_spag(trainer)
+    trainer.train()
+    # ... to here.
+    assert trainer.state.global_step == MAX_STEPS
+    assert probe.safety_calls == optimizer.num_steps == optimizer.num_projections == MAX_STEPS
+    assert probe.forwards == MAX_STEPS * ACCUMULATION + MAX_STEPS
+    assert probe.lrs == pytest.approx([LR * (MAX_STEPS - i) / MAX_STEPS for i in range(MAX_STEPS)])
+    assert max(probe.grad_norms) <= MAX_GRAD_NORM * (1 + 1e-3)
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(train_logs) == MAX_STEPS and all(entry["spag/projected"] == 1.0 for entry in train_logs)
+
+
+def test_closure_position_resumes_with_this_ranks_seed():
+    """A checkpoint holds rank 0's closure state; loading it on rank 1 keeps rank 1's own seed."""
+    from types import SimpleNamespace
+
+    tok = tokenizer()
+    closures = []
+    for rank in (0, 1):
+        closure = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, seed=5,
+                                       collate_fn=lambda rows: rows)
+        closure.bind(SimpleNamespace(args=SimpleNamespace(process_index=rank), data_collator=None))
+        closures.append(closure)
+    next(closures[0].batches)
+    saved = closures[0].state_dict()
+    closures[1].load_state_dict(saved)
+    assert closures[1].batches.seed == 6
+    assert closures[1].batches.position == closures[0].batches.position == 2
