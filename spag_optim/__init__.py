@@ -7,11 +7,13 @@ closure from a safe dataset.
 
 from .optimizer import SPAGOptimizer
 from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
+from .safety_wrapper import SafetyClosureOptimizer
 from .wrapper import OptimizerWrapper
 
 __all__ = [
     "SPAGOptimizer",
     "OptimizerWrapper",
+    "SafetyClosureOptimizer",
     "SafetyBatches",
     "SafetyClosure",
     "make_safety_closure",

@@ -57,7 +57,7 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import functional as F
 from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed, resolve_distributed
-from .wrapper import OptimizerWrapper
+from .safety_wrapper import SafetyClosureOptimizer, check_number
 
 __all__ = ["SPAGOptimizer"]
 
@@ -69,7 +69,7 @@ _GRAD_SCALER = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScal
 _MODES = ("paper", "authors_code")
 
 
-class SPAGOptimizer(OptimizerWrapper):
+class SPAGOptimizer(SafetyClosureOptimizer):
     r"""Wrap ``inner`` so that every step ends with SPAG's safety projection.
 
     Args:
@@ -121,17 +121,12 @@ class SPAGOptimizer(OptimizerWrapper):
         grad_scaler: Optional["torch.amp.GradScaler"] = None,
     ) -> None:
         reject_deepspeed(inner, safety_closure)
-        super().__init__(inner)
-        if not callable(safety_closure):
-            raise TypeError(
-                "safety_closure must be a callable returning the safety loss tensor, e.g. "
-                "spag_optim.make_safety_closure(model, SafetyBatches(safe_dataset))"
-            )
-        _check_number("tau", tau, minimum=0.0)
-        _check_number("tolerance", tolerance, minimum=0.0)
-        _check_number("eps", eps, minimum=0.0)
-        _check_number("alpha_max", alpha_max, minimum=0.0, strict=True)
-        _check_number("rho", rho, minimum=0.0, strict=True)
+        super().__init__(inner, safety_closure)
+        check_number("tau", tau, minimum=0.0)
+        check_number("tolerance", tolerance, minimum=0.0)
+        check_number("eps", eps, minimum=0.0)
+        check_number("alpha_max", alpha_max, minimum=0.0, strict=True)
+        check_number("rho", rho, minimum=0.0, strict=True)
         check_distributed_mode(distributed)
         if grad_scaler is not None and not isinstance(grad_scaler, _GRAD_SCALER):
             raise TypeError(
@@ -146,9 +141,8 @@ class SPAGOptimizer(OptimizerWrapper):
                     "None (no cap), 'lr' or 'relative'"
                 )
         elif trust_region is not None:
-            _check_number("trust_region", trust_region, minimum=0.0, strict=True)
+            check_number("trust_region", trust_region, minimum=0.0, strict=True)
             trust_region = float(trust_region)
-        self.safety_closure = safety_closure
         self.tau = float(tau)
         self.trust_region = trust_region
         self.rho = float(rho)
@@ -164,9 +158,6 @@ class SPAGOptimizer(OptimizerWrapper):
         # and rebuilt when the parameters change (add_param_group).
         self._reducer: Optional[Reducer] = None
         self._reducer_params: tuple[int, ...] = ()
-        self.last_stats: dict[str, Any] = {}
-        self._num_steps = 0
-        self._num_nonfinite = 0
         # Counted on device so that the sync-free path never reads it back in the hot loop.
         self._projections: Optional[Tensor] = None
         self._nonfinite_grads: Optional[Tensor] = None
@@ -193,11 +184,6 @@ class SPAGOptimizer(OptimizerWrapper):
         return self._reducer
 
     # -- counters ---------------------------------------------------------------------------------
-    @property
-    def num_steps(self) -> int:
-        """Optimizer steps taken through this wrapper."""
-        return self._num_steps
-
     @property
     def num_projections(self) -> int:
         """Steps whose safety projection moved the parameters (alpha > 0)."""
@@ -259,28 +245,6 @@ class SPAGOptimizer(OptimizerWrapper):
             self._snapshot = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
         with torch.no_grad():
             torch._foreach_copy_(self._snapshot, params)
-
-    def _safety_loss(self) -> Tensor:
-        with torch.enable_grad():
-            loss = self.safety_closure()
-        if loss is None:
-            raise TypeError(
-                "safety_closure returned None; it must return the safety loss tensor (and must not "
-                "call backward itself: SPAG differentiates it)"
-            )
-        if not isinstance(loss, Tensor):
-            raise TypeError(f"safety_closure must return a torch.Tensor, got {type(loss).__name__}")
-        if loss.numel() != 1:
-            raise ValueError(
-                f"safety_closure must return a scalar loss, got shape {tuple(loss.shape)}; "
-                "reduce it (e.g. .mean())"
-            )
-        if loss.grad_fn is None:
-            raise ValueError(
-                "the safety loss has no grad_fn: compute it with gradients enabled from the "
-                "parameters being optimized (not under torch.no_grad(), not .detach()ed)"
-            )
-        return loss.reshape(())
 
     def _nonfinite_loss(self, loss_value: float) -> None:
         self._num_nonfinite += 1
@@ -432,39 +396,15 @@ class SPAGOptimizer(OptimizerWrapper):
 
     # -- state dict -------------------------------------------------------------------------------
     def _wrapper_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "num_steps": self._num_steps,
-            "num_projections": self.num_projections,
-            "num_nonfinite": self.num_nonfinite,
-        }
-        closure_state = getattr(self.safety_closure, "state_dict", None)
-        if callable(closure_state):
-            state["safety_closure"] = closure_state()
-        return state
+        return {**super()._wrapper_state(), "num_projections": self.num_projections}
 
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
-        self._num_steps = int(state["num_steps"])
-        self._num_nonfinite = int(state["num_nonfinite"])
+        super()._load_wrapper_state(state)
         device = self.params()[0].device if self.params() else torch.device("cpu")
         self._projections = torch.tensor(int(state["num_projections"]), device=device)
         self._nonfinite_grads = torch.zeros((), dtype=torch.int64, device=device)
-        if "safety_closure" in state:
-            loader = getattr(self.safety_closure, "load_state_dict", None)
-            if not callable(loader):
-                raise ValueError(
-                    "the checkpoint holds the safety closure's position but this safety_closure "
-                    "has no load_state_dict; build it with spag_optim.make_safety_closure"
-                )
-            loader(state["safety_closure"])
 
 
 def _stats(loss: float, projected: bool, alpha: float, grad_norm: float) -> dict[str, Any]:
     return {"safety_loss": loss, "projected": projected, "alpha": alpha, "safety_grad_norm": grad_norm}
 
-
-def _check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be finite and {relation} {minimum}, got {value}")
