@@ -1,5 +1,22 @@
 import os
 import sys
 
+import pytest
+
 # The tests import helpers that live beside them (tests/spag_reference.py, ...).
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide state (every Trainer builds an Accelerator): reset it before
+    and after a test so that no test sees another's. Modules opt in with ``usefixtures``."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    def reset():
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
+
+    reset()
+    yield
+    reset()

@@ -27,17 +27,7 @@ ACCUMULATION = 3
 MICRO_BATCHES = 12
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    def reset():
-        AcceleratorState._reset_state(True)
-        PartialState._reset_state()
-
-    reset()  # other test modules may leave an Accelerator behind
-    yield
-    reset()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class Regressor(torch.nn.Module):

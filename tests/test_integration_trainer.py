@@ -28,18 +28,7 @@ LR = 1e-2
 MAX_GRAD_NORM = 0.01
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each Trainer builds an Accelerator; its process-wide state must not leak between tests."""
-    from accelerate.state import AcceleratorState, PartialState
-
-    def reset():
-        AcceleratorState._reset_state(True)
-        PartialState._reset_state()
-
-    reset()  # other test modules may leave an Accelerator behind
-    yield
-    reset()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class Probe:
