@@ -113,6 +113,7 @@ def greedy_dpp(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    process_group: Any = None,
 ) -> np.ndarray:
     """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
 
@@ -126,8 +127,14 @@ def greedy_dpp(
     backend) are exact for their rounded values, which differ from float32 embeddings by up to
     2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
     than about that fraction may change against a float32 run.
+
+    With a ``process_group`` (``torch.distributed``), ``emb`` and ``quality`` are this rank's
+    contiguous shard of the pool (shards in rank order, sizes may differ); every rank gets the
+    same *global* indices, equal to one process's picks on the concatenated pool (see
+    ``distributed.py``).
     """
-    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device).indices
+    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device,
+                             process_group).indices
 
 
 def greedy_dpp_result(
@@ -139,24 +146,61 @@ def greedy_dpp_result(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    process_group: Any = None,
 ) -> GreedyResult:
     """:func:`greedy_dpp` returning gains and the float64 re-scoring count as well."""
+    if process_group is not None:
+        from .distributed import sharded_greedy
+
+        return sharded_greedy(emb, k, quality, beta, jitter, eps, backend, device, process_group)
     xpass, norms = _make_pass(emb, backend, device)
-    n = xpass.n
+    _check_scalars(k, jitter, eps)
+    if k > xpass.n:
+        raise ValueError(f"k={k} exceeds the pool size N={xpass.n}; ask for at most {xpass.n} "
+                         "items")
+    w = dpp_weights(quality, xpass.n, beta)
+    return _run(xpass, norms, w, int(k), float(jitter), float(eps))
+
+
+def _check_scalars(k: Any, jitter: Any, eps: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
-    if k > n:
-        raise ValueError(f"k={k} exceeds the pool size N={n}; ask for at most {n} items")
     if not (math.isfinite(jitter) and jitter >= 0):
         raise ValueError(f"jitter must be finite and >= 0, got {jitter!r}")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
-    w = dpp_weights(quality, n, beta)
-    return _run(xpass, norms, w, int(k), float(jitter), float(eps))
 
 
-def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float
-         ) -> GreedyResult:
+class WholePool:
+    """The pool held by this process alone. ``_run`` asks its pool for what changes when the
+    pool is sharded across processes (``distributed.Shard``): the largest L_ii, the best lower
+    bound (which decides the re-scoring), the pick among the contenders and its features."""
+
+    offset = 0  # global index of this process's first row
+
+    def max_diagonal(self, base: np.ndarray) -> float:
+        return float(base.max())
+
+    def best_lower(self, value: float) -> float:
+        return value
+
+    def pick(self, contenders: np.ndarray, values: np.ndarray, margin: float
+             ) -> tuple[float, int]:
+        """Best exact gain and its (lowest) index; gains within ``margin`` of it are ties."""
+        best = float(values.max())
+        return best, int(contenders[np.flatnonzero(values >= best - margin)[0]])
+
+    def features(self, xpass: Any, choice: int, scale: np.ndarray) -> np.ndarray:
+        """f_choice = scale x row, float64."""
+        return xpass.rows(np.array([choice]))[0] * scale[choice]
+
+    def total_rescored(self, count: int) -> int:
+        return count
+
+
+def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float,
+         pool: Any = None) -> GreedyResult:
+    pool = WholePool() if pool is None else pool
     n, d = xpass.n, xpass.d
     scale = w / norms  # f_i = scale_i * x_i
     base = w * w + jitter  # L_ii: cos(x_i, x_i) = 1
@@ -168,7 +212,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
     basis_b = np.zeros((k, k))
     v = np.empty(n, dtype=xpass.pass_dtype)
     t1, t2, t3 = (np.empty(min(n, _CHUNK)) for _ in range(3))
-    margin = _MARGIN * float(base.max())
+    margin = _MARGIN * pool.max_diagonal(base)
     picks: list[int] = []
     gains: list[float] = []
     rescored = 0
@@ -201,8 +245,9 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
                 best_lower = max(best_lower, float(tmp.max()))
                 np.add(g, r, out=tmp)
                 ub_max[c] = tmp.max()
-        threshold = best_lower - margin
-        contenders = np.concatenate([
+        threshold = pool.best_lower(best_lower) - margin
+        # (A shard of a distributed pool may hold no contender at all.)
+        contenders = np.concatenate([np.empty(0, dtype=np.intp)] + [
             lo + np.flatnonzero(gain[lo:hi] + err[lo:hi] >= threshold)
             for c, (lo, hi) in enumerate(chunks) if ub_max[c] >= threshold
         ])
@@ -211,19 +256,20 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             gain[stale] = _rescore(xpass, stale, t, basis_a, scale, exact_gain, exact_step)
             err[stale] = 0.0
         rescored += stale.size
-        values = gain[contenders]
-        best_gain = float(values.max())
         # Gains within the rounding margin of the best are ties; the lowest index wins.
-        choice = int(contenders[np.flatnonzero(values >= best_gain - margin)[0]])
+        best_gain, choice = pool.pick(contenders, gain[contenders], margin)
         if not best_gain >= eps:
             break
-        if not _extend_basis(xpass, choice, scale[choice], jitter, basis_a, basis_b, t):
+        f = pool.features(xpass, choice, scale)
+        if not _extend_basis(f, jitter, basis_a, basis_b, t):
             break
         picks.append(choice)
         gains.append(best_gain)
-        gain[choice] = -np.inf
-        err[choice] = 0.0
+        if 0 <= choice - pool.offset < n:
+            gain[choice - pool.offset] = -np.inf
+            err[choice - pool.offset] = 0.0
 
+    rescored = pool.total_rescored(rescored)
     stopped = len(picks) < k
     if stopped:
         message = (
@@ -238,9 +284,9 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
     return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped)
 
 
-def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a: np.ndarray,
-                  basis_b: np.ndarray, t: int) -> bool:
-    """Append the normalised residual of phi_choice to the basis.
+def _extend_basis(f: np.ndarray, jitter: float, basis_a: np.ndarray, basis_b: np.ndarray,
+                  t: int) -> bool:
+    """Append the normalised residual of phi_choice = [f ; sqrt(jitter) e_t] to the basis.
 
     Classical Gram-Schmidt, repeated once only when the first pass cancelled more than half of
     the norm ("twice is enough", Kahan/Parlett), which is when orthogonality would suffer. In the
@@ -250,7 +296,6 @@ def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a:
     threads for a (k x d) matrix-vector product costs several times the product itself.
     Returns False when the residual vanishes (only possible with eps = 0).
     """
-    f = xpass.rows(np.array([choice]))[0] * scale
     a_prev, b_prev = basis_a[:t], basis_b[:t, : t + 1]
     coef = np.einsum("ij,j->i", a_prev, f)
     r_a = f - np.einsum("ij,i->j", a_prev, coef)

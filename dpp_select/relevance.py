@@ -7,7 +7,7 @@ under a fixed size, so a million-item pool against tens of thousands of targets 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -24,36 +24,58 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
 
 
-def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = None
-                     ) -> np.ndarray:
+def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = None,
+                     process_group: Any = None) -> np.ndarray:
     """Max cosine similarity of each pool row to any target row, as a float64 NumPy (N,) array.
 
     ``chunk_size`` is the number of pool rows per block (default: sized so one block of the
     similarity holds about 4M entries). Works on NumPy arrays and on torch tensors on any device
     (computed there, in float32 for half-precision input); NaN/inf or all-zero rows raise an
-    error naming them.
+    error naming them. With a ``process_group``, both inputs are this rank's contiguous shards
+    (in rank order); the result is q for this rank's pool rows, against every rank's targets.
     """
+    if process_group is not None:
+        from .distributed import sharded_relevance
+
+        return sharded_relevance(pool_emb, target_emb, chunk_size, process_group)
     pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
     target, target_norms = check_embeddings(target_emb, "target embeddings", dim=pool.shape[1])
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     x = _as_tensor(pool)
     z = _as_tensor(target)
     # float64 when either side is float64, else float32 (half precision is widened per block).
     dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
-    z = z.to(device=x.device, dtype=dtype)
-    z = z / torch.from_numpy(target_norms).to(device=x.device, dtype=dtype)[:, None]
-    n, m = x.shape[0], z.shape[0]
-    col_block = min(m, _TARGET_BLOCK)
+    z = normalised_targets(z, target_norms, x.device, dtype)
+    return max_cosine(x, pool_norms, [z], z.shape[0], dtype, chunk_size)
+
+
+def check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+
+def normalised_targets(z: torch.Tensor, norms: np.ndarray, device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """Target rows divided by their norms, in ``dtype`` on ``device``."""
+    z = z.to(device=device, dtype=dtype)
+    return z / torch.from_numpy(norms).to(device=device, dtype=dtype)[:, None]
+
+
+def max_cosine(x: torch.Tensor, pool_norms: np.ndarray, targets: Iterable[torch.Tensor],
+               num_targets: int, dtype: torch.dtype, chunk_size: int | None) -> np.ndarray:
+    """q_i for the pool rows ``x`` against normalised target blocks (``num_targets`` rows in
+    all), each target block visited once and cut into column blocks."""
+    n = x.shape[0]
+    col_block = min(num_targets, _TARGET_BLOCK)
     rows = chunk_size or max(1, _BLOCK_ELEMENTS // col_block)
-    out = np.empty(n, dtype=np.float64)
-    for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
-        block = x[lo:hi].to(dtype)
-        best = torch.full((hi - lo,), -torch.inf, dtype=dtype, device=x.device)
-        for c0 in range(0, m, col_block):
-            sims = block @ z[c0:c0 + col_block].T
-            best = torch.maximum(best, sims.amax(dim=1))
-        out[lo:hi] = best.to(torch.float64).cpu().numpy()
+    best = torch.full((n,), -torch.inf, dtype=dtype, device=x.device)
+    for z in targets:
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            block = x[lo:hi].to(dtype)
+            for c0 in range(0, z.shape[0], col_block):
+                sims = block @ z[c0:c0 + col_block].T
+                torch.maximum(best[lo:hi], sims.amax(dim=1), out=best[lo:hi])
+    out = best.to(torch.float64).cpu().numpy()
     out /= pool_norms
     return np.clip(out, -1.0, 1.0)

@@ -76,6 +76,7 @@ def select(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    process_group: Any = None,
 ) -> SelectionResult:
     """Select ``k`` pool items (or ``ceil(ratio x number of target items)``, SPARD's "3% of the
     fine-tuning set" being ``ratio=0.03``) for the fine-tuning task embedded in ``target_emb``.
@@ -86,19 +87,31 @@ def select(
     items uniformly (seeded) from the more / less relevant half of the pool (from the k
     most / least relevant items when k exceeds half the pool). Relevance ties go to the lowest
     index.
+
+    With a ``process_group`` (``torch.distributed``), ``pool_emb`` and ``target_emb`` are this
+    rank's contiguous shards (in rank order; see ``distributed.shard_range``): every rank returns
+    the same global ``indices`` as one process on the concatenated inputs, and ``quality`` for
+    its own pool rows.
     """
+    n_pool, n_target = len(pool_emb), len(target_emb)
+    if process_group is not None:
+        from .distributed import agree_sizes, gather_quality
+
+        n_pool, n_target = agree_sizes(process_group, n_pool, n_target, method=method, k=k,
+                                       ratio=ratio, beta=beta, seed=seed, jitter=jitter, eps=eps)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    quality = relevance_scores(pool_emb, target_emb)
-    n_pool, n_target = quality.size, len(target_emb)
+    quality = relevance_scores(pool_emb, target_emb, process_group=process_group)
     k = _resolve_k(k, ratio, n_pool, n_target)
-    rng = np.random.default_rng(seed)
-    by_relevance = np.argsort(-quality, kind="stable")
     if method in ("dpp", "dpp_diversity_only"):
         b = 0.0 if method == "dpp_diversity_only" else beta
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
-                                backend=backend, device=device)
+                                backend=backend, device=device, process_group=process_group)
         return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored)
+    # The other rules need every q: N floats, small next to the embeddings.
+    q = quality if process_group is None else gather_quality(quality, process_group)
+    rng = np.random.default_rng(seed)
+    by_relevance = np.argsort(-q, kind="stable")
     if method == "top_relevance":
         idx = by_relevance[:k].astype(np.int64)
     elif method == "random":
@@ -106,5 +119,5 @@ def select(
     elif method == "high_relevance":
         idx = _half_sample(by_relevance, k, rng)
     else:
-        idx = _half_sample(np.argsort(quality, kind="stable"), k, rng)
+        idx = _half_sample(np.argsort(q, kind="stable"), k, rng)
     return SelectionResult(idx, quality, method, k, beta, seed)

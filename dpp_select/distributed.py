@@ -1,0 +1,232 @@
+"""Exact greedy DPP selection over a pool sharded across ``torch.distributed`` ranks.
+
+Each rank holds a contiguous block of the pool's rows (blocks in rank order, sizes may differ) and
+runs the single-process greedy of ``greedy.py`` (Chen et al. 2018's greedy MAP in feature space)
+on it; only three scalars' worth of decisions are global. Per pick:
+
+1. every rank makes its float32 pass over its own rows; one all-reduce (max, 8 bytes) gives the
+   best lower bound over the whole pool, so every rank re-scores in float64 exactly the
+   candidates one process would have (the decision to re-score is global, so the gains are
+   those of one process: bitwise in the tests, at worst differing by the float64 rounding of
+   how re-scored rows are grouped into blocks, far below the tie margin);
+2. one all-gather of each rank's best exact gain G_r (8 bytes per rank). Every rank computes
+   G = max_r G_r and the owner: the lowest rank with G_r >= G - margin. Shards are in rank
+   order, so that rank holds the lowest global index whose gain ties the best (the
+   single-process tie rule, margin included); no rank needs to say which of its items tie;
+3. the owner broadcasts [global index, f_choice] (8 (d + 1) bytes); every rank extends the same
+   basis with it and updates the gains of its own rows.
+
+The traffic per pick, 8 (R + d + 2) bytes, does not grow with N. Two more collectives run once:
+an all-gather of every rank's arguments and local validation outcome before any work (so a bad
+input or a disagreeing rank raises the same error on every rank instead of leaving the others
+waiting), and a sum of the re-scoring counts at the end. A rank that dies makes its peers' next
+collective fail within the process group's timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistributedArgumentError", "Shard", "shard_range", "sharded_greedy",
+           "sharded_relevance"]
+
+_GATHER_BYTES = 1 << 26  # target rows gathered per relevance round: about 64 MiB on each rank
+# all_gather_into_tensor is deprecated (renamed) from torch 2.13 on.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class DistributedArgumentError(ValueError):
+    """Ranks disagree on an argument, or one rank's input is invalid (raised on every rank)."""
+
+
+def shard_range(n: int, process_group: Any = None) -> tuple[int, int]:
+    """The rows [lo, hi) of ``n`` that this rank holds when ``n`` items are split evenly in
+    rank order (the first ``n % R`` ranks hold one more). Without a group: (0, n)."""
+    if process_group is None:
+        return 0, n
+    rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
+    size, extra = divmod(n, world)
+    lo = rank * size + min(rank, extra)
+    return lo, lo + size + (rank < extra)
+
+
+def _device(group: Any) -> torch.device:
+    """Where collective buffers live: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree(group: Any, name: str, local: dict, error: BaseException | None,
+          same: Sequence[str]) -> list[dict]:
+    """All-gather every rank's ``local`` facts and validation outcome; raise the same error on
+    every rank when one rank failed or when the ranks' values of the keys in ``same`` differ.
+    Returns the gathered facts, in rank order."""
+    gathered: list = [None] * dist.get_world_size(group)
+    message = None if error is None else f"{type(error).__name__}: {error}"
+    dist.all_gather_object(gathered, (message, local), group=group)
+    for rank, (msg, _) in enumerate(gathered):
+        if msg is not None:
+            raise DistributedArgumentError(f"{name}: rank {rank} rejected its input: {msg}")
+    facts = [f for _, f in gathered]
+    for key in same:
+        values = [f[key] for f in facts]
+        if any(v != values[0] for v in values):
+            shown = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+            raise DistributedArgumentError(
+                f"{name}: the ranks disagree on {key} ({shown}); every rank must pass the "
+                "same arguments and embeddings of the same dimension")
+    return facts
+
+
+class Shard:
+    """This rank's block of the pool, as ``greedy._run`` sees it (the ``WholePool`` interface)."""
+
+    def __init__(self, group: Any, offset: int, sizes: list[int], xpass: Any, w: np.ndarray,
+                 norms: np.ndarray) -> None:
+        self.group = group
+        self._xpass, self._w, self._norms, self._d = xpass, w, norms, xpass.d
+        self._f = np.empty(0)
+        self.offset = offset
+        self.sizes = sizes
+        self.rank = dist.get_rank(group)
+        self.device = _device(group)
+        self._bests = torch.empty(len(sizes), dtype=torch.float64, device=self.device)
+        self._mine = torch.empty(1, dtype=torch.float64, device=self.device)
+        self._lower = torch.empty(1, dtype=torch.float64, device=self.device)
+
+    def max_diagonal(self, base: np.ndarray) -> float:
+        return self.base_max  # gathered with the arguments
+
+    def best_lower(self, value: float) -> float:
+        """The largest lower bound on any rank: every rank re-scores exactly the candidates
+        that one process would, so the float64 arithmetic (and the gains) are the same."""
+        self._lower.fill_(value)
+        dist.all_reduce(self._lower, op=dist.ReduceOp.MAX, group=self.group)
+        return float(self._lower.item())
+
+    def pick(self, contenders: np.ndarray, values: np.ndarray, margin: float
+             ) -> tuple[float, int]:
+        """All-gather the ranks' best exact gains; the lowest rank within ``margin`` of the
+        best owns the pick and broadcasts [global index, f_choice]. Returns (best, index)."""
+        self._mine.fill_(float(values.max()) if values.size else -np.inf)
+        _all_gather(self._bests, self._mine, group=self.group)
+        bests = self._bests.cpu().numpy()
+        best = float(bests.max())
+        owner = int(np.flatnonzero(bests >= best - margin)[0])
+        payload = torch.zeros(self._d + 1, dtype=torch.float64)
+        if owner == self.rank:
+            local = int(contenders[np.flatnonzero(values >= best - margin)[0]])
+            payload[0] = self.offset + local
+            scale = self._w[local] / self._norms[local]  # as greedy._run computes it
+            payload[1:] = torch.from_numpy(self._xpass.rows(np.array([local]))[0] * scale)
+        payload = payload.to(self.device)
+        dist.broadcast(payload, group_src=owner, group=self.group)
+        payload = payload.cpu().numpy()
+        self._f = payload[1:]
+        return best, int(payload[0])
+
+    def features(self, xpass: Any, choice: int, scale: np.ndarray) -> np.ndarray:
+        """The chosen item's features, as the owner broadcast them in ``pick``."""
+        return self._f
+
+    def total_rescored(self, count: int) -> int:
+        value = torch.tensor([count], dtype=torch.int64, device=self.device)
+        dist.all_reduce(value, group=self.group)
+        return int(value.item())
+
+
+def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, eps: float,
+                   backend: str, device: Any, group: Any):
+    """``greedy_dpp_result`` on this rank's shard; see the module docstring."""
+    from . import greedy
+
+    xpass = norms = w = None
+    error = None
+    try:
+        greedy._check_scalars(k, jitter, eps)
+        xpass, norms = greedy._make_pass(emb, backend, device)
+        w = greedy.dpp_weights(quality, xpass.n, beta)
+    except (ValueError, TypeError) as err:
+        error = err
+    local = {"k": k, "beta": beta, "jitter": jitter, "eps": eps,
+             "d": None if xpass is None else xpass.d, "n": 0 if xpass is None else xpass.n,
+             "base_max": None if w is None else float((w * w + jitter).max())}
+    facts = agree(group, "greedy_dpp", local, error, ("k", "beta", "jitter", "eps", "d"))
+    sizes = [f["n"] for f in facts]
+    if k > sum(sizes):
+        raise DistributedArgumentError(
+            f"k={k} exceeds the pool size N={sum(sizes)} (all ranks); ask for at most "
+            f"{sum(sizes)} items")
+    shard = Shard(group, sum(sizes[:dist.get_rank(group)]), sizes, xpass, w, norms)
+    shard.base_max = max(f["base_max"] for f in facts)
+    return greedy._run(xpass, norms, w, int(k), float(jitter), float(eps), shard)
+
+
+def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, group: Any
+                      ) -> np.ndarray:
+    """``relevance_scores`` of this rank's pool rows against every rank's target rows.
+
+    The normalised targets are all-gathered in rounds of at most about 64 MiB per rank, so no
+    rank ever holds more than one round of other ranks' targets; a rank may hold no targets.
+    """
+    from ._inputs import check_embeddings
+    from .relevance import _as_tensor, check_chunk_size, max_cosine, normalised_targets
+
+    pool = target = target_norms = pool_norms = None
+    error = None
+    try:
+        pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
+        if len(target_emb) == 0:  # fewer targets than ranks: this rank contributes none
+            target = torch.empty((0, pool.shape[1]), dtype=_as_tensor(pool).dtype)
+            target_norms = np.empty(0)
+        else:
+            target, target_norms = check_embeddings(target_emb, "target embeddings",
+                                                    dim=pool.shape[1])
+        check_chunk_size(chunk_size)
+    except (ValueError, TypeError) as err:
+        error = err
+    x = None if pool is None else _as_tensor(pool)
+    z = None if target is None else _as_tensor(target)
+    local = {"d": None if x is None else x.shape[1], "m": 0 if z is None else z.shape[0],
+             "f64": x is not None and torch.float64 in (x.dtype, z.dtype)}
+    facts = agree(group, "relevance_scores", local, error, ("d",))
+    counts = [f["m"] for f in facts]
+    if sum(counts) == 0:
+        raise DistributedArgumentError("relevance_scores: no rank holds a target row")
+    dtype = torch.float64 if any(f["f64"] for f in facts) else torch.float32
+    comm = _device(group)
+    z = normalised_targets(z, target_norms, comm, dtype)
+    d, world = x.shape[1], len(counts)
+    per_round = max(1, _GATHER_BYTES // (world * d * dtype.itemsize))
+
+    def rounds():
+        for lo in range(0, max(counts), per_round):
+            send = torch.zeros((per_round, d), dtype=dtype, device=comm)
+            mine = z[lo:lo + per_round]
+            send[: mine.shape[0]] = mine
+            recv = torch.empty((world * per_round, d), dtype=dtype, device=comm)
+            _all_gather(recv, send, group=group)
+            valid = [recv[r * per_round: r * per_round + min(per_round, max(0, m - lo))]
+                     for r, m in enumerate(counts)]
+            yield torch.cat(valid).to(x.device)
+
+    return max_cosine(x, pool_norms, rounds(), sum(counts), dtype, chunk_size)
+
+
+def agree_sizes(group: Any, n_pool: int, n_target: int, **arguments: Any) -> tuple[int, int]:
+    """Check that every rank passed the same ``arguments``; the global pool and target sizes."""
+    facts = agree(group, "select", {"n": n_pool, "m": n_target, **arguments}, None,
+                  tuple(arguments))
+    return sum(f["n"] for f in facts), sum(f["m"] for f in facts)
+
+
+def gather_quality(quality: np.ndarray, group: Any) -> np.ndarray:
+    """Every rank's q, concatenated in rank order, on every rank."""
+    parts: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, quality, group=group)
+    return np.concatenate(parts)

@@ -1,0 +1,160 @@
+"""Greedy DPP over a pool sharded across 2 and 3 gloo ranks against one process on the whole pool.
+
+Every scenario runs on uneven contiguous shards. The sharded run must return, on every rank, the
+picks and gains of ``greedy_dpp_result`` / ``select`` on the concatenated pool (which
+tests/test_dpp_greedy.py checks against brute-force determinants), including exact ties across
+ranks, k > d (the jitter-only regime, where every candidate goes through float64 re-scoring),
+beta 0 and 4, float32 and float64. A rank passing a different k, or an invalid shard, makes every
+rank raise the same error instead of hanging.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dpp_select import greedy_dpp, relevance_scores, select
+from dpp_select.distributed import DistributedArgumentError, shard_range
+from dpp_select.greedy import greedy_dpp_result
+from gloo_workers import run_workers
+
+pytestmark = pytest.mark.distributed
+
+N, D, M = 41, 6, 9
+# Shard boundaries per world size: uneven on purpose.
+BOUNDS = {2: [0, 17, N], 3: [0, 9, 30, N]}
+TARGET_BOUNDS = {2: [0, 2, M], 3: [0, 4, 4, M]}  # rank 1 of 3 holds no target row
+
+
+def pool(dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pool, targets and a quality vector with exact ties placed on different ranks.
+
+    LLM-like (a shared mean direction plus small noise) so the float32 bounds trigger float64
+    re-scoring. Rows 12, 20 and 35 are copies (ranks 0/1/1 of 2, 1/1/2 of 3) with the highest
+    quality: the first pick must be 12, and after it both copies' gains vanish to the jitter.
+    """
+    rng = np.random.default_rng(7)
+    mean = rng.normal(size=D) * 3.0
+    x = (mean + rng.normal(size=(N, D))).astype(dtype)
+    x[20] = x[12]
+    x[35] = x[12]
+    x[30] = x[29]  # a tie straddling the 3-rank boundary at 30
+    targets = (mean + rng.normal(size=(M, D))).astype(dtype)
+    quality = rng.uniform(0.5, 0.9, N)
+    quality[[12, 20, 35]] = 0.95
+    quality[[29, 30]] = 0.93
+    return x, targets, quality
+
+
+SCENARIOS = {
+    # name: (dtype, beta, k, jitter, entry point)
+    "f32_beta4_select": (np.float32, 4.0, 15, 1e-6, "select"),
+    "f64_beta0_select": (np.float64, 0.0, 12, 1e-6, "select"),
+    "f32_beta4_ties": (np.float32, 4.0, 14, 1e-4, "greedy"),
+    "f64_beta0_ties": (np.float64, 0.0, 10, 1e-4, "greedy"),
+    "f64_top_relevance": (np.float64, 4.0, 7, 1e-6, "top_relevance"),
+}
+
+
+def run_scenario(name: str, world: int | None, rank: int = 0, group=None):
+    dtype, beta, k, jitter, entry = SCENARIOS[name]
+    x, targets, quality = pool(dtype)
+    lo, hi = (0, N) if world is None else BOUNDS[world][rank:rank + 2]
+    tlo, thi = (0, M) if world is None else TARGET_BOUNDS[world][rank:rank + 2]
+    if entry == "greedy":
+        res = greedy_dpp_result(x[lo:hi], k, quality=quality[lo:hi], beta=beta, jitter=jitter,
+                                process_group=group)
+        return {"indices": res.indices, "gains": res.gains}
+    method = "dpp" if entry == "select" else entry
+    res = select(x[lo:hi], targets[tlo:thi], k=k, method=method, beta=beta, jitter=jitter,
+                 process_group=group)
+    return {"indices": res.indices, "gains": res.gains, "quality": res.quality}
+
+
+def expect_error(fn) -> str:
+    try:
+        fn()
+    except DistributedArgumentError as err:
+        return str(err)
+    return "no error"
+
+
+def worker(rank: int, world: int, out) -> None:
+    import torch.distributed as dist
+
+    group = dist.group.WORLD
+    results = {
+        name: {key: None if v is None else torch.from_numpy(v)
+               for key, v in run_scenario(name, world, rank, group).items()}
+        for name in SCENARIOS
+    }
+    x, _, quality = pool(np.float32)
+    lo, hi = BOUNDS[world][rank:rank + 2]
+    k = 5 + (rank == world - 1)  # the last rank asks for one more item
+    results["mismatch"] = expect_error(
+        lambda: greedy_dpp(x[lo:hi], k, quality=quality[lo:hi], process_group=group))
+    bad = x[lo:hi].copy()
+    if rank == 1:
+        bad[0, 2] = np.nan
+    results["invalid"] = expect_error(
+        lambda: relevance_scores(bad, x[:3], process_group=group))
+    results["shard_range"] = shard_range(10, group)
+    torch.save(results, out / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def sharded(request, tmp_path_factory):
+    world = request.param
+    out = run_workers(worker, world, tmp_path_factory.mktemp(f"dpp{world}"))
+    return world, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_sharded_picks_and_gains_equal_one_process(sharded, name):
+    world, ranks = sharded
+    whole = run_scenario(name, None)
+    for rank, results in enumerate(ranks):
+        got = {key: None if v is None else v.numpy() for key, v in results[name].items()}
+        np.testing.assert_array_equal(got["indices"], whole["indices"])
+        if whole["gains"] is not None:
+            # The same candidates re-scored, so the same float64 arithmetic.
+            np.testing.assert_array_equal(got["gains"], whole["gains"])  # bitwise
+        if "quality" in whole:
+            lo, hi = BOUNDS[world][rank:rank + 2]
+            np.testing.assert_array_equal(got["quality"], whole["quality"][lo:hi])
+
+
+def test_ties_go_to_the_lowest_global_index(sharded):
+    _, ranks = sharded
+    picks = ranks[0]["f32_beta4_ties"]["indices"].tolist()
+    assert picks[0] == 12  # 12, 20 and 35 tie exactly; they sit on different ranks
+    assert 20 not in picks[:5] and 35 not in picks[:5]
+    assert 29 in picks and (30 not in picks or picks.index(29) < picks.index(30))
+
+
+def test_k_larger_than_d_is_selected(sharded):
+    _, ranks = sharded
+    assert len(ranks[0]["f32_beta4_select"]["indices"]) == 15 > D
+
+
+def test_mismatched_k_raises_on_every_rank(sharded):
+    world, ranks = sharded
+    for results in ranks:
+        assert "disagree on k" in results["mismatch"]
+        assert f"rank {world - 1}: 6" in results["mismatch"]
+
+
+def test_invalid_shard_raises_on_every_rank(sharded):
+    _, ranks = sharded
+    for results in ranks:
+        assert "rank 1 rejected its input" in results["invalid"]
+        assert "NaN" in results["invalid"]
+
+
+def test_shard_range_splits_evenly_in_rank_order(sharded):
+    world, ranks = sharded
+    ranges = [results["shard_range"] for results in ranks]
+    assert ranges[0][0] == 0 and ranges[-1][1] == 10
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
