@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="embedding cache folder (default .cache/dpp_select)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="shard reading, embedding and selection over the processes of a "
+                   "launcher (implied under torchrun with more than one process)")
     return p
 
 
@@ -129,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .cli_sharded import run_sharded, wants_distributed
+
+    if wants_distributed(args):
+        return run_sharded(args, parser)
     try:
         if not os.path.isdir(args.model):
             raise ValueError(f"--model {args.model!r} is not a local model folder")

@@ -33,6 +33,7 @@ def embed_texts(
     max_length: int = 512,
     device: torch.device | str | None = None,
     progress: bool = True,
+    process_group: Any = None,
 ) -> np.ndarray:
     """Embed ``texts`` as an (len(texts), hidden) float32 array.
 
@@ -41,8 +42,21 @@ def embed_texts(
     ``encode`` method (a sentence-transformers model, when that package is installed) is used as
     it is. ``device`` defaults to the model's device. Texts that tokenize to nothing raise an error
     naming them, since their mean embedding would be undefined.
+
+    With a ``process_group`` (``torch.distributed``), this rank embeds and returns only its
+    contiguous share of ``texts`` (``distributed.shard_range``: the ranks' results, concatenated
+    in rank order, are the whole set's embeddings), so R ranks share the model forward passes.
     """
     texts = list(texts)
+    if process_group is not None:
+        from .distributed import shard_range
+
+        world = torch.distributed.get_world_size(process_group)
+        if len(texts) < world:  # the same decision on every rank
+            raise ValueError(f"{len(texts)} texts cannot be shared among {world} ranks; embed "
+                             "them in one process")
+        lo, hi = shard_range(len(texts), process_group)
+        texts = texts[lo:hi]
     if not texts:
         raise ValueError("no texts to embed; pass at least one string")
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]

@@ -11,27 +11,49 @@ import json
 import os
 from typing import Iterable, Sequence
 
-__all__ = ["JSONLError", "read_jsonl", "write_jsonl"]
+__all__ = ["JSONLError", "count_jsonl_rows", "read_jsonl", "write_jsonl"]
 
 
 class JSONLError(ValueError):
     """A JSONL file that cannot be used as it is; the message names the file and line."""
 
 
-def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
-    """Read ``path`` as one JSON object per line.
+def count_jsonl_rows(path: str | os.PathLike) -> int:
+    """Number of non-blank lines of ``path`` (the rows ``read_jsonl`` would return)."""
+    path = _existing(path)
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
 
-    Blank lines are skipped. Every other line must be a JSON object that has each key in
-    ``required`` with a string value; otherwise :class:`JSONLError` names the line.
-    """
+
+def _existing(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise JSONLError(f"{path}: no such file; pass the path of a .jsonl file")
+    return path
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
+               span: tuple[int, int] | None = None) -> list[dict]:
+    """Read ``path`` as one JSON object per line.
+
+    Blank lines are skipped. Every other line must be a JSON object that has each key in
+    ``required`` with a string value; otherwise :class:`JSONLError` names the line. With
+    ``span=(lo, hi)`` only rows lo..hi-1 (0-based, blank lines not counted) are parsed and
+    returned: one process's shard of a file read by several.
+    """
+    path = _existing(path)
+    lo, hi = (0, None) if span is None else span
     rows: list[dict] = []
+    row_number = -1
     with open(path, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            row_number += 1
+            if row_number < lo:
+                continue
+            if hi is not None and row_number >= hi:
+                break
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:

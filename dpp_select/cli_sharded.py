@@ -1,0 +1,105 @@
+"""``dpp-select`` on several processes (``torchrun``, or ``--distributed`` with a launcher's env).
+
+Every rank reads, embeds and caches only its contiguous share of the pool and of the fine-tuning
+set (``distributed.shard_range``), the selection runs sharded (``select(process_group=...)``),
+and rank 0 alone writes the outputs, gathering the selected rows from their owners. gloo on the
+CPU, NCCL when ``--device cuda`` (rank r uses cuda:LOCAL_RANK). Any rank's bad input stops every
+rank with the same message (and exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .distributed import agree, shard_range
+from .jsonl import JSONLError, count_jsonl_rows, read_jsonl, write_jsonl
+from .selection import select
+
+__all__ = ["run_sharded", "wants_distributed"]
+
+
+def wants_distributed(args: argparse.Namespace) -> bool:
+    """``--distributed``, or a launcher (torchrun) that started more than one process."""
+    return args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _process_group(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
+    """Join the launcher's process group; True when this call created it."""
+    if dist.is_initialized():
+        return False
+    if not all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
+        parser.error("--distributed needs the environment a launcher sets (RANK, WORLD_SIZE, "
+                     "MASTER_ADDR); start with: torchrun --nproc-per-node R --no-python "
+                     "dpp-select ...")
+    cuda = args.device is not None and args.device.startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
+    from . import cli
+
+    if not os.path.isdir(args.model):
+        raise ValueError(f"--model {args.model!r} is not a local model folder")
+    pool_fields = cli._fields(args.pool_fields, args.allow_unsafe_field)
+    target_fields = cli._fields(args.target_fields, args.allow_unsafe_field)
+    n_pool, n_target = count_jsonl_rows(args.pool), count_jsonl_rows(args.target)
+    if n_pool < world:
+        raise ValueError(f"{args.pool}: {n_pool} pool rows cannot be shared among {world} "
+                         "ranks; run in one process")
+    if not n_target:
+        raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
+    lo, hi = shard_range(n_pool, dist.group.WORLD)
+    tlo, thi = shard_range(n_target, dist.group.WORLD)
+    pool_rows = read_jsonl(args.pool, required=pool_fields, span=(lo, hi))
+    target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi))
+    loaded: dict = {}
+    pool_emb = cli._embed(cli._texts(pool_rows, pool_fields), args, loaded)
+    target_emb = (cli._embed(cli._texts(target_rows, target_fields), args, loaded)
+                  if target_rows else np.empty((0, pool_emb.shape[1]), dtype=np.float32))
+    return n_pool, lo, pool_rows, pool_emb, target_emb
+
+
+def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The command on this rank; see the module docstring."""
+    created = _process_group(args, parser)
+    try:
+        group, world = dist.group.WORLD, dist.get_world_size()
+        error, shard = None, None
+        try:
+            shard = _read_and_embed(args, world)
+        except (JSONLError, ValueError, OSError) as err:
+            error = err
+        try:
+            agree(group, "dpp-select", {}, error, ())
+            n_pool, lo, pool_rows, pool_emb, target_emb = shard
+            result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio,
+                            method=args.method, beta=args.beta, seed=args.seed,
+                            jitter=args.jitter, process_group=group)
+        except ValueError as err:
+            parser.exit(2, f"dpp-select: error: {err}\n")
+        mine = {int(i): pool_rows[int(i) - lo] for i in result.indices
+                if lo <= i < lo + len(pool_rows)}
+        parts: list | None = [None] * world if dist.get_rank() == 0 else None
+        dist.gather_object(mine, parts, dst=0)
+        if parts is not None:
+            rows = {i: row for part in parts for i, row in part.items()}
+            indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
+            write_jsonl(args.out, (rows[int(i)] for i in result.indices))
+            np.save(indices_out, result.indices, allow_pickle=False)
+            print(f"selected {result.indices.size} of {n_pool} pool items with {args.method} "
+                  f"on {world} ranks -> {args.out}, {indices_out}")
+        dist.barrier()  # outputs exist before any rank returns
+        return 0
+    finally:
+        if created:
+            dist.destroy_process_group()

@@ -1,0 +1,116 @@
+"""``dpp-select --distributed`` on 2 gloo ranks with a tiny saved Llama model.
+
+Each rank reads and embeds only its share of the files; rank 0 writes the rows that one process
+selects from the shards' embeddings, a second run comes from the per-shard cache, and a malformed
+line in rank 1's share stops both ranks with the same message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+import dpp_select.cli as cli
+from dpp_select import embed_texts, select
+from dpp_tiny_model import tiny_model, tiny_tokenizer
+from gloo_workers import run_workers
+from test_dpp_cli import POOL, TARGET
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+POOL_SHARDS, TARGET_SHARDS = [(0, 3), (3, 6)], [(0, 1), (1, 2)]
+
+
+def _argv(root, out, pool="pool.jsonl"):
+    return ["--pool", str(root / pool), "--target", str(root / "target.jsonl"), "--model",
+            str(root / "model"), "--out", str(out), "--cache-dir", str(root / "cache"),
+            "--no-progress", "--k", "4", "--distributed"]
+
+
+def _exit_message(argv) -> str:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    return f"{exc.value.code} {err.getvalue()}"
+
+
+def worker(rank: int, world: int, out, root) -> None:
+    import torch.distributed as dist
+
+    assert cli.main(_argv(root, out / "first.jsonl")) == 0
+    model = AutoModel.from_pretrained(root / "model")
+    tok = AutoTokenizer.from_pretrained(root / "model")
+    share = embed_texts([r["prompt"] for r in POOL], model, tok, progress=False,
+                        process_group=dist.group.WORLD)
+
+    def no_embedding(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    cli.embed_texts = no_embedding
+    assert cli.main(_argv(root, out / "second.jsonl")) == 0
+    message = _exit_message(_argv(root, out / "bad.jsonl", pool="bad_pool.jsonl"))
+    torch.save({"bad": message, "share": torch.from_numpy(share)}, out / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def sharded_cli(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_dist")
+    tiny_model().save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    for name, rows in [("pool.jsonl", POOL), ("target.jsonl", TARGET)]:
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [json.dumps(r) for r in POOL]
+    lines[4] = '{"prompt": '  # rank 1's share
+    (root / "bad_pool.jsonl").write_text("\n".join(lines) + "\n")
+    out = run_workers(worker, WORLD, tmp_path_factory.mktemp("cli_out"), root)
+    return root, out
+
+
+def test_rank0_writes_what_one_process_selects_from_the_shards(sharded_cli):
+    root, out = sharded_cli
+    model = AutoModel.from_pretrained(root / "model")
+    tok = AutoTokenizer.from_pretrained(root / "model")
+
+    def embed(rows, shards):
+        return np.concatenate([embed_texts([r["prompt"] for r in rows[lo:hi]], model, tok,
+                                           progress=False) for lo, hi in shards])
+
+    expected = select(embed(POOL, POOL_SHARDS), embed(TARGET, TARGET_SHARDS), k=4)
+    indices = np.load(out / "first.indices.npy", allow_pickle=False)
+    np.testing.assert_array_equal(indices, expected.indices)
+    rows = [json.loads(line) for line in (out / "first.jsonl").read_text().splitlines()]
+    assert rows == [POOL[i] for i in indices]
+    assert len(list((root / "cache").glob("emb-*.npy"))) == 2 * WORLD  # pool + target per rank
+
+
+def test_embed_texts_embeds_this_ranks_share(sharded_cli):
+    root, out = sharded_cli
+    model = AutoModel.from_pretrained(root / "model")
+    tok = AutoTokenizer.from_pretrained(root / "model")
+    shares = [torch.load(out / f"rank{r}.pt", weights_only=True)["share"].numpy()
+              for r in range(WORLD)]
+    for (lo, hi), share in zip(POOL_SHARDS, shares):
+        expected = embed_texts([r["prompt"] for r in POOL[lo:hi]], model, tok, progress=False)
+        np.testing.assert_array_equal(share, expected)
+
+
+def test_second_run_reads_every_shard_from_the_cache(sharded_cli):
+    _, out = sharded_cli
+    np.testing.assert_array_equal(np.load(out / "second.indices.npy"),
+                                  np.load(out / "first.indices.npy"))
+
+
+def test_bad_line_in_one_share_stops_every_rank(sharded_cli):
+    _, out = sharded_cli
+    for rank in range(WORLD):
+        message = torch.load(out / f"rank{rank}.pt", weights_only=True)["bad"]
+        assert message.startswith("2 ")
+        assert "rank 1 rejected its input" in message and "bad_pool.jsonl:5" in message
+    assert not (out / "bad.jsonl").exists()
