@@ -158,3 +158,52 @@ def test_shard_range_splits_evenly_in_rank_order(sharded):
     assert ranges[0][0] == 0 and ranges[-1][1] == 10
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert max(hi - lo for lo, hi in ranges) - min(hi - lo for lo, hi in ranges) <= 1
+
+
+def dying_worker(rank: int, init: str, out: str) -> None:
+    """Rank 1 exits abruptly during its fourth pick; rank 0 records what it raised."""
+    import datetime
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    from dpp_select import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=120))
+    if rank == 1:
+        calls = []
+        original = distributed.Shard.best_lower
+
+        def die_on_fourth(self, value):
+            calls.append(value)
+            if len(calls) == 4:
+                os._exit(3)
+            return original(self, value)
+
+        distributed.Shard.best_lower = die_on_fourth
+    x, _, quality = pool(np.float32)
+    lo, hi = BOUNDS[2][rank:rank + 2]
+    try:
+        greedy_dpp(x[lo:hi], 10, quality=quality[lo:hi], process_group=dist.group.WORLD)
+        outcome = "returned"
+    except Exception as err:  # whatever the backend raises, it must raise
+        outcome = f"raised {type(err).__name__}"
+    with open(out, "w") as handle:
+        handle.write(outcome)
+    sys.stdout.flush()
+    os._exit(0)  # no gloo teardown with a dead peer
+
+
+def test_a_rank_that_dies_makes_the_others_raise(tmp_path):
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = tmp_path / "rank0.txt"
+    procs = [ctx.Process(target=dying_worker, args=(r, str(tmp_path / "init"), str(out)))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)  # a guard against a hang, not a threshold: gloo fails at once
+    assert [p.exitcode for p in procs] == [0, 3]
+    assert out.read_text().startswith("raised")
