@@ -86,21 +86,23 @@ def agree(group: Any, name: str, local: dict, error: BaseException | None,
 class Shard:
     """This rank's block of the pool, as ``greedy._run`` sees it (the ``WholePool`` interface)."""
 
-    def __init__(self, group: Any, offset: int, sizes: list[int], xpass: Any, w: np.ndarray,
+    def __init__(self, group: Any, offset: int, base_max: float, xpass: Any, w: np.ndarray,
                  norms: np.ndarray) -> None:
         self.group = group
+        self.offset = offset  # global index of this rank's first row
+        self.base_max = base_max  # largest L_ii over all ranks
         self._xpass, self._w, self._norms, self._d = xpass, w, norms, xpass.d
         self._f = np.empty(0)
-        self.offset = offset
-        self.sizes = sizes
         self.rank = dist.get_rank(group)
         self.device = _device(group)
-        self._bests = torch.empty(len(sizes), dtype=torch.float64, device=self.device)
+        world = dist.get_world_size(group)
+        self._global_ranks = dist.get_process_group_ranks(group)
+        self._bests = torch.empty(world, dtype=torch.float64, device=self.device)
         self._mine = torch.empty(1, dtype=torch.float64, device=self.device)
         self._lower = torch.empty(1, dtype=torch.float64, device=self.device)
 
     def max_diagonal(self, base: np.ndarray) -> float:
-        return self.base_max  # gathered with the arguments
+        return self.base_max
 
     def best_lower(self, value: float) -> float:
         """The largest lower bound on any rank: every rank re-scores exactly the candidates
@@ -125,7 +127,7 @@ class Shard:
             scale = self._w[local] / self._norms[local]  # as greedy._run computes it
             payload[1:] = torch.from_numpy(self._xpass.rows(np.array([local]))[0] * scale)
         payload = payload.to(self.device)
-        dist.broadcast(payload, group_src=owner, group=self.group)
+        dist.broadcast(payload, src=self._global_ranks[owner], group=self.group)
         payload = payload.cpu().numpy()
         self._f = payload[1:]
         return best, int(payload[0])
@@ -162,8 +164,8 @@ def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, e
         raise DistributedArgumentError(
             f"k={k} exceeds the pool size N={sum(sizes)} (all ranks); ask for at most "
             f"{sum(sizes)} items")
-    shard = Shard(group, sum(sizes[:dist.get_rank(group)]), sizes, xpass, w, norms)
-    shard.base_max = max(f["base_max"] for f in facts)
+    shard = Shard(group, sum(sizes[:dist.get_rank(group)]), max(f["base_max"] for f in facts),
+                  xpass, w, norms)
     return greedy._run(xpass, norms, w, int(k), float(jitter), float(eps), shard)
 
 

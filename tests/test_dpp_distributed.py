@@ -17,6 +17,7 @@ import torch
 from dpp_select import greedy_dpp, relevance_scores, select
 from dpp_select.distributed import DistributedArgumentError, shard_range
 from dpp_select.greedy import greedy_dpp_result
+from dpp_select.reference import brute_force_greedy, dense_kernel
 from gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -53,6 +54,7 @@ SCENARIOS = {
     "f64_beta0_select": (np.float64, 0.0, 12, 1e-6, "select"),
     "f32_beta4_ties": (np.float32, 4.0, 14, 1e-4, "greedy"),
     "f64_beta0_ties": (np.float64, 0.0, 10, 1e-4, "greedy"),
+    "f32_beta4_torch": (np.float32, 4.0, 9, 1e-6, "torch"),
     "f64_top_relevance": (np.float64, 4.0, 7, 1e-6, "top_relevance"),
 }
 
@@ -62,8 +64,9 @@ def run_scenario(name: str, world: int | None, rank: int = 0, group=None):
     x, targets, quality = pool(dtype)
     lo, hi = (0, N) if world is None else BOUNDS[world][rank:rank + 2]
     tlo, thi = (0, M) if world is None else TARGET_BOUNDS[world][rank:rank + 2]
-    if entry == "greedy":
-        res = greedy_dpp_result(x[lo:hi], k, quality=quality[lo:hi], beta=beta, jitter=jitter,
+    if entry in ("greedy", "torch"):
+        emb = torch.from_numpy(x[lo:hi]) if entry == "torch" else x[lo:hi]
+        res = greedy_dpp_result(emb, k, quality=quality[lo:hi], beta=beta, jitter=jitter,
                                 process_group=group)
         return {"indices": res.indices, "gains": res.gains}
     method = "dpp" if entry == "select" else entry
@@ -123,6 +126,17 @@ def test_sharded_picks_and_gains_equal_one_process(sharded, name):
         if "quality" in whole:
             lo, hi = BOUNDS[world][rank:rank + 2]
             np.testing.assert_array_equal(got["quality"], whole["quality"][lo:hi])
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(SCENARIOS) if "top" not in n])
+def test_sharded_picks_equal_brute_force_determinants(sharded, name):
+    """The literal float64 reference: det(L_S+i) / det(L_S) of the whole pool's kernel."""
+    dtype, beta, k, jitter, entry = SCENARIOS[name]
+    x, targets, quality = pool(dtype)
+    if entry == "select":
+        quality = relevance_scores(x, targets)
+    expected = brute_force_greedy(dense_kernel(x, np.maximum(quality, 0.0) ** beta, jitter), k)
+    np.testing.assert_array_equal(sharded[1][0][name]["indices"].numpy(), expected)
 
 
 def test_ties_go_to_the_lowest_global_index(sharded):
