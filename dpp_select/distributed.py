@@ -204,7 +204,7 @@ def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, gr
     comm = _device(group)
     z = normalised_targets(z, target_norms, comm, dtype)
     d, world = x.shape[1], len(counts)
-    per_round = max(1, _GATHER_BYTES // (world * d * dtype.itemsize))
+    per_round = min(max(counts), max(1, _GATHER_BYTES // (world * d * dtype.itemsize)))
 
     def rounds():
         for lo in range(0, max(counts), per_round):

@@ -86,6 +86,8 @@ def expect_error(fn) -> str:
 def worker(rank: int, world: int, out) -> None:
     import torch.distributed as dist
 
+    from dpp_select import distributed
+
     group = dist.group.WORLD
     results = {
         name: {key: None if v is None else torch.from_numpy(v)
@@ -103,6 +105,11 @@ def worker(rank: int, world: int, out) -> None:
     results["invalid"] = expect_error(
         lambda: relevance_scores(bad, x[:3], process_group=group))
     results["shard_range"] = shard_range(10, group)
+    distributed._GATHER_BYTES = 2 * world * D * 8  # two float64 target rows per rank a round
+    x64, targets, _ = pool(np.float64)
+    tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
+    results["rounds"] = torch.from_numpy(
+        relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group))
     torch.save(results, out / f"rank{rank}.pt")
 
 
@@ -145,6 +152,15 @@ def test_ties_go_to_the_lowest_global_index(sharded):
     assert picks[0] == 12  # 12, 20 and 35 tie exactly; they sit on different ranks
     assert 20 not in picks[:5] and 35 not in picks[:5]
     assert 29 in picks and (30 not in picks or picks.index(29) < picks.index(30))
+
+
+def test_relevance_gathered_in_small_rounds_equals_one_process(sharded):
+    world, ranks = sharded
+    x, targets, _ = pool(np.float64)
+    whole = relevance_scores(x, targets)
+    for rank, results in enumerate(ranks):
+        lo, hi = BOUNDS[world][rank:rank + 2]
+        np.testing.assert_array_equal(results["rounds"].numpy(), whole[lo:hi])
 
 
 def test_k_larger_than_d_is_selected(sharded):
