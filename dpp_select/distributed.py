@@ -2,7 +2,7 @@
 
 Each rank holds a contiguous block of the pool's rows (blocks in rank order, sizes may differ) and
 runs the single-process greedy of ``greedy.py`` (Chen et al. 2018's greedy MAP in feature space)
-on it; only three scalars' worth of decisions are global. Per pick:
+on it; per pick, three small collectives make the decisions that span ranks:
 
 1. every rank makes its float32 pass over its own rows; one all-reduce (max, 8 bytes) gives the
    best lower bound over the whole pool, so every rank re-scores in float64 exactly the
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedArgumentError", "Shard", "shard_range", "sharded_greedy",
-           "sharded_relevance"]
+__all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "gather_quality",
+           "shard_range", "sharded_greedy", "sharded_relevance"]
 
 _GATHER_BYTES = 1 << 26  # target rows gathered per relevance round: about 64 MiB on each rank
 # all_gather_into_tensor is deprecated (renamed) from torch 2.13 on.
