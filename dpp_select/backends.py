@@ -58,7 +58,7 @@ class NumpyPass:
 
     def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
         """``X[rows] @ basis.T`` in float32, each entry within the same bound as ``project``."""
-        return self._x32[rows] @ basis.astype(np.float32).T
+        return self._x32[rows] @ basis.astype(np.float32).T  # a rounded as in project
 
 
 def _tf32_enabled(device: torch.device) -> bool:

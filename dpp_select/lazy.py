@@ -69,7 +69,6 @@ class _LazyGreedy:
         self.floor = 0  # every candidate is at a step >= floor
         self.exact_gain, self.exact_step = base.copy(), np.zeros(n, dtype=np.int32)
         self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))
-        self.basis32 = np.zeros((k, d), dtype=np.float32)
         self.bound = np.zeros(k)  # unit * ||a_s||: per-weight error of one projection
         self.margin = _MARGIN * float(base.max())
         self.pool, self.tau = np.arange(n), -math.inf
@@ -102,7 +101,7 @@ class _LazyGreedy:
             if not _extend_basis(self.xpass, choice, self.scale[choice], self.jitter,
                                  self.basis_a, self.basis_b, t):
                 break
-            self.basis32[t] = self.basis_a[t]
+            self.basis_a[t] = self.basis_a[t]
             self.bound[t] = self.xpass.unit * float(np.linalg.norm(self.basis_a[t]))
             picks.append(choice)
             gains.append(best_gain)
@@ -162,7 +161,7 @@ class _LazyGreedy:
             if v is not None:
                 self._fold(rows, v[lo:hi, None], t - 1, t)
             elif width > 1:
-                self._fold(rows, self.xpass.project_rows(rows, self.basis32[self.floor:t]),
+                self._fold(rows, self.xpass.project_rows(rows, self.basis_a[self.floor:t]),
                            self.floor, t)
             lower[c] = (self.gain[rows] - self.err[rows]).max()
             upper[c] = self.ub[rows].max()
@@ -194,6 +193,8 @@ class _LazyGreedy:
                 behind &= self.pool_ub > -math.inf
             pos = np.flatnonzero(behind)
             if pos.size == 0:
+                if not refreshed:  # no live candidate left behind: nothing to be lazy about
+                    return False
                 break
             if not refreshed or pos.size > 2 * batch:
                 if pos.size > batch:
@@ -217,7 +218,7 @@ class _LazyGreedy:
         for start in range(0, rows.size, _BLOCK):
             block = rows[start:start + _BLOCK]
             first = int(self.at[block[-1]])  # smallest in the block
-            self._fold(block, self.xpass.project_rows(block, self.basis32[first:t]), first, t)
+            self._fold(block, self.xpass.project_rows(block, self.basis_a[first:t]), first, t)
             self.work += block.size * (t - first)
         self.pool_at[pos] = t
         self.pool_ub[pos] = self.ub[rows]
@@ -231,6 +232,7 @@ class _LazyGreedy:
         level = -math.inf
         if rank < sample.size:
             level = float(np.partition(sample, sample.size - 1 - rank)[sample.size - 1 - rank])
-        self.tau = min(level, float(np.nextafter(threshold, -math.inf)))
+        # Strictly below both, so that ties at the level join the pool.
+        self.tau = float(np.nextafter(min(level, threshold), -math.inf))
         self.pool = np.flatnonzero(self.ub > self.tau)
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
