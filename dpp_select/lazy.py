@@ -129,19 +129,24 @@ class _LazyGreedy:
         return int(contenders[np.flatnonzero(values >= best_gain - self.margin)[0]]), best_gain
 
     def _fold(self, rows: np.ndarray | slice, proj: np.ndarray, first: int, t: int) -> None:
-        """Bring ``rows`` from step ``at`` to ``t``; ``proj`` = X[rows] @ a_first..a_{t-1}."""
+        """Bring ``rows`` from step ``at`` to ``t``; ``proj`` = X[rows] @ a_first..a_{t-1}.
+
+        With e_is = w_i unit ||a_s|| bounding |p_is - exact_is|, the error of the folded-in
+        squares is at most sum_s e_is (2 |p_is| + e_is) = w_i (2 sum_s bound_s |p_is| +
+        w_i sum_s bound_s^2), summed over the columns a row has not folded in yet.
+        """
         at = self.at[rows]
+        w = self.w[rows]
+        bound = self.bound[first:t]
         p = proj * self.scale[rows, None]  # f_i . a_s, float64 from the float32 product
-        e = self.w[rows, None] * self.bound[None, first:t]  # |p - exact| <= e
-        if at.size and int(at.max()) > first:  # columns a row has already folded in
-            done = np.arange(first, t)[None, :] < at[:, None]
-            p[done] = 0.0
-            e[done] = 0.0
+        if at.size and int(at.max()) > first:  # columns some rows have already folded in
+            p[np.arange(first, t)[None, :] < at[:, None]] = 0.0
+            squares = np.append(np.cumsum((bound * bound)[::-1])[::-1], 0.0)[at - first]
+        else:
+            squares = float(bound @ bound)
         self.gain[rows] -= np.einsum("ij,ij->i", p, p)
         np.abs(p, out=p)
-        p *= 2.0
-        p += e
-        self.err[rows] += np.einsum("ij,ij->i", e, p)  # |p^2 - exact^2| <= e (2|p| + e)
+        self.err[rows] += w * (2.0 * np.einsum("ij,j->i", p, bound) + w * squares)
         self.at[rows] = t
         self.ub[rows] = np.minimum(self.ub[rows], self.gain[rows] + self.err[rows])
 
