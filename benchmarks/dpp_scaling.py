@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import lazy_families  # noqa: E402  (benchmarks/, the script's folder)
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from dpp_select.reference import (chen_greedy, dense_kernel, feature_greedy,  # noqa: E402
                                   float32_pass_greedy, resolve_greedy)
@@ -304,29 +305,6 @@ def _section_llm(quick: bool) -> list[str]:
     return lines
 
 
-def lazy_cell(family: str, n: int, texts: str | None, targets: str | None) -> dict:
-    import lazy_families
-
-    k, note = 200, ""
-    if family == "text":
-        x, quality, base = lazy_families.text_family(n, texts, targets)
-        note = f"{base:,} texts"
-    else:
-        x, quality = getattr(lazy_families, family)(n)
-    q = np.percentile(quality, [5, 95])
-    runs = {False: [], True: []}
-    for lazy in (True, False, True, False):  # interleaved: load changes hit both alike
-        res, elapsed = _timed(greedy_dpp_result, x, k, quality=quality, beta=4.0, jitter=1e-6,
-                              lazy=lazy)
-        runs[lazy].append((elapsed, res))
-    full, lazy = min(runs[False], key=lambda r: r[0]), min(runs[True], key=lambda r: r[0])
-    return {"family": family, "n": n, "k": k, "note": note, "q": q,
-            "full": full[0], "lazy": lazy[0], "work": lazy[1].passes / full[1].passes,
-            "same": bool(np.array_equal(full[1].indices, lazy[1].indices)
-                         and np.array_equal(full[1].gains, lazy[1].gains)),
-            "resc": (full[1].rescored, lazy[1].rescored)}
-
-
 def _section_lazy(quick: bool) -> list[str]:
     lines = ["## Lazy greedy (`lazy=True`) against the full-pass greedy", "",
              "Same process, numpy backend, d = 384, k = 200, beta 4, jitter 1e-6; each mode run "
@@ -342,7 +320,8 @@ def _section_lazy(quick: bool) -> list[str]:
             print(lines[-1], flush=True)
             continue
         for n in ([20_000] if quick else [100_000, 1_000_000]):
-            r = _in_child(lazy_cell, family, n, texts, TEXT_ARGS.get("targets"))
+            r = _in_child(lazy_families.lazy_cell, family, n, texts,
+                          TEXT_ARGS.get("targets"))
             name = f"{family} ({r['note']})" if r["note"] else family
             lines.append(
                 f"| {name} | {n:,} | {r['q'][0]:.2f}-{r['q'][1]:.2f} | {r['full']:.2f} | "

@@ -1,4 +1,4 @@
-"""Data families for the lazy-greedy benchmark (``dpp_scaling.py --sections lazy``).
+"""Data families and the timed cell of the lazy benchmark (``dpp_scaling.py --sections lazy``).
 
 Each family returns float32 embeddings (N x 384) and relevance q in float64:
   isotropic   Gaussian rows, q uniform in [0.5, 1].
@@ -21,9 +21,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import zlib
 
 import numpy as np
+
+from dpp_select.greedy import greedy_dpp_result
+from dpp_select.relevance import relevance_scores
 
 DIM = 384
 _BUCKETS = 1 << 16
@@ -117,8 +121,6 @@ def encode(texts: list[str], seed: int = 0) -> np.ndarray:
 def text_family(n: int, pool_paths: str, target_paths: str | None, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """N texts by feature dropout over the pool; q against the targets (uniform if none)."""
-    from dpp_select.relevance import relevance_scores
-
     proj = _projection(seed)
     base = _group_embeddings(read_texts(pool_paths, ("prompt", "safe")), proj)
     rng = np.random.default_rng(seed + 1)
@@ -141,3 +143,25 @@ def text_family(n: int, pool_paths: str, target_paths: str | None, seed: int = 0
     else:
         quality = rng.uniform(0.5, 1.0, n)
     return x, quality, base.shape[0]
+
+
+def lazy_cell(family: str, n: int, texts: str | None, targets: str | None) -> dict:
+    k, note = 200, ""
+    if family == "text":
+        x, quality, base = text_family(n, texts, targets)
+        note = f"{base:,} texts"
+    else:
+        x, quality = globals()[family](n)
+    q = np.percentile(quality, [5, 95])
+    runs = {False: [], True: []}
+    for lazy in (True, False, True, False):  # interleaved: load changes hit both alike
+        start = time.perf_counter()
+        res = greedy_dpp_result(x, k, quality=quality, beta=4.0, jitter=1e-6, lazy=lazy)
+        elapsed = time.perf_counter() - start
+        runs[lazy].append((elapsed, res))
+    full, lazy = min(runs[False], key=lambda r: r[0]), min(runs[True], key=lambda r: r[0])
+    return {"family": family, "n": n, "k": k, "note": note, "q": q,
+            "full": full[0], "lazy": lazy[0], "work": lazy[1].passes / full[1].passes,
+            "same": bool(np.array_equal(full[1].indices, lazy[1].indices)
+                         and np.array_equal(full[1].gains, lazy[1].gains)),
+            "resc": (full[1].rescored, lazy[1].rescored)}
