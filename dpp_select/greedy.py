@@ -52,13 +52,16 @@ class GreedyResult:
     """Picks in greedy order with their gains det(L_{S+i}) / det(L_S) and work counters.
 
     ``rescored`` counts float64 re-scorings triggered by the float32 error bounds (the price of
-    exactness); ``stopped_early`` is True when fewer than the requested items were selected.
+    exactness); ``stopped_early`` is True when fewer than the requested items were selected;
+    ``passes`` is the multiply-add work of the float32 products with X in units of one full pass
+    (N d multiply-adds): one per step for the full-pass greedy, less with ``lazy``.
     """
 
     indices: np.ndarray
     gains: np.ndarray
     rescored: int
     stopped_early: bool
+    passes: float = 0.0
 
 
 def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
@@ -113,6 +116,7 @@ def greedy_dpp(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    lazy: bool | str = False,
     process_group: Any = None,
 ) -> np.ndarray:
     """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
@@ -128,12 +132,18 @@ def greedy_dpp(
     2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
     than about that fraction may change against a float32 run.
 
+    ``lazy=True`` brings forward, at each step, only the candidates whose stale gain (an upper
+    bound, since gains never increase) could still win, falling back to a full pass whenever
+    that would cost more (see ``lazy.py``): identical picks and gains, less work on data whose
+    gains spread out (isotropic or real-text embeddings), about the same on data where nearly
+    every candidate stays close to the best.
+
     With a ``process_group`` (``torch.distributed``), ``emb`` and ``quality`` are this rank's
     contiguous shard of the pool (shards in rank order, sizes may differ); every rank gets the
     same *global* indices, equal to one process's picks on the concatenated pool (see
-    ``distributed.py``).
+    ``distributed.py``; not combined with ``lazy`` yet).
     """
-    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device,
+    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device, lazy,
                              process_group).indices
 
 
@@ -146,10 +156,16 @@ def greedy_dpp_result(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    lazy: bool | str = False,
     process_group: Any = None,
 ) -> GreedyResult:
-    """:func:`greedy_dpp` returning gains and the float64 re-scoring count as well."""
+    """:func:`greedy_dpp` returning gains, the float64 re-scoring count and the work as well."""
+    if not isinstance(lazy, bool):
+        raise ValueError(f"lazy must be True or False, got {lazy!r}")
     if process_group is not None:
+        if lazy:
+            raise ValueError("lazy=True does not support process_group yet; use the default "
+                             "full-pass greedy (lazy=False) on a sharded pool")
         from .distributed import sharded_greedy
 
         return sharded_greedy(emb, k, quality, beta, jitter, eps, backend, device, process_group)
@@ -159,6 +175,10 @@ def greedy_dpp_result(
         raise ValueError(f"k={k} exceeds the pool size N={xpass.n}; ask for at most {xpass.n} "
                          "items")
     w = dpp_weights(quality, xpass.n, beta)
+    if lazy:
+        from .lazy import run_lazy  # lazy.py builds on this module's helpers
+
+        return run_lazy(xpass, norms, w, int(k), float(jitter), float(eps))
     return _run(xpass, norms, w, int(k), float(jitter), float(eps))
 
 
@@ -215,7 +235,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
     margin = _MARGIN * pool.max_diagonal(base)
     picks: list[int] = []
     gains: list[float] = []
-    rescored = 0
+    rescored = passes = 0
     chunks = [(lo, min(n, lo + _CHUNK)) for lo in range(0, n, _CHUNK)]
     ub_max = np.empty(len(chunks))
 
@@ -227,6 +247,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             a = basis_a[t - 1]
             bound = xpass.unit * float(np.linalg.norm(a))
             xpass.project(a, v)
+            passes += 1
             best_lower = -np.inf
             for c, (lo, hi) in enumerate(chunks):
                 m = hi - lo
@@ -268,8 +289,12 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
         if 0 <= choice - pool.offset < n:
             gain[choice - pool.offset] = -np.inf
             err[choice - pool.offset] = 0.0
+    return _finish(picks, gains, pool.total_rescored(rescored), k, eps, float(passes))
 
-    rescored = pool.total_rescored(rescored)
+
+def _finish(picks: list[int], gains: list[float], rescored: int, k: int, eps: float,
+            passes: float) -> GreedyResult:
+    """Warn when fewer than ``k`` items were picked and package the result."""
     stopped = len(picks) < k
     if stopped:
         message = (
@@ -278,10 +303,11 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             "exhausted (more items than distinct directions, or too many zero weights); add "
             "jitter > 0, lower eps, or ask for fewer items"
         )
-        warnings.warn(message, EarlyStopWarning, stacklevel=3)
+        warnings.warn(message, EarlyStopWarning, stacklevel=4)
         logger.warning(message)
     logger.debug("greedy DPP: %d picks, %d float64 re-scorings", len(picks), rescored)
-    return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped)
+    return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped,
+                        passes)
 
 
 def _extend_basis(f: np.ndarray, jitter: float, basis_a: np.ndarray, basis_b: np.ndarray,

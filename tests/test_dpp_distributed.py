@@ -237,3 +237,9 @@ def test_a_rank_that_dies_makes_the_others_raise(tmp_path):
         p.join(timeout=600)  # a guard against a hang, not a threshold: gloo fails at once
     assert [p.exitcode for p in procs] == [0, 3]
     assert out.read_text().startswith("raised")
+
+
+def test_lazy_with_a_process_group_is_refused_before_any_collective():
+    x, _, quality = pool(np.float32)
+    with pytest.raises(ValueError, match="lazy=True does not support process_group"):
+        greedy_dpp(x, 3, quality=quality, lazy=True, process_group=object())
