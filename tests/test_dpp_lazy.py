@@ -86,6 +86,8 @@ def test_lazy_picks_and_gains_equal_the_full_pass(setting, jitter, d, k):
     np.testing.assert_allclose(got.gains, full.gains, rtol=1e-12, atol=1e-15)
     exact = feature_greedy(x, quality**4, k, jitter=jitter)
     np.testing.assert_array_equal(got.indices, exact[:got.indices.size])
+    if not full.stopped_early:
+        assert full.passes == k - 1  # one pass per pick after the first
     if setting == "fallback":
         assert got.passes >= full.passes  # every step made a full pass
     elif k <= d:
