@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,8 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
     number is undefined; such items keep weight 0 for beta > 0 (only the jitter can select them)
     and weight 1 for beta = 0, where quality is ignored by definition (0^0 = 1).
     """
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
+                                      and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     if quality is None:
         return np.ones(n, dtype=np.float64)
@@ -232,8 +234,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             "exhausted (more items than distinct directions, or too many zero weights); add "
             "jitter > 0, lower eps, or ask for fewer items"
         )
-        warnings.warn(message, EarlyStopWarning, stacklevel=3)
-        logger.warning(message)
+        warnings.warn(message, EarlyStopWarning, stacklevel=3)  # once: not also logged
     logger.debug("greedy DPP: %d picks, %d float64 re-scorings", len(picks), rescored)
     return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped)
 

@@ -7,6 +7,7 @@ under a fixed size, so a million-item pool against tens of thousands of targets 
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,8 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     """
     pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
     target, target_norms = check_embeddings(target_emb, "target embeddings", dim=pool.shape[1])
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool)
+                                   or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
     x = _as_tensor(pool)
     z = _as_tensor(target)
@@ -45,7 +47,7 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     z = z / torch.from_numpy(target_norms).to(device=x.device, dtype=dtype)[:, None]
     n, m = x.shape[0], z.shape[0]
     col_block = min(m, _TARGET_BLOCK)
-    rows = chunk_size or max(1, _BLOCK_ELEMENTS // col_block)
+    rows = int(chunk_size or max(1, _BLOCK_ELEMENTS // col_block))
     out = np.empty(n, dtype=np.float64)
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)

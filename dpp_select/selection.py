@@ -8,6 +8,7 @@ preprocessing.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,8 @@ def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -
         raise ValueError("give exactly one of k (number of items) or ratio (fraction of the "
                          "fine-tuning set size)")
     if ratio is not None:
-        if not (isinstance(ratio, (int, float)) and 0 < ratio and math.isfinite(ratio)):
+        if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and 0 < ratio
+                                           and math.isfinite(ratio)):
             raise ValueError(f"ratio must be a positive number, got {ratio!r}")
         k = max(1, math.ceil(ratio * n_target - 1e-9))  # 0.03 * 8000 is 240.00000000000003
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
