@@ -451,12 +451,12 @@ def prepare(args: argparse.Namespace) -> Prepared:
     }
     print(f"fine-tuning set: {len(task)} task rows + {len(attack)} injected harmful rows")
 
-    safe_rows: list[dict[str, list[int]]] = []
+    safe_pairs: list[tuple[str, str]] = []
     if not args.no_defense:
         picked = select_safe_rows(model, tokenizer, pool, finetune, args, device)
-        safe_rows = encode_rows(tokenizer, [pool[i] for i in picked], args.max_length, "safe")
-        info["safe_selected"] = len(safe_rows)
-        print(f"selected {len(safe_rows)} safe examples of {len(pool)} with the DPP "
+        safe_pairs = [pool[i] for i in picked]
+        info["safe_selected"] = len(safe_pairs)
+        print(f"selected {len(safe_pairs)} safe examples of {len(pool)} with the DPP "
               f"(beta {args.beta})")
 
     model = add_lora(model, args)
@@ -465,16 +465,15 @@ def prepare(args: argparse.Namespace) -> Prepared:
     spag = None
     optimizer: torch.optim.Optimizer = inner
     if not args.no_defense:
-        batches = SafetyBatches(safe_rows, batch_size=args.safe_batch_size, collate_fn=collator,
-                                seed=args.seed, device=device)
+        # Chat template, labels on the refusal only (the paper's safety loss), padded batches.
+        batches = SafetyBatches.from_pairs(safe_pairs, tokenizer, batch_size=args.safe_batch_size,
+                                           seed=args.seed, max_length=args.max_length, device=device)
         # The closure calls this very model object: its parameters are the optimizer's.
         closure = make_safety_closure(model, batches)
         tau = args.tau
-        if tau == "calibrate":
-            calibration = SafetyBatches(safe_rows, batch_size=args.safe_batch_size,
-                                        collate_fn=collator, seed=args.seed, device=device)
-            passes = math.ceil(len(safe_rows) / args.safe_batch_size)
-            tau = calibrate_tau(model, calibration, num_batches=passes)
+        if tau == "calibrate":  # one pass over the safe data; the batches' position is kept
+            passes = math.ceil(len(safe_pairs) / args.safe_batch_size)
+            tau = calibrate_tau(model, batches, num_batches=passes)
             print(f"calibrated tau = {tau:.4f} (mean safety loss before fine-tuning)")
         info["tau"] = tau
         kwargs: dict[str, Any] = {"tau": tau}

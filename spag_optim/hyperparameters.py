@@ -97,13 +97,18 @@ class TauCheck:
 
     def __init__(self) -> None:
         self.far_steps = 0
+        self.last_step = 0
         self.done = False
 
     def observe(self, step: int, loss: float, tau: float, projected: bool) -> None:
-        """Record step number ``step`` (1-based, counted from the start of training)."""
+        """Record step number ``step`` (1-based, counted from the start of training; a retried
+        step is recorded once)."""
         if self.done or step > FIRST_STEPS:
             self.done = True
             return
+        if step == self.last_step:
+            return
+        self.last_step = step
         if not (projected and loss >= 2 * tau and loss >= tau + MIN_EXCESS):
             self.done = True
             return
