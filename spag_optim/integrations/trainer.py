@@ -23,6 +23,7 @@ import logging
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..distributed import DEEPSPEED_UNSUPPORTED
@@ -118,7 +119,9 @@ class TrainerSafetyClosure:
 
     def calibrate_tau(self, num_batches: int = 8) -> float:
         """:func:`spag_optim.calibrate_tau` with the trainer's model, device and autocast, from the
-        closure's current position, which it leaves unchanged."""
+        closure's current position, which it leaves unchanged. Under torch.distributed the ranks'
+        values (each from its own safe batches) are averaged: every rank needs the same tau to take
+        the same projection decisions."""
         if self.trainer is None:
             raise RuntimeError("bind the closure to a trainer first (attach_spag does)")
 
@@ -126,7 +129,12 @@ class TrainerSafetyClosure:
             with self.trainer.compute_loss_context_manager():
                 return self.loss_fn(model, move_to_device(batch, self.trainer.args.device))
 
-        return calibrate_tau(self.trainer.model, self.batches, num_batches, loss_fn)
+        tau = calibrate_tau(self.trainer.model, self.batches, num_batches, loss_fn)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            total = torch.tensor([tau], dtype=torch.float64, device=self.trainer.args.device)
+            dist.all_reduce(total)
+            tau = float(total) / dist.get_world_size()
+        return tau
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches.state_dict()}
