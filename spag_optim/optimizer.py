@@ -150,7 +150,6 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         self._pending: Optional[tuple[Optional[Tensor], bool]] = None
         self._step_norm: Optional[Tensor] = None
         self._tau_check = TauCheck()
-        self._warned_frozen = False
 
     def _extra_repr(self) -> str:
         return (
@@ -229,7 +228,8 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         utility_loss, relative = self._pending
         params = self.params()
         if not params:
-            self._frozen()
+            self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
+            self._warn_frozen_once()
         else:
             with self._closure_rollback():
                 if self.mode == "paper":
@@ -238,13 +238,6 @@ class SPAGOptimizer(SafetyClosureOptimizer):
                     self._authors_code_projection(params)
         self._pending = None
         return utility_loss
-
-    def _frozen(self) -> None:
-        self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
-        if not self._warned_frozen:
-            self._warned_frozen = True
-            warnings.warn("SPAG: no parameter of this optimizer requires grad (all frozen); "
-                          "there is nothing to project", RuntimeWarning, stacklevel=4)
 
     def _take_snapshot(self, params: list[Tensor]) -> None:
         if len(self._snapshot) != len(params) or any(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -77,6 +78,15 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         self.last_stats: dict[str, Any] = {}
         self._num_steps = 0
         self._num_nonfinite = 0
+        self._warned_frozen = False
+
+    def _warn_frozen_once(self) -> None:
+        """Every parameter is frozen: the safety closure is not run (its loss has no graph)."""
+        if not self._warned_frozen:
+            self._warned_frozen = True
+            warnings.warn(f"{type(self).__name__}: no parameter of this optimizer requires grad "
+                          "(all frozen); the safety step has nothing to act on", RuntimeWarning,
+                          stacklevel=4)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]

@@ -170,6 +170,20 @@ def test_every_parameter_frozen_is_a_step_with_nothing_to_project(mode, trust_re
     assert opt.num_projections == 0 and not opt.last_stats["projected"]
 
 
+@pytest.mark.parametrize("name", ["penalty", "safegrad", "lisa"])
+def test_every_parameter_frozen_is_a_step_with_nothing_to_do_for_the_baselines(name):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    calls = []
+    closure = lambda: calls.append(1) or model(torch.ones(2, 4)).sum()  # noqa: E731
+    opt = DEFENSES[name](torch.optim.SGD(model.parameters(), lr=0.1), closure)
+    model.requires_grad_(False)
+    before = flat(model)
+    with pytest.warns(RuntimeWarning, match="frozen"):
+        opt.step()
+    assert torch.equal(flat(model), before) and calls == [] and opt.num_steps == 1
+
+
 class EmbeddingLoss(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -185,7 +199,7 @@ DEFENSES = {
     "spag_authors_code": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, mode="authors_code"),
     "penalty": lambda inner, c: PenaltyOptimizer(inner, c, tau=0.0),
     "safegrad": lambda inner, c: SafeGradOptimizer(inner, c),
-    "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=0, finetune_steps=1),
+    "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=1, finetune_steps=1),
 }
 
 

@@ -40,8 +40,12 @@ class SafetyClosureBaseline(SafetyClosureOptimizer):
                 utility_loss = closure()
         params = self.params()
         self._check_grads(params)
-        with self._closure_rollback():
-            self._step(params)
+        if params:
+            with self._closure_rollback():
+                self._step(params)
+        else:
+            self.last_stats = {}
+            self._warn_frozen_once()
         self._num_steps += 1
         return utility_loss
 
