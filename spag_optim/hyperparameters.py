@@ -10,7 +10,8 @@ r"""SPAG's hyper-parameters: checked once, saved with the checkpoint, and sanity
   the loss above it. If instead each of the first :data:`FIRST_STEPS` steps projects with a loss
   *far* above tau, at least twice tau and at least :data:`MIN_EXCESS` above it, tau was almost
   certainly not calibrated for this model (e.g. the paper's 0.2 on a model whose refusal loss is 3):
-  every step then projects, and the run trades utility for a target the model never met.
+  every step then projects, and the run trades utility for a target the model never met. The
+  check reads the loss on the host, so with ``skip_if_safe=False`` (the sync-free path) it is off.
 """
 
 from __future__ import annotations

@@ -216,10 +216,11 @@ class SafetyBatches:
 
 
 def _holds_token_lists(example: Any) -> bool:
-    """Whether ``example`` is (or maps names to) a Python list of token ids."""
+    """Whether ``example`` is (or maps names to) a Python list of token ids (tuples such as
+    ``(features, label)`` are batched fine by the default collate)."""
     values = example.values() if isinstance(example, Mapping) else [example]
     return any(
-        isinstance(v, (list, tuple)) and len(v) > 0 and isinstance(v[0], numbers.Integral)
+        isinstance(v, list) and len(v) > 0 and isinstance(v[0], numbers.Integral)
         and not isinstance(v[0], bool)
         for v in values
     )
