@@ -73,8 +73,9 @@ class SafetyBatches:
         drop_last: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = int(batch_size)
         self.loader = data if isinstance(data, DataLoader) else None
         if self.loader is None:
             if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):

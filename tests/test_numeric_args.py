@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dpp_select import EarlyStopWarning, greedy_dpp, relevance_scores, select
-from spag_optim import SPAGOptimizer
+from spag_optim import SafetyBatches, SPAGOptimizer
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer
 
 
@@ -31,6 +31,9 @@ def test_spag_takes_numpy_scalars_as_numbers():
     penalty = PenaltyOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1),
                                lambda: None, lam=np.float32(0.5), tau=np.float64(0.1))
     assert (penalty.lam, penalty.tau) == (0.5, pytest.approx(0.1))
+    assert SafetyBatches(list(range(5)), batch_size=np.int64(2), collate_fn=list).batch_size == 2
+    with pytest.raises(ValueError, match="batch_size"):
+        SafetyBatches(list(range(5)), batch_size=True, collate_fn=list)
     lisa = LisaOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1), lambda: None,
                          alignment_steps=np.int64(2), finetune_steps=np.int32(3), rho=np.float32(1))
     assert (lisa.alignment_steps, lisa.finetune_steps, lisa.rho) == (2, 3, 1.0)
