@@ -225,6 +225,8 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             self.inner.step()
             self._num_steps += 1
             self._pending, self._step_norm = (utility_loss, relative), None
+        else:
+            logger.info("SPAG: completing the step whose safety part failed (projection only)")
         utility_loss, relative = self._pending
         params = self.params()
         if not params:
