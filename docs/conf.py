@@ -22,7 +22,8 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 autodoc_default_options = {"members": True, "member-order": "bysource", "show-inheritance": True}
 autodoc_typehints = "description"
-autodoc_class_signature = "separated"
+autodoc_typehints_description_target = "documented"  # types join the "Args:" text, no bare lists
+autodoc_inherit_docstrings = False  # torch.optim's docstrings are not this project's reference
 html_theme = "alabaster"
 html_theme_options = {"description": "Safety projection and relevance-diversity DPP selection"}
 
