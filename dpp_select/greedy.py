@@ -80,6 +80,13 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(q))
     if bad.size:
         raise ValueError(f"quality holds NaN or inf at indices {bad[:10].tolist()}")
+    if beta > 0 and n > 0 and not (q > 0).any():
+        warnings.warn(
+            "every relevance score is <= 0, so every weight max(q, 0)^beta is 0 and the kernel "
+            "is jitter x I: all candidates tie and the picks are simply pool indices 0, 1, 2, "
+            "...; check that the pool and the targets were embedded with the same model, or use "
+            "beta=0 (diversity only)", UserWarning, stacklevel=3,
+        )
     return np.power(np.maximum(q, 0.0), float(beta))
 
 
