@@ -102,12 +102,14 @@ def _make_pass(emb: Any, backend: str, device: Any) -> tuple[Any, np.ndarray]:
                 emb = emb.to(torch.float32)
             emb = emb.cpu().numpy()
         x, norms = check_embeddings(emb, "embeddings")
-        return NumpyPass(x), norms
+        xpass = NumpyPass(x, norms)
+        return xpass, xpass.norms
     if backend == "torch":
         if not is_torch(emb):
             emb = torch.from_numpy(np.asarray(emb))
         x, norms = check_embeddings(emb, "embeddings")
-        return TorchPass(x, device), norms
+        xpass = TorchPass(x, norms, device)
+        return xpass, xpass.norms
     raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
 
 
