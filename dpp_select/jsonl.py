@@ -39,8 +39,9 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
                 line.encode("utf-8")
             except UnicodeEncodeError as err:
                 raise JSONLError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{ord(line[err.start]) - 0xDC00:02x} "
-                    f"at column {err.start + 1}); save the file as UTF-8"
+                    f"{path}:{lineno}: not valid UTF-8 (byte "
+                    f"0x{ord(line[err.start]) - 0xDC00:02x} at column {err.start + 1}); save the "
+                    "file as UTF-8"
                 ) from None
             if lineno == 1:
                 line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the data

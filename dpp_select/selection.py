@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .diagnostics import SelectionSummary, relative_jitter, summarize_selection
+from .diagnostics import (RELATIVE_JITTER, SelectionSummary, relative_jitter,
+                          summarize_selection)
 from .greedy import greedy_dpp_result
 from .relevance import relevance_scores
 
@@ -100,8 +101,9 @@ def select(
     ``jitter`` is added to the kernel's diagonal: the default 1e-6 is the authors' constant,
     which is negligible next to weights of order 1 (their hidden states); ``"relative"`` uses
     1e-6 x the median positive w^2, the same share whatever the scale of q, and makes the picks
-    invariant to rescaling the weights. When the jitter exceeds 1% of the median w^2 or decides
-    picks, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
+    invariant to rescaling the weights (``eps`` is then measured in that unit too). When the
+    jitter exceeds 1% of the median w^2 or of a pick's gain, or k exceeds the embedding
+    dimension, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -119,7 +121,9 @@ def select(
         if isinstance(jitter, str):
             if jitter != "relative":
                 raise ValueError(f"jitter must be a number >= 0 or 'relative', got {jitter!r}")
-            jitter = relative_jitter(np.power(np.maximum(quality, 0.0), b))
+            w = np.power(np.maximum(quality, 0.0), b)
+            jitter = relative_jitter(w)
+            eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
                                 backend=backend, device=device)
         summary = summarize_selection(method, quality, b, int(res.indices.size), dim, res.gains,

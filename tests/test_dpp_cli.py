@@ -240,3 +240,13 @@ def test_prints_the_selection_diagnostics(files, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "relevance q: min" in out and "weights w = max(q,0)^4:" in out
     assert "picks decided at jitter scale:" in out
+
+
+def test_the_low_relevance_warning_is_printed_with_advice(files, tmp_path, capsys):
+    code, _ = _run(files, tmp_path, "--k", "2", "--beta", "12")  # w = q^12: tiny weights
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "dpp-select: warning: relevance is low" in err and "--jitter relative" in err
+    assert err.count("dpp-select: warning:") == 1
+    code, _ = _run(files, tmp_path, "--k", "2", "--beta", "12", "--jitter", "relative")
+    assert code == 0 and "dpp-select: warning" not in capsys.readouterr().err

@@ -54,7 +54,8 @@ def test_keyword_judge_rejects_phrases_and_windows_that_would_mislead(kwargs, er
     with pytest.raises(error, match=message):
         KeywordRefusalJudge(**kwargs)
     judge = KeywordRefusalJudge(["sorry"], window=20)
-    assert judge.score(["p", "p"], ["Sorry, no.", "Sure: the answer, sorry"]).tolist() == [1.0, 5.0]
+    scores = judge.score(["p", "p"], ["Sorry, no.", "Sure: the answer, sorry"])
+    assert scores.tolist() == [1.0, 5.0]
 
 
 def test_evaluate_safety_per_attack_set():
