@@ -29,7 +29,7 @@ import numpy as np
 from ._cache import cache_path, load_cached, save_cached
 from ._files import check_distinct, check_output, write_atomic
 from .embed import embed_texts
-from .jsonl import JSONLError, read_jsonl, write_jsonl
+from .jsonl import read_jsonl, write_jsonl
 from .selection import METHODS, _resolve_k, select
 
 __all__ = ["main"]
@@ -160,7 +160,9 @@ def _load_model(args: argparse.Namespace, loaded: dict) -> None:
                          f"folder ({type(err).__name__}: {first})") from None
 
 
-def _embed(texts: list[str], args: argparse.Namespace, loaded: dict) -> np.ndarray:
+def _embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict
+           ) -> np.ndarray:
+    """Embeddings of the texts read from ``source`` (named in errors), cached when allowed."""
     path = None
     if not args.no_cache:
         path = cache_path(args.cache_dir, args.model, texts, args.max_length)
@@ -169,9 +171,12 @@ def _embed(texts: list[str], args: argparse.Namespace, loaded: dict) -> np.ndarr
             return cached
     if not loaded:
         _load_model(args, loaded)
-    emb = embed_texts(texts, loaded["model"], loaded["tokenizer"], batch_size=args.batch_size,
-                      max_length=args.max_length, device=args.device,
-                      progress=not args.no_progress)
+    try:
+        emb = embed_texts(texts, loaded["model"], loaded["tokenizer"],
+                          batch_size=args.batch_size, max_length=args.max_length,
+                          device=args.device, progress=not args.no_progress)
+    except ValueError as err:  # e.g. texts that tokenize to nothing: say which file
+        raise ValueError(f"{source}: {err} (0-based row numbers)") from None
     if path is not None:
         save_cached(path, emb)
     return emb
@@ -190,8 +195,8 @@ def _run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
     _resolve_k(args.k, args.ratio, len(pool_rows), len(target_rows))
     loaded: dict = {}
-    pool_emb = _embed(_texts(pool_rows, pool_fields), args, loaded)
-    target_emb = _embed(_texts(target_rows, target_fields), args, loaded)
+    pool_emb = _embed(_texts(pool_rows, pool_fields), args.pool, args, loaded)
+    target_emb = _embed(_texts(target_rows, target_fields), args.target, args, loaded)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio, method=args.method,

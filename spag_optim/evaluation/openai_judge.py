@@ -57,13 +57,11 @@ def _check_key(name: str, key: str | None) -> str:
             f"the API key in {name} holds whitespace or control characters (often a trailing "
             "newline from a file); export it without them"
         )
-    try:
-        key.encode("latin-1")
-    except UnicodeEncodeError:
+    if not key.isascii():
         raise ValueError(
-            f"the API key in {name} holds non-ASCII characters an HTTP header cannot carry; "
-            "check that the variable holds the key"
-        ) from None
+            f"the API key in {name} holds non-ASCII characters, which no API key has; check "
+            "that the variable holds the key"
+        )
     return key
 
 
