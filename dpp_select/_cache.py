@@ -18,7 +18,7 @@ from ._files import write_atomic
 
 __all__ = ["cache_path", "load_cached", "save_cached"]
 
-logger = logging.getLogger("dpp_select.cli")
+logger = logging.getLogger(__name__)
 
 
 def _model_fingerprint(model_path: str) -> list[tuple[str, int, int]]:

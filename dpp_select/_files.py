@@ -35,9 +35,12 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
-def check_distinct(paths: Sequence[tuple[str, str]]) -> None:
-    """Raise ``ValueError`` when two of the ``(option, path)`` pairs name the same file."""
-    for i, (opt_a, a) in enumerate(paths):
+def check_distinct(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]]
+                   ) -> None:
+    """Raise ``ValueError`` when an output ``(option, path)`` names the same file as another
+    output or an input (compared after resolving links, and by inode for hard links)."""
+    paths = list(outputs) + list(inputs)
+    for i, (opt_a, a) in enumerate(outputs):
         for opt_b, b in paths[i + 1:]:
             if _same(a, b):
                 raise ValueError(

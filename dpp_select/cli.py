@@ -34,8 +34,6 @@ from .selection import METHODS, _resolve_k, select
 
 __all__ = ["main"]
 
-logger = logging.getLogger(__name__)
-
 _UNSAFE = "unsafe"
 
 
@@ -136,8 +134,8 @@ def _check_args(args: argparse.Namespace) -> str:
     indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
     check_output(args.out, "--out")
     check_output(indices_out, "--indices-out")
-    check_distinct([("--out", args.out), ("--indices-out", indices_out),
-                    ("--pool", args.pool), ("--target", args.target)])
+    check_distinct([("--out", args.out), ("--indices-out", indices_out)],
+                   [("--pool", args.pool), ("--target", args.target)])
     return indices_out
 
 
