@@ -82,6 +82,13 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(q))
     if bad.size:
         raise ValueError(f"quality holds NaN or inf at indices {bad[:10].tolist()}")
+    if beta > 0 and n > 0 and not (q > 0).any():
+        warnings.warn(
+            "every relevance score is <= 0, so every weight max(q, 0)^beta is 0 and the kernel "
+            "is jitter x I: all candidates tie and the picks are simply pool indices 0, 1, 2, "
+            "...; check that the pool and the targets were embedded with the same model, or use "
+            "beta=0 (diversity only)", UserWarning, stacklevel=3,
+        )
     return np.power(np.maximum(q, 0.0), float(beta))
 
 
@@ -97,12 +104,14 @@ def _make_pass(emb: Any, backend: str, device: Any) -> tuple[Any, np.ndarray]:
                 emb = emb.to(torch.float32)
             emb = emb.cpu().numpy()
         x, norms = check_embeddings(emb, "embeddings")
-        return NumpyPass(x), norms
+        xpass = NumpyPass(x, norms)
+        return xpass, xpass.norms
     if backend == "torch":
         if not is_torch(emb):
             emb = torch.from_numpy(np.asarray(emb))
         x, norms = check_embeddings(emb, "embeddings")
-        return TorchPass(x, device), norms
+        xpass = TorchPass(x, norms, device)
+        return xpass, xpass.norms
     raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
 
 

@@ -19,6 +19,8 @@ __all__ = ["relevance_scores"]
 
 _BLOCK_ELEMENTS = 1 << 22  # entries of one similarity block (16 MiB in float32)
 _TARGET_BLOCK = 8192  # target rows per block, so a block always spans many pool rows
+# Pool row norms multiplied as stored, per product dtype; others are normalised first.
+_SAFE_NORMS = {torch.float32: (2.0**-32, 2.0**32), torch.float64: (2.0**-300, 2.0**300)}
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -43,19 +45,30 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     z = _as_tensor(target)
     # float64 when either side is float64, else float32 (half precision is widened per block).
     dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
-    z = z.to(device=x.device, dtype=dtype)
-    z = z / torch.from_numpy(target_norms).to(device=x.device, dtype=dtype)[:, None]
+    z = z.to(device=x.device, dtype=torch.float64)
+    z = (z / torch.from_numpy(target_norms).to(x.device)[:, None]).to(dtype)
+    # Pool rows with extreme norms are normalised in float64 before the product (in bounded
+    # blocks), so no finite scale, 1e-300 or 1e300, over- or underflows in the product's dtype.
+    low, high = _SAFE_NORMS[dtype]
+    unit_rows = bool(pool_norms.min() < low or pool_norms.max() > high)
+    p_norms = torch.from_numpy(pool_norms).to(x.device)
     n, m = x.shape[0], z.shape[0]
     col_block = min(m, _TARGET_BLOCK)
     rows = int(chunk_size or max(1, _BLOCK_ELEMENTS // col_block))
+    if unit_rows:
+        rows = min(rows, max(1, _BLOCK_ELEMENTS // x.shape[1]))
     out = np.empty(n, dtype=np.float64)
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
-        block = x[lo:hi].to(dtype)
+        if unit_rows:
+            block = (x[lo:hi].to(torch.float64) / p_norms[lo:hi, None]).to(dtype)
+        else:
+            block = x[lo:hi].to(dtype)
         best = torch.full((hi - lo,), -torch.inf, dtype=dtype, device=x.device)
         for c0 in range(0, m, col_block):
             sims = block @ z[c0:c0 + col_block].T
             best = torch.maximum(best, sims.amax(dim=1))
         out[lo:hi] = best.to(torch.float64).cpu().numpy()
-    out /= pool_norms
+    if not unit_rows:
+        out /= pool_norms
     return np.clip(out, -1.0, 1.0)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .diagnostics import (RELATIVE_JITTER, SelectionSummary, relative_jitter,
+                          summarize_selection)
 from .greedy import greedy_dpp_result
 from .relevance import relevance_scores
 
-__all__ = ["METHODS", "SelectionResult", "select"]
+__all__ = ["METHODS", "LowRelevanceWarning", "SelectionResult", "select"]
 
 METHODS = ("dpp", "dpp_diversity_only", "random", "top_relevance", "low_relevance",
            "high_relevance")
@@ -30,7 +33,9 @@ class SelectionResult:
     ``indices`` are pool row indices (int64) in selection order (greedy order for the DPP
     methods, decreasing/increasing relevance for the relevance methods, sampling order for the
     random ones); ``quality`` is q for every pool item; ``gains`` holds the DPP gain of each pick
-    (None for the other methods); ``rescored`` counts float64 re-scorings in the DPP.
+    (None for the other methods); ``rescored`` counts float64 re-scorings in the DPP;
+    ``summary`` describes the regime (q and weight quantiles, the jitter's share of the median
+    w^2 and the picks it decided; see :class:`dpp_select.diagnostics.SelectionSummary`).
     """
 
     indices: np.ndarray
@@ -41,6 +46,11 @@ class SelectionResult:
     seed: int
     gains: np.ndarray | None = None
     rescored: int = 0
+    summary: SelectionSummary | None = None
+
+
+class LowRelevanceWarning(UserWarning):
+    """The DPP ran where the jitter, not relevance and diversity, decides picks."""
 
 
 def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -> int:
@@ -74,7 +84,7 @@ def select(
     method: str = "dpp",
     beta: float = 4.0,
     seed: int = 0,
-    jitter: float = 1e-6,
+    jitter: float | str = 1e-6,
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
@@ -88,6 +98,13 @@ def select(
     items uniformly (seeded) from the more / less relevant half of the pool (from the k
     most / least relevant items when k exceeds half the pool). Relevance ties go to the lowest
     index.
+
+    ``jitter`` is added to the kernel's diagonal: the default 1e-6 is the authors' constant,
+    which is negligible next to weights of order 1 (their hidden states); ``"relative"`` uses
+    1e-6 x the median positive w^2, the same share whatever the scale of q, and makes the picks
+    invariant to rescaling the weights (``eps`` is then measured in that unit too). When the
+    jitter exceeds 1% of the median w^2 or of a pick's gain, or k exceeds the embedding
+    dimension, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -96,11 +113,26 @@ def select(
     k = _resolve_k(k, ratio, n_pool, n_target)
     rng = np.random.default_rng(seed)
     by_relevance = np.argsort(-quality, kind="stable")
+    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
+                                      and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    dim = int(np.shape(pool_emb)[1])
     if method in ("dpp", "dpp_diversity_only"):
         b = 0.0 if method == "dpp_diversity_only" else beta
+        if isinstance(jitter, str):
+            if jitter != "relative":
+                raise ValueError(f"jitter must be a number >= 0 or 'relative', got {jitter!r}")
+            w = np.power(np.maximum(quality, 0.0), b)
+            jitter = relative_jitter(w)
+            eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
                                 backend=backend, device=device)
-        return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored)
+        summary = summarize_selection(method, quality, b, int(res.indices.size), dim, res.gains,
+                                      float(jitter))
+        if summary.low_relevance:
+            warnings.warn(summary.advice(), LowRelevanceWarning, stacklevel=2)
+        return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored,
+                               summary)
     if method == "top_relevance":
         idx = by_relevance[:k].astype(np.int64)
     elif method == "random":
@@ -109,4 +141,5 @@ def select(
         idx = _half_sample(by_relevance, k, rng)
     else:
         idx = _half_sample(np.argsort(quality, kind="stable"), k, rng)
-    return SelectionResult(idx, quality, method, k, beta, seed)
+    summary = summarize_selection(method, quality, beta, int(idx.size), dim)
+    return SelectionResult(idx, quality, method, k, beta, seed, summary=summary)
