@@ -21,6 +21,7 @@ def covariance(inputs: list[torch.Tensor]) -> torch.Tensor:
 
 def inverse_error(c: torch.Tensor, damp: float) -> float:
     d = c.shape[0]
+    c = c / torch.mean(torch.diag(c))
     lam = torch.mean(torch.diag(c)) * damp
     fixed = c + torch.diag(torch.ones(d, dtype=c.dtype) * lam)
     return float(torch.dist(fixed @ torch.linalg.inv(fixed), torch.eye(d, dtype=c.dtype)))
@@ -28,8 +29,10 @@ def inverse_error(c: torch.Tensor, damp: float) -> float:
 
 def adapter(w: torch.Tensor, c: torch.Tensor, r: int, tol: float = 0.05):
     """Step 2: damp C until the inverse is accurate, SVD of W(C + lam I), V <- (C + lam I)^-1 V,
-    keep the r smallest components: A = U_r S_r^1/2, B = S_r^1/2 V_r^T. Returns (A, B, damp)."""
+    keep the r smallest components: A = U_r S_r^1/2, B = S_r^1/2 V_r^T. Returns (A, B, damp).
+    C is first divided by its mean diagonal (the library's replacement of per-batch max scaling)."""
     d = c.shape[0]
+    c = c / torch.mean(torch.diag(c))
     damp = 0.01
     while True:
         lam = torch.mean(torch.diag(c)) * damp

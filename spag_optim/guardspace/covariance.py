@@ -11,9 +11,10 @@ stored once per group.
 
 The authors' hooks divide every batch by ``torch.max(input).abs()`` (the absolute value of the
 signed maximum) before accumulating. That is dropped: it re-weights batches by one token's value,
-makes C depend on how the data are batched, and only guarded against fp16/fp32 overflow, which
-float64 accumulation of a token mean does not need. The adapter product :math:`AB` and the
-relative null-space threshold do not depend on C's overall scale anyway.
+makes C depend on how the data are batched, and guards against fp16/fp32 overflow, which float64
+accumulation of a token mean does not need. Its other effect, keeping C near O(1) so that the
+adapter factors are balanced, is obtained by scaling C to unit mean diagonal in step 2
+(:func:`.decompose.preconditioned_svd`); the null-space threshold is relative, so scale-free.
 """
 
 from __future__ import annotations

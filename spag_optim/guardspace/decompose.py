@@ -1,7 +1,7 @@
 r"""The two per-layer factorisations of GuardSpace (arXiv 2510.14301, Sec. 3), as pure functions.
 
 * :func:`preconditioned_svd` (step 2): the covariance-preconditioned SVD of a weight. ``C`` is
-  damped with :math:`\lambda = d \cdot \mathrm{mean}(\mathrm{diag}\,C)`, ``d`` starting at 0.01 and
+  first scaled to unit mean diagonal (see below), then damped with :math:`\lambda = d \cdot \mathrm{mean}(\mathrm{diag}\,C)`, ``d`` starting at 0.01 and
   doubling until :math:`\lVert (C+\lambda I)(C+\lambda I)^{-1} - I\rVert_F < 0.05`; then
   :math:`W(C+\lambda I) = U\Sigma V^\top` and :math:`V \leftarrow (C+\lambda I)^{-1}V`, so that
   :math:`U\Sigma V^\top = W` again. The *smallest* ``rank`` components become the adapter,
@@ -10,6 +10,14 @@ r"""The two per-layer factorisations of GuardSpace (arXiv 2510.14301, Sec. 3), a
 * :func:`null_space` (step 3): the eigenvectors of ``C_null`` whose eigenvalues are at most
   :math:`\max(10^{-8}, 10^{-6}\lambda_{max})` span the null space of the null-space data; the
   projector onto it is :math:`P = \hat Q\hat Q^\top`. Stored factored (see :class:`NullSpace`).
+
+Scale of C. :math:`AB` does not depend on C's overall scale, but the split does: scaling C by ``s``
+scales ``A`` by :math:`\sqrt s` and ``B`` by :math:`1/\sqrt s`. The authors keep C near O(1) by
+dividing every batch by its maximum (see :mod:`.covariance`); activations of size ``1e-2`` would
+otherwise give ``B`` entries ~100x ``A``'s, so AdamW (which moves every entry by about the learning
+rate) trains them lopsidedly, and any input leaking through :math:`P` is amplified by ``|B|``. Here
+C is divided by its mean diagonal instead: the same purpose, independent of batching and of
+activation size.
 
 Both run in the dtype they are given; :func:`spag_optim.guardspace.apply_guardspace` passes float64.
 """
@@ -55,9 +63,10 @@ def preconditioned_svd(
             "the safety covariance has a zero or non-finite diagonal: the layer saw no (finite) "
             "input; check that the safety batches reach it"
         )
+    cov = cov / scale  # unit mean diagonal: see the module docstring
     eye = torch.eye(d_in, dtype=cov.dtype, device=cov.device)
     for _ in range(_MAX_DOUBLINGS):
-        damped = cov + eye * (scale * damping)
+        damped = cov + eye * damping
         inverse = torch.linalg.inv(damped)
         if torch.linalg.matrix_norm(damped @ inverse - eye) < inverse_tol:
             break
