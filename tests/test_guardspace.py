@@ -160,5 +160,7 @@ def test_bad_targets_and_double_application_fail_clearly(tok):
     model, null, _ = guarded(tok)
     with pytest.raises(ValueError, match="already a GuardSpace layer"):
         apply_guardspace(model, null, null, rank=2, progress=False)
+    with pytest.raises(ValueError, match="rank 33 must be in.*k_proj"):
+        apply_guardspace(llama(tok), null, null, rank=33, target_modules=["k_proj"], progress=False)
     with pytest.raises(ValueError, match="no target Linear found.*q_proj"):
         apply_guardspace(llama(tok), null, null, rank=2, target_modules=["nope"], progress=False)

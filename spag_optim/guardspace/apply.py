@@ -124,6 +124,9 @@ def apply_guardspace(
     if null_rel_tol is None:
         null_rel_tol = 1e-10 if covariance_dtype == torch.float64 else 1e-6
     layers = find_targets(model, target_modules)
+    too_small = {n: tuple(m.weight.shape) for n, m in layers.items() if rank > min(m.in_features, m.out_features)}
+    if rank < 1 or too_small:
+        raise ValueError(f"rank {rank} must be in [1, min(in, out)] of every target; too large for {too_small}")
     null_covs, null_leader = input_covariances(
         model, layers, null_batches, dtype=covariance_dtype, desc="GuardSpace null-space covariances",
         progress=progress,
