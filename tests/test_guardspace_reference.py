@@ -121,3 +121,13 @@ def test_bad_rank_and_dead_layer_are_rejected():
         preconditioned_svd(w, torch.eye(6, dtype=torch.float64), 5)
     with pytest.raises(ValueError, match="saw no"):
         preconditioned_svd(w, torch.zeros(6, 6, dtype=torch.float64), 2)
+
+
+def test_non_finite_inputs_are_rejected_before_any_layer_changes():
+    gen = torch.Generator().manual_seed(3)
+    net = Net().double()
+    batches = make_batches(gen, 2, D_X, D_Y)
+    batches[1]["x"][0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="non-finite inputs reached"):
+        apply_guardspace(net, batches, batches, rank=2, progress=False)
+    assert all(type(m) is nn.Linear for m in net.children())

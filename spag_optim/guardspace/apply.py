@@ -155,9 +155,13 @@ def apply_guardspace(
     if leader != null_leader:
         raise ValueError("the layers sharing an input differ between the safety and null batches")
     report: dict[str, LayerReport] = {}
+    uses = {key: list(leader.values()).count(key) for key in covs}
     for name, linear in layers.items():
         weight = linear.weight
         cov = covs[leader[name]]
+        uses[leader[name]] -= 1
+        if uses[leader[name]] == 0:
+            del covs[leader[name]]  # free each covariance after its group's last layer
         a, b, used = preconditioned_svd(weight.to(cov), cov, rank, damping=damping, inverse_tol=inverse_tol)
         projector = projectors[leader[name]]
         a, b = a.to(weight.dtype), b.to(weight.dtype)

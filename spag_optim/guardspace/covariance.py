@@ -31,8 +31,7 @@ class _Collector:
     """Forward pre-hooks that find shared inputs on the first batch, then accumulate one covariance
     per group of layers."""
 
-    def __init__(self, layers: Mapping[str, nn.Linear], dtype: torch.dtype):
-        self.layers = layers
+    def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
         self.leader: dict[str, str] = {}  # layer -> the first layer that read the same tensor
         self.sums: dict[str, Tensor] = {}
@@ -62,8 +61,6 @@ class _Collector:
         else:
             rows = x.reshape(-1, x.shape[-1])
         rows = rows.to(self.dtype)
-        if not torch.isfinite(rows).all():
-            raise ValueError(f"{name}: non-finite input while collecting covariances")
         if name not in self.sums:
             self.sums[name] = torch.zeros(x.shape[-1], x.shape[-1], dtype=self.dtype, device=x.device)
             self.counts[name] = 0
@@ -86,7 +83,7 @@ def input_covariances(
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Run ``model(**batch)`` over ``batches`` and return ``(covariances, leader)``: one covariance
     per group leader, and for every layer the name of its group's leader."""
-    collector = _Collector(layers, dtype)
+    collector = _Collector(dtype)
     handles = [module.register_forward_pre_hook(collector.hook(name)) for name, module in layers.items()]
     device = next(model.parameters()).device
     was_training = model.training
@@ -110,4 +107,7 @@ def input_covariances(
     missing = [name for name in layers if collector.leader.get(name, name) not in collector.sums]
     if missing:
         raise ValueError(f"{desc}: no batch reached {missing[:5]}; give at least one batch that runs them")
+    bad = [name for name, s in collector.sums.items() if not bool(torch.isfinite(s).all())]
+    if bad:
+        raise ValueError(f"{desc}: non-finite inputs reached {bad[:5]}; check the model and batches")
     return {name: s / collector.counts[name] for name, s in collector.sums.items()}, dict(collector.leader)

@@ -7,7 +7,8 @@ r"""The modules GuardSpace puts in place of an ``nn.Linear`` (arXiv 2510.14301, 
 
 :class:`NullSpaceProjector` holds :math:`P` factored, never as the dense ``d x d`` matrix of the
 authors' code: ``Px = QQ^T x`` or ``Px = x - QQ^T x``, whichever ``Q`` has fewer columns, and one
-projector is shared by every Linear that reads the same input (q/k/v, gate/up).
+projector is shared by every Linear that reads the same input (q/k/v, gate/up). The projection itself is
+recomputed by each of them (``2 * d * m`` multiply-adds per token, ``m`` the stored columns).
 """
 
 from __future__ import annotations
