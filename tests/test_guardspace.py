@@ -62,7 +62,7 @@ def guarded(tok, rank=4):
     the width, so the paper's threshold finds a null space everywhere)."""
     model = llama(tok)
     null = single(tok, SAFE_TEXTS[:2])
-    report = apply_guardspace(model, single(tok, SAFE_TEXTS), null, rank=rank, progress=False)
+    report = apply_guardspace(model, single(tok, SAFE_TEXTS), null, rank=rank)  # with progress bars
     return model, null, report
 
 
