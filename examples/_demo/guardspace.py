@@ -15,6 +15,11 @@ frozen. The demo uses the library's documented alternative with the value its wa
 :data:`NULL_ENERGY`: protect the leading directions carrying 99% of the safe data's spectral energy
 and let the adapters use the rest (on the seed-0 aligned model that leaves 38-54 of 64 input
 directions, and 103-106 of 128, to the adapters). Chosen before seeing any result, not tuned.
+
+``guardspace_spard``: SPAG's closure runs on the same safe rows whose layer outputs GuardSpace holds
+fixed (up to the 1% of energy left to the adapters), so its safety loss barely moves and SPAG
+seldom, if ever, projects (0 projections on seeds 0 and 1). The two compose usefully when SPAG's
+safe data reach beyond the null-space data.
 """
 
 from __future__ import annotations
