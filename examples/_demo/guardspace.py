@@ -18,7 +18,7 @@ directions, and 103-106 of 128, to the adapters). Chosen before seeing any resul
 
 ``guardspace_spard``: SPAG's closure runs on the same safe rows whose layer outputs GuardSpace holds
 fixed (up to the 1% of energy left to the adapters), so its safety loss barely moves and SPAG
-seldom, if ever, projects (0 projections on seeds 0 and 1). The two compose usefully when SPAG's
+seldom, if ever, projects (0 projections on seeds 0, 1 and 2). The two compose usefully when SPAG's
 safe data reach beyond the null-space data.
 """
 
