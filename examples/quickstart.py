@@ -20,7 +20,9 @@ and ``ptst`` (safety system prompt at test time only), all on the same safe rows
 ``spag_random`` and ``spag_top_relevance`` (SPAG with other safe-data choices), ``spard`` (SPAG +
 DPP, library defaults), ``spard_relative_trust`` / ``spard_no_trust`` / ``spard_fixed_trust`` /
 ``spard_lr_trust`` (SPAG's trust region pinned to relative rho=0.5 / none / eta_safe=0.01 / the
-learning rate) and ``spard_authors_code`` (the authors' released update, tolerance 0.1).
+learning rate) and ``spard_authors_code`` (the authors' released update, tolerance 0.1);
+``guardspace`` (GuardSpace's null-space adapters instead of LoRA, built from the same safe rows) and
+``guardspace_spard`` (those adapters trained with SPAG).
 
 The synthetic "harmful" data only names placeholder tasks; no real harmful content is anywhere.
 Writes ``results.json`` and (with matplotlib) ``results.png`` to ``--out``.

@@ -327,3 +327,30 @@ def test_the_system_prompt_words_come_after_the_data_words_so_their_ids_did_not_
 def test_a_method_that_would_ignore_or_lack_its_safe_data_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Method("broken", **kwargs)
+
+
+def test_guardspace_rows_train_guardspace_adapters_from_the_safe_rows():
+    """``guardspace`` swaps LoRA for GuardSpace's adapters (AdamW alone); ``guardspace_spard`` adds
+    SPAG; both build the adapters from the method's safe rows and train nothing else."""
+    import torch
+    from dataclasses import replace
+
+    from _demo.attack import LORA_TARGETS, run_attack
+    from _demo.model import ModelSize, build_model
+    from spag_optim.guardspace import GuardSpaceLinear
+
+    assert {"guardspace", "guardspace_spard"} <= set(METHODS)
+    d = make_demo_data(SMOKE)
+    model = build_model(d.tokenizer, ModelSize(hidden=32, layers=1), seed=0)
+    config = replace(SMOKE, tau=0.0)  # tau 0: SPAG projects on every step
+    for name in ("guardspace", "guardspace_spard"):
+        out = run_attack(model, d.tokenizer, d.finetune, METHODS[name], d.safe_pool[:4], config,
+                         desc=name, progress=False)
+        layers = [m for m in out.model.modules() if isinstance(m, GuardSpaceLinear)]
+        assert len(layers) == len(LORA_TARGETS)
+        assert all(not torch.equal(m.adapter_B, m.init_B) for m in layers)
+        trained = {n for n, p in out.model.named_parameters() if p.requires_grad}
+        assert trained and all(n.endswith(("adapter_A", "adapter_B")) for n in trained)
+        assert (out.projections > 0) == (name == "guardspace_spard")
+    with pytest.raises(ValueError, match="needs safe data"):
+        Method("x", None, wrapper=None, adapter="guardspace")
