@@ -11,10 +11,16 @@ Sections (each grid cell runs in a fresh process so peak memory is its own):
         N=8000, d=256, k=240, beta 4, jitter 1e-6): picks against an exact float64 greedy, how
         many candidates the float32 error bounds sent to float64 re-scoring, and where a plain
         float32-pass greedy without re-scoring diverges.
+  lazy  greedy_dpp(lazy=True) against today's full-pass greedy, same process, on the families of
+        benchmarks/lazy_families.py (isotropic, clustered, narrow relevance, real text) at
+        N = 1e5 and 1e6, d = 384, k = 200: time ratio, work fraction, identical picks. The
+        text family needs --texts (JSONL pool files with prompt/safe fields, comma-separated)
+        and optionally --target-texts (JSONL with prompt); without --texts it is skipped.
   gpu   only with CUDA: N=1e6, d=4096 bfloat16 on the torch backend, and the fraction of the
         measured device-to-device copy bandwidth each step achieves.
 
-Usage: python benchmarks/dpp_scaling.py [--quick] [--sections grid,refs,llm,gpu] [--out PATH]
+Usage: python benchmarks/dpp_scaling.py [--quick] [--sections grid,refs,llm,lazy,gpu] [--out PATH]
+       [--texts POOL.jsonl[,...]] [--target-texts TARGET.jsonl]
 On a shared machine, OPENBLAS_NUM_THREADS=1 avoids BLAS threads waiting on busy cores (the
 recorded results say which setting they used).
 """
@@ -33,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import lazy_families  # noqa: E402  (benchmarks/, the script's folder)
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from dpp_select.reference import (chen_greedy, dense_kernel, feature_greedy,  # noqa: E402
                                   float32_pass_greedy, resolve_greedy)
@@ -210,7 +217,8 @@ def _fmt_bytes(b: float) -> str:
     return f"{b / 2**20:.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
 
-SECTIONS = ("grid", "refs", "llm", "gpu")
+SECTIONS = ("grid", "refs", "llm", "lazy", "gpu")
+TEXT_ARGS: dict = {}  # --texts / --target-texts, read by the lazy section
 
 
 GRID_NOTE = (
@@ -297,6 +305,32 @@ def _section_llm(quick: bool) -> list[str]:
     return lines
 
 
+def _section_lazy(quick: bool) -> list[str]:
+    lines = ["## Lazy greedy (`lazy=True`) against the full-pass greedy", "",
+             "Same process, numpy backend, d = 384, k = 200, beta 4, jitter 1e-6; each mode run "
+             "twice, interleaved (lazy, full, lazy, full), best time of each. Work = float32 "
+             "multiply-adds with X relative to the full-pass greedy (k - 1 passes). Same = "
+             "identical picks and bit-identical gains. Families: see benchmarks/lazy_families.py.",
+             "", "| family | N | q 5-95% | full (s) | lazy (s) | lazy / full | work | re-scored "
+             "full / lazy | same |", "|---|---|---|---|---|---|---|---|---|"]
+    texts = TEXT_ARGS.get("texts")
+    for family in ("isotropic", "clustered", "narrow", "text"):
+        if family == "text" and not texts:
+            lines.append("| text | - | - | - | - | skipped: pass --texts | - | - | - |")
+            print(lines[-1], flush=True)
+            continue
+        for n in ([20_000] if quick else [100_000, 1_000_000]):
+            r = _in_child(lazy_families.lazy_cell, family, n, texts,
+                          TEXT_ARGS.get("targets"))
+            name = f"{family} ({r['note']})" if r["note"] else family
+            lines.append(
+                f"| {name} | {n:,} | {r['q'][0]:.2f}-{r['q'][1]:.2f} | {r['full']:.2f} | "
+                f"{r['lazy']:.2f} | {r['lazy'] / r['full']:.2f}x | {r['work']:.2f} | "
+                f"{r['resc'][0]} / {r['resc'][1]} | {r['same']} |")
+            print(lines[-1], flush=True)
+    return lines + [""]
+
+
 def _section_gpu(quick: bool) -> list[str]:
     lines: list[str] = []
     try:
@@ -324,7 +358,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sections", default="grid,refs,llm,gpu",
                         help="comma-separated sections to run; empty: only collect the file")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--texts", default=None,
+                        help="comma-separated JSONL pool files (prompt, safe) for the lazy "
+                             "section's real-text family; skipped when absent")
+    parser.add_argument("--target-texts", default=None,
+                        help="JSONL file of fine-tuning prompts for that family's relevance")
     args = parser.parse_args(argv)
+    TEXT_ARGS.update(texts=args.texts, targets=args.target_texts)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:

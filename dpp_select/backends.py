@@ -86,6 +86,10 @@ class NumpyPass:
         rows = np.asarray(self._source[idx], dtype=np.float64)
         return rows / self._norms[idx, None] if self._unit_rows else rows
 
+    def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
+        """``X[rows] @ basis.T`` in float32, each entry within the same bound as ``project``."""
+        return self._x32[rows] @ basis.astype(np.float32).T  # a rounded as in project
+
 
 def _tf32_enabled(device: torch.device) -> bool:
     """Whether float32 products on ``device`` may use TF32 (10-bit mantissa)."""
@@ -162,6 +166,20 @@ class TorchPass:
         index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device)
         rows = self._source.index_select(0, index).to(torch.float64).cpu().numpy()
         return rows / self._norms[idx, None] if self._unit else rows
+
+    def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
+        """``X[rows] @ basis.T`` in ``pass_dtype`` on the device, returned as NumPy.
+
+        ``rows`` is an index array (gathered on the device) or a slice of at most a few
+        thousand rows (upcast whole when X is stored in half precision).
+        """
+        if isinstance(rows, slice):
+            block = self._x[rows]
+        else:
+            index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+            block = self._x.index_select(0, index.to(self.device))
+        b = torch.from_numpy(np.ascontiguousarray(basis)).to(self.device, self._pass_dtype)
+        return (block.to(self._pass_dtype) @ b.T).cpu().numpy()
 
     @property
     def pass_dtype(self) -> np.dtype:

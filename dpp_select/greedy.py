@@ -53,13 +53,16 @@ class GreedyResult:
     """Picks in greedy order with their gains det(L_{S+i}) / det(L_S) and work counters.
 
     ``rescored`` counts float64 re-scorings triggered by the float32 error bounds (the price of
-    exactness); ``stopped_early`` is True when fewer than the requested items were selected.
+    exactness); ``stopped_early`` is True when fewer than the requested items were selected;
+    ``passes`` is the multiply-add work of the float32 products with X in units of one full pass
+    (N d multiply-adds): one per step for the full-pass greedy, less with ``lazy``.
     """
 
     indices: np.ndarray
     gains: np.ndarray
     rescored: int
     stopped_early: bool
+    passes: float = 0.0
 
 
 def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
@@ -124,6 +127,7 @@ def greedy_dpp(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    lazy: bool | str = False,
 ) -> np.ndarray:
     """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
 
@@ -137,8 +141,14 @@ def greedy_dpp(
     backend) are exact for their rounded values, which differ from float32 embeddings by up to
     2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
     than about that fraction may change against a float32 run.
+
+    ``lazy=True`` brings forward, at each step, only the candidates whose stale gain (an upper
+    bound, since gains never increase) could still win, falling back to a full pass whenever
+    that would cost more (see ``lazy.py``): identical picks and gains, less work on data whose
+    gains spread out (isotropic or real-text embeddings), about the same on data where nearly
+    every candidate stays close to the best.
     """
-    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device).indices
+    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device, lazy).indices
 
 
 def greedy_dpp_result(
@@ -150,8 +160,9 @@ def greedy_dpp_result(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    lazy: bool | str = False,
 ) -> GreedyResult:
-    """:func:`greedy_dpp` returning gains and the float64 re-scoring count as well."""
+    """:func:`greedy_dpp` returning gains, the float64 re-scoring count and the work as well."""
     xpass, norms = _make_pass(emb, backend, device)
     n = xpass.n
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
@@ -162,7 +173,13 @@ def greedy_dpp_result(
         raise ValueError(f"jitter must be finite and >= 0, got {jitter!r}")
     if not (math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    if not isinstance(lazy, bool):
+        raise ValueError(f"lazy must be True or False, got {lazy!r}")
     w = dpp_weights(quality, n, beta)
+    if lazy:
+        from .lazy import run_lazy  # lazy.py builds on this module's helpers
+
+        return run_lazy(xpass, norms, w, int(k), float(jitter), float(eps))
     return _run(xpass, norms, w, int(k), float(jitter), float(eps))
 
 
@@ -182,7 +199,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
     margin = _MARGIN * float(base.max())
     picks: list[int] = []
     gains: list[float] = []
-    rescored = 0
+    rescored = passes = 0
     chunks = [(lo, min(n, lo + _CHUNK)) for lo in range(0, n, _CHUNK)]
     ub_max = np.empty(len(chunks))
 
@@ -194,6 +211,7 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             a = basis_a[t - 1]
             bound = xpass.unit * float(np.linalg.norm(a))
             xpass.project(a, v)
+            passes += 1
             best_lower = -np.inf
             for c, (lo, hi) in enumerate(chunks):
                 m = hi - lo
@@ -234,7 +252,12 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
         gains.append(best_gain)
         gain[choice] = -np.inf
         err[choice] = 0.0
+    return _finish(picks, gains, rescored, k, eps, float(passes))
 
+
+def _finish(picks: list[int], gains: list[float], rescored: int, k: int, eps: float,
+            passes: float) -> GreedyResult:
+    """Warn when fewer than ``k`` items were picked and package the result."""
     stopped = len(picks) < k
     if stopped:
         message = (
@@ -243,9 +266,10 @@ def _run(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, ep
             "exhausted (more items than distinct directions, or too many zero weights); add "
             "jitter > 0, lower eps, or ask for fewer items"
         )
-        warnings.warn(message, EarlyStopWarning, stacklevel=3)  # once: not also logged
+        warnings.warn(message, EarlyStopWarning, stacklevel=4)  # once: not also logged
     logger.debug("greedy DPP: %d picks, %d float64 re-scorings", len(picks), rescored)
-    return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped)
+    return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped,
+                        passes)
 
 
 def _extend_basis(xpass: Any, choice: int, scale: float, jitter: float, basis_a: np.ndarray,
