@@ -67,9 +67,9 @@ def parse_seeds(spec: str) -> list[int]:
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
-        lo, _, hi = part.partition("-")
+        lo, dash, hi = part.partition("-")
         try:
-            seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
         except ValueError:
             raise ValueError(f"bad --seeds {spec!r}; write e.g. '0-4' or '0,1,5'") from None
     if not seeds:
