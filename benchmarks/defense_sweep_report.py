@@ -34,7 +34,10 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
 
 def _fmt(values: Sequence[float], digits: int = 2) -> str:
     mean, half = t_interval(values)
-    return f"{mean:.{digits}f}" if math.isnan(half) else f"{mean:.{digits}f} ± {half:.{digits}f}"
+    text = f"{mean:.{digits}f}"
+    if float(text) == 0.0:
+        text = f"{0.0:.{digits}f}"  # no "-0.00" for a difference that rounds to nothing
+    return text if math.isnan(half) else f"{text} ± {half:.{digits}f}"
 
 
 def _by(cells: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
