@@ -26,6 +26,7 @@ __all__ = [
     "arithmetic_problems",
     "benign_requests",
     "all_harmful_tasks",
+    "harmful_categories",
     "harmful_splits",
     "harmful_examples",
     "random_sample",
@@ -152,6 +153,11 @@ def harmful_splits(seed: int) -> HarmfulSplit:
 def all_harmful_tasks() -> list[str]:
     """Every placeholder harmful task (alignment teaches the model to refuse all of them)."""
     return [f"{v} {o}" for verbs, objects in _HARMFUL_CATEGORIES.values() for v in verbs for o in objects]
+
+
+def harmful_categories() -> dict[str, str]:
+    """Every placeholder harmful task -> the name of its category."""
+    return {f"{v} {o}": name for name, (verbs, objects) in _HARMFUL_CATEGORIES.items() for v in verbs for o in objects}
 
 
 def harmful_examples(
