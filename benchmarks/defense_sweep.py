@@ -31,7 +31,6 @@ import argparse
 import functools
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -201,6 +200,9 @@ def sweep(
     _progress(progress, f"{done}/{total} cells already done, {len(todo)} to run")
     if not todo:
         return state
+    # This run's record is saved with every cell, so an interrupted run still shows its time.
+    run = {"cells": 0, "wall_seconds": 0.0, "workers": workers}
+    state.setdefault("runs", []).append(run)
     # Spawned workers: each starts clean (one torch thread, its own per-seed context), like a rerun.
     with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _init_worker, (threads,)) as pool:
         # Stage 1 first, one seed per worker, so two workers never train the same aligned model.
@@ -212,6 +214,7 @@ def sweep(
             elapsed = time.perf_counter() - started
             state["cells"][key] = cell
             state["wall_seconds"] = prior_wall + elapsed
+            run.update(cells=i, wall_seconds=elapsed)
             _save(path, state)
             # Cells run in seed order, so this rate mixes the attacks' costs (a rough estimate).
             eta = (time.perf_counter() - cells_started) / i * (len(todo) - i)
@@ -220,9 +223,8 @@ def sweep(
                 f"[{done + i}/{total}] {cell['method']} {cell['attack']} seed {cell['seed']}: ASR {cell['asr']:.2f} "
                 f"utility {cell['utility']:.2f} ({cell['cell_seconds']:.0f}s); elapsed {elapsed:.0f}s, eta {eta:.0f}s",
             )
-    wall = time.perf_counter() - started
-    state["wall_seconds"] = prior_wall + wall
-    state.setdefault("runs", []).append({"cells": len(todo), "wall_seconds": wall, "workers": workers})
+    run["wall_seconds"] = time.perf_counter() - started
+    state["wall_seconds"] = prior_wall + run["wall_seconds"]
     _save(path, state)
     return state
 
@@ -243,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for tests: seconds, not results")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--report-name", default="defense_sweep", help="file stem of the Markdown table and plot (the JSON is shared)"
+    )
     args = parser.parse_args(argv)
     try:
         methods = resolve_methods(args.methods)
@@ -262,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     keys = [cell_key(m, a, s, args.smoke) for s in seeds for a in attacks for m in methods]
     cells = [state["cells"][k] for k in keys]
-    md = write_markdown(args.out / "defense_sweep.md", cells, methods, attacks, seeds, state["wall_seconds"])
+    command = " ".join(["python benchmarks/defense_sweep.py", *(sys.argv[1:] if argv is None else argv)])
+    md = write_markdown(args.out / f"{args.report_name}.md", cells, methods, attacks, seeds, state["runs"], command)
     print(f"wrote {args.out / 'defense_sweep.json'} and {md}")
-    png = write_plot(args.out / "defense_sweep.png", cells, methods, attacks)
+    png = write_plot(args.out / f"{args.report_name}.png", cells, methods, attacks)
     print(f"wrote {png}" if png else "matplotlib is not installed: skipped defense_sweep.png")
     return 0
 

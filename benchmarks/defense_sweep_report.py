@@ -54,7 +54,8 @@ def write_markdown(
     methods: Sequence[str],
     attacks: Sequence[str],
     seeds: Sequence[int],
-    wall_seconds: float,
+    runs: Sequence[Mapping[str, Any]],
+    command: str = "python benchmarks/defense_sweep.py",
 ) -> Path:
     """``defense_sweep.md``: per method and attack, ASR and utility (mean and 95% t interval over
     seeds) and the median fine-tuning seconds, then the per-seed paired differences against :data:`REFERENCE`."""
@@ -63,8 +64,10 @@ def write_markdown(
     lines = [
         "# Defense sweep: every demo method x attack preset x seed",
         "",
-        f"`python benchmarks/defense_sweep.py` (seeds {', '.join(map(str, seeds))}; {len(cells)} cells; "
-        f"wall time {wall_seconds / 60:.0f} min on this machine, summed over resumed runs).",
+        f"`{command}` (seeds {', '.join(map(str, seeds))}; {len(cells)} cells). The runs that filled "
+        "`defense_sweep.json`, wall time on this shared 2-core machine: "
+        + "; ".join(f"{r['cells']} cells in {r['wall_seconds'] / 60:.1f} min ({r['workers']} workers)" for r in runs)
+        + ".",
         "Each entry: mean ± half-width of the 95% Student-t interval over seeds (a seed redraws data, "
         "aligned weights and order; the interval covers seed-to-seed variation, not the fixed "
         "evaluation sets). ASR: lower is safer. `s`: median fine-tuning seconds over seeds "

@@ -96,9 +96,10 @@ def test_the_markdown_table_has_mean_and_interval_per_method_and_the_paired_diff
                 "base": {"asr": 0.0, "utility": 1.0}}
 
     cells = [cell("sft", s, 1.0) for s in range(3)] + [cell("spard", s, a) for s, a in enumerate((0.2, 0.4, 0.9))]
-    text = write_markdown(tmp_path / "t.md", cells, ["sft", "spard"], ["heavy"], [0, 1, 2], 60.0).read_text()
+    text = write_markdown(tmp_path / "t.md", cells, ["sft", "spard"], ["heavy"], [0, 1, 2], [{"cells": 6, "wall_seconds": 60.0, "workers": 1}]).read_text()
     mean, half = t_interval([0.2, 0.4, 0.9])
     assert f"| `spard` | {mean:.2f} ± {half:.2f} | 1.00 ± 0.00 | 2 |" in text
     assert "| `sft` | 1.00 ± 0.00 |" in text
+    assert "6 cells in 1.0 min (1 workers)" in text
     diff_mean, diff_half = t_interval([-0.8, -0.6, -0.1])
     assert f"| `sft` | {diff_mean:.2f} ± {diff_half:.2f} | 0.00 ± 0.00 |" in text
