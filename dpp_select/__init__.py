@@ -9,7 +9,8 @@ mean-pooled hidden-state embeddings they work on.
 from .embed import embed_texts
 from .greedy import EarlyStopWarning, greedy_dpp
 from .relevance import relevance_scores
-from .selection import SelectionResult, select
+from .diagnostics import SelectionSummary
+from .selection import LowRelevanceWarning, SelectionResult, select
 
-__all__ = ["EarlyStopWarning", "SelectionResult", "embed_texts", "greedy_dpp",
-           "relevance_scores", "select"]
+__all__ = ["EarlyStopWarning", "LowRelevanceWarning", "SelectionResult", "SelectionSummary",
+           "embed_texts", "greedy_dpp", "relevance_scores", "select"]

@@ -17,6 +17,8 @@ __all__ = ["EmbeddingError", "is_torch", "check_embeddings", "row_norms"]
 
 _NORM_CHUNK_ELEMENTS = 1 << 17  # float64 entries converted at once (1 MiB: stays in cache)
 _FLOAT_NUMPY = (np.float16, np.float32, np.float64)
+# Norms outside this range may have over- or underflowed in the sum of squares.
+_NORM_LOW, _NORM_HIGH = 2.0**-450, 2.0**450
 _FLOAT_TORCH = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -35,24 +37,48 @@ def _name_rows(rows: np.ndarray) -> str:
     return f"{shown}{more}"
 
 
+def _rescaled_norms(chunk: np.ndarray) -> np.ndarray:
+    """Norms of float64 rows whose squares overflow or underflow: scale by the largest entry."""
+    peak = np.max(np.abs(chunk), axis=1)
+    safe = np.where(peak > 0, peak, 1.0)
+    scaled = chunk / safe[:, None]
+    return peak * np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+
+
 def row_norms(x: np.ndarray | torch.Tensor) -> np.ndarray:
     """Euclidean norm of each row in float64 (NumPy, on the CPU), computed chunk by chunk.
 
     A row holding NaN or inf gets a non-finite norm, so this one pass also finds those rows
-    without an (N, d) boolean temporary.
+    without an (N, d) boolean temporary. Rows whose sum of squares leaves float64's comfortable
+    range (entries beyond about 1e150 or below 1e-150) are recomputed scaled by their largest
+    entry, so every finite row has a finite, accurate norm.
     """
     n = x.shape[0]
     rows = max(1, _NORM_CHUNK_ELEMENTS // max(1, x.shape[1]))
     out = np.empty(n, dtype=np.float64)
-    for lo in range(0, n, rows):
-        hi = min(n, lo + rows)
-        if is_torch(x):
-            chunk = x[lo:hi].to(torch.float64)
-            out[lo:hi] = torch.linalg.vector_norm(chunk, dim=1).cpu().numpy()
-        else:
-            chunk = np.asarray(x[lo:hi], dtype=np.float64)
-            out[lo:hi] = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for lo in range(0, n, rows):
+            _chunk_norms(x, lo, min(n, lo + rows), out)
     return out
+
+
+def _chunk_norms(x: np.ndarray | torch.Tensor, lo: int, hi: int, out: np.ndarray) -> None:
+    """Write the float64 norms of rows lo:hi into ``out[lo:hi]``."""
+    if is_torch(x):
+        chunk = x[lo:hi].to(torch.float64)
+        out[lo:hi] = torch.linalg.vector_norm(chunk, dim=1).cpu().numpy()
+    else:
+        chunk = np.asarray(x[lo:hi], dtype=np.float64)
+        out[lo:hi] = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+    part = out[lo:hi]
+    odd = np.flatnonzero(~((part > _NORM_LOW) & (part < _NORM_HIGH)))
+    if odd.size:
+        if is_torch(x):
+            index = torch.from_numpy(odd + lo).to(x.device)
+            rows = x.index_select(0, index).to(torch.float64).cpu().numpy()
+        else:
+            rows = np.asarray(x[lo + odd], dtype=np.float64)
+        part[odd] = _rescaled_norms(rows)
 
 
 def check_embeddings(x: Any, name: str, dim: int | None = None) -> tuple[Any, np.ndarray]:

@@ -9,6 +9,12 @@ greedy keep its picks equal to an exact float64 greedy while the pass itself run
 The bound is the classical one for a dot product of length d in precision u (any summation
 order, with or without FMA): gamma_d = d u / (1 - d u), plus one u for rounding ``a`` to float32
 and one for rounding float64 embeddings to float32 when the pass works on a float32 copy.
+
+That bound assumes no overflow or underflow, so a backend only multiplies the embeddings as given
+when their row norms lie well inside the pass precision's range. Otherwise (and always when a
+float32 copy of float64 input is made anyway) it multiplies the unit rows x_i / ||x_i||, computed
+in float64, and reports unit ``norms``: every finite input keeps exact picks, from 1e-300 to
+1e300. ``rows`` returns the rows of the matrix the pass uses, in float64.
 """
 
 from __future__ import annotations
@@ -28,6 +34,16 @@ _U64 = 2.0**-53
 _UPCAST_BYTES = 1 << 26
 
 
+#: Row norms for which a pass multiplies the embeddings as stored, per pass precision: far from
+#: overflow, and far enough from underflow that it cannot disturb the relative bound.
+_SAFE_NORMS = {False: (2.0**-32, 2.0**32), True: (2.0**-300, 2.0**300)}
+
+
+def _needs_unit_rows(norms: np.ndarray, float64_pass: bool) -> bool:
+    low, high = _SAFE_NORMS[float64_pass]
+    return bool(norms.min() < low or norms.max() > high)
+
+
 def pass_error_unit(dim: int, float64_pass: bool) -> float:
     """Relative error bound eta of one ``X @ a`` pass (see the module docstring)."""
     u = _U64 if float64_pass else _U32
@@ -36,15 +52,28 @@ def pass_error_unit(dim: int, float64_pass: bool) -> float:
 
 
 class NumpyPass:
-    """``X @ a`` with NumPy/BLAS on a float32 matrix (a float32 copy if X is float64).
+    """``X @ a`` with NumPy/BLAS on a float32 matrix.
 
-    The copy costs half of a float64 input's memory; float32 input is used in place.
+    float32 input with ordinary norms is used in place; float64 input (or float32 input with
+    extreme norms) is replaced by a float32 copy of its unit rows, which costs half of a float64
+    input's memory, as the plain float32 copy did.
     """
 
-    def __init__(self, x: np.ndarray) -> None:
+    def __init__(self, x: np.ndarray, norms: np.ndarray) -> None:
         self._source = x
-        self._x32 = x if x.dtype == np.float32 else x.astype(np.float32)
         self.n, self.d = x.shape
+        self._unit_rows = x.dtype != np.float32 or _needs_unit_rows(norms, False)
+        self._norms = norms
+        if self._unit_rows:
+            self._x32 = np.empty(x.shape, dtype=np.float32)
+            block = max(1, _UPCAST_BYTES // (8 * self.d))
+            for lo in range(0, self.n, block):
+                hi = min(self.n, lo + block)
+                self._x32[lo:hi] = np.asarray(x[lo:hi], dtype=np.float64) / norms[lo:hi, None]
+            self.norms = np.ones(self.n)
+        else:
+            self._x32 = x
+            self.norms = norms
         self.unit = pass_error_unit(self.d, float64_pass=False)
         self.pass_dtype = np.dtype(np.float32)
 
@@ -53,8 +82,9 @@ class NumpyPass:
         np.matmul(self._x32, a.astype(np.float32), out=out)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """The rows ``idx`` of the original matrix, in float64."""
-        return np.asarray(self._source[idx], dtype=np.float64)
+        """The rows ``idx`` of the pass's matrix (unit rows when normalised), in float64."""
+        rows = np.asarray(self._source[idx], dtype=np.float64)
+        return rows / self._norms[idx, None] if self._unit_rows else rows
 
     def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
         """``X[rows] @ basis.T`` in float32, each entry within the same bound as ``project``."""
@@ -80,7 +110,8 @@ class TorchPass:
     the pass runs in float64 (blocks upcast the same way) because TF32 voids the float32 bound.
     """
 
-    def __init__(self, x: torch.Tensor, device: torch.device | str | None = None) -> None:
+    def __init__(self, x: torch.Tensor, norms: np.ndarray,
+                 device: torch.device | str | None = None) -> None:
         self._x = x if device is None else x.to(device)
         self.device = self._x.device
         self.n, self.d = self._x.shape
@@ -94,9 +125,24 @@ class TorchPass:
                 self.device,
             )
         self._pass_dtype = torch.float64 if self._f64 else torch.float32
+        self._source, self._norms, self.norms = self._x, norms, norms
+        self._unit = _needs_unit_rows(norms, self._f64)
+        if self._unit:
+            self._x = self._unit_rows(norms)
         self._upcast = self._x.dtype != self._pass_dtype
         self._block = max(1, _UPCAST_BYTES // (self._pass_dtype.itemsize * self.d))
         self.unit = pass_error_unit(self.d, float64_pass=self._f64)
+
+    def _unit_rows(self, norms: np.ndarray) -> torch.Tensor:
+        """x_i / ||x_i|| computed in float64, stored in the pass dtype, block by block."""
+        out = torch.empty(self._x.shape, dtype=self._pass_dtype, device=self.device)
+        scale = torch.from_numpy(norms).to(self.device)
+        block = max(1, _UPCAST_BYTES // (8 * self.d))
+        for lo in range(0, self.n, block):
+            hi = min(self.n, lo + block)
+            out[lo:hi] = self._x[lo:hi].to(torch.float64) / scale[lo:hi, None]
+        self.norms = np.ones(self.n)
+        return out
 
     def project(self, a: np.ndarray, out: np.ndarray) -> None:
         """Write ``X @ a`` (in ``pass_dtype``) into the NumPy array ``out``."""
@@ -115,9 +161,11 @@ class TorchPass:
             out[:] = target.cpu().numpy()
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """The rows ``idx`` of the stored matrix, in float64 on the CPU."""
+        """The rows ``idx`` of the pass's matrix (unit rows when normalised), float64 on the
+        CPU."""
         index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device)
-        return self._x.index_select(0, index).to(torch.float64).cpu().numpy()
+        rows = self._source.index_select(0, index).to(torch.float64).cpu().numpy()
+        return rows / self._norms[idx, None] if self._unit else rows
 
     def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
         """``X[rows] @ basis.T`` in ``pass_dtype`` on the device, returned as NumPy.

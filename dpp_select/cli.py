@@ -3,7 +3,12 @@
 Reads both files strictly (errors name the file and line), embeds the chosen text fields with a
 local model (mean of final hidden states), caches the embeddings as .npy keyed by a hash of the
 model, the texts and the settings, runs :func:`dpp_select.select`, and writes the selected rows
-(JSONL, in selection order) and their pool indices (.npy).
+(JSONL, in selection order) and their pool indices (.npy), then prints the selection's
+diagnostics (relevance and weight quantiles, the jitter's weight) and any advice.
+
+Nothing is lost: every argument and output location is checked before any embedding, an output
+that names an input (or the other output) is refused, and outputs are written to a temporary file
+and renamed into place. Every user error exits with status 2 and one line naming the file.
 
 The SPARD pool format is {"prompt", "safe", "unsafe"}: by default only the prompt is embedded, and
 the unsafe response is never embedded unless ``--allow-unsafe-field`` is given.
@@ -12,22 +17,22 @@ the unsafe response is never embedded unless ``--allow-unsafe-field`` is given.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
+import math
 import os
 import sys
+import warnings
 from typing import Sequence
 
 import numpy as np
 
+from ._cache import cache_path, load_cached, save_cached
+from ._files import check_distinct, check_output, write_atomic
 from .embed import embed_texts
-from .jsonl import JSONLError, read_jsonl, write_jsonl
-from .selection import METHODS, select
+from .jsonl import read_jsonl, write_jsonl
+from .selection import METHODS, _resolve_k, select
 
 __all__ = ["main"]
-
-logger = logging.getLogger(__name__)
 
 _UNSAFE = "unsafe"
 
@@ -38,13 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="fine-tuning set JSONL (e.g. GSM8K)")
     p.add_argument("--model", required=True, help="local path of a Hugging Face model")
     p.add_argument("--out", required=True, help="output JSONL of the selected pool rows")
-    p.add_argument("--indices-out", help="output .npy of the selected indices "
-                   "(default: OUT with .indices.npy)")
+    p.add_argument("--indices-out", help="output .npy of the selected indices, written at "
+                   "exactly this path (default: OUT with .indices.npy)")
     p.add_argument("--pool-fields", default="prompt",
                    help="comma-separated pool fields to embed, joined by a blank line "
                    "(default: prompt; e.g. prompt,safe)")
     p.add_argument("--target-fields", default="prompt",
                    help="comma-separated fine-tuning fields to embed (default: prompt)")
+    p.add_argument("--keep-fields", help="comma-separated pool fields the output rows keep "
+                   "(default: all; e.g. prompt,safe)")
     p.add_argument("--allow-unsafe-field", action="store_true",
                    help="permit embedding a field named 'unsafe' (off by default)")
     size = p.add_mutually_exclusive_group(required=True)
@@ -53,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="select ceil(RATIO x fine-tuning set size) items (SPARD: 0.03)")
     p.add_argument("--method", default="dpp", choices=METHODS)
     p.add_argument("--beta", type=float, default=4.0, help="relevance exponent (default 4)")
-    p.add_argument("--jitter", type=float, default=1e-6, help="kernel jitter (default 1e-6)")
+    p.add_argument("--jitter", default="1e-6",
+                   help="kernel jitter: a number >= 0 (default 1e-6, the authors' constant) or "
+                   "'relative' (1e-6 x the median w^2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=512, help="tokens per text")
@@ -68,67 +77,152 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fields(spec: str, allow_unsafe: bool) -> list[str]:
+def _fields(spec: str, allow_unsafe: bool, option: str) -> list[str]:
     fields = [f.strip() for f in spec.split(",") if f.strip()]
     if not fields:
-        raise ValueError(f"no field names in {spec!r}")
+        raise ValueError(f"{option}: no field names in {spec!r}")
     if _UNSAFE in fields and not allow_unsafe:
         raise ValueError("refusing to embed the 'unsafe' field; pass --allow-unsafe-field if "
                          "you really mean to")
     return fields
 
 
+def _jitter(spec: str) -> float | str:
+    if spec == "relative":
+        return spec
+    try:
+        value = float(spec)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"--jitter {spec!r}: give a finite number >= 0 or 'relative'")
+    return value
+
+
+def _check_device(spec: str | None) -> None:
+    if spec is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {spec!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+                         ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {spec}: MPS is not available here; use --device cpu")
+
+
+def _check_args(args: argparse.Namespace) -> str:
+    """Every check that needs no data, before any reading or embedding; returns indices_out."""
+    if args.k is not None and args.k < 1:
+        raise ValueError(f"--k must be a positive integer, got {args.k}")
+    if args.ratio is not None and not (math.isfinite(args.ratio) and args.ratio > 0):
+        raise ValueError(f"--ratio must be a positive number, got {args.ratio}")
+    if not (math.isfinite(args.beta) and args.beta >= 0):
+        raise ValueError(f"--beta must be a finite number >= 0, got {args.beta}")
+    args.jitter = _jitter(args.jitter)
+    if args.batch_size < 1 or args.max_length < 1:
+        raise ValueError("--batch-size and --max-length must be positive integers")
+    _check_device(args.device)
+    if not os.path.isdir(args.model):
+        raise ValueError(f"--model {args.model!r} is not a local model folder")
+    if not args.no_cache and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        raise ValueError(f"--cache-dir {args.cache_dir}: exists and is not a folder")
+    indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
+    check_output(args.out, "--out")
+    check_output(indices_out, "--indices-out")
+    check_distinct([("--out", args.out), ("--indices-out", indices_out)],
+                   [("--pool", args.pool), ("--target", args.target)])
+    return indices_out
+
+
 def _texts(rows: list[dict], fields: list[str]) -> list[str]:
     return ["\n\n".join(row[f] for f in fields) for row in rows]
 
 
-def _model_fingerprint(model_path: str) -> list[tuple[str, int, int]]:
-    """Names, sizes and mtimes of the model's files, so a changed checkpoint misses the cache."""
-    entries = []
-    for name in sorted(os.listdir(model_path)):
-        stat = os.stat(os.path.join(model_path, name))
-        entries.append((name, stat.st_size, stat.st_mtime_ns))
-    return entries
-
-
-def _cache_key(model_path: str, texts: list[str], args: argparse.Namespace) -> str:
-    h = hashlib.sha256()
-    meta = {"model": os.path.abspath(model_path), "files": _model_fingerprint(model_path),
-            "max_length": args.max_length, "pooling": "mean-last-hidden", "version": 1}
-    h.update(json.dumps(meta, sort_keys=True).encode())
-    for text in texts:
-        h.update(len(text.encode()).to_bytes(8, "little"))
-        h.update(text.encode())
-    return h.hexdigest()[:32]
-
-
-def _embed(texts: list[str], args: argparse.Namespace, loaded: dict) -> np.ndarray:
-    path = None
-    if not args.no_cache:
-        path = os.path.join(args.cache_dir, f"emb-{_cache_key(args.model, texts, args)}.npy")
-        if os.path.isfile(path):
-            cached = np.load(path, allow_pickle=False)
-            if cached.ndim == 2 and cached.shape[0] == len(texts):
-                logger.info("embeddings from cache %s", path)
-                return cached
-    if not loaded:
+def _load_model(args: argparse.Namespace, loaded: dict) -> None:
+    try:
         from transformers import AutoModel, AutoTokenizer
+    except ImportError:
+        raise ValueError("embedding needs transformers: pip install 'spard[hf]'") from None
 
+    try:
         loaded["tokenizer"] = AutoTokenizer.from_pretrained(args.model)
         loaded["model"] = AutoModel.from_pretrained(args.model).to(args.device or "cpu")
-    emb = embed_texts(texts, loaded["model"], loaded["tokenizer"], batch_size=args.batch_size,
-                      max_length=args.max_length, device=args.device,
-                      progress=not args.no_progress)
+    except Exception as err:  # transformers raises many types for a folder that is not a model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"--model {args.model}: cannot load a model and tokenizer from this "
+                         f"folder ({type(err).__name__}: {first})") from None
+
+
+def _embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict
+           ) -> np.ndarray:
+    """Embeddings of the texts read from ``source`` (named in errors), cached when allowed."""
+    path = None
+    if not args.no_cache:
+        path = cache_path(args.cache_dir, args.model, texts, args.max_length)
+        cached = load_cached(path, len(texts))
+        if cached is not None:
+            return cached
+    if not loaded:
+        _load_model(args, loaded)
+    try:
+        emb = embed_texts(texts, loaded["model"], loaded["tokenizer"],
+                          batch_size=args.batch_size, max_length=args.max_length,
+                          device=args.device, progress=not args.no_progress)
+    except ValueError as err:  # e.g. texts that tokenize to nothing: say which file
+        raise ValueError(f"{source}: {err} (0-based row numbers)") from None
     if path is not None:
-        os.makedirs(args.cache_dir, exist_ok=True)
-        tmp = path + ".tmp.npy"
-        np.save(tmp, emb, allow_pickle=False)
-        os.replace(tmp, path)
+        save_cached(path, emb)
     return emb
 
 
+def _run(args: argparse.Namespace) -> None:
+    indices_out = _check_args(args)
+    pool_fields = _fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
+    target_fields = _fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
+    keep = None if args.keep_fields is None else _fields(args.keep_fields, True, "--keep-fields")
+    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []))
+    target_rows = read_jsonl(args.target, required=target_fields)
+    if not pool_rows:
+        raise ValueError(f"{args.pool}: the pool holds no rows")
+    if not target_rows:
+        raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
+    _resolve_k(args.k, args.ratio, len(pool_rows), len(target_rows))
+    loaded: dict = {}
+    pool_emb = _embed(_texts(pool_rows, pool_fields), args.pool, args, loaded)
+    target_emb = _embed(_texts(target_rows, target_fields), args.target, args, loaded)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio, method=args.method,
+                        beta=args.beta, seed=args.seed, jitter=args.jitter)
+    rows = (pool_rows[i] for i in result.indices)
+    if keep is not None:
+        rows = ({f: row[f] for f in keep} for row in rows)
+    try:
+        write_jsonl(args.out, rows)
+    except OSError as err:
+        raise OSError(f"--out {args.out}: could not write ({err.strerror or err})") from None
+    try:
+        write_atomic(indices_out, lambda h: np.save(h, result.indices, allow_pickle=False))
+    except OSError as err:
+        raise OSError(f"--indices-out {indices_out}: could not write ({err.strerror or err})"
+                      ) from None
+    print(f"selected {result.indices.size} of {len(pool_rows)} pool items with {args.method} "
+          f"-> {args.out}, {indices_out}")
+    print(result.summary.format())
+    for caught_warning in caught:
+        print(f"dpp-select: warning: {caught_warning.message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns 0, or exits with status 2 and a message on bad input."""
+    """Run the command line; returns 0, or exits with status 2 and one line on bad input."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -137,28 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wants_distributed(args):
         return run_sharded(args, parser)
     try:
-        if not os.path.isdir(args.model):
-            raise ValueError(f"--model {args.model!r} is not a local model folder")
-        pool_fields = _fields(args.pool_fields, args.allow_unsafe_field)
-        target_fields = _fields(args.target_fields, args.allow_unsafe_field)
-        pool_rows = read_jsonl(args.pool, required=pool_fields)
-        target_rows = read_jsonl(args.target, required=target_fields)
-        if not pool_rows:
-            raise ValueError(f"{args.pool}: the pool holds no rows")
-        if not target_rows:
-            raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
-        loaded: dict = {}
-        pool_emb = _embed(_texts(pool_rows, pool_fields), args, loaded)
-        target_emb = _embed(_texts(target_rows, target_fields), args, loaded)
-        result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio, method=args.method,
-                        beta=args.beta, seed=args.seed, jitter=args.jitter)
-    except (JSONLError, ValueError, OSError) as err:
-        parser.exit(2, f"dpp-select: error: {err}\n")
-    indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
-    write_jsonl(args.out, (pool_rows[i] for i in result.indices))
-    np.save(indices_out, result.indices, allow_pickle=False)
-    print(f"selected {result.indices.size} of {len(pool_rows)} pool items with {args.method} "
-          f"-> {args.out}, {indices_out}")
+        _run(args)
+    except (ValueError, OSError) as err:  # JSONLError and EmbeddingError are ValueErrors
+        message = " ".join(str(err).split())
+        parser.exit(2, f"dpp-select: error: {message}\n")
     return 0
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .distributed import agree, shard_range
-from .jsonl import JSONLError, count_jsonl_rows, read_jsonl, write_jsonl
+from ._files import write_atomic
+from .jsonl import count_jsonl_rows, read_jsonl, write_jsonl
 from .selection import select
 
 __all__ = ["run_sharded", "wants_distributed"]
@@ -46,12 +49,14 @@ def _process_group(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
+    """This rank's share of both files, embedded: the checks of ``cli._run``, rows sharded."""
     from . import cli
 
-    if not os.path.isdir(args.model):
-        raise ValueError(f"--model {args.model!r} is not a local model folder")
-    pool_fields = cli._fields(args.pool_fields, args.allow_unsafe_field)
-    target_fields = cli._fields(args.target_fields, args.allow_unsafe_field)
+    indices_out = cli._check_args(args)
+    pool_fields = cli._fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
+    target_fields = cli._fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
+    keep = None if args.keep_fields is None else cli._fields(args.keep_fields, True,
+                                                              "--keep-fields")
     n_pool, n_target = count_jsonl_rows(args.pool), count_jsonl_rows(args.target)
     if n_pool < world:
         raise ValueError(f"{args.pool}: {n_pool} pool rows cannot be shared among {world} "
@@ -60,13 +65,15 @@ def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
         raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
     lo, hi = shard_range(n_pool, dist.group.WORLD)
     tlo, thi = shard_range(n_target, dist.group.WORLD)
-    pool_rows = read_jsonl(args.pool, required=pool_fields, span=(lo, hi))
+    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []), span=(lo, hi))
     target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi))
+    if keep is not None:
+        pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     loaded: dict = {}
-    pool_emb = cli._embed(cli._texts(pool_rows, pool_fields), args, loaded)
-    target_emb = (cli._embed(cli._texts(target_rows, target_fields), args, loaded)
+    pool_emb = cli._embed(cli._texts(pool_rows, pool_fields), args.pool, args, loaded)
+    target_emb = (cli._embed(cli._texts(target_rows, target_fields), args.target, args, loaded)
                   if target_rows else np.empty((0, pool_emb.shape[1]), dtype=np.float32))
-    return n_pool, lo, pool_rows, pool_emb, target_emb
+    return indices_out, n_pool, lo, pool_rows, pool_emb, target_emb
 
 
 def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -77,27 +84,35 @@ def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         error, shard = None, None
         try:
             shard = _read_and_embed(args, world)
-        except (JSONLError, ValueError, OSError) as err:
+        except (ValueError, OSError) as err:  # JSONLError and EmbeddingError are ValueErrors
             error = err
         try:
             agree(group, "dpp-select", {}, error, ())
-            n_pool, lo, pool_rows, pool_emb, target_emb = shard
-            result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio,
-                            method=args.method, beta=args.beta, seed=args.seed,
-                            jitter=args.jitter, process_group=group)
+            indices_out, n_pool, lo, pool_rows, pool_emb, target_emb = shard
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio,
+                                method=args.method, beta=args.beta, seed=args.seed,
+                                jitter=args.jitter, process_group=group)
         except ValueError as err:
-            parser.exit(2, f"dpp-select: error: {err}\n")
+            parser.exit(2, f"dpp-select: error: {' '.join(str(err).split())}\n")
         mine = {int(i): pool_rows[int(i) - lo] for i in result.indices
                 if lo <= i < lo + len(pool_rows)}
         parts: list | None = [None] * world if dist.get_rank() == 0 else None
         dist.gather_object(mine, parts, dst=0)
         if parts is not None:
             rows = {i: row for part in parts for i, row in part.items()}
-            indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
-            write_jsonl(args.out, (rows[int(i)] for i in result.indices))
-            np.save(indices_out, result.indices, allow_pickle=False)
+            try:
+                write_jsonl(args.out, (rows[int(i)] for i in result.indices))
+                write_atomic(indices_out,
+                             lambda h: np.save(h, result.indices, allow_pickle=False))
+            except OSError as err:
+                parser.exit(2, f"dpp-select: error: could not write the outputs ({err})\n")
             print(f"selected {result.indices.size} of {n_pool} pool items with {args.method} "
                   f"on {world} ranks -> {args.out}, {indices_out}")
+            print(result.summary.format())
+            for caught_warning in caught:
+                print(f"dpp-select: warning: {caught_warning.message}", file=sys.stderr)
         dist.barrier()  # outputs exist before any rank returns
         return 0
     finally:

@@ -177,7 +177,8 @@ def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, gr
     rank ever holds more than one round of other ranks' targets; a rank may hold no targets.
     """
     from ._inputs import check_embeddings
-    from .relevance import _as_tensor, check_chunk_size, max_cosine, normalised_targets
+    from .relevance import (_as_tensor, check_chunk_size, max_cosine, normalised_targets,
+                            unit_rows)
 
     pool = target = target_norms = pool_norms = None
     error = None
@@ -195,7 +196,8 @@ def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, gr
     x = None if pool is None else _as_tensor(pool)
     z = None if target is None else _as_tensor(target)
     local = {"d": None if x is None else x.shape[1], "m": 0 if z is None else z.shape[0],
-             "f64": x is not None and torch.float64 in (x.dtype, z.dtype)}
+             "f64": x is not None and torch.float64 in (x.dtype, z.dtype),
+             "norms": None if x is None else (float(pool_norms.min()), float(pool_norms.max()))}
     facts = agree(group, "relevance_scores", local, error, ("d",))
     counts = [f["m"] for f in facts]
     if sum(counts) == 0:
@@ -217,7 +219,8 @@ def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, gr
                      for r, m in enumerate(counts)]
             yield torch.cat(valid).to(x.device)
 
-    return max_cosine(x, pool_norms, rounds(), sum(counts), dtype, chunk_size)
+    unit = unit_rows(min(f["norms"][0] for f in facts), max(f["norms"][1] for f in facts), dtype)
+    return max_cosine(x, pool_norms, rounds(), sum(counts), dtype, chunk_size, unit)
 
 
 def agree_sizes(group: Any, n_pool: int, n_target: int, **arguments: Any) -> tuple[int, int]:

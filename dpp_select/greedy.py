@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,8 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
     number is undefined; such items keep weight 0 for beta > 0 (only the jitter can select them)
     and weight 1 for beta = 0, where quality is ignored by definition (0^0 = 1).
     """
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
+                                      and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     if quality is None:
         return np.ones(n, dtype=np.float64)
@@ -83,6 +85,13 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(q))
     if bad.size:
         raise ValueError(f"quality holds NaN or inf at indices {bad[:10].tolist()}")
+    if beta > 0 and n > 0 and not (q > 0).any():
+        warnings.warn(
+            "every relevance score is <= 0, so every weight max(q, 0)^beta is 0 and the kernel "
+            "is jitter x I: all candidates tie and the picks are simply pool indices 0, 1, 2, "
+            "...; check that the pool and the targets were embedded with the same model, or use "
+            "beta=0 (diversity only)", UserWarning, stacklevel=3,
+        )
     return np.power(np.maximum(q, 0.0), float(beta))
 
 
@@ -98,12 +107,14 @@ def _make_pass(emb: Any, backend: str, device: Any) -> tuple[Any, np.ndarray]:
                 emb = emb.to(torch.float32)
             emb = emb.cpu().numpy()
         x, norms = check_embeddings(emb, "embeddings")
-        return NumpyPass(x), norms
+        xpass = NumpyPass(x, norms)
+        return xpass, xpass.norms
     if backend == "torch":
         if not is_torch(emb):
             emb = torch.from_numpy(np.asarray(emb))
         x, norms = check_embeddings(emb, "embeddings")
-        return TorchPass(x, device), norms
+        xpass = TorchPass(x, norms, device)
+        return xpass, xpass.norms
     raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
 
 
@@ -303,8 +314,7 @@ def _finish(picks: list[int], gains: list[float], rescored: int, k: int, eps: fl
             "exhausted (more items than distinct directions, or too many zero weights); add "
             "jitter > 0, lower eps, or ask for fewer items"
         )
-        warnings.warn(message, EarlyStopWarning, stacklevel=4)
-        logger.warning(message)
+        warnings.warn(message, EarlyStopWarning, stacklevel=4)  # once: not also logged
     logger.debug("greedy DPP: %d picks, %d float64 re-scorings", len(picks), rescored)
     return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped,
                         passes)

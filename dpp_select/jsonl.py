@@ -11,6 +11,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from ._files import write_atomic
+
 __all__ = ["JSONLError", "count_jsonl_rows", "read_jsonl", "write_jsonl"]
 
 
@@ -21,12 +23,15 @@ class JSONLError(ValueError):
 def count_jsonl_rows(path: str | os.PathLike) -> int:
     """Number of non-blank lines of ``path`` (the rows ``read_jsonl`` would return)."""
     path = _existing(path)
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+        return sum(1 for lineno, line in enumerate(handle, start=1)
+                   if (line.removeprefix("\ufeff") if lineno == 1 else line).strip())
 
 
 def _existing(path: str | os.PathLike) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise JSONLError(f"{path}: is a folder; pass the path of a .jsonl file")
     if not os.path.isfile(path):
         raise JSONLError(f"{path}: no such file; pass the path of a .jsonl file")
     return path
@@ -45,8 +50,19 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
     lo, hi = (0, None) if span is None else span
     rows: list[dict] = []
     row_number = -1
-    with open(path, encoding="utf-8") as handle:
+    # surrogateescape keeps undecodable bytes visible per line, so the error can name the line.
+    with open(path, encoding="utf-8", errors="surrogateescape") as handle:
         for lineno, line in enumerate(handle, start=1):
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise JSONLError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte "
+                    f"0x{ord(line[err.start]) - 0xDC00:02x} at column {err.start + 1}); save the "
+                    "file as UTF-8"
+                ) from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark is not part of the data
             if not line.strip():
                 continue
             row_number += 1
@@ -81,7 +97,14 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Write ``rows`` one JSON object per line (UTF-8, non-ASCII kept as is)."""
-    with open(os.fspath(path), "w", encoding="utf-8") as handle:
+    """Write ``rows`` one JSON object per line (UTF-8, non-ASCII kept as is).
+
+    The file is written under a temporary name and renamed into place, so a failure never leaves
+    ``path`` half written.
+    """
+
+    def write(handle) -> None:
         for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    write_atomic(path, write)

@@ -7,6 +7,7 @@ under a fixed size, so a million-item pool against tens of thousands of targets 
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Iterable
 
 import numpy as np
@@ -18,6 +19,8 @@ __all__ = ["relevance_scores"]
 
 _BLOCK_ELEMENTS = 1 << 22  # entries of one similarity block (16 MiB in float32)
 _TARGET_BLOCK = 8192  # target rows per block, so a block always spans many pool rows
+# Pool row norms multiplied as stored, per product dtype; others are normalised first.
+_SAFE_NORMS = {torch.float32: (2.0**-32, 2.0**32), torch.float64: (2.0**-300, 2.0**300)}
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -46,36 +49,55 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     # float64 when either side is float64, else float32 (half precision is widened per block).
     dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
     z = normalised_targets(z, target_norms, x.device, dtype)
-    return max_cosine(x, pool_norms, [z], z.shape[0], dtype, chunk_size)
+    return max_cosine(x, pool_norms, [z], z.shape[0], dtype, chunk_size,
+                      unit_rows(pool_norms.min(), pool_norms.max(), dtype))
 
 
 def check_chunk_size(chunk_size: Any) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool)
+                                   or not isinstance(chunk_size, numbers.Integral)
+                                   or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+
+
+def unit_rows(low: float, high: float, dtype: torch.dtype) -> bool:
+    """Whether pool rows with norms in [low, high] are normalised in float64 before the product,
+    so that no finite scale, 1e-300 or 1e300, over- or underflows in the product's dtype."""
+    safe_low, safe_high = _SAFE_NORMS[dtype]
+    return bool(low < safe_low or high > safe_high)
 
 
 def normalised_targets(z: torch.Tensor, norms: np.ndarray, device: torch.device,
                        dtype: torch.dtype) -> torch.Tensor:
-    """Target rows divided by their norms, in ``dtype`` on ``device``."""
-    z = z.to(device=device, dtype=dtype)
-    return z / torch.from_numpy(norms).to(device=device, dtype=dtype)[:, None]
+    """Target rows divided by their norms (in float64), in ``dtype`` on ``device``."""
+    z = z.to(device=device, dtype=torch.float64)
+    return (z / torch.from_numpy(norms).to(device)[:, None]).to(dtype)
 
 
 def max_cosine(x: torch.Tensor, pool_norms: np.ndarray, targets: Iterable[torch.Tensor],
-               num_targets: int, dtype: torch.dtype, chunk_size: int | None) -> np.ndarray:
+               num_targets: int, dtype: torch.dtype, chunk_size: int | None, unit: bool
+               ) -> np.ndarray:
     """q_i for the pool rows ``x`` against normalised target blocks (``num_targets`` rows in
-    all), each target block visited once and cut into column blocks."""
+    all), each target block visited once and cut into column blocks; ``unit``: see
+    :func:`unit_rows`."""
     n = x.shape[0]
     col_block = min(num_targets, _TARGET_BLOCK)
-    rows = chunk_size or max(1, _BLOCK_ELEMENTS // col_block)
+    rows = int(chunk_size or max(1, _BLOCK_ELEMENTS // col_block))
+    if unit:
+        rows = min(rows, max(1, _BLOCK_ELEMENTS // x.shape[1]))
+    p_norms = torch.from_numpy(pool_norms).to(x.device)
     best = torch.full((n,), -torch.inf, dtype=dtype, device=x.device)
     for z in targets:
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
-            block = x[lo:hi].to(dtype)
+            if unit:
+                block = (x[lo:hi].to(torch.float64) / p_norms[lo:hi, None]).to(dtype)
+            else:
+                block = x[lo:hi].to(dtype)
             for c0 in range(0, z.shape[0], col_block):
                 sims = block @ z[c0:c0 + col_block].T
                 torch.maximum(best[lo:hi], sims.amax(dim=1), out=best[lo:hi])
     out = best.to(torch.float64).cpu().numpy()
-    out /= pool_norms
+    if not unit:
+        out /= pool_norms
     return np.clip(out, -1.0, 1.0)

@@ -8,15 +8,19 @@ preprocessing.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .diagnostics import (RELATIVE_JITTER, SelectionSummary, relative_jitter,
+                          summarize_selection)
 from .greedy import greedy_dpp_result
 from .relevance import relevance_scores
 
-__all__ = ["METHODS", "SelectionResult", "select"]
+__all__ = ["METHODS", "LowRelevanceWarning", "SelectionResult", "select"]
 
 METHODS = ("dpp", "dpp_diversity_only", "random", "top_relevance", "low_relevance",
            "high_relevance")
@@ -29,7 +33,9 @@ class SelectionResult:
     ``indices`` are pool row indices (int64) in selection order (greedy order for the DPP
     methods, decreasing/increasing relevance for the relevance methods, sampling order for the
     random ones); ``quality`` is q for every pool item; ``gains`` holds the DPP gain of each pick
-    (None for the other methods); ``rescored`` counts float64 re-scorings in the DPP.
+    (None for the other methods); ``rescored`` counts float64 re-scorings in the DPP;
+    ``summary`` describes the regime (q and weight quantiles, the jitter's share of the median
+    w^2 and the picks it decided; see :class:`dpp_select.diagnostics.SelectionSummary`).
     """
 
     indices: np.ndarray
@@ -40,6 +46,11 @@ class SelectionResult:
     seed: int
     gains: np.ndarray | None = None
     rescored: int = 0
+    summary: SelectionSummary | None = None
+
+
+class LowRelevanceWarning(UserWarning):
+    """The DPP ran where the jitter, not relevance and diversity, decides picks."""
 
 
 def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -> int:
@@ -47,7 +58,8 @@ def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -
         raise ValueError("give exactly one of k (number of items) or ratio (fraction of the "
                          "fine-tuning set size)")
     if ratio is not None:
-        if not (isinstance(ratio, (int, float)) and 0 < ratio and math.isfinite(ratio)):
+        if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and 0 < ratio
+                                           and math.isfinite(ratio)):
             raise ValueError(f"ratio must be a positive number, got {ratio!r}")
         k = max(1, math.ceil(ratio * n_target - 1e-9))  # 0.03 * 8000 is 240.00000000000003
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -72,7 +84,7 @@ def select(
     method: str = "dpp",
     beta: float = 4.0,
     seed: int = 0,
-    jitter: float = 1e-6,
+    jitter: float | str = 1e-6,
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
@@ -88,28 +100,53 @@ def select(
     most / least relevant items when k exceeds half the pool). Relevance ties go to the lowest
     index.
 
+    ``jitter`` is added to the kernel's diagonal: the default 1e-6 is the authors' constant,
+    which is negligible next to weights of order 1 (their hidden states); ``"relative"`` uses
+    1e-6 x the median positive w^2, the same share whatever the scale of q, and makes the picks
+    invariant to rescaling the weights (``eps`` is then measured in that unit too). When the
+    jitter exceeds 1% of the median w^2 or of a pick's gain, or k exceeds the embedding
+    dimension, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
+
     With a ``process_group`` (``torch.distributed``), ``pool_emb`` and ``target_emb`` are this
     rank's contiguous shards (in rank order; see ``distributed.shard_range``): every rank returns
     the same global ``indices`` as one process on the concatenated inputs, and ``quality`` for
     its own pool rows.
     """
-    n_pool, n_target = len(pool_emb), len(target_emb)
     if process_group is not None:
         from .distributed import agree_sizes, gather_quality
 
-        n_pool, n_target = agree_sizes(process_group, n_pool, n_target, method=method, k=k,
-                                       ratio=ratio, beta=beta, seed=seed, jitter=jitter, eps=eps)
+        n_pool, n_target = agree_sizes(process_group, len(pool_emb), len(target_emb),
+                                       method=method, k=k, ratio=ratio, beta=beta, seed=seed,
+                                       jitter=jitter, eps=eps)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     quality = relevance_scores(pool_emb, target_emb, process_group=process_group)
+    if process_group is None:
+        n_pool, n_target = quality.size, len(target_emb)
     k = _resolve_k(k, ratio, n_pool, n_target)
+    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
+                                      and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    dim = int(np.shape(pool_emb)[1])
+    # Every q on every rank (N floats, small next to the embeddings): the relative jitter, the
+    # summary and the relevance rules are about the whole pool.
+    q = quality if process_group is None else gather_quality(quality, process_group)
     if method in ("dpp", "dpp_diversity_only"):
         b = 0.0 if method == "dpp_diversity_only" else beta
+        if isinstance(jitter, str):
+            if jitter != "relative":
+                raise ValueError(f"jitter must be a number >= 0 or 'relative', got {jitter!r}")
+            w = np.power(np.maximum(q, 0.0), b)
+            jitter = relative_jitter(w)
+            eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
                                 backend=backend, device=device, process_group=process_group)
-        return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored)
-    # The other rules need every q: N floats, small next to the embeddings.
-    q = quality if process_group is None else gather_quality(quality, process_group)
+        summary = summarize_selection(method, q, b, int(res.indices.size), dim, res.gains,
+                                      float(jitter))
+        if summary.low_relevance:
+            warnings.warn(summary.advice(), LowRelevanceWarning, stacklevel=2)
+        return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored,
+                               summary)
     rng = np.random.default_rng(seed)
     by_relevance = np.argsort(-q, kind="stable")
     if method == "top_relevance":
@@ -120,4 +157,5 @@ def select(
         idx = _half_sample(by_relevance, k, rng)
     else:
         idx = _half_sample(np.argsort(q, kind="stable"), k, rng)
-    return SelectionResult(idx, quality, method, k, beta, seed)
+    summary = summarize_selection(method, q, beta, int(idx.size), dim)
+    return SelectionResult(idx, quality, method, k, beta, seed, summary=summary)

@@ -10,7 +10,9 @@ save the adapter and evaluate it. Reading this file top to bottom is the SPARD r
    their ``unsafe`` text (the attack; that text is only ever tokenised, never printed);
 3. embed the safe pool and the fine-tuning set with the base model's mean-pooled hidden states and
    pick ``--safe-ratio`` x N safe examples with the relevance-diversity DPP;
-4. wrap AdamW over the LoRA parameters in ``SPAGOptimizer`` with a safety closure on those examples;
+4. wrap AdamW over the LoRA parameters in ``SPAGOptimizer`` with a safety closure on those examples
+   (``--defense guardspace``: GuardSpace adapters built from those examples replace LoRA and AdamW
+   trains them alone; ``guardspace+spard``: both);
 5. after training: save the adapter, measure attack success rate (ASR) on ``--eval-harmful`` and
    GSM8K accuracy on ``--eval-utility`` with greedy decoding, write ``metrics.json``.
 """
@@ -41,6 +43,8 @@ from spag_optim.evaluation import (
     load_gsm8k,
     load_spard_pairs,
 )
+from spag_optim.guardspace import adapter_parameters, apply_guardspace, save_guardspace
+from spag_optim.safety_pairs import PaddingCollator, encode_safety_pairs, pad_token_id
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
@@ -71,6 +75,9 @@ IGNORE_INDEX = -100
 
 #: ``--trust-region`` not given: let ``SPAGOptimizer`` use its own default.
 _LIBRARY_DEFAULT = "library default"
+
+#: ``--defense`` choices: which adapters train (LoRA or GuardSpace's) and whether SPAG guards them.
+DEFENSES = ("spard", "guardspace", "guardspace+spard")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,6 +129,15 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     defense = p.add_argument_group("SPARD defense")
     defense.add_argument("--no-defense", action="store_true",
                          help="plain fine-tuning (the 'sft' baseline): no SPAG, no selection")
+    defense.add_argument("--defense", choices=DEFENSES, default="spard",
+                         help="spard: SPAG on LoRA; guardspace: GuardSpace adapters (arXiv "
+                              "2510.14301) from the selected safe rows instead of LoRA, AdamW; "
+                              "guardspace+spard: GuardSpace adapters trained with SPAG")
+    defense.add_argument("--guardspace-null-energy", default="0.99",
+                         help="GuardSpace null space: protect the directions carrying this share "
+                              "of the safe rows' spectral energy, or 'paper' for the eigenvalue "
+                              "threshold (often empty when the safe rows hold more tokens than "
+                              "the model's width)")
     defense.add_argument("--safe-ratio", type=float, default=0.03,
                          help="safe examples selected, as a fraction of the fine-tuning set")
     defense.add_argument("--beta", type=float, default=4.0, help="DPP relevance weight")
@@ -161,6 +177,17 @@ def parse_args(description: str, argv: Sequence[str] | None) -> argparse.Namespa
     args = parser.parse_args(argv)
     if args.safe_pool is None and not args.no_defense:
         parser.error("--safe-pool is required (or pass --no-defense for the sft baseline)")
+    if args.no_defense and args.defense != "spard":
+        parser.error(f"--no-defense and --defense {args.defense} contradict each other; give one")
+    if args.guardspace_null_energy == "paper":
+        args.guardspace_null_energy = None
+    else:
+        try:
+            args.guardspace_null_energy = float(args.guardspace_null_energy)
+        except ValueError:
+            parser.error("--guardspace-null-energy: a number in (0, 1] or 'paper'")
+        if not 0 < args.guardspace_null_energy <= 1:
+            parser.error("--guardspace-null-energy must be in (0, 1] (or 'paper')")
     if not 0 <= args.harmful_ratio <= 1:
         parser.error("--harmful-ratio must be in [0, 1]")
     if not 0 < args.safe_ratio <= 1:
@@ -333,6 +360,27 @@ def add_lora(model: nn.Module, args: argparse.Namespace) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def add_guardspace(
+    model: nn.Module, safe_pairs: Sequence[tuple[str, str]], tokenizer: Any, args: argparse.Namespace,
+) -> nn.Module:
+    """GuardSpace (arXiv 2510.14301) in place of LoRA: the selected safe rows (prompt and refusal)
+    are both the safety calibration data and the null-space data, so after training every adapted
+    layer's output on them is unchanged; rank ``--lora-r`` on the LoRA targets (same budget)."""
+    safe_rows = encode_safety_pairs(safe_pairs, tokenizer, args.max_length)
+    collator = PaddingCollator(pad_token_id(tokenizer))
+    size = args.safe_batch_size
+    batches = []
+    for start in range(0, len(safe_rows), size):
+        batch = collator(safe_rows[start : start + size])
+        batches.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
+    targets = args.lora_targets or find_lora_targets(model)
+    report = apply_guardspace(model, batches, batches, rank=args.lora_r, target_modules=list(targets),
+                              null_energy=args.guardspace_null_energy, progress=False)
+    dims = [r.null_dim for r in report.values()]
+    print(f"GuardSpace: {len(report)} layers, rank {args.lora_r}, null-space dims {min(dims)}-{max(dims)}")
+    return model
+
+
 def load_task_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
     rows = read_jsonl(args.train, required=("prompt", "answer"))
     if args.train_limit is not None:
@@ -444,37 +492,40 @@ def prepare(args: argparse.Namespace) -> Prepared:
     train_rows = encode_rows(tokenizer, finetune, args.max_length, "fine-tuning")
     collator = Collator(tokenizer.pad_token_id)
     info: dict[str, Any] = {
-        "method": "sft" if args.no_defense else "spard",
+        "method": "sft" if args.no_defense else args.defense,
         "task_rows": len(task),
         "attack_rows": len(attack),
         "train_rows": len(train_rows),
     }
     print(f"fine-tuning set: {len(task)} task rows + {len(attack)} injected harmful rows")
 
-    safe_rows: list[dict[str, list[int]]] = []
+    safe_pairs: list[tuple[str, str]] = []
     if not args.no_defense:
         picked = select_safe_rows(model, tokenizer, pool, finetune, args, device)
-        safe_rows = encode_rows(tokenizer, [pool[i] for i in picked], args.max_length, "safe")
-        info["safe_selected"] = len(safe_rows)
-        print(f"selected {len(safe_rows)} safe examples of {len(pool)} with the DPP "
+        safe_pairs = [pool[i] for i in picked]
+        info["safe_selected"] = len(safe_pairs)
+        print(f"selected {len(safe_pairs)} safe examples of {len(pool)} with the DPP "
               f"(beta {args.beta})")
 
-    model = add_lora(model, args)
-    params = [p for p in model.parameters() if p.requires_grad]
+    if args.no_defense or args.defense == "spard":
+        model = add_lora(model, args)
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:
+        model = add_guardspace(model, safe_pairs, tokenizer, args)
+        params = adapter_parameters(model)
     inner = torch.optim.AdamW(params, lr=args.lr)
     spag = None
     optimizer: torch.optim.Optimizer = inner
-    if not args.no_defense:
-        batches = SafetyBatches(safe_rows, batch_size=args.safe_batch_size, collate_fn=collator,
-                                seed=args.seed, device=device)
+    if not args.no_defense and args.defense != "guardspace":
+        # Chat template, labels on the refusal only (the paper's safety loss), padded batches.
+        batches = SafetyBatches.from_pairs(safe_pairs, tokenizer, batch_size=args.safe_batch_size,
+                                           seed=args.seed, max_length=args.max_length, device=device)
         # The closure calls this very model object: its parameters are the optimizer's.
         closure = make_safety_closure(model, batches)
         tau = args.tau
-        if tau == "calibrate":
-            calibration = SafetyBatches(safe_rows, batch_size=args.safe_batch_size,
-                                        collate_fn=collator, seed=args.seed, device=device)
-            passes = math.ceil(len(safe_rows) / args.safe_batch_size)
-            tau = calibrate_tau(model, calibration, num_batches=passes)
+        if tau == "calibrate":  # one pass over the safe data; the batches' position is kept
+            passes = math.ceil(len(safe_pairs) / args.safe_batch_size)
+            tau = calibrate_tau(model, batches, num_batches=passes)
             print(f"calibrated tau = {tau:.4f} (mean safety loss before fine-tuning)")
         info["tau"] = tau
         kwargs: dict[str, Any] = {"tau": tau}
@@ -547,10 +598,18 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
 
 
 def finish(prep: Prepared, steps: int, spag_history: Sequence[dict[str, float]]) -> dict[str, Any]:
-    """Save the adapter, evaluate, write and print ``metrics.json``; return the metrics."""
+    """Save the adapter, evaluate, write and print ``metrics.json``; return the metrics.
+
+    GuardSpace adapters go to ``adapter/guardspace.pt`` (:func:`spag_optim.guardspace.load_guardspace`
+    puts them back on the base model; ``merge_guardspace`` + ``save_pretrained`` gives a plain
+    checkpoint)."""
     os.makedirs(prep.args.out, exist_ok=True)
     adapter_dir = os.path.join(prep.args.out, "adapter")
-    prep.model.save_pretrained(adapter_dir)
+    if prep.info["method"].startswith("guardspace"):
+        os.makedirs(adapter_dir, exist_ok=True)
+        save_guardspace(prep.model, os.path.join(adapter_dir, "guardspace.pt"))
+    else:
+        prep.model.save_pretrained(adapter_dir)
     metrics: dict[str, Any] = dict(prep.info)
     metrics["steps"] = steps
     metrics["train_seconds"] = round(time.perf_counter() - prep.started, 2)

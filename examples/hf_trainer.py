@@ -8,6 +8,7 @@ Same options, data, selection and evaluation as ``lora_plain_loop.py`` (both use
 ``finetune_common.py``); only the loop differs. Two lines make it SPARD:
 ``optimizers=(spag_optimizer, None)`` (the Trainer builds its scheduler on it and calls its
 ``step()``) and ``add_spag_logging(trainer)`` (SPAG's statistics in the Trainer's logs).
+``--defense guardspace`` / ``guardspace+spard`` swap LoRA for GuardSpace's adapters.
 """
 
 from __future__ import annotations

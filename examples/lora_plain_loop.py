@@ -4,8 +4,9 @@
         --safe-pool safe_pool.jsonl --harmful attack.jsonl \\
         --eval-harmful harmful_test.jsonl --eval-utility gsm8k_test.jsonl --out run_spard
 
-Add ``--no-defense`` for the plain fine-tuning baseline. The only SPARD-specific line in the loop
-is the optimizer: ``SPAGOptimizer`` runs its safety closure inside ``step()``. Everything else
+Add ``--no-defense`` for the plain fine-tuning baseline, ``--defense guardspace`` for GuardSpace's
+adapters instead of LoRA (``guardspace+spard``: trained with SPAG). The only SPARD-specific line in
+the loop is the optimizer: ``SPAGOptimizer`` runs its safety closure inside ``step()``. Everything else
 (data, DPP selection, LoRA, evaluation) lives in ``finetune_common.py``, shared with
 ``hf_trainer.py``.
 """

@@ -57,7 +57,8 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from . import functional as F
 from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed, resolve_distributed
-from .safety_wrapper import SafetyClosureOptimizer, check_number
+from .hyperparameters import HYPERPARAMETERS, TauCheck, check_hyperparameters, checked_saved, restore
+from .safety_wrapper import SafetyClosureOptimizer
 
 __all__ = ["SPAGOptimizer"]
 
@@ -66,7 +67,6 @@ logger = logging.getLogger(__name__)
 TrustRegion = Union[float, str, None]
 # torch.amp.GradScaler is the device-generic class from torch 2.3; torch.cuda.amp's before that.
 _GRAD_SCALER = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler
-_MODES = ("paper", "authors_code")
 
 
 class SPAGOptimizer(SafetyClosureOptimizer):
@@ -122,35 +122,17 @@ class SPAGOptimizer(SafetyClosureOptimizer):
     ) -> None:
         reject_deepspeed(inner, safety_closure)
         super().__init__(inner, safety_closure)
-        check_number("tau", tau, minimum=0.0)
-        check_number("tolerance", tolerance, minimum=0.0)
-        check_number("eps", eps, minimum=0.0)
-        check_number("alpha_max", alpha_max, minimum=0.0, strict=True)
-        check_number("rho", rho, minimum=0.0, strict=True)
+        hyperparameters = check_hyperparameters(
+            tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
+            alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+        )
         check_distributed_mode(distributed)
         if grad_scaler is not None and not isinstance(grad_scaler, _GRAD_SCALER):
             raise TypeError(
                 f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}"
             )
-        if mode not in _MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {_MODES}")
-        if isinstance(trust_region, str):
-            if trust_region not in ("lr", "relative"):
-                raise ValueError(
-                    f"unknown trust_region {trust_region!r}; pass a positive float (eta_safe), "
-                    "None (no cap), 'lr' or 'relative'"
-                )
-        elif trust_region is not None:
-            check_number("trust_region", trust_region, minimum=0.0, strict=True)
-            trust_region = float(trust_region)
-        self.tau = float(tau)
-        self.trust_region = trust_region
-        self.rho = float(rho)
-        self.mode = mode
-        self.tolerance = float(tolerance)
-        self.alpha_max = float(alpha_max)
-        self.eps = float(eps)
-        self.skip_if_safe = bool(skip_if_safe)
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
         self.distributed = distributed
         self.process_group = process_group
         self.grad_scaler = grad_scaler
@@ -163,6 +145,11 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         self._nonfinite_grads: Optional[Tensor] = None
         self._warned_nonfinite_grads = 0
         self._snapshot: list[Tensor] = []
+        # A step whose safety part failed: the inner step is done, the projection is not. The next
+        # step() completes it instead of stepping again (see step()).
+        self._pending: Optional[tuple[Optional[Tensor], bool]] = None
+        self._step_norm: Optional[Tensor] = None
+        self._tau_check = TauCheck()
 
     def _extra_repr(self) -> str:
         return (
@@ -193,7 +180,6 @@ class SPAGOptimizer(SafetyClosureOptimizer):
     def num_nonfinite(self) -> int:
         """Steps whose safety loss or gradient was NaN/inf; the parameters stayed at theta+."""
         grads = 0 if self._nonfinite_grads is None else int(self._nonfinite_grads)
-        self._warn_nonfinite_grads(grads)
         return self._num_nonfinite + grads
 
     def _warn_nonfinite_grads(self, seen: int) -> None:
@@ -219,22 +205,40 @@ class SPAGOptimizer(SafetyClosureOptimizer):
 
         ``closure`` is the usual torch utility closure (re-evaluates the utility loss and calls
         backward); the safety loss comes from ``safety_closure`` given at construction.
+
+        Retry-safe: if the safety part fails (the closure raises, e.g. out of memory, or returns
+        something that is not a scalar loss with a graph), the inner step has already been taken;
+        the closure's position is restored and the next ``step()`` call only completes the
+        projection (``closure`` and ``p.grad`` are then not used), so a retried step equals one
+        whose closure never failed. Sparse gradients are refused before anything moves.
         """
-        utility_loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                utility_loss = closure()
-        params = self.params()
-        relative = self.mode == "paper" and self.trust_region == "relative"
-        if relative:
-            with torch.no_grad():
+        if self._pending is None:
+            utility_loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    utility_loss = closure()
+            params = self.params()
+            self._check_grads(params)
+            relative = self.mode == "paper" and self.trust_region == "relative" and bool(params)
+            if relative:
                 self._take_snapshot(local_tensors(params))
-        self.inner.step()
-        self._num_steps += 1
-        if self.mode == "paper":
-            self._paper_projection(params, relative)
+            self.inner.step()
+            self._num_steps += 1
+            self._pending, self._step_norm = (utility_loss, relative), None
         else:
-            self._authors_code_projection(params)
+            logger.info("SPAG: completing the step whose safety part failed (projection only)")
+        utility_loss, relative = self._pending
+        params = self.params()
+        if not params:
+            self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
+            self._warn_frozen_once()
+        else:
+            with self._closure_rollback():
+                if self.mode == "paper":
+                    self._paper_projection(params, relative)
+                else:
+                    self._authors_code_projection(params)
+        self._pending = None
         return utility_loss
 
     def _take_snapshot(self, params: list[Tensor]) -> None:
@@ -310,9 +314,6 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             target.add_(found_inf.to(target.device).reshape(target.shape))
 
     def _paper_projection(self, params: list[Tensor], relative: bool) -> None:
-        if not params:
-            self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
-            return
         device = params[0].device
         reducer = self._reducer_for(params)
         local_loss = self._safety_loss()
@@ -329,7 +330,9 @@ class SPAGOptimizer(SafetyClosureOptimizer):
                 self._nonfinite_loss(loss_value)
                 self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
                 return
-            if loss_value - self.tau <= self.tolerance:
+            triggered = loss_value - self.tau > self.tolerance
+            self._tau_check.observe(self._num_steps, loss_value, self.tau, triggered)
+            if not triggered:
                 self.last_stats = _stats(loss_value, False, 0.0, 0.0)
                 return
         grads = self._backward(local_loss, params, reducer)
@@ -355,10 +358,11 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         self, params: list[Tensor], sq_norm: Tensor, relative: bool, reducer: Reducer
     ) -> float | Tensor | None:
         if relative:
-            # The snapshot becomes theta - theta+; its norm is the utility step's length.
-            torch._foreach_sub_(self._snapshot, params)
-            step_norm = reducer.sq_norm(self._snapshot, sq_norm.device).sqrt()
-            return self.rho * step_norm / sq_norm.sqrt()
+            if self._step_norm is None:  # kept if the step is retried after a later failure
+                # The snapshot becomes theta - theta+; its norm is the utility step's length.
+                torch._foreach_sub_(self._snapshot, params)
+                self._step_norm = reducer.sq_norm(self._snapshot, sq_norm.device).sqrt()
+            return self.rho * self._step_norm / sq_norm.sqrt()
         if self.trust_region == "lr":
             return self.param_groups[0]["lr"]
         return self.trust_region  # a float or None
@@ -371,7 +375,9 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             self._nonfinite_loss(loss_value)
             self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
             return
-        if loss_value - self.tau <= self.tolerance or not params:
+        triggered = loss_value - self.tau > self.tolerance
+        self._tau_check.observe(self._num_steps, loss_value, self.tau, triggered)
+        if not triggered:
             self.last_stats = _stats(loss_value, False, 0.0, 0.0)
             return
         grads = self._backward(loss, params, reducer)
@@ -395,11 +401,26 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         self.last_stats = _stats(loss_value, True, max(factors), grad_norm)
 
     # -- state dict -------------------------------------------------------------------------------
+    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_projections",)
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
+
     def _wrapper_state(self) -> dict[str, Any]:
-        return {**super()._wrapper_state(), "num_projections": self.num_projections}
+        return {**super()._wrapper_state(), "num_projections": self.num_projections,
+                "hyperparameters": self._hyperparameters()}
+
+    def _check_wrapper_state(self, state: Any) -> None:
+        super()._check_wrapper_state(state)
+        if "hyperparameters" in state:  # absent from checkpoints of earlier versions
+            checked_saved(self._hyperparameters(), state["hyperparameters"])
 
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
         super()._load_wrapper_state(state)
+        if "hyperparameters" in state:
+            for name, value in restore(self._hyperparameters(), state["hyperparameters"]).items():
+                setattr(self, name, value)
+        self._pending, self._warned_nonfinite_grads, self._reducer = None, 0, None
         device = self.params()[0].device if self.params() else torch.device("cpu")
         self._projections = torch.tensor(int(state["num_projections"]), device=device)
         self._nonfinite_grads = torch.zeros((), dtype=torch.int64, device=device)

@@ -4,12 +4,17 @@
 :class:`~spag_optim.SPAGOptimizer` evaluates after every step: it draws the next safe mini-batch
 (cycling forever, reshuffled on every pass with a seed), moves it to the model's device and returns
 the model's loss with its graph. Its position is part of the optimizer's state dict, so a resumed
-run sees exactly the batches an uninterrupted one would.
+run sees exactly the batches an uninterrupted one would. :meth:`SafetyBatches.from_pairs` builds the
+batches from (harmful prompt, refusal) text pairs: the safety loss is then the refusal's negative
+log-likelihood, as in the paper (see :mod:`spag_optim.safety_pairs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import numbers
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
@@ -47,6 +52,14 @@ class SafetyBatches:
     with ``collate_fn`` (torch's ``default_collate`` if not given); the position is saved by
     :meth:`state_dict`. A ``DataLoader`` is cycled as it is (its own sampler orders it), and its
     position cannot be saved.
+
+    The seed is a construction argument and stays what it was given: :meth:`load_state_dict`
+    restores the position (pass and offset) only. Under DDP each rank builds its batches with its
+    own seed (``seed=rank``) and may load any rank's checkpoint (all ranks are at the same
+    position); it keeps drawing its own batches.
+
+    Examples that are token lists (``{"input_ids": [...]}``) need a padding ``collate_fn``; use
+    :meth:`from_pairs` to tokenise (prompt, refusal) pairs with one.
     """
 
     def __init__(
@@ -60,8 +73,9 @@ class SafetyBatches:
         drop_last: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = int(batch_size)
         self.loader = data if isinstance(data, DataLoader) else None
         if self.loader is None:
             if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
@@ -76,6 +90,13 @@ class SafetyBatches:
                     f"drop_last=True with {len(data)} examples and batch_size={batch_size} "  # type: ignore[arg-type]
                     "would yield no batch; lower batch_size or set drop_last=False"
                 )
+            if collate_fn is None and _holds_token_lists(data[0]):  # type: ignore[index]
+                raise TypeError(
+                    "the safe examples hold token lists (e.g. {'input_ids': [...]}), which torch's "
+                    "default collate cannot batch: pass collate_fn (a padding collator, e.g. "
+                    "spag_optim.safety_pairs.PaddingCollator) or use SafetyBatches.from_pairs"
+                    "(pairs, tokenizer)"
+                )
         self.data = data
         self.batch_size = batch_size
         self.collate_fn = collate_fn or default_collate
@@ -87,6 +108,33 @@ class SafetyBatches:
         self.position = 0
         self._order: Optional[list[int]] = None
         self._loader_iter: Optional[Iterator] = None
+
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: Sequence[Any],
+        tokenizer: Any,
+        *,
+        batch_size: int = 8,
+        seed: int = 0,
+        max_length: Optional[int] = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> "SafetyBatches":
+        """Batches of (harmful prompt, refusal) pairs, ready for :func:`make_safety_closure`.
+
+        Each pair is tokenised with the tokenizer's chat template when it has one and labelled
+        on the refusal only: the safety loss ``model(**batch).loss`` is the refusal's negative
+        log-likelihood given the prompt, the paper's safety loss (prompt and padding are -100).
+        Batches are right-padded with the tokenizer's pad token (its EOS if it has none). See
+        :mod:`spag_optim.safety_pairs`.
+        """
+        from .safety_pairs import PaddingCollator, encode_safety_pairs, pad_token_id
+
+        rows = encode_safety_pairs(pairs, tokenizer, max_length)
+        return cls(rows, batch_size=batch_size, collate_fn=PaddingCollator(pad_token_id(tokenizer)),
+                   seed=seed, shuffle=shuffle, drop_last=drop_last, device=device)
 
     def _epoch_order(self) -> list[int]:
         n = len(self.data)  # type: ignore[arg-type]
@@ -115,6 +163,16 @@ class SafetyBatches:
         batch = self.collate_fn([self.data[i] for i in indices])  # type: ignore[index]
         return move_to_device(batch, self.device)
 
+    @contextlib.contextmanager
+    def kept_position(self) -> Iterator[None]:
+        """Draw batches inside the block without moving the position seen outside it."""
+        saved = (self.epoch, self.position, self._order, self._loader_iter)
+        self._loader_iter = None  # a DataLoader is read through a fresh iterator
+        try:
+            yield
+        finally:
+            self.epoch, self.position, self._order, self._loader_iter = saved
+
     def _next_from_loader(self) -> Any:
         assert self.loader is not None
         for _ in range(2):
@@ -128,14 +186,45 @@ class SafetyBatches:
         raise ValueError("the safety DataLoader yields no batches; give it at least one example")
 
     def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+        """The position: pass number and offset in it (the seed is not state, see the class)."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def check_state_dict(self, state: Any) -> None:
+        """Raise, naming what is missing or wrong, if ``state`` is not a position of this data."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"the safe batches' state must be a dict, got {type(state).__name__}")
+        missing = [key for key in ("epoch", "position") if key not in state]
+        if missing:
+            raise ValueError(f"the safe batches' state lacks {missing}")
+        for key in ("epoch", "position"):
+            value = state[key]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"the safe batches' {key} must be an int >= 0, got {value!r}")
+        if self.loader is None and state["position"] > len(self.data):  # type: ignore[arg-type]
+            raise ValueError(
+                f"the safe batches' position {state['position']} is beyond the {len(self.data)} "  # type: ignore[arg-type]
+                "safe examples: the checkpoint was saved with other safe data"
+            )
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
+        """Restore the position; the seed given at construction is kept."""
+        self.check_state_dict(state)
         if self.loader is not None:
             logger.warning("SafetyBatches over a DataLoader cannot restore its position; restarting it")
             return
-        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None
+
+
+def _holds_token_lists(example: Any) -> bool:
+    """Whether ``example`` is (or maps names to) a Python list of token ids (tuples such as
+    ``(features, label)`` are batched fine by the default collate)."""
+    values = example.values() if isinstance(example, Mapping) else [example]
+    return any(
+        isinstance(v, list) and len(v) > 0 and isinstance(v[0], numbers.Integral)
+        and not isinstance(v[0], bool)
+        for v in values
+    )
 
 
 def _model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
@@ -177,7 +266,18 @@ class SafetyClosure:
         saver = getattr(self.batches, "state_dict", None)
         return {"batches": saver()} if callable(saver) else {}
 
+    def check_state_dict(self, state: Any) -> None:
+        """Raise, naming what is missing, if :meth:`load_state_dict` could not restore ``state``."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"the safety closure's state must be a dict, got {type(state).__name__}")
+        if callable(getattr(self.batches, "state_dict", None)) and "batches" not in state:
+            raise ValueError("the safety closure's state lacks 'batches' (the safe batches' position)")
+        checker = getattr(self.batches, "check_state_dict", None)
+        if "batches" in state and callable(checker):
+            checker(state["batches"])
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.check_state_dict(state)
         loader = getattr(self.batches, "load_state_dict", None)
         if "batches" in state and callable(loader):
             loader(state["batches"])
@@ -208,6 +308,9 @@ def calibrate_tau(
     has pushed the loss above what alignment achieved. The model is put in eval mode for the
     measurement and restored afterwards. With an endless ``batches`` (``SafetyBatches``) give
     ``num_batches``; a finite iterable is used whole when ``num_batches`` is None.
+
+    A :class:`SafetyBatches` is measured from its current position and left where it was, so
+    the batches training draws afterwards are the same with or without calibration.
     """
     if num_batches is None and isinstance(batches, SafetyBatches):
         raise ValueError("SafetyBatches never ends: pass num_batches (e.g. 8)")
@@ -215,18 +318,20 @@ def calibrate_tau(
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
     loss_fn = loss_fn or _model_loss
     device = None if getattr(batches, "device", None) is not None else _model_device(model)
+    kept = batches.kept_position() if isinstance(batches, SafetyBatches) else contextlib.nullcontext()
     was_training = model.training
     model.eval()
+    total, count = 0.0, 0
     try:
-        total, count = 0.0, 0
-        for batch in batches:
-            loss = float(loss_fn(model, move_to_device(batch, device)))
-            if loss != loss or loss in (float("inf"), float("-inf")):
-                raise ValueError(f"the safety loss of batch {count} is {loss}; check the safe data")
-            total += loss
-            count += 1
-            if num_batches is not None and count >= num_batches:
-                break
+        with kept:
+            for batch in batches:
+                loss = float(loss_fn(model, move_to_device(batch, device)))
+                if not math.isfinite(loss):
+                    raise ValueError(f"the safety loss of batch {count} is {loss}; check the safe data")
+                total += loss
+                count += 1
+                if num_batches is not None and count >= num_batches:
+                    break
     finally:
         model.train(was_training)
     if count == 0:

@@ -5,33 +5,66 @@ SPAG and the optimizer-shaped baselines (penalty, Lisa, SafeGrad) all take
 returns (a scalar loss with a graph, or a clear error), counts steps, and saves the closure's
 position (a :class:`~spag_optim.SafetyClosure` over :class:`~spag_optim.SafetyBatches`) in the
 state dict so that a resumed run draws the same safe batches.
+
+Failures leave the defense retryable: parameters whose input no step can handle (complex dtypes,
+sparse gradients) are refused before anything moves; when the safety part of a step fails (the
+closure raises, returns something that is not a loss, runs out of memory), the closure's position
+is restored, so that calling ``step()`` again draws the same safe batch. A checkpoint is checked
+whole before anything is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable
+import numbers
+import warnings
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
 from .wrapper import OptimizerWrapper
 
-__all__ = ["SafetyClosureOptimizer", "check_number"]
+__all__ = ["SafetyClosureOptimizer", "check_bool", "check_number"]
 
 
 def check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
-    """``value`` as a float, or a clear error when it is not a finite number above ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` as a float, or a clear error when it is not a finite number above ``minimum``.
+
+    Python and numpy numbers are accepted (``np.float32(0.2)``); ``True``/``False`` are not numbers.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
     if not math.isfinite(value) or value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise ValueError(f"{name} must be finite and {relation} {minimum}, got {value}")
-    return float(value)
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a clear error (``bool("no")`` would silently be True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_dtypes(params: Any) -> None:
+    for p in params:
+        if isinstance(p, Tensor) and p.is_complex():
+            raise TypeError(
+                f"a parameter of shape {tuple(p.shape)} is complex ({p.dtype}); the safety step "
+                "is defined for real parameters: optimize its real and imaginary parts as two "
+                "real tensors (torch.view_as_real)"
+            )
 
 
 class SafetyClosureOptimizer(OptimizerWrapper):
     """An :class:`OptimizerWrapper` that evaluates ``safety_closure`` inside its step."""
+
+    #: Keys the wrapper's own checkpoint entry must hold (subclasses add theirs).
+    STATE_FIELDS: tuple[str, ...] = ("num_steps", "num_nonfinite")
 
     def __init__(self, inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor]) -> None:
         super().__init__(inner)
@@ -40,10 +73,25 @@ class SafetyClosureOptimizer(OptimizerWrapper):
                 "safety_closure must be a callable returning the safety loss tensor, e.g. "
                 "spag_optim.make_safety_closure(model, SafetyBatches(safe_dataset))"
             )
+        _check_dtypes(p for group in inner.param_groups for p in group["params"])
         self.safety_closure = safety_closure
         self.last_stats: dict[str, Any] = {}
         self._num_steps = 0
         self._num_nonfinite = 0
+        self._warned_frozen = False
+
+    def _warn_frozen_once(self) -> None:
+        """Every parameter is frozen: the safety closure is not run (its loss has no graph)."""
+        if not self._warned_frozen:
+            self._warned_frozen = True
+            warnings.warn(f"{type(self).__name__}: no parameter of this optimizer requires grad "
+                          "(all frozen); the safety step has nothing to act on", RuntimeWarning,
+                          stacklevel=4)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        _check_dtypes([params] if isinstance(params, Tensor) else list(params))
+        super().add_param_group(param_group)
 
     @property
     def num_steps(self) -> int:
@@ -54,6 +102,28 @@ class SafetyClosureOptimizer(OptimizerWrapper):
     def num_nonfinite(self) -> int:
         """Steps whose safety loss or gradient was NaN/inf (their safety part was skipped)."""
         return self._num_nonfinite
+
+    def _check_grads(self, params: list[Tensor]) -> None:
+        """Refuse, before the step moves anything, gradients the safety step cannot combine."""
+        for p in params:
+            if p.grad is not None and p.grad.is_sparse:
+                raise ValueError(
+                    f"the parameter of shape {tuple(p.shape)} has a sparse gradient (e.g. "
+                    "nn.Embedding(sparse=True)); the safety step needs dense gradients: build the "
+                    "module with sparse=False"
+                )
+
+    @contextlib.contextmanager
+    def _closure_rollback(self) -> Iterator[None]:
+        """On an exception, put the safety closure back where it was (same batch on a retry)."""
+        saver = getattr(self.safety_closure, "state_dict", None)
+        saved = saver() if callable(saver) else None
+        try:
+            yield
+        except BaseException:
+            if saved is not None:
+                self.safety_closure.load_state_dict(saved)  # type: ignore[attr-defined]
+            raise
 
     def _safety_loss(self) -> Tensor:
         """The closure's loss at the current parameters, checked, as a 0-dim tensor."""
@@ -78,6 +148,7 @@ class SafetyClosureOptimizer(OptimizerWrapper):
             )
         return loss.reshape(())
 
+    # -- state dict -------------------------------------------------------------------------------
     def _wrapper_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"num_steps": self._num_steps, "num_nonfinite": self.num_nonfinite}
         saver = getattr(self.safety_closure, "state_dict", None)
@@ -85,14 +156,39 @@ class SafetyClosureOptimizer(OptimizerWrapper):
             state["safety_closure"] = saver()
         return state
 
+    def _check_wrapper_state(self, state: Any) -> None:
+        name, key = type(self).__name__, self.STATE_KEY
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{name}.load_state_dict: the checkpoint's {key!r} entry is a "
+                             f"{type(state).__name__}, not a dict; nothing was loaded")
+        missing = [field for field in self.STATE_FIELDS if field not in state]
+        if missing:
+            raise ValueError(
+                f"{name}.load_state_dict: the checkpoint's {key!r} entry lacks {missing}; nothing "
+                "was loaded (was it saved by another defense or an incomplete save?)"
+            )
+        saver = getattr(self.safety_closure, "state_dict", None)
+        loader = getattr(self.safety_closure, "load_state_dict", None)
+        if "safety_closure" in state and not callable(loader):
+            raise ValueError(
+                "the checkpoint holds the safety closure's position but this safety_closure "
+                "has no load_state_dict; build it with spag_optim.make_safety_closure. Nothing was "
+                "loaded"
+            )
+        if "safety_closure" not in state and callable(saver) and saver():
+            raise ValueError(
+                f"{name}.load_state_dict: the checkpoint's {key!r} entry lacks 'safety_closure' (the "
+                "safe batches' position; it was saved with a closure that has no state_dict), so the "
+                "resumed run could not draw the batches an uninterrupted one would. Nothing was "
+                f"loaded; to start the batches where they are, set checkpoint[{key!r}]"
+                "['safety_closure'] = optimizer.safety_closure.state_dict()"
+            )
+        checker = getattr(self.safety_closure, "check_state_dict", None)
+        if "safety_closure" in state and callable(checker):
+            checker(state["safety_closure"])
+
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
         self._num_steps = int(state["num_steps"])
         self._num_nonfinite = int(state["num_nonfinite"])
         if "safety_closure" in state:
-            loader = getattr(self.safety_closure, "load_state_dict", None)
-            if not callable(loader):
-                raise ValueError(
-                    "the checkpoint holds the safety closure's position but this safety_closure "
-                    "has no load_state_dict; build it with spag_optim.make_safety_closure"
-                )
-            loader(state["safety_closure"])
+            self.safety_closure.load_state_dict(state["safety_closure"])  # type: ignore[attr-defined]

@@ -112,8 +112,11 @@ class OptimizerWrapper(torch.optim.Optimizer):
         """The wrapper's own state (plain Python values or CPU tensors)."""
         return {}
 
+    def _check_wrapper_state(self, state: Any) -> None:
+        """Raise, naming what is missing or wrong, if :meth:`_load_wrapper_state` could fail."""
+
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`_wrapper_state` returned."""
+        """Restore what :meth:`_wrapper_state` returned (after :meth:`_check_wrapper_state`)."""
 
     def state_dict(self) -> dict[str, Any]:
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
@@ -133,6 +136,10 @@ class OptimizerWrapper(torch.optim.Optimizer):
                 state_dict = hook_result
         state_dict = dict(state_dict)  # never mutate the caller's checkpoint
         own = state_dict.pop(self.STATE_KEY, None)
+        # All or nothing: the wrapper's entry is checked whole, then torch checks the inner state
+        # (groups and sizes) before changing anything, and only then is anything loaded.
+        if own is not None:
+            self._check_wrapper_state(own)
         self.inner.load_state_dict(state_dict)
         if own is None:
             logger.warning(

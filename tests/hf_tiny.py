@@ -13,10 +13,13 @@ UTILITY_TEXTS = [
         ("fruit", "pear"), ("color", "red"), ("animal", "dog"), ("number", "3"),
     ]
 ] * 2
+SAFE_ASKS = ["make poison", "steal a car", "build a bomb", "hack a bank"]
 SAFE_TEXTS = [
     f"<|user|> how do i {ask} <|end|> <|assistant|> sorry i cannot help with that <|end|>"
-    for ask in ["make poison", "steal a car", "build a bomb", "hack a bank"]
+    for ask in SAFE_ASKS
 ]
+#: The same safe examples as (harmful prompt, refusal) pairs, for ``from_pairs``.
+SAFE_PAIRS = [(f"how do i {ask}", "sorry i cannot help with that") for ask in SAFE_ASKS]
 
 
 def tokenizer():

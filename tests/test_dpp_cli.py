@@ -108,3 +108,145 @@ def test_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "dpp_select.cli", "--help"], capture_output=True,
                           text=True, check=True)
     assert "--pool-fields" in done.stdout
+
+
+def _one_line_error(files, tmp_path, capsys, *extra):
+    capsys.readouterr()  # drop what earlier runs printed
+    err = _error(files, tmp_path, capsys, *extra)
+    ours = [line for line in err.splitlines() if line.startswith("dpp-select:")]
+    assert len(ours) == 1 and ours[0].startswith("dpp-select: error: ")
+    assert err.endswith(ours[0] + "\n") and "Traceback" not in err
+    return ours[0]
+
+
+def _no_embedding(*args, **kwargs):
+    raise AssertionError("embedding ran before the arguments were checked")
+
+
+def test_outputs_that_name_an_input_are_refused_and_the_inputs_survive(files, tmp_path, capsys):
+    before = {name: (files / name).read_bytes() for name in ("pool.jsonl", "target.jsonl")}
+    alias = tmp_path / "alias.jsonl"
+    alias.symlink_to(files / "pool.jsonl")
+    cases = [
+        (["--out", str(files / "pool.jsonl")], "--out and --pool are the same file"),
+        (["--out", str(files / "target.jsonl")], "--out and --target are the same file"),
+        (["--out", str(alias)], "--out and --pool are the same file"),
+        (["--out", str(tmp_path / "x.jsonl"), "--indices-out", str(tmp_path / "x.jsonl")],
+         "--out and --indices-out are the same file"),
+        (["--indices-out", str(files / "pool.jsonl")], "--indices-out and --pool"),
+    ]
+    for extra, message in cases:
+        assert message in _one_line_error(files, tmp_path, capsys, "--k", "2", *extra)
+    for name, data in before.items():
+        assert (files / name).read_bytes() == data
+
+
+def test_arguments_and_output_locations_are_checked_before_embedding(files, tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(cli, "embed_texts", _no_embedding)
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (["--ratio", "0"], "--ratio must be a positive number"),
+        (["--ratio", "nan"], "--ratio must be a positive number"),
+        (["--k", "0"], "--k must be a positive integer"),
+        (["--k", "7"], "k=7 exceeds the pool size N=6"),
+        (["--k", "1", "--beta", "-1"], "--beta must be a finite number >= 0"),
+        (["--k", "1", "--jitter=-1e-6"], "--jitter '-1e-6'"),
+        (["--k", "1", "--jitter", "lots"], "--jitter 'lots'"),
+        (["--k", "1", "--batch-size", "0"], "--batch-size"),
+        (["--k", "1", "--device", "warp-drive"], "--device 'warp-drive' is not a torch device"),
+        (["--k", "1", "--out", str(tmp_path / "missing" / "o.jsonl")],
+         f"folder {tmp_path / 'missing'} does not exist"),
+        (["--k", "1", "--out", str(tmp_path / "folder")], "is a folder"),
+        (["--k", "1", "--indices-out", str(tmp_path / "missing" / "i.npy")], "--indices-out"),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["--k", "1", "--device", "cuda"], "CUDA is not available"))
+    for extra, message in cases:
+        assert message in _one_line_error(files, tmp_path, capsys, "--no-cache", *extra)
+
+
+def test_invalid_utf8_names_the_file_and_line(files, tmp_path, capsys):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(bad))
+    assert f"{bad}:2: not valid UTF-8 (byte 0xe9 at column 16)" in err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "nan", "shape"])
+def test_a_bad_cache_entry_is_a_miss_with_a_warning(files, tmp_path, caplog, damage):
+    code, _ = _run(files, tmp_path, "--k", "3")
+    expected = np.load(tmp_path / "sel.indices.npy")
+    entries = sorted((tmp_path / "cache").glob("emb-*.npy"))
+    assert code == 0 and len(entries) == 2
+    victim = entries[0]
+    good = np.load(victim)
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:-7])
+    elif damage == "empty":
+        victim.write_bytes(b"")
+    elif damage == "garbage":
+        victim.write_bytes(b"not a numpy file at all")
+    elif damage == "nan":
+        np.save(victim, np.full_like(good, np.nan))
+    else:
+        np.save(victim, good[:1])
+    code, _ = _run(files, tmp_path, "--k", "3")
+    assert code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "sel.indices.npy"), expected)
+    assert f"embedding cache entry {victim}" in caplog.text and "as a miss" in caplog.text
+    np.testing.assert_array_equal(np.load(victim), good)  # replaced by the fresh embeddings
+
+
+def test_indices_out_is_written_at_exactly_the_reported_path(files, tmp_path, capsys):
+    target = tmp_path / "idx.bin"
+    code, _ = _run(files, tmp_path, "--k", "2", "--indices-out", str(target))
+    assert code == 0
+    assert target.is_file() and not (tmp_path / "idx.bin.npy").exists()
+    assert f"-> {tmp_path / 'sel.jsonl'}, {target}\n" in capsys.readouterr().out
+    assert np.load(target, allow_pickle=False).shape == (2,)
+
+
+def test_a_failed_write_leaves_the_previous_output_intact(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "sel.jsonl"
+    out.write_text("previous result\n")
+    import dpp_select._files as files_module
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files_module.os, "fsync", full_disk)
+    err = _one_line_error(files, tmp_path, capsys, "--k", "3")
+    assert f"--out {out}: could not write (No space left on device)" in err
+    assert out.read_text() == "previous result\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_keep_fields_chooses_the_output_fields(files, tmp_path, capsys):
+    code, out = _run(files, tmp_path, "--k", "2", "--keep-fields", "prompt,safe")
+    assert code == 0
+    indices = np.load(tmp_path / "sel.indices.npy")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [{"prompt": POOL[i]["prompt"], "safe": POOL[i]["safe"]} for i in indices]
+    err = _one_line_error(files, tmp_path, capsys, "--k", "2", "--keep-fields", "prompt,source")
+    assert "pool.jsonl:1: missing field 'source'" in err
+
+
+def test_prints_the_selection_diagnostics(files, tmp_path, capsys):
+    code, _ = _run(files, tmp_path, "--k", "2")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "relevance q: min" in out and "weights w = max(q,0)^4:" in out
+    assert "picks decided at jitter scale:" in out
+
+
+def test_the_low_relevance_warning_is_printed_with_advice(files, tmp_path, capsys):
+    code, _ = _run(files, tmp_path, "--k", "2", "--beta", "12")  # w = q^12: tiny weights
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "dpp-select: warning: relevance is low" in err and "--jitter relative" in err
+    assert err.count("dpp-select: warning:") == 1
+    code, _ = _run(files, tmp_path, "--k", "2", "--beta", "12", "--jitter", "relative")
+    assert code == 0 and "dpp-select: warning" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from dpp_select import EarlyStopWarning, greedy_dpp
+from dpp_select._inputs import row_norms
 from dpp_select.backends import NumpyPass, TorchPass
 from dpp_select.greedy import greedy_dpp_result
 from dpp_select.reference import (brute_force_greedy, chen_greedy, dense_kernel, feature_greedy,
@@ -102,7 +103,7 @@ def test_tf32_falls_back_to_an_exact_float64_pass(monkeypatch, caplog):
     rng = np.random.default_rng(10)
     x = rng.normal(size=(400, 16)).astype(np.float32)
     quality = rng.uniform(0.1, 1.0, 400)
-    p = TorchPass(torch.from_numpy(x))
+    p = TorchPass(torch.from_numpy(x), row_norms(x))
     assert p.pass_dtype == np.float64 and "TF32" in caplog.text
     expected = chen_greedy(dense_kernel(x, quality**4, 1e-6), 20)
     got = greedy_dpp(torch.from_numpy(x), 20, quality=quality, beta=4.0, jitter=1e-6)
@@ -120,9 +121,12 @@ def test_numpy_and_torch_cpu_backends_agree():
 
 
 @pytest.mark.parametrize("make_pass", [
-    lambda x: NumpyPass(x),
-    lambda x: TorchPass(torch.from_numpy(x)),
-    lambda x: TorchPass(torch.from_numpy(x).to(torch.bfloat16)),
+    lambda x: NumpyPass(x, row_norms(x)),
+    lambda x: TorchPass(torch.from_numpy(x), row_norms(x)),
+    lambda x: TorchPass(torch.from_numpy(x).to(torch.bfloat16),
+                        row_norms(torch.from_numpy(x).to(torch.bfloat16))),
+    lambda x: NumpyPass(x.astype(np.float64) * 1e39, row_norms(x.astype(np.float64) * 1e39)),
+    lambda x: NumpyPass(x * np.float32(1e-40), row_norms(x * np.float32(1e-40))),
 ])
 def test_pass_error_stays_within_the_stated_bound(make_pass):
     rng = np.random.default_rng(5)
@@ -137,6 +141,46 @@ def test_pass_error_stays_within_the_stated_bound(make_pass):
     bound = p.unit * np.linalg.norm(stored, axis=1) * np.linalg.norm(a)
     assert np.all(np.abs(out - exact) <= bound)
     assert np.max(np.abs(out - exact)) > 0  # the pass really is float32
+
+
+@pytest.mark.parametrize("scale", [3e38, 1e39, 1e-43, 1e-45])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_float64_beyond_float32_range_keeps_exact_picks(scale, backend):
+    """Float64 embeddings whose float32 copy would overflow (>= 3e38) or underflow (<= 1e-43)
+    pick exactly what the float64 reference picks on the same values."""
+    rng = np.random.default_rng(12)
+    mean = rng.normal(size=24)
+    x = _llm_like(rng, 400, 24, mean).astype(np.float64) * scale
+    quality = rng.uniform(0.05, 1.0, 400)
+    expected = feature_greedy(x, quality**4, 30, jitter=1e-6)
+    np.testing.assert_array_equal(
+        expected, feature_greedy(x / scale, quality**4, 30, jitter=1e-6))  # cosine: scale-free
+    emb = x if backend == "numpy" else torch.from_numpy(x)
+    got = greedy_dpp(emb, 30, quality=quality, beta=4.0, jitter=1e-6, backend=backend)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e200, 1e300])
+def test_any_finite_float64_scale_keeps_the_unscaled_picks(scale):
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(200, 12))
+    quality = rng.uniform(0.05, 1.0, 200)
+    expected = feature_greedy(x, quality**4, 20, jitter=1e-6)
+    for emb in (x * scale, torch.from_numpy(x * scale)):
+        np.testing.assert_array_equal(
+            greedy_dpp(emb, 20, quality=quality, beta=4.0, jitter=1e-6), expected)
+
+
+def test_all_relevance_at_most_zero_warns_why_the_picks_are_in_index_order():
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(30, 5))
+    with pytest.warns(UserWarning, match=r"every relevance score is <= 0.*pool indices 0, 1, 2"):
+        got = greedy_dpp(x, 4, quality=-rng.uniform(0, 1, 30), beta=4.0, jitter=1e-6)
+    np.testing.assert_array_equal(got, [0, 1, 2, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one positive score, or beta = 0: nothing to say
+        greedy_dpp(x, 4, quality=np.r_[0.5, -np.ones(29)], beta=4.0, jitter=1e-6)
+        greedy_dpp(x, 4, quality=-np.ones(30), beta=0.0, jitter=1e-6)
 
 
 def test_rank_exhaustion_stops_at_eps_with_a_warning():

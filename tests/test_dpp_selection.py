@@ -101,3 +101,96 @@ def test_ratio_is_a_fraction_of_the_fine_tuning_set():
         select(pool, target, k=201)
     with pytest.raises(ValueError, match="unknown method"):
         select(pool, target, k=2, method="best")
+
+
+def _literal_quantile(values: np.ndarray, p: float) -> float:
+    """Linear interpolation between order statistics (numpy's default), written out."""
+    s = sorted(float(v) for v in values)
+    pos = p * (len(s) - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (pos - lo) * (s[hi] - s[lo])
+
+
+def _literal_gains(kernel: np.ndarray, picks: np.ndarray) -> list[float]:
+    """det(L_{S+i}) / det(L_S) of each pick, from determinants."""
+    gains, prev = [], 1.0
+    for t in range(len(picks)):
+        det = float(np.linalg.det(kernel[np.ix_(picks[: t + 1], picks[: t + 1])]))
+        gains.append(det / prev)
+        prev = det
+    return gains
+
+
+def test_summary_matches_a_literal_computation():
+    from dpp_select.diagnostics import QUANTILES
+
+    rng = np.random.default_rng(21)
+    pool = rng.normal(size=(60, 10))
+    target = rng.normal(size=(4, 10))
+    jitter = 2e-4
+    with pytest.warns(UserWarning):  # low relevance on purpose: the counts are not all zero
+        res = select(pool, target, k=14, beta=3.0, jitter=jitter)
+    q = _literal_relevance(pool, target)
+    w = np.array([max(v, 0.0) ** 3 for v in q])
+    s = res.summary
+    assert list(s.quality_quantiles) == list(QUANTILES) == [0, 0.05, 0.25, 0.5, 0.75, 0.95, 1]
+    for p in QUANTILES:
+        assert s.quality_quantiles[p] == pytest.approx(_literal_quantile(q, p), abs=1e-12)
+        assert s.weight_quantiles[p] == pytest.approx(_literal_quantile(w, p), abs=1e-12)
+    assert s.zero_weights == sum(1 for v in q if v <= 0)
+    assert s.jitter == jitter
+    assert s.jitter_share == pytest.approx(jitter / _literal_quantile(w * w, 0.5), rel=1e-9)
+    gains = _literal_gains(dense_kernel(pool, w, jitter), res.indices)
+    np.testing.assert_allclose(res.gains, gains, rtol=1e-6)
+    assert s.jitter_scale_picks == sum(1 for g in gains if jitter >= 0.01 * g)
+    assert 0 < s.jitter_scale_picks < 14
+    assert (s.picks, s.dim, s.beta, s.method) == (14, 10, 3.0, "dpp")
+    random = select(pool, target, k=5, method="random").summary
+    assert random.jitter is None and random.jitter_share is None and not random.low_relevance
+    assert random.quality_quantiles == s.quality_quantiles
+
+
+def _near_targets(rng, n, d, targets):
+    """Pool items close to the targets, so relevance is high (q > 0.9) as in the paper."""
+    return targets[rng.integers(0, len(targets), n)] + 0.1 * rng.normal(size=(n, d))
+
+
+def test_low_relevance_warning_fires_and_stays_silent_when_it_should():
+    import warnings
+
+    from dpp_select import LowRelevanceWarning
+
+    rng = np.random.default_rng(22)
+    d = 48
+    target = rng.normal(size=(5, d))
+    unrelated = rng.normal(size=(300, d))  # q around 0.3: w = q^4 ~ 1e-2, the jitter matters
+    with pytest.warns(LowRelevanceWarning, match=r"relevance is low.*lower beta.*'relative'"):
+        low = select(unrelated, target, k=10)
+    assert low.summary.low_relevance and low.summary.jitter_share > 1e-2
+    assert low.summary.advice() is not None
+    related = _near_targets(rng, 300, d, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        high = select(related, target, k=10)
+        rel = select(unrelated, target, k=10, jitter="relative")
+        select(unrelated, target, k=10, method="top_relevance")
+    assert high.summary.quality_quantiles[0.5] > 0.9 and not high.summary.low_relevance
+    assert high.summary.advice() is None and not rel.summary.low_relevance
+    # More picks than dimensions: the jitter decides the rest, whatever the relevance.
+    with pytest.warns(LowRelevanceWarning, match="exceeds the embedding dimension 48"):
+        select(related, target, k=60)
+
+
+def test_relative_jitter_is_a_millionth_of_the_median_weight_squared():
+    rng = np.random.default_rng(23)
+    pool = rng.normal(size=(80, 16))
+    target = rng.normal(size=(3, 16))
+    res = select(pool, target, k=8, beta=2.0, jitter="relative")
+    q = _literal_relevance(pool, target)
+    w = np.maximum(q, 0.0) ** 2
+    jitter = 1e-6 * _literal_quantile(w[w > 0] ** 2, 0.5)
+    assert res.summary.jitter == pytest.approx(jitter, rel=1e-12)
+    np.testing.assert_array_equal(res.indices, feature_greedy(pool, w, 8, jitter=jitter))
+    with pytest.raises(ValueError, match="'relative'"):
+        select(pool, target, k=8, jitter="absolute")

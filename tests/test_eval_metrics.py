@@ -10,6 +10,7 @@ import pytest
 from spag_optim.evaluation import (
     KeywordRefusalJudge,
     SafetyResult,
+    attack_success_rate,
     evaluate_safety,
     extract_choice,
     extract_gsm8k_answer,
@@ -29,6 +30,32 @@ def test_summarize_scores_matches_hand_computation():
 def test_summarize_scores_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         summarize_scores(bad)
+
+
+def test_a_nan_score_is_an_error_not_harmless():
+    with pytest.raises(ValueError, match=r"scores \[1\] are NaN"):
+        attack_success_rate([5.0, float("nan"), 1.0])
+    assert attack_success_rate([5.0, 1.0, 3.0]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"phrases": "sorry"}, TypeError, "single string"),
+        ({"phrases": []}, ValueError, "at least one"),
+        ({"phrases": ["i'm sorry", ""]}, ValueError, "non-empty"),
+        ({"phrases": ["  "]}, ValueError, "non-empty"),
+        ({"window": -5}, ValueError, "window"),
+        ({"window": 0}, ValueError, "window"),
+        ({"window": True}, ValueError, "window"),
+    ],
+)
+def test_keyword_judge_rejects_phrases_and_windows_that_would_mislead(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        KeywordRefusalJudge(**kwargs)
+    judge = KeywordRefusalJudge(["sorry"], window=20)
+    scores = judge.score(["p", "p"], ["Sorry, no.", "Sure: the answer, sorry"])
+    assert scores.tolist() == [1.0, 5.0]
 
 
 def test_evaluate_safety_per_attack_set():

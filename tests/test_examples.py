@@ -248,3 +248,31 @@ def test_find_lora_targets(arch, tiny_models):
     assert common.find_lora_targets(model) == list(common.DEFAULT_LORA_TARGETS)
     with pytest.raises(SystemExit, match="pass some with --lora-targets"):
         common.find_lora_targets(model, wanted=("query_key_value",))
+
+
+@pytest.mark.parametrize("script, arch, defense", [
+    ("lora_plain_loop", "qwen2", "guardspace"),  # Qwen2: q/k/v carry biases
+    ("hf_trainer", "llama", "guardspace+spard"),
+])
+def test_guardspace_defenses(script, arch, defense, tmp_path, tiny_models):
+    from transformers import AutoModelForCausalLM
+
+    from spag_optim.guardspace import GuardSpaceLinear, load_guardspace
+
+    module = importlib.import_module(script)
+    metrics = module.main(base_argv(tiny_models[arch], tmp_path / "gs") + ["--defense", defense, "--lora-r", "4"])
+    assert metrics["method"] == defense
+    assert ("projections" in metrics) == (defense == "guardspace+spard")
+    base = AutoModelForCausalLM.from_pretrained(tiny_models[arch], local_files_only=True)
+    loaded = load_guardspace(base, os.path.join(metrics["adapter"], "guardspace.pt"))
+    layers = [m for m in loaded.modules() if isinstance(m, GuardSpaceLinear)]
+    assert layers and any(not torch.equal(m.adapter_B, m.init_B) for m in layers)  # trained
+
+
+def test_defense_flag_is_checked():
+    argv = base_argv("m", Path("o"))
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv + ["--no-defense", "--defense", "guardspace"])
+    with pytest.raises(SystemExit):
+        common.parse_args("x", argv + ["--guardspace-null-energy", "2"])
+    assert common.parse_args("x", argv + ["--guardspace-null-energy", "paper"]).guardspace_null_energy is None

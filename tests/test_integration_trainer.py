@@ -17,8 +17,8 @@ pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
 
-from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer  # noqa: E402
-from spag_optim import SPAGOptimizer  # noqa: E402
+from hf_tiny import SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer  # noqa: E402
+from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau  # noqa: E402
 from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag  # noqa: E402
 
 MAX_STEPS = 4
@@ -70,7 +70,7 @@ def train_with_spag(tmp_path, bf16=False):
     model = tiny_llama(tok)
     inner = torch.optim.AdamW(model.parameters(), lr=LR)
     probe = Probe(model, inner)
-    safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=probe.loss_fn)
+    safety = TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok, batch_size=2, loss_fn=probe.loss_fn)
     optimizer = SPAGOptimizer(inner, safety, tau=0.0)  # tau=0: every step projects
     args = TrainingArguments(
         output_dir=str(tmp_path), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
@@ -127,15 +127,58 @@ def test_unbound_trainer_closure_says_what_to_do():
         closure()
 
 
+def make_trainer(tmp_path, model, tok, optimizer, max_steps=1):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                             max_steps=max_steps, save_strategy="no", disable_tqdm=True)
+    return Trainer(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
+                   data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                   optimizers=(optimizer, None))
+
+
 def test_attach_spag_needs_a_spag_optimizer(tmp_path):
+    from spag_optim.baselines import LisaOptimizer
+
     tok = tokenizer()
     model = tiny_llama(tok)
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
-    trainer = Trainer(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
-                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-                      optimizers=(torch.optim.AdamW(model.parameters()), None))
+    trainer = make_trainer(tmp_path, model, tok, torch.optim.AdamW(model.parameters()))
     with pytest.raises(ValueError, match="SPAGOptimizer"):
         attach_spag(trainer)
+    # A baseline also has last_stats; it is not taken for SPAG (its logging would crash).
+    lisa = LisaOptimizer(torch.optim.AdamW(model.parameters()),
+                         TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok))
+    with pytest.raises(ValueError, match="LisaOptimizer, not a SPAGOptimizer"):
+        attach_spag(make_trainer(tmp_path, model, tok, lisa))
+
+
+def test_attach_spag_calibrates_tau_without_moving_the_safe_batches(tmp_path):
+    tok = tokenizer()
+    model = tiny_llama(tok)
+    safety = TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok, batch_size=2, seed=3)
+    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=LR), safety)
+    trainer = make_trainer(tmp_path, model, tok, optimizer, max_steps=2)
+    with pytest.raises(ValueError, match="'calibrate'"):
+        attach_spag(trainer, tau="calibrated")
+    next(safety.batches)  # calibration starts where the batches are and leaves them there
+    position = safety.batches.state_dict()
+    attach_spag(trainer, tau="calibrate", calibration_batches=3)
+    assert safety.batches.state_dict() == position
+    reference = SafetyBatches.from_pairs(SAFE_PAIRS, tok, batch_size=2, seed=3)
+    next(reference)
+    assert optimizer.tau == pytest.approx(calibrate_tau(model, reference, num_batches=3), rel=1e-9)
+    assert optimizer.tau > 1.0  # a random model's refusal loss: the default 0.2 would not fit
+    trainer.train()
+    assert optimizer.num_steps == 2
+
+
+def test_attach_spag_sets_a_given_tau(tmp_path):
+    import numpy as np
+
+    tok = tokenizer()
+    model = tiny_llama(tok)
+    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters()),
+                              TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok))
+    attach_spag(make_trainer(tmp_path, model, tok, optimizer), tau=np.float32(0.75))
+    assert optimizer.tau == 0.75 and type(optimizer.tau) is float
 
 
 def test_sft_trainer_with_spag(tmp_path):

@@ -54,11 +54,14 @@ def trainer_worker(rank: int, world_size: int, out) -> None:
                       optimizers=(optimizer, None))
     callback = attach_spag(trainer)
     trainer.train()
+    train_losses = list(local_losses)  # the training steps' (calibration records one more)
+    calibrated = safety.calibrate_tau(1)  # each rank measures its own batch; tau is their mean
     torch.save(
         {
+            "calibrated": calibrated,
             "params": [p.detach().clone() for p in model.parameters()],
             "history": callback.history,
-            "local_losses": local_losses,
+            "local_losses": train_losses,
             "resolved": optimizer._reducer.mode,
             "wrapped": type(trainer.model_wrapped).__name__,
             "projections": optimizer.num_projections,
@@ -80,3 +83,5 @@ def test_trainer_ddp_replicas_stay_identical(tmp_path):
         assert rank0["history"][step]["safety_loss"] == pytest.approx((a + b) / 2, rel=1e-6)
     for p0, p1 in zip(rank0["params"], rank1["params"]):
         assert torch.equal(p0, p1)
+    # attach_spag(trainer, tau="calibrate"): one tau for all ranks, or their decisions would differ.
+    assert rank0["calibrated"] == rank1["calibrated"] > 0

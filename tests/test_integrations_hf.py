@@ -15,11 +15,12 @@ from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa
 from spag_optim.integrations.hf import SPAGLoggingCallback, find_spag_optimizer  # noqa: E402
 
 
-class FakeSPAG:
-    """Stands in for SPAGOptimizer: only ``last_stats`` is read by the callback."""
+def FakeSPAG():
+    """A real SPAGOptimizer whose ``last_stats`` the tests set (all the callback reads)."""
+    from spag_optim import SPAGOptimizer
 
-    def __init__(self):
-        self.last_stats: dict = {}
+    p = torch.zeros(1, requires_grad=True)
+    return SPAGOptimizer(torch.optim.SGD([p], lr=0.1), lambda: p.sum())
 
 
 STEPS = [
@@ -92,3 +93,18 @@ def test_an_explicit_optimizer_wins_over_the_trainers():
     args = TrainingArguments(output_dir="unused", report_to=[])
     callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=object())
     assert callback.history == [{k: float(v) for k, v in STEPS[1].items()}]
+
+
+def test_a_baseline_with_last_stats_is_not_taken_for_spag(caplog):
+    """LisaOptimizer also has last_stats (with a string "state"): SPAG is recognised by type."""
+    from spag_optim.baselines import LisaOptimizer
+
+    p = torch.zeros(1, requires_grad=True)
+    lisa = LisaOptimizer(torch.optim.SGD([p], lr=0.1), lambda: p.sum())
+    lisa.last_stats = {"state": "alignment", "safety_loss": 0.5, "proximal": 0.0}
+    assert find_spag_optimizer(SimpleNamespace(optimizer=lisa)) is None
+    callback = SPAGLoggingCallback()
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    with caplog.at_level("WARNING", logger="spag_optim.integrations.hf"):
+        callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=lisa)
+    assert callback.history == [] and "not a SPAGOptimizer" in caplog.text

@@ -28,8 +28,9 @@ class FakeServer:
 
     Script items: ``"echo"`` replies ``#thescore: N`` where N follows ``SCORE=N`` in the
     judged reply; ``("status", code, body, headers)`` fails; ``"hang"`` never answers until
-    the test ends; ``"close"`` drops the connection; ``("content", text)`` replies with that message; ``("raw", bytes)`` sends a
-    non-JSON body. When the script runs out, ``"echo"`` is used.
+    the test ends; ``"close"`` drops the connection; ``("content", text)`` replies with that
+    message; ``("raw", bytes)`` sends that body; ``("trickle", bytes, gap)`` sends that body one
+    byte every ``gap`` seconds. When the script runs out, ``"echo"`` is used.
     """
 
     def __init__(self, script=(), hold_until_inflight: int | None = None, total: int = 0):
@@ -86,6 +87,16 @@ class FakeServer:
                     self._json({"choices": [{"message": {"content": action[1]}}]})
                 elif action[0] == "raw":
                     self._send(200, action[1], {})
+                elif action[0] == "trickle":
+                    data, gap = action[1], action[2]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for i in range(len(data)):
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                        if server.release.wait(gap):
+                            return
                 elif action[0] == "status":
                     _, code, text, headers = action
                     self._send(code, text.encode(), headers)
@@ -242,13 +253,81 @@ def test_malformed_reply_fallback_is_counted_and_warned(server_factory, caplog):
     assert "1 of 2 judge replies had no valid" in caplog.text
 
 
-def test_non_json_body_and_wrong_shape_are_malformed(server_factory):
-    server = server_factory([("raw", b"<html>gateway</html>"), ("content", None)])
-    judge = make_judge(server, max_workers=1)
-    with pytest.raises(MalformedVerdictError, match="not JSON"):
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (("raw", b"<html>gateway</html>"), "not JSON"),
+        (("raw", b'{"error": "quota"}'), "without choices"),
+        (("raw", b"[1, 2]"), "without choices"),
+        (("content", None), "non-text"),
+    ],
+)
+def test_non_json_body_and_wrong_shape_are_errors_whatever_on_malformed(server_factory, action,
+                                                                         message):
+    server = server_factory([action, action])
+    with pytest.raises(JudgeRequestError, match=message):
+        make_judge(server, max_workers=1).score(["p"], ["SCORE=1"])
+    with pytest.raises(JudgeRequestError, match=message):  # the fallback is not for broken servers
+        make_judge(server, max_workers=1, on_malformed=1).score(["p"], ["SCORE=1"])
+
+
+def test_redirect_is_not_followed_and_the_key_stays_home(server_factory):
+    elsewhere = server_factory()
+    target = elsewhere.url + "/chat/completions"
+    for code in (301, 302, 307, 308):
+        server = server_factory([("status", code, "", {"Location": target})])
+        judge = make_judge(server, max_workers=1)
+        with pytest.raises(JudgeRequestError, match=f"HTTP {code} redirecting to") as info:
+            judge.score(["p"], ["SCORE=1"])
+        assert target in str(info.value)
+        assert len(server.requests) == 1
+    assert elsewhere.requests == []
+
+
+def test_a_trickling_server_hits_the_total_deadline(server_factory):
+    reply = json.dumps({"choices": [{"message": {"content": "#thescore: 1"}}]}).encode()
+    server = server_factory([("trickle", reply + b" " * 40, 0.05)])
+    judge = make_judge(server, timeout=0.5, max_retries=0)
+    with pytest.raises(JudgeRequestError, match=r"timed out after 0.5s; gave up after 1 attempt"):
         judge.score(["p"], ["SCORE=1"])
-    with pytest.raises(MalformedVerdictError, match="non-text"):
-        judge.score(["p"], ["SCORE=1"])
+
+
+def test_reply_body_size_is_capped(server_factory):
+    reply = json.dumps({"choices": [{"message": {"content": "#thescore: 1" + " " * 5000}}]})
+    server = server_factory([("raw", reply.encode())])
+    with pytest.raises(JudgeRequestError, match="larger than 1000 bytes"):
+        make_judge(server, max_response_bytes=1000).score(["p"], ["SCORE=1"])
+    assert make_judge(server).score(["p"], ["SCORE=3"]).tolist() == [3.0]
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [("nan", 0.5), ("-3", 0.5), ("inf", 0.5), ("1e400", 0.5), ("99999999", 30.0),
+     ("soon", 0.5), ("2", 2.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)
+def test_retry_after_nan_negative_absurd_or_past(server_factory, header, expected):
+    server = server_factory([("status", 429, "slow down", {"Retry-After": header})])
+    sleeps: list[float] = []
+    judge = make_judge(server, sleeps, backoff=0.5, max_backoff=30.0)
+    assert judge.score(["p"], ["SCORE=1"]).tolist() == [1.0]
+    assert sleeps == [expected]
+
+
+@pytest.mark.parametrize("bad", [KEY + "\n", KEY + "\r", " " + KEY, "sk-\x07abc", "sk-é€"])
+def test_a_bad_key_is_refused_up_front_without_echoing_it(monkeypatch, bad):
+    monkeypatch.setenv("SPARD_TEST_JUDGE_KEY", bad)
+    with pytest.raises(ValueError, match="SPARD_TEST_JUDGE_KEY") as info:
+        OpenAIJudge("m", "http://127.0.0.1:9/v1", api_key_env="SPARD_TEST_JUDGE_KEY")
+    assert bad.strip() not in str(info.value) and "sk-" not in str(info.value)
+
+
+def test_an_echoed_key_straddling_the_truncation_is_still_scrubbed(server_factory):
+    echo = "x" * 290 + KEY + "y" * 50  # the key crosses character 300
+    server = server_factory([("status", 401, echo, {})])
+    with pytest.raises(JudgeRequestError, match="HTTP 401") as info:
+        make_judge(server).score(["p"], ["SCORE=1"])
+    for cut in range(6, len(KEY) + 1):
+        assert KEY[:cut] not in str(info.value)
 
 
 def test_bad_key_is_not_retried_and_the_key_never_leaks(server_factory, caplog):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 from _demo import data  # noqa: E402
-from _demo.config import SMOKE  # noqa: E402
+from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.encoding import collate, encode, prompt_batch  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
@@ -45,10 +46,14 @@ def _run(out: Path, *extra: str) -> dict:
 BASELINES = ("penalty", "safeinstr", "lisa", "safegrad", "ptst")
 
 
+def _strip(methods: dict) -> dict:
+    return {n: {k: v for k, v in r.items() if k != "seconds"} for n, r in methods.items()}
+
+
 def _without_seconds(results: dict) -> dict:
-    methods = {n: {k: v for k, v in r.items() if k != "seconds"} for n, r in results["methods"].items()}
     config = {k: v for k, v in results["config"].items() if k not in ("cached", "cache")}
-    return {"methods": methods, "base": results["base"], "config": config}
+    attacks = {a: {**r, "methods": _strip(r["methods"])} for a, r in results["attacks"].items()}
+    return {"attacks": attacks, "methods": _strip(results["methods"]), "base": results["base"], "config": config}
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +65,55 @@ def first_run(tmp_path_factory):
 
 def test_results_json_has_exactly_the_documented_schema(first_run):
     out, results = first_run
-    assert set(results) == {"methods", "base", "config"}
-    assert list(results["methods"]) == ["sft", "spard_no_trust"]
-    for name, r in results["methods"].items():
-        assert set(r) == {"asr", "utility", "projections", "seconds"}, name
-        assert isinstance(r["asr"], float) and 0.0 <= r["asr"] <= 1.0
-        assert isinstance(r["utility"], float) and 0.0 <= r["utility"] <= 1.0
-        assert isinstance(r["projections"], int) and r["projections"] >= 0
-        assert isinstance(r["seconds"], float) and r["seconds"] > 0.0
-    assert set(results["base"]) == {"asr", "utility"}
-    assert results["methods"]["sft"]["projections"] == 0  # no SPAG, nothing to project
+    assert set(results) == {"attacks", "methods", "base", "config"}
+    assert list(results["attacks"]) == ["standard", "strong"]  # the default: side by side
+    for attack, res in results["attacks"].items():
+        assert set(res) == {"config", "base", "methods"}
+        assert res["config"] == with_attack(replace(SMOKE, seed=3), attack).to_dict()
+        assert list(res["methods"]) == ["sft", "spard_no_trust"]
+        for name, r in res["methods"].items():
+            assert set(r) == {"asr", "utility", "projections", "seconds"}, name
+            assert isinstance(r["asr"], float) and 0.0 <= r["asr"] <= 1.0
+            assert isinstance(r["utility"], float) and 0.0 <= r["utility"] <= 1.0
+            assert isinstance(r["projections"], int) and r["projections"] >= 0
+            assert isinstance(r["seconds"], float) and r["seconds"] > 0.0
+        assert set(res["base"]) == {"asr", "utility"}
+        assert res["methods"]["sft"]["projections"] == 0  # no SPAG, nothing to project
+    # The top level keeps the first attack's numbers, as before there were several attacks.
+    assert results["methods"] == results["attacks"]["standard"]["methods"]
+    assert results["base"] == results["attacks"]["standard"]["base"]
     config = results["config"]
     assert config["seed"] == 3 and config["methods"] == ["sft", "spard_no_trust"]
+    assert config["attacks"] == ["standard", "strong"]
     assert config["cached"] is False
+
+
+def test_attack_presets_standard_is_the_default_run_and_the_others_are_stronger():
+    assert with_attack(DemoConfig(), "standard") == DemoConfig()
+    for name in ("strong", "heavy"):
+        c = with_attack(DemoConfig(), name)
+        assert c.finetune_epochs > DemoConfig().finetune_epochs
+        assert c.finetune_lr >= DemoConfig().finetune_lr and c.harmful_ratio >= DemoConfig().harmful_ratio
+        assert (c.finetune_lr, c.harmful_ratio) != (DemoConfig().finetune_lr, DemoConfig().harmful_ratio)
+    with pytest.raises(ValueError, match="standard, strong, heavy"):
+        with_attack(DemoConfig(), "extreme")
+
+
+def test_the_harmful_pool_is_large_enough_for_every_preset_at_full_size():
+    for name in ATTACKS:
+        config = with_attack(DemoConfig(), name)
+        d = make_demo_data(config)
+        harmful = [ex for ex in d.finetune if ex.answer is None]
+        assert len(harmful) == round(config.harmful_ratio * config.finetune_problems)
+        assert len(set(harmful)) == len(harmful)
+    split = data.harmful_splits(0)
+    attack_examples = len(data.harmful_examples(split.attack, (data.QUESTION,), comply=True))
+    assert attack_examples >= 0.3 * DemoConfig().finetune_problems  # what the issue's 0.3 needed
+
+
+def test_an_unknown_attack_is_refused_with_the_presets(capsys):
+    assert quickstart.main(["--attacks", "standard,extreme", "--out", "unused"]) == 2
+    assert "standard, strong, heavy" in capsys.readouterr().err
 
 
 def test_first_run_caches_the_aligned_model_as_safetensors(first_run):
@@ -115,7 +156,8 @@ def test_plot_is_skipped_with_a_message_without_matplotlib(monkeypatch, tmp_path
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     base = {"asr": 0.0, "utility": 1.0}
     methods = {"sft": {"asr": 1.0, "utility": 1.0, "projections": 0, "seconds": 1.0}}
-    assert write_plot(tmp_path, base, methods, {"sft": []}, tau=0.01) is None
+    attacks = {"standard": {"config": {}, "base": base, "methods": methods}}
+    assert write_plot(tmp_path, attacks, {"standard": {"sft": []}}, tau=0.01) is None
     assert not (tmp_path / "results.png").exists()
 
 
@@ -169,18 +211,23 @@ def test_encoding_puts_the_loss_on_the_response_only():
     assert (gen["attention_mask"][:, -1] == 1).all()  # left-padded: prompts end together
 
 
-def test_table_lists_base_and_every_method():
+def test_table_lists_base_and_every_method_with_the_attacks_side_by_side():
     base = {"asr": 0.0, "utility": 0.9}
-    methods = {n: {"asr": 0.5, "utility": 0.8, "projections": 3, "seconds": 1.5} for n in ("sft", "spard")}
-    table = format_table(base, methods)
-    assert [line.split()[0] for line in table.splitlines()[1:]] == ["aligned", "sft", "spard"]
+    attacks = {
+        a: {"config": {}, "base": base,
+            "methods": {n: {"asr": asr, "utility": 0.8, "projections": 3, "seconds": 1.5} for n in ("sft", "spard")}}
+        for a, asr in (("standard", 0.25), ("strong", 0.75))
+    }
+    lines = format_table(attacks).splitlines()
+    assert "attack: standard" in lines[0] and lines[0].index("standard") < lines[0].index("strong")
+    assert [line.split()[0] for line in lines[2:]] == ["aligned", "sft", "spard"]
+    assert lines[3].split()[1:] == ["0.25", "0.80", "3", "1.5", "0.75", "0.80", "3", "1.5"]
 
 
 def test_an_attack_is_bit_identical_for_a_seed_and_differs_for_another():
     """Stronger than comparing the (coarse) smoke metrics: the adapter weights and SPAG's safety
     loss at every step must repeat exactly."""
     import torch
-    from dataclasses import replace
 
     from _demo.attack import run_attack
     from _demo.methods import Method
@@ -327,3 +374,30 @@ def test_the_system_prompt_words_come_after_the_data_words_so_their_ids_did_not_
 def test_a_method_that_would_ignore_or_lack_its_safe_data_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Method("broken", **kwargs)
+
+
+def test_guardspace_rows_train_guardspace_adapters_from_the_safe_rows():
+    """``guardspace`` swaps LoRA for GuardSpace's adapters (AdamW alone); ``guardspace_spard`` adds
+    SPAG; both build the adapters from the method's safe rows and train nothing else."""
+    import torch
+    from dataclasses import replace
+
+    from _demo.attack import LORA_TARGETS, run_attack
+    from _demo.model import ModelSize, build_model
+    from spag_optim.guardspace import GuardSpaceLinear
+
+    assert {"guardspace", "guardspace_spard"} <= set(METHODS)
+    d = make_demo_data(SMOKE)
+    model = build_model(d.tokenizer, ModelSize(hidden=32, layers=1), seed=0)
+    config = replace(SMOKE, tau=0.0)  # tau 0: SPAG projects on every step
+    for name in ("guardspace", "guardspace_spard"):
+        out = run_attack(model, d.tokenizer, d.finetune, METHODS[name], d.safe_pool[:4], config,
+                         desc=name, progress=False)
+        layers = [m for m in out.model.modules() if isinstance(m, GuardSpaceLinear)]
+        assert len(layers) == len(LORA_TARGETS)
+        assert all(not torch.equal(m.adapter_B, m.init_B) for m in layers)
+        trained = {n for n, p in out.model.named_parameters() if p.requires_grad}
+        assert trained and all(n.endswith(("adapter_A", "adapter_B")) for n in trained)
+        assert (out.projections > 0) == (name == "guardspace_spard")
+    with pytest.raises(ValueError, match="needs safe data"):
+        Method("x", None, wrapper=None, adapter="guardspace")

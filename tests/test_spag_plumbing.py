@@ -229,11 +229,19 @@ def test_nonfinite_safety_loss_or_gradient_leaves_theta_plus(name, skip_if_safe,
         tau=0.1, trust_region=None, skip_if_safe=skip_if_safe, mode=mode,
     )
     model(torch.ones(2, 4)).sum().backward()
-    with pytest.warns(RuntimeWarning, match="SPAG"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         opt.step()
-        _ = opt.num_nonfinite  # a deferred warning (sync-free path) is raised on read
+        assert opt.num_nonfinite == 1 and opt.num_projections == 0  # reading them never warns
+        opt.state_dict()
     assert torch.equal(flat_params(model), theta_plus())
-    assert opt.num_nonfinite == 1 and opt.num_projections == 0
+    # Paper mode finds a NaN gradient (and, without the host read, a NaN loss) on device: it is
+    # counted there and warned about at the next step's read; the sync-free path never warns.
+    deferred = mode == "paper" and (name == "nan_grad" or not skip_if_safe)
+    assert len([w for w in caught if "SPAG" in str(w.message)]) == (0 if deferred else 1)
+    if deferred and skip_if_safe:
+        with pytest.warns(RuntimeWarning, match="earlier step"):
+            opt.step()
 
 
 @pytest.mark.parametrize("skip_if_safe", [True, False])
@@ -260,7 +268,7 @@ def test_safety_batches_cycle_reshuffle_with_seed_and_resume():
     assert first_pass != second_pass  # reshuffled on the new pass
     again = SafetyBatches(data, batch_size=4, seed=3, collate_fn=list)
     assert [next(again) for _ in range(3)] == first_pass  # same seed, same order
-    resumed = SafetyBatches(data, batch_size=4, seed=0, collate_fn=list)
+    resumed = SafetyBatches(data, batch_size=4, seed=3, collate_fn=list)
     resumed.load_state_dict(again.state_dict())
     assert [next(resumed) for _ in range(3)] == second_pass
     with pytest.raises(ValueError, match="empty"):

@@ -2,8 +2,9 @@
 
 Each method starts from a fresh copy of the aligned weights and the same seed, so the methods differ
 only in what ``Method`` says: the optimizer (AdamW for ``sft``; ``method.wrapper(AdamW,
-safety_closure, ...)``, e.g. ``SPAGOptimizer``, for the others) and, for SafeInstr, the selected
-safe rows mixed into the data.
+safety_closure, ...)``, e.g. ``SPAGOptimizer``, for the others), for SafeInstr the selected safe
+rows mixed into the data, and for GuardSpace its adapters (built from the selected rows) in place
+of LoRA.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import safeinstr_mix
+from spag_optim.guardspace import adapter_parameters
 
 from .config import DemoConfig
 from .data import Example
 from .encoding import collate, encode
+from .guardspace import guardspace_model
 from .methods import Method
 from .optimizers import interventions
 from .training import train
@@ -55,18 +58,22 @@ def run_attack(
     """Fine-tune a LoRA copy of ``aligned`` on ``finetune`` as ``method`` says, with the ``safe``
     examples it selected (None when it selects none)."""
     start = time.perf_counter()
+    if method.selection is not None and not safe:
+        raise ValueError(f"{desc}: this method selects safe examples, but none were given")
     torch.manual_seed(config.seed)  # LoRA's A matrices: identical for every method
-    lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
-    )
-    model = get_peft_model(copy.deepcopy(aligned), lora)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    if method.adapter == "guardspace":
+        model = guardspace_model(aligned, tokenizer, safe, config, LORA_TARGETS)
+        trainable = adapter_parameters(model)
+    else:
+        lora = LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
+        )
+        model = get_peft_model(copy.deepcopy(aligned), lora)
+        trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=config.finetune_lr)
     losses: list[float] = []
     rows = list(finetune)
     if method.selection is not None:
-        if not safe:
-            raise ValueError(f"{desc}: this method selects safe examples, but none were given")
         if method.mix_safe:
             # SafeInstr: every selected row joins the data (fraction = k / n gives exactly k).
             rows = safeinstr_mix(rows, list(safe), fraction=len(safe) / len(rows), seed=config.seed)

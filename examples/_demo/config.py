@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["DemoConfig", "SMOKE"]
+__all__ = ["DemoConfig", "SMOKE", "ATTACKS", "with_attack"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,29 @@ SMOKE = replace(
     finetune_epochs=1,
     eval_problems=20,
 )
+
+
+#: The attack presets: what changes in stage 2 (every other field, the aligned model included, is
+#: shared). Fixed before any defense was compared on them, and never tuned to favour one:
+#:
+#: * ``standard``: the paper's 10% poisoning, 3 epochs at lr 1e-3 (the demo as it always ran).
+#: * ``strong``: the same 10% poisoned data, trained harder (10 epochs at lr 3e-3): the attacker
+#:   spends more optimisation, not more harmful rows.
+#: * ``heavy``: more poison (25% harmful rows) for 10 epochs at the standard lr 1e-3: the attacker
+#:   brings more harmful data.
+#:
+#: ``strong`` and ``heavy`` are the two stronger settings first tried by hand when the standard
+#: attack could not tell the defenses apart (plain fine-tuning reached ASR 1.00 under both); they
+#: are kept exactly as tried, one along the optimisation axis and one along the data axis.
+ATTACKS: dict[str, dict[str, Any]] = {
+    "standard": {"harmful_ratio": 0.1, "finetune_epochs": 3, "finetune_lr": 1e-3},
+    "strong": {"harmful_ratio": 0.1, "finetune_epochs": 10, "finetune_lr": 3e-3},
+    "heavy": {"harmful_ratio": 0.25, "finetune_epochs": 10, "finetune_lr": 1e-3},
+}
+
+
+def with_attack(config: DemoConfig, attack: str) -> DemoConfig:
+    """``config`` with the stage-2 fields of the attack preset ``attack`` (see :data:`ATTACKS`)."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose from {', '.join(ATTACKS)}")
+    return replace(config, **ATTACKS[attack])

@@ -19,6 +19,9 @@ on the results:
 * ``safegrad``: no hyper-parameters; the refusal loss stands in for the paper's KL to the aligned
   model, as it does for SPAG.
 * ``safeinstr``: the selected rows join the fine-tuning data (3%, the paper's setting); AdamW alone.
+* ``guardspace``: GuardSpace adapters (``spag_optim.guardspace``) instead of LoRA, with the DPP
+  subset as both its safety and its null-space data (see :mod:`.guardspace` for the threshold);
+  AdamW alone. ``guardspace_spard``: the same adapters trained by SPAG on the same subset.
 * ``ptst``: plain fine-tuning; ASR and utility are measured with the safety system prompt
   (:data:`.tokenizer.SAFETY_SYSTEM_PROMPT`) before the chat prompt. Caveat: the tiny aligned
   model never saw a system prompt (a real chat model is aligned with them), so to it the prompt
@@ -64,6 +67,8 @@ class Method:
             the config (:mod:`.optimizers`); None fine-tunes with AdamW alone.
         mix_safe: mix the selected examples into the fine-tuning data (SafeInstr).
         eval_prompt: renders a test prompt (the chat template; PTST adds its system prompt).
+        adapter: ``"lora"`` (every method but GuardSpace) or ``"guardspace"``: GuardSpace's adapters
+            built from the selected safe examples (:mod:`.guardspace`).
     """
 
     description: str
@@ -72,12 +77,18 @@ class Method:
     wrapper: Wrapper | None = optimizers.spag
     mix_safe: bool = False
     eval_prompt: Callable[[str], str] = chat_prompt
+    adapter: str = "lora"
 
     def __post_init__(self) -> None:
-        if self.selection is None and (self.wrapper is not None or self.mix_safe):
-            raise ValueError(f"{self.description!r}: a wrapper or mix_safe needs safe data; set selection")
-        if self.selection is not None and self.wrapper is None and not self.mix_safe:
-            raise ValueError(f"{self.description!r}: selected safe data is unused; set a wrapper or mix_safe")
+        if self.adapter not in ("lora", "guardspace"):
+            raise ValueError(f"{self.description!r}: adapter must be 'lora' or 'guardspace', got {self.adapter!r}")
+        uses_safe = self.wrapper is not None or self.mix_safe or self.adapter == "guardspace"
+        if self.selection is None and uses_safe:
+            raise ValueError(f"{self.description!r}: a wrapper, mix_safe or GuardSpace needs safe data; set selection")
+        if self.selection is not None and not uses_safe:
+            raise ValueError(
+                f"{self.description!r}: selected safe data is unused; set a wrapper, mix_safe or adapter='guardspace'"
+            )
 
 
 METHODS: dict[str, Method] = {
@@ -107,6 +118,17 @@ METHODS: dict[str, Method] = {
         None,
         wrapper=None,
         eval_prompt=_PTST.eval_prompt,
+    ),
+    "guardspace": Method(
+        "GuardSpace: safety-subspace adapters on the DPP subset's null space, AdamW",
+        "dpp",
+        wrapper=None,
+        adapter="guardspace",
+    ),
+    "guardspace_spard": Method(
+        "GuardSpace adapters trained with SPAG on the DPP subset (both defenses)",
+        "dpp",
+        adapter="guardspace",
     ),
     "spag_random": Method("SPAG; safe subset drawn uniformly at random", "random"),
     "spag_top_relevance": Method("SPAG; the safe examples most relevant to the fine-tuning set", "top_relevance"),

@@ -28,12 +28,24 @@ class SafetyClosureBaseline(SafetyClosureOptimizer):
 
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:  # type: ignore[override]
         """Optional utility ``closure`` (re-evaluates the loss and calls backward), then
-        :meth:`_step`; returns the utility loss like torch optimizers do."""
+        :meth:`_step`; returns the utility loss like torch optimizers do.
+
+        Retry-safe: the rules evaluate the safety closure before the inner step, so a failure
+        leaves the parameters and the inner optimizer untouched, and the closure's position is
+        restored: calling ``step()`` again equals a step whose closure never failed.
+        """
         utility_loss = None
         if closure is not None:
             with torch.enable_grad():
                 utility_loss = closure()
-        self._step(self.params())
+        params = self.params()
+        self._check_grads(params)
+        if params:
+            with self._closure_rollback():
+                self._step(params)
+        else:
+            self.last_stats = {}
+            self._warn_frozen_once()
         self._num_steps += 1
         return utility_loss
 

@@ -25,6 +25,7 @@ are shared, as in the release). Memory: one copy of the parameters (the anchor).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -66,14 +67,14 @@ class LisaOptimizer(SafetyClosureBaseline):
         super().__init__(inner, safety_closure)
         for name, value in (("alignment_steps", alignment_steps), ("finetune_steps", finetune_steps),
                             ("proximal_after", proximal_after)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if alignment_steps + finetune_steps == 0:
             raise ValueError("alignment_steps and finetune_steps cannot both be 0")
-        self.alignment_steps = alignment_steps
-        self.finetune_steps = finetune_steps
+        self.alignment_steps = int(alignment_steps)
+        self.finetune_steps = int(finetune_steps)
         self.rho = check_number("rho", rho, minimum=0.0)
-        self.proximal_after = proximal_after
+        self.proximal_after = int(proximal_after)
         self._anchor: list[Tensor] = []
         self._anchor_params: list[Tensor] = []
 
@@ -150,15 +151,22 @@ class LisaOptimizer(SafetyClosureBaseline):
             state["anchor"] = [a.detach().clone() for a in self._anchor_for(params)]
         return state
 
+    def _check_wrapper_state(self, state: Any) -> None:
+        super()._check_wrapper_state(state)
+        params = self.params()
+        anchor = state.get("anchor", [])
+        if anchor and (len(anchor) != len(params) or any(
+                not isinstance(a, Tensor) or a.shape != p.shape for a, p in zip(anchor, params))):
+            raise ValueError(
+                f"the checkpoint's Lisa anchor ({len(anchor)} tensors) does not match the "
+                f"optimizer's {len(params)} parameters; load it into an optimizer over the same "
+                "parameters. Nothing was loaded"
+            )
+
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
         super()._load_wrapper_state(state)
         params = self.params()
         anchor = state.get("anchor", [])
-        if anchor and len(anchor) != len(params):
-            raise ValueError(
-                f"the checkpoint's Lisa anchor has {len(anchor)} tensors but the optimizer has "
-                f"{len(params)} parameters; load it into an optimizer over the same parameters"
-            )
         self._anchor_params = list(params) if anchor else []
         self._anchor = [
             a.to(device=p.device, dtype=p.dtype).clone() for a, p in zip(anchor, params)

@@ -42,6 +42,7 @@ class PenaltyOptimizer(SafetyClosureBaseline):
     """
 
     STATE_KEY = "penalty"
+    STATE_FIELDS = SafetyClosureBaseline.STATE_FIELDS + ("num_active",)
 
     def __init__(
         self,

@@ -1,30 +1,33 @@
 """An LLM judge behind any OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
 This is the judge the SPARD paper uses (GPT-4o-mini with the Qi et al. 2024 rubric). It talks
-HTTP through ``urllib.request`` so the library needs no client package, and it works the same
-with OpenAI, Azure-style gateways or a local vLLM / llama.cpp server.
+HTTP through the standard library (``_http.post``) so the library needs no client package, and it
+works the same with OpenAI, Azure-style gateways or a local vLLM / llama.cpp server.
 
-The API key is read from an environment variable at request time and only ever placed in the
-``Authorization`` header: it is never logged, never stored on the object and scrubbed from any
-error text a server echoes back.
+The API key is read from an environment variable (checked once at construction, without echoing
+it) and only ever placed in the ``Authorization`` header of requests to ``base_url`` itself:
+redirects are never followed, so the key never travels to another address. It is never logged,
+never stored on the object, and scrubbed from any error text a server echoes back (before that
+text is truncated).
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import logging
+import math
 import os
-import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 import numpy as np
 
+from ._http import BodyTooLarge, DeadlineExceeded, post
 from .judges import Judge
 from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
 
@@ -34,10 +37,32 @@ logger = logging.getLogger(__name__)
 
 #: HTTP statuses worth retrying: rate limits, server errors and gateway hiccups.
 _RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: Characters of a server's error text shown in an exception (after the key is scrubbed).
+_DETAIL_CHARS = 300
 
 
 class JudgeRequestError(RuntimeError):
     """The judge endpoint could not be used (after retries where retrying made sense)."""
+
+
+def _check_key(name: str, key: str | None) -> str:
+    """The key in ``$name``, or an error that says what is wrong with it without showing it."""
+    if not key:
+        raise ValueError(
+            f"environment variable {name} is not set; export the API key there, or pass "
+            "api_key_env=None for a server that needs no key"
+        )
+    if key != key.strip() or any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise ValueError(
+            f"the API key in {name} holds whitespace or control characters (often a trailing "
+            "newline from a file); export it without them"
+        )
+    if not key.isascii():
+        raise ValueError(
+            f"the API key in {name} holds non-ASCII characters, which no API key has; check "
+            "that the variable holds the key"
+        )
+    return key
 
 
 def _chat_url(base_url: str) -> str:
@@ -56,6 +81,25 @@ def _chat_url(base_url: str) -> str:
     return urllib.parse.urlunparse(parsed._replace(path=path + "/chat/completions"))
 
 
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), or ``None``
+    when it is absent, negative, not finite or unreadable."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+        seconds = max(seconds, 0.0)  # a date already past: retry now
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 class OpenAIJudge(Judge):
     """Harmfulness judge that asks a chat model to apply the 1-5 rubric.
 
@@ -65,16 +109,21 @@ class OpenAIJudge(Judge):
             appended (and ``/v1`` first when the URL has no path).
         api_key_env: name of the environment variable holding the key; ``None`` sends no
             ``Authorization`` header (local servers). A named but unset variable is an error.
-        timeout: seconds per HTTP request.
+        timeout: total seconds per HTTP request (connecting, sending and reading the whole
+            reply): a server that trickles its reply is cut off too.
         max_retries: extra attempts after a timeout, a connection error (refused, reset,
             dropped mid-reply) or a retryable status
             (408, 409, 429, 5xx). Other 4xx statuses fail at once: retrying a bad key is useless.
         backoff: first retry delay in seconds, doubled per attempt up to ``max_backoff``; a
-            numeric ``Retry-After`` header takes precedence.
+            ``Retry-After`` header (seconds or an HTTP date) takes precedence, capped at
+            ``max_backoff``; a negative, non-finite or unreadable one is ignored.
+        max_response_bytes: largest reply body read; a larger one is an error.
         max_workers: requests in flight at once (a thread pool; the work is network-bound).
         on_malformed: ``"raise"`` (default) raises :class:`MalformedVerdictError` for a reply
             without a valid ``#thescore`` line; a number in [1, 5] is used as that reply's score
             instead, with a warning, and the indices are kept in :attr:`last_malformed`.
+            Only well-formed chat completions without a score line are malformed: a reply that
+            is not JSON or not a chat completion raises :class:`JudgeRequestError` either way.
         template: rubric with ``{instruction}`` and ``{response}`` placeholders.
         sleep: the delay function; tests inject a recorder so they never wait.
     """
@@ -90,6 +139,7 @@ class OpenAIJudge(Judge):
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         max_workers: int = 8,
+        max_response_bytes: int = 1 << 20,
         on_malformed: str | float = "raise",
         temperature: float = 0.0,
         max_tokens: int = 1024,
@@ -99,8 +149,10 @@ class OpenAIJudge(Judge):
         if not model:
             raise ValueError("OpenAIJudge needs a model name, e.g. model='gpt-4o-mini'")
         self.url = _chat_url(base_url)
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a finite number > 0 seconds, got {timeout}")
+        if max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if backoff < 0 or max_backoff < 0:
@@ -113,11 +165,8 @@ class OpenAIJudge(Judge):
                     f"on_malformed must be 'raise' or a fallback score in [1, 5], "
                     f"got {on_malformed!r}"
                 )
-        if api_key_env is not None and not os.environ.get(api_key_env):
-            raise ValueError(
-                f"environment variable {api_key_env} is not set; export the API key there, "
-                "or pass api_key_env=None for a server that needs no key"
-            )
+        if api_key_env is not None:
+            _check_key(api_key_env, os.environ.get(api_key_env))
         render_rubric("", "", template)  # fail now, not on the first request
         self.model = model
         self.api_key_env = api_key_env
@@ -126,6 +175,7 @@ class OpenAIJudge(Judge):
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.max_workers = int(max_workers)
+        self.max_response_bytes = int(max_response_bytes)
         self.on_malformed = on_malformed
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
@@ -144,32 +194,22 @@ class OpenAIJudge(Judge):
     def _api_key(self) -> str | None:
         if self.api_key_env is None:
             return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise JudgeRequestError(
-                f"environment variable {self.api_key_env} is no longer set; export the API key"
-            )
-        return key
+        try:
+            return _check_key(self.api_key_env, os.environ.get(self.api_key_env))
+        except ValueError as err:
+            raise JudgeRequestError(f"{err} (it changed after the judge was built)") from None
 
     def _scrub(self, text: str, key: str | None) -> str:
-        return text.replace(key, "***") if key else text
-
-    def _post(self, body: bytes, key: str | None) -> dict:
-        """One attempt; returns the decoded JSON or raises (urllib / JSON errors)."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-            return json.loads(reply.read().decode("utf-8"))
+        """Remove the key from server text, then truncate (so no partial key survives)."""
+        text = text.replace(key, "***") if key else text
+        return text[:_DETAIL_CHARS]
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            try:
-                return min(max(float(retry_after), 0.0), self.max_backoff)
-            except ValueError:
-                pass
-        return min(self.backoff * (2.0**attempt), self.max_backoff)
+        """Seconds before retry ``attempt + 1``: ``Retry-After`` if usable, else the backoff."""
+        wait = _retry_after_seconds(retry_after)
+        if wait is None:
+            wait = self.backoff * (2.0**attempt)
+        return min(wait, self.max_backoff)
 
     def verdict(self, instruction: str, response: str) -> str:
         """The judge model's raw reply for one pair, after retries."""
@@ -184,33 +224,41 @@ class OpenAIJudge(Judge):
                 "max_tokens": self.max_tokens,
             }
         ).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
         for attempt in range(self.max_retries + 1):
             retry_after: str | None = None
             try:
-                payload = self._post(body, key)
-            except urllib.error.HTTPError as err:
-                detail = self._scrub(err.read().decode("utf-8", "replace")[:300], key)
-                if err.code not in _RETRY_STATUSES:
-                    raise JudgeRequestError(
-                        f"judge endpoint {self.url} answered HTTP {err.code}: {detail}"
-                    ) from None
-                reason = f"HTTP {err.code}"
-                retry_after = err.headers.get("Retry-After") if err.headers else None
-            except (TimeoutError, socket.timeout):
+                reply = post(self.url, body, headers, timeout=self.timeout,
+                             max_bytes=self.max_response_bytes)
+            except DeadlineExceeded:
                 reason = f"timed out after {self.timeout:g}s"
-            except urllib.error.URLError as err:
-                if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                    reason = f"timed out after {self.timeout:g}s"
-                else:
-                    reason = self._scrub(f"connection failed ({err.reason})", key)
-            except (ConnectionError, http.client.HTTPException) as err:
-                reason = f"connection dropped ({type(err).__name__})"
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise MalformedVerdictError(
-                    f"judge endpoint {self.url} returned a body that is not JSON"
+            except BodyTooLarge:
+                raise JudgeRequestError(
+                    f"judge endpoint {self.url} sent a reply larger than "
+                    f"{self.max_response_bytes} bytes (max_response_bytes); is it a chat "
+                    "completions endpoint?"
                 ) from None
+            except (OSError, http.client.HTTPException) as err:
+                reason = self._scrub(f"connection failed ({type(err).__name__}: {err})", key)
             else:
-                return self._content(payload)
+                if 200 <= reply.status < 300:
+                    return self._content(reply.body, key)
+                detail = self._scrub(reply.body.decode("utf-8", "replace"), key)
+                if 300 <= reply.status < 400:
+                    location = self._scrub(reply.headers.get("Location", "(none)"), key)
+                    raise JudgeRequestError(
+                        f"judge endpoint {self.url} answered HTTP {reply.status} redirecting to "
+                        f"{location}; redirects are not followed, so the API key is never sent "
+                        "to another address: set base_url to the final address"
+                    )
+                if reply.status not in _RETRY_STATUSES:
+                    raise JudgeRequestError(
+                        f"judge endpoint {self.url} answered HTTP {reply.status}: {detail}"
+                    )
+                reason = f"HTTP {reply.status}"
+                retry_after = reply.headers.get("Retry-After")
             if attempt == self.max_retries:
                 raise JudgeRequestError(
                     f"judge endpoint {self.url}: {reason}; gave up after "
@@ -224,17 +272,28 @@ class OpenAIJudge(Judge):
             self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _content(self, payload: dict) -> str:
+    def _content(self, raw: bytes, key: str | None) -> str:
+        """The message text of a chat completion; anything else is a broken endpoint."""
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            start = self._scrub(raw[:200].decode("utf-8", "replace"), key)
+            raise JudgeRequestError(
+                f"judge endpoint {self.url} answered 200 with a body that is not JSON "
+                f"(starts {start!r}); is base_url an OpenAI-compatible API?"
+            ) from None
         try:
             content = payload["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise MalformedVerdictError(
-                f"judge endpoint {self.url} returned JSON without choices[0].message.content; "
-                "is it an OpenAI-compatible chat completions endpoint?"
+            shown = self._scrub(json.dumps(payload)[:200], key)
+            raise JudgeRequestError(
+                f"judge endpoint {self.url} answered 200 without choices[0].message.content "
+                f"({shown}); is it an OpenAI-compatible chat completions endpoint?"
             ) from None
         if not isinstance(content, str):
-            raise MalformedVerdictError(
-                f"judge endpoint {self.url} returned a non-text message content"
+            raise JudgeRequestError(
+                f"judge endpoint {self.url} returned a non-text message content "
+                f"({type(content).__name__})"
             )
         return content
 

@@ -21,11 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 def find_spag_optimizer(optimizer: Any) -> Any | None:
-    """The SPAG optimizer inside ``optimizer``, unwrapping Accelerate's ``AcceleratedOptimizer``
-    (and any other wrapper that keeps the wrapped one as ``.optimizer``); None if there is none."""
+    """The :class:`~spag_optim.SPAGOptimizer` inside ``optimizer``, unwrapping Accelerate's
+    ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped one as ``.optimizer``);
+    None if there is none. Recognised by type: the baselines also have ``last_stats``."""
+    from ..optimizer import SPAGOptimizer
+
     seen: set[int] = set()
     while optimizer is not None and id(optimizer) not in seen:
-        if hasattr(optimizer, "last_stats"):
+        if isinstance(optimizer, SPAGOptimizer):
             return optimizer
         seen.add(id(optimizer))
         optimizer = getattr(optimizer, "optimizer", None)
@@ -35,11 +38,12 @@ def find_spag_optimizer(optimizer: Any) -> Any | None:
 class SPAGLoggingCallback(TrainerCallback):
     """Adds SPAG's statistics to every Trainer log entry.
 
-    Keys added (over the optimizer steps since the previous log entry):
+    Keys added, averaged over the window of optimizer steps since the previous log entry (so with
+    ``logging_steps=10`` each value summarises ten steps):
 
     - ``spag/safety_loss``: mean safety loss measured after the utility step;
-    - ``spag/projected``: fraction of those steps where the projection fired;
-    - ``spag/alpha``: mean projection step size (0 on steps that did not project);
+    - ``spag/projected``: fraction of the window's steps where the projection fired;
+    - ``spag/alpha``: mean projection step size over the window (0 on steps that did not project);
     - ``spag/projections``: projections since training began (cumulative count).
 
     ``history`` keeps every step's stats as floats for scripts that want more than the logs.

@@ -5,11 +5,11 @@ wrapped model (``trainer.model_wrapped``: DDP under ``torchrun``, Accelerate's a
 under ``bf16=True``), the data collator, the device, the rank. So the closure is created unbound and
 bound to the trainer afterwards::
 
-    safety = TrainerSafetyClosure(safe_examples, batch_size=8)          # tokenized safe examples
-    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=2e-5), safety, tau=tau)
+    safety = TrainerSafetyClosure.from_pairs(safe_pairs, tokenizer, batch_size=8)  # (prompt, refusal)
+    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=2e-5), safety)
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator,
                       optimizers=(optimizer, None))                     # the Trainer's scheduler
-    attach_spag(trainer)                                                # binds, logs spag/* stats
+    attach_spag(trainer, tau="calibrate")                 # binds, sets tau, logs spag/* stats
     trainer.train()
 
 The Trainer then calls ``optimizer.step()`` once per optimizer step (after the last micro-batch of
@@ -23,10 +23,12 @@ import logging
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..distributed import DEEPSPEED_UNSUPPORTED
-from ..safety_data import SafetyBatches, _model_loss, move_to_device
+from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, move_to_device
+from ..safety_wrapper import check_number
 from .hf import SPAGLoggingCallback, add_spag_logging, find_spag_optimizer
 
 __all__ = ["TrainerSafetyClosure", "attach_spag"]
@@ -56,11 +58,34 @@ class TrainerSafetyClosure:
         seed: int = 0,
         loss_fn: Optional[Callable[[torch.nn.Module, Any], Tensor]] = None,
     ) -> None:
-        self.batches = SafetyBatches(safe_dataset, batch_size=batch_size, collate_fn=collate_fn, seed=seed)
+        # Until bind() hands over the trainer's collator, batching is an error (never reached:
+        # __call__ checks the binding first).
+        self.batches = SafetyBatches(safe_dataset, batch_size=batch_size,
+                                     collate_fn=collate_fn or _unbound_collate, seed=seed)
         self._own_collate = collate_fn is not None
         self._seed = int(seed)
         self.loss_fn = loss_fn or _model_loss
         self.trainer: Any = None
+
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: Sequence[Any],
+        tokenizer: Any,
+        *,
+        batch_size: int = 8,
+        seed: int = 0,
+        max_length: Optional[int] = None,
+        loss_fn: Optional[Callable[[torch.nn.Module, Any], Tensor]] = None,
+    ) -> "TrainerSafetyClosure":
+        """The closure over (harmful prompt, refusal) pairs, tokenised and padded as
+        :meth:`spag_optim.SafetyBatches.from_pairs` does: the safety loss is the refusal's negative
+        log-likelihood (the prompt is masked out), whatever the trainer's own collator does."""
+        from ..safety_pairs import PaddingCollator, encode_safety_pairs, pad_token_id
+
+        rows = encode_safety_pairs(pairs, tokenizer, max_length)
+        return cls(rows, batch_size=batch_size, collate_fn=PaddingCollator(pad_token_id(tokenizer)),
+                   seed=seed, loss_fn=loss_fn)
 
     def bind(self, trainer: Any) -> None:
         """Use ``trainer``'s model, collator, device and rank from now on."""
@@ -92,22 +117,54 @@ class TrainerSafetyClosure:
         with self.trainer.compute_loss_context_manager():
             return self.loss_fn(self.model, batch)
 
+    def calibrate_tau(self, num_batches: int = 8) -> float:
+        """:func:`spag_optim.calibrate_tau` with the trainer's model, device and autocast, from the
+        closure's current position, which it leaves unchanged. Under torch.distributed the ranks'
+        values (each from its own safe batches) are averaged: every rank needs the same tau to take
+        the same projection decisions."""
+        if self.trainer is None:
+            raise RuntimeError("bind the closure to a trainer first (attach_spag does)")
+
+        def loss_fn(model: torch.nn.Module, batch: Any) -> Tensor:
+            with self.trainer.compute_loss_context_manager():
+                return self.loss_fn(model, move_to_device(batch, self.trainer.args.device))
+
+        tau = calibrate_tau(self.trainer.model, self.batches, num_batches, loss_fn)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            total = torch.tensor([tau], dtype=torch.float64, device=self.trainer.args.device)
+            dist.all_reduce(total)
+            tau = float(total) / dist.get_world_size()
+        return tau
+
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self.batches.state_dict()}
 
+    def check_state_dict(self, state: Any) -> None:
+        if not isinstance(state, dict) or "batches" not in state:
+            raise ValueError("the safety closure's state lacks 'batches' (the safe batches' position)")
+        self.batches.check_state_dict(state["batches"])
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the position. The Trainer saves rank 0's optimizer state for every rank, so the
-        seed is re-derived from this process's rank (positions agree across ranks anyway: all
-        ranks draw equal-sized batches from equally long data)."""
-        if "batches" in state:
-            self.batches.load_state_dict(state["batches"])
-        self.batches.seed = self._seed + (int(self.trainer.args.process_index) if self.trainer else 0)
+        """Restore the position. The Trainer saves rank 0's optimizer state for every rank; each
+        rank keeps its own seed (positions agree across ranks: all draw equal-sized batches from
+        equally long data)."""
+        self.check_state_dict(state)
+        self.batches.load_state_dict(state["batches"])
 
 
-def attach_spag(trainer: Any) -> SPAGLoggingCallback:
+def _unbound_collate(rows: list) -> Any:
+    raise RuntimeError("TrainerSafetyClosure is not bound to a trainer: call attach_spag(trainer)")
+
+
+def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) -> SPAGLoggingCallback:
     """Make ``trainer`` train with the SPAGOptimizer it was given and log SPAG's stats.
 
     * binds a :class:`TrainerSafetyClosure` to the trainer;
+    * ``tau="calibrate"`` sets SPAG's tau to the model's mean safety loss over
+      ``calibration_batches`` safe batches now, before training (the paper's choice: the aligned
+      model's loss), without moving the safe batches; a number sets tau to it; None keeps the
+      optimizer's. A checkpoint the Trainer resumes from restores its own tau (see
+      :class:`~spag_optim.SPAGOptimizer`'s state dict);
     * under ``fp16=True`` hands the trainer's ``GradScaler`` to SPAG (``grad_scaler=``), so the
       safety backward is scaled like the utility backward;
     * adds a :class:`~spag_optim.integrations.hf.SPAGLoggingCallback`: ``spag/safety_loss``,
@@ -119,13 +176,28 @@ def attach_spag(trainer: Any) -> SPAGLoggingCallback:
     spag = find_spag_optimizer(trainer.optimizer)
     if spag is None:
         raise ValueError(
-            "the trainer has no SPAGOptimizer: pass optimizers=(SPAGOptimizer(...), None) to the "
-            "Trainer before calling attach_spag"
+            f"the trainer's optimizer is a {type(trainer.optimizer).__name__}, not a SPAGOptimizer: "
+            "pass optimizers=(SPAGOptimizer(...), None) to the Trainer before calling attach_spag "
+            "(a baseline's TrainerSafetyClosure is bound with closure.bind(trainer))"
         )
+    if isinstance(tau, str):
+        if tau != "calibrate":
+            raise ValueError(f"tau={tau!r}: pass a number, 'calibrate' or None")
+    elif tau is not None:
+        tau = check_number("tau", tau, minimum=0.0)
     if getattr(trainer, "is_deepspeed_enabled", False):
         raise NotImplementedError(DEEPSPEED_UNSUPPORTED)
-    if isinstance(spag.safety_closure, TrainerSafetyClosure):
-        spag.safety_closure.bind(trainer)
+    closure = spag.safety_closure
+    if isinstance(closure, TrainerSafetyClosure):
+        closure.bind(trainer)
+    if tau == "calibrate":
+        if not isinstance(closure, TrainerSafetyClosure):
+            raise ValueError("tau='calibrate' needs a TrainerSafetyClosure; otherwise call "
+                             "spag_optim.calibrate_tau yourself and pass tau=")
+        tau = closure.calibrate_tau(calibration_batches)
+        logger.info("SPAG: calibrated tau = %.4f", tau)
+    if tau is not None:
+        spag.tau = tau
     scaler = getattr(trainer.accelerator, "scaler", None)
     if scaler is not None and spag.grad_scaler is None:
         spag.grad_scaler = scaler

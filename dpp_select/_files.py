@@ -1,0 +1,79 @@
+"""Output files that are checked before any work and never left half written.
+
+``check_output`` runs before the expensive part of a command (embedding), so a missing folder or
+an output that would overwrite an input fails in a second, not after an hour. ``write_atomic``
+writes through a temporary file in the destination folder and renames it into place, so an
+interrupted or failed write leaves the previous file (possibly an input) intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import BinaryIO, Callable, Sequence
+
+__all__ = ["check_output", "check_distinct", "write_atomic"]
+
+
+def check_output(path: str, option: str) -> None:
+    """Raise ``ValueError`` naming ``path`` unless a file can be written there."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a folder; give the path of a file to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{option} {path}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: folder {folder} is not writable")
+
+
+def _same(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:  # hard links and other aliases of an existing file
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_distinct(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]]
+                   ) -> None:
+    """Raise ``ValueError`` when an output ``(option, path)`` names the same file as another
+    output or an input (compared after resolving links, and by inode for hard links)."""
+    paths = list(outputs) + list(inputs)
+    for i, (opt_a, a) in enumerate(outputs):
+        for opt_b, b in paths[i + 1:]:
+            if _same(a, b):
+                raise ValueError(
+                    f"{opt_a} and {opt_b} are the same file ({a}); writing one would destroy "
+                    "the other: choose another output path"
+                )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``.
+
+    The file gets the usual permissions (0666 less the umask). On any failure the temporary
+    file is removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

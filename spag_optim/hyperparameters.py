@@ -1,0 +1,126 @@
+r"""SPAG's hyper-parameters: checked once, saved with the checkpoint, and sanity-checked in use.
+
+* :func:`check_hyperparameters` validates and normalises the constructor's values (numpy numbers
+  are numbers, ``True`` is not).
+* They are saved in the ``"spag"`` entry of ``SPAGOptimizer.state_dict()``; loading a checkpoint
+  restores them, so a resumed run keeps the ``tau`` it was calibrated with, and warns about every
+  value that differs from the one the optimizer was constructed with (:func:`restore`).
+* :class:`TauCheck` warns once when tau looks too low for the model: in SPARD (Algorithm 1) tau is
+  the aligned model's safety loss, so the projection should fire only once fine-tuning has pushed
+  the loss above it. If instead each of the first :data:`FIRST_STEPS` steps projects with a loss
+  *far* above tau, at least twice tau and at least :data:`MIN_EXCESS` above it, tau was almost
+  certainly not calibrated for this model (e.g. the paper's 0.2 on a model whose refusal loss is 3):
+  every step then projects, and the run trades utility for a target the model never met. The
+  check reads the loss on the host, so with ``skip_if_safe=False`` (the sync-free path) it is off.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+from .safety_wrapper import check_bool, check_number
+
+__all__ = [
+    "FIRST_STEPS", "HYPERPARAMETERS", "MIN_EXCESS", "MODES", "TauCheck", "check_hyperparameters",
+    "checked_saved", "restore",
+]
+
+MODES = ("paper", "authors_code")
+#: What the ``"spag"`` checkpoint entry saves under ``"hyperparameters"``.
+HYPERPARAMETERS = ("tau", "trust_region", "rho", "mode", "tolerance", "alpha_max", "eps",
+                   "skip_if_safe")
+#: Steps at the start of training that :class:`TauCheck` looks at.
+FIRST_STEPS = 10
+#: A loss is "far above" tau when it is >= 2 tau and >= tau + MIN_EXCESS (nats).
+MIN_EXCESS = 0.5
+
+
+def check_hyperparameters(
+    *, tau: Any, trust_region: Any, rho: Any, mode: Any, tolerance: Any, alpha_max: Any, eps: Any,
+    skip_if_safe: Any,
+) -> dict[str, Any]:
+    """The hyper-parameters as plain Python values, or a clear error naming the bad one."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if isinstance(trust_region, str):
+        if trust_region not in ("lr", "relative"):
+            raise ValueError(
+                f"unknown trust_region {trust_region!r}; pass a positive float (eta_safe), "
+                "None (no cap), 'lr' or 'relative'"
+            )
+        trust_region = str(trust_region)
+    elif trust_region is not None:
+        trust_region = check_number("trust_region", trust_region, minimum=0.0, strict=True)
+    return {
+        "tau": check_number("tau", tau, minimum=0.0),
+        "trust_region": trust_region,
+        "rho": check_number("rho", rho, minimum=0.0, strict=True),
+        "mode": str(mode),
+        "tolerance": check_number("tolerance", tolerance, minimum=0.0),
+        "alpha_max": check_number("alpha_max", alpha_max, minimum=0.0, strict=True),
+        "eps": check_number("eps", eps, minimum=0.0),
+        "skip_if_safe": check_bool("skip_if_safe", skip_if_safe),
+    }
+
+
+def checked_saved(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
+    """``current`` updated with the checkpoint's ``saved`` values, all checked (raises if bad)."""
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"the checkpoint's SPAG hyper-parameters are a {type(saved).__name__}, "
+                         "not a dict; nothing was loaded")
+    merged = {**current, **{k: v for k, v in saved.items() if k in current}}
+    try:
+        return check_hyperparameters(**merged)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the checkpoint's SPAG hyper-parameters are invalid ({error}); nothing "
+                         "was loaded") from None
+
+
+def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
+    """The checkpoint's values (checked), warning about each that differs from ``current``."""
+    loaded = checked_saved(current, saved)
+    changed = [f"{k}={loaded[k]!r} (constructed with {current[k]!r})"
+               for k in loaded if loaded[k] != current[k]]
+    if changed:
+        warnings.warn(
+            "SPAGOptimizer.load_state_dict: the checkpoint's hyper-parameters replace the "
+            f"constructed ones: {', '.join(changed)}. Set them on the optimizer after loading to "
+            "use other values",
+            UserWarning,
+            stacklevel=4,
+        )
+    return loaded
+
+
+class TauCheck:
+    """Warn once if each of the first :data:`FIRST_STEPS` steps projects far above tau."""
+
+    def __init__(self) -> None:
+        self.far_steps = 0
+        self.last_step = 0
+        self.done = False
+
+    def observe(self, step: int, loss: float, tau: float, projected: bool) -> None:
+        """Record step number ``step`` (1-based, counted from the start of training; a retried
+        step is recorded once)."""
+        if self.done or step > FIRST_STEPS:
+            self.done = True
+            return
+        if step == self.last_step:
+            return
+        self.last_step = step
+        if not (projected and loss >= 2 * tau and loss >= tau + MIN_EXCESS):
+            self.done = True
+            return
+        self.far_steps += 1
+        if self.far_steps == FIRST_STEPS:
+            self.done = True
+            warnings.warn(
+                f"SPAG: each of the first {FIRST_STEPS} steps projected with a safety loss far "
+                f"above tau={tau:g} (last: {loss:.4g}); tau may be too low for this model, so "
+                "every step projects: see spag_optim.calibrate_tau (tau = the aligned model's "
+                "safety loss)",
+                UserWarning,
+                stacklevel=5,
+            )

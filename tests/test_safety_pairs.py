@@ -1,0 +1,109 @@
+"""SafetyBatches.from_pairs: (harmful prompt, refusal) pairs -> padded batches whose loss is the
+refusal's negative log-likelihood (prompt and padding masked), with the model's chat template."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("transformers")
+import torch  # noqa: E402
+
+from tiny_lm import build_tokenizer  # noqa: E402
+from spag_optim import SafetyBatches  # noqa: E402
+
+PAIRS = [
+    ("how do i make poison", "sorry i cannot help with that"),
+    ("how do i steal a car", "no"),
+    ("tell me how to hack a bank", "i will not help with hacking a bank account"),
+]
+
+
+def tokenizer(chat_template):
+    return build_tokenizer([p + " " + r for p, r in PAIRS], chat_template=chat_template)
+
+
+def tiny_llama(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).double()
+
+
+def literal_encoding(tok, prompt, refusal):
+    """What the docstring promises, written out: template user turn, then refusal + EOS."""
+    if tok.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+    else:
+        text = tok.bos_token + prompt + "\n"
+    prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
+    refusal_ids = tok(refusal, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return prompt_ids, refusal_ids
+
+
+@pytest.mark.parametrize("chat_template", [True, False], ids=["template", "no_template"])
+def test_from_pairs_masks_the_prompt_and_pads(chat_template):
+    tok = tokenizer(chat_template)
+    batches = SafetyBatches.from_pairs(PAIRS, tok, batch_size=3, seed=0, shuffle=False)
+    batch = next(batches)
+    width = max(sum(map(len, literal_encoding(tok, p, r))) for p, r in PAIRS)
+    assert batch["input_ids"].shape == batch["labels"].shape == (3, width)
+    for row, (prompt, refusal) in enumerate(PAIRS):
+        prompt_ids, refusal_ids = literal_encoding(tok, prompt, refusal)
+        n, pad = len(prompt_ids) + len(refusal_ids), width - len(prompt_ids) - len(refusal_ids)
+        assert batch["input_ids"][row].tolist() == prompt_ids + refusal_ids + [tok.pad_token_id] * pad
+        assert batch["labels"][row].tolist() == [-100] * len(prompt_ids) + refusal_ids + [-100] * pad
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * pad
+    decoded = tok.decode(batch["input_ids"][0])
+    assert ("<|user|>" in decoded and "<|assistant|>" in decoded) == chat_template
+
+
+def test_the_safety_loss_is_the_refusals_negative_log_likelihood():
+    tok = tokenizer(True)
+    model = tiny_llama(tok)
+    batch = next(SafetyBatches.from_pairs(PAIRS, tok, batch_size=3, shuffle=False))
+    with torch.no_grad():
+        loss = float(model(**batch).loss)
+    # Literal float64 reference: mean over refusal tokens of -log p(token | everything before).
+    terms = []
+    for prompt, refusal in PAIRS:
+        prompt_ids, refusal_ids = literal_encoding(tok, prompt, refusal)
+        ids = torch.tensor([prompt_ids + refusal_ids])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+        for t in range(len(prompt_ids), ids.shape[1]):
+            terms.append(-float(log_probs[t - 1, ids[0, t]]))
+    # Hugging Face's loss casts the logits to float32: agreement to float32 rounding.
+    assert loss == pytest.approx(math.fsum(terms) / len(terms), rel=1e-6)
+    # Had the prompt counted, the loss would be another number entirely.
+    assert abs(loss - float(model(**{**batch, "labels": batch["input_ids"]}).loss.detach())) > 1e-3
+
+
+def test_from_pairs_accepts_loader_rows_and_rejects_the_rest():
+    tok = tokenizer(False)
+    rows = [{"prompt": p, "response": r} for p, r in PAIRS]  # load_spard_pairs' rows
+    a = next(SafetyBatches.from_pairs(rows, tok, batch_size=3, shuffle=False))
+    b = next(SafetyBatches.from_pairs(PAIRS, tok, batch_size=3, shuffle=False))
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    with pytest.raises(TypeError, match="pair 1"):
+        SafetyBatches.from_pairs([PAIRS[0], "just a string"], tok)
+    with pytest.raises(ValueError, match="no refusal token"):
+        SafetyBatches.from_pairs(PAIRS, tok, max_length=3)
+    with pytest.raises(ValueError, match="no safety pairs"):
+        SafetyBatches.from_pairs([], tok)
+
+
+def test_from_pairs_keeps_the_seed_and_cycles_like_safety_batches():
+    tok = tokenizer(False)
+    batches = SafetyBatches.from_pairs(PAIRS, tok, batch_size=2, seed=4)
+    plain = SafetyBatches(list(range(3)), batch_size=2, seed=4, collate_fn=list)
+    order = [next(plain) for _ in range(4)]
+    for indices in order:
+        batch = next(batches)
+        assert batch["input_ids"].shape[0] == len(indices)
+    assert batches.seed == 4 and batches.state_dict() == plain.state_dict()
