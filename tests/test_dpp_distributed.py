@@ -110,6 +110,9 @@ def worker(rank: int, world: int, out) -> None:
     tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
     results["rounds"] = torch.from_numpy(
         relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group))
+    results["tiny"] = torch.from_numpy(
+        relevance_scores(tiny_rows(x)[lo:hi], targets[tlo:thi].astype(np.float32),
+                         process_group=group))
     torch.save(results, out / f"rank{rank}.pt")
 
 
@@ -161,6 +164,23 @@ def test_relevance_gathered_in_small_rounds_equals_one_process(sharded):
     for rank, results in enumerate(ranks):
         lo, hi = BOUNDS[world][rank:rank + 2]
         np.testing.assert_array_equal(results["rounds"].numpy(), whole[lo:hi])
+
+
+def tiny_rows(x: np.ndarray) -> np.ndarray:
+    """Rows 0-2 (rank 0's) scaled far below float32's safe norms: relevance then normalises
+    every row in float64 first, a decision every rank must take from all ranks' norms."""
+    x = x.copy()
+    x[:3] *= np.float32(1e-12)
+    return x
+
+
+def test_relevance_normalises_rows_on_every_rank_when_one_rank_needs_it(sharded):
+    world, ranks = sharded
+    x, targets, _ = pool(np.float32)
+    whole = relevance_scores(tiny_rows(x), targets)
+    for rank, results in enumerate(ranks):
+        lo, hi = BOUNDS[world][rank:rank + 2]
+        np.testing.assert_array_equal(results["tiny"].numpy(), whole[lo:hi])
 
 
 def test_k_larger_than_d_is_selected(sharded):
