@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter", default="1e-6",
                    help="kernel jitter: a number >= 0 (default 1e-6, the authors' constant) or "
                    "'relative' (1e-6 x the median w^2)")
+    p.add_argument("--lazy", action="store_true",
+                   help="exact lazy greedy: the same picks, usually far less work on large pools")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=512, help="tokens per text")
@@ -201,7 +203,7 @@ def _run(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio, method=args.method,
-                        beta=args.beta, seed=args.seed, jitter=args.jitter)
+                        beta=args.beta, seed=args.seed, jitter=args.jitter, lazy=args.lazy)
     rows = (pool_rows[i] for i in result.indices)
     if keep is not None:
         rows = ({f: row[f] for f in keep} for row in rows)
@@ -229,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .cli_sharded import run_sharded, wants_distributed
 
     if wants_distributed(args):
+        if args.lazy:
+            parser.error("--lazy runs in one process; drop it with --distributed or torchrun")
         return run_sharded(args, parser)
     try:
         _run(args)

@@ -88,6 +88,7 @@ def select(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
+    lazy: bool = False,
     process_group: Any = None,
 ) -> SelectionResult:
     """Select ``k`` pool items (or ``ceil(ratio x number of target items)``, SPARD's "3% of the
@@ -106,6 +107,9 @@ def select(
     invariant to rescaling the weights (``eps`` is then measured in that unit too). When the
     jitter exceeds 1% of the median w^2 or of a pick's gain, or k exceeds the embedding
     dimension, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
+
+    ``lazy=True`` runs the exact lazy greedy (:func:`~dpp_select.greedy.greedy_dpp`): the same
+    picks and gains, usually a fraction of the work on large pools (one process only).
 
     With a ``process_group`` (``torch.distributed``), ``pool_emb`` and ``target_emb`` are this
     rank's contiguous shards (in rank order; see ``distributed.shard_range``): every rank returns
@@ -140,7 +144,8 @@ def select(
             jitter = relative_jitter(w)
             eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
-                                backend=backend, device=device, process_group=process_group)
+                                backend=backend, device=device, lazy=lazy,
+                                process_group=process_group)
         summary = summarize_selection(method, q, b, int(res.indices.size), dim, res.gains,
                                       float(jitter))
         if summary.low_relevance:

@@ -250,3 +250,15 @@ def test_the_low_relevance_warning_is_printed_with_advice(files, tmp_path, capsy
     assert err.count("dpp-select: warning:") == 1
     code, _ = _run(files, tmp_path, "--k", "2", "--beta", "12", "--jitter", "relative")
     assert code == 0 and "dpp-select: warning" not in capsys.readouterr().err
+
+
+def test_lazy_flag_selects_what_the_full_pass_selects(files, tmp_path, capsys):
+    code, _ = _run(files, tmp_path, "--k", "3")
+    full = np.load(tmp_path / "sel.indices.npy", allow_pickle=False)
+    code_lazy, _ = _run(files, tmp_path, "--k", "3", "--lazy")
+    assert code == code_lazy == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "sel.indices.npy", allow_pickle=False), full)
+    with pytest.raises(SystemExit) as exit_info:
+        _run(files, tmp_path, "--k", "3", "--lazy", "--distributed")
+    assert exit_info.value.code == 2
+    assert "--lazy runs in one process" in capsys.readouterr().err

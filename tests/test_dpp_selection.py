@@ -194,3 +194,16 @@ def test_relative_jitter_is_a_millionth_of_the_median_weight_squared():
     np.testing.assert_array_equal(res.indices, feature_greedy(pool, w, 8, jitter=jitter))
     with pytest.raises(ValueError, match="'relative'"):
         select(pool, target, k=8, jitter="absolute")
+
+
+def test_lazy_selection_equals_the_full_pass_and_the_reference():
+    pool, target = _data()
+    full = select(pool, target, k=12, beta=4.0)
+    lazy = select(pool, target, k=12, beta=4.0, lazy=True)
+    np.testing.assert_array_equal(lazy.indices, full.indices)
+    np.testing.assert_array_equal(lazy.gains, full.gains)
+    q = _literal_relevance(pool, target)
+    np.testing.assert_array_equal(lazy.indices,
+                                  feature_greedy(pool, np.maximum(q, 0) ** 4, 12, jitter=1e-6))
+    with pytest.raises(ValueError, match="lazy"):
+        select(pool, target, k=3, lazy="yes")
