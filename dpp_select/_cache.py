@@ -13,8 +13,7 @@ import logging
 import os
 
 import numpy as np
-
-from ._files import write_atomic
+from spard_io import write_atomic
 
 __all__ = ["cache_path", "load_cached", "save_cached"]
 

@@ -1,18 +1,16 @@
 """Output files that are checked before any work and never left half written.
 
 ``check_output`` runs before the expensive part of a command (embedding), so a missing folder or
-an output that would overwrite an input fails in a second, not after an hour. ``write_atomic``
-writes through a temporary file in the destination folder and renames it into place, so an
-interrupted or failed write leaves the previous file (possibly an input) intact.
+an output that would overwrite an input fails in a second, not after an hour; the writes
+themselves go through :func:`spard_io.write_atomic`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from typing import BinaryIO, Callable, Sequence
+from typing import Sequence
 
-__all__ = ["check_output", "check_distinct", "write_atomic"]
+__all__ = ["check_output", "check_distinct"]
 
 
 def check_output(path: str, option: str) -> None:
@@ -47,33 +45,3 @@ def check_distinct(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[st
                     f"{opt_a} and {opt_b} are the same file ({a}); writing one would destroy "
                     "the other: choose another output path"
                 )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it to ``path``.
-
-    The file gets the usual permissions (0666 less the umask). On any failure the temporary
-    file is removed and ``path`` is left as it was.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

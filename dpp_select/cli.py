@@ -25,11 +25,11 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+from spard_io import read_jsonl, write_atomic, write_jsonl
 
 from ._cache import cache_path, load_cached, save_cached
-from ._files import check_distinct, check_output, write_atomic
+from ._files import check_distinct, check_output
 from .embed import embed_texts
-from .jsonl import read_jsonl, write_jsonl
 from .selection import METHODS, _resolve_k, select
 
 __all__ = ["main"]

@@ -17,10 +17,9 @@ import warnings
 import numpy as np
 import torch
 import torch.distributed as dist
+from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
 
 from .distributed import agree, shard_range
-from ._files import write_atomic
-from .jsonl import count_jsonl_rows, read_jsonl, write_jsonl
 from .selection import select
 
 __all__ = ["run_sharded", "wants_distributed"]

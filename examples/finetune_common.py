@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dpp_select import embed_texts, select
-from dpp_select.jsonl import read_jsonl
+from spard_io import read_jsonl
 from spag_optim import SPAGOptimizer, SafetyBatches, calibrate_tau, make_safety_closure
 from spag_optim.evaluation import (
     KeywordRefusalJudge,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dpp_select.jsonl import JSONLError
+from spard_io import JSONLError
 from spag_optim.evaluation import (
     gsm8k_accuracy,
     load_attack_prompts,

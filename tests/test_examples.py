@@ -133,7 +133,7 @@ def test_malformed_train_jsonl_names_the_line(tmp_path):
     bad.write_text("\n".join(lines) + "\n")
     argv = base_argv(NO_MODEL, tmp_path / "run")
     argv[argv.index("--train") + 1] = str(bad)
-    from dpp_select.jsonl import JSONLError
+    from spard_io import JSONLError
 
     with pytest.raises(JSONLError, match=r"train\.jsonl:3: not valid JSON"):
         importlib.import_module("lora_plain_loop").main(argv)
@@ -144,7 +144,7 @@ def test_harmful_rows_without_unsafe_field_name_the_line(tmp_path):
     bad.write_text('{"prompt": "p", "unsafe": "x"}\n{"prompt": "q", "safe": "s"}\n')
     argv = base_argv(NO_MODEL, tmp_path / "run")
     argv[argv.index("--harmful") + 1] = str(bad)
-    from dpp_select.jsonl import JSONLError
+    from spard_io import JSONLError
 
     with pytest.raises(JSONLError, match=r"attack\.jsonl:2: missing field 'unsafe'"):
         importlib.import_module("hf_trainer").main(argv)
@@ -155,7 +155,7 @@ def test_utility_reference_without_a_final_answer_names_the_line(tmp_path):
     bad.write_text('{"prompt": "p", "answer": "#### 4"}\n\n{"prompt": "q", "answer": "four"}\n')
     argv = base_argv(NO_MODEL, tmp_path / "run")
     argv[argv.index("--eval-utility") + 1] = str(bad)
-    from dpp_select.jsonl import JSONLError
+    from spard_io import JSONLError
 
     with pytest.raises(JSONLError, match=r"test\.jsonl:3: field 'answer' has no '#### N'"):
         importlib.import_module("lora_plain_loop").main(argv)

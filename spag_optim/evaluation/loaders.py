@@ -1,7 +1,7 @@
 """Loaders for the SPARD safety JSONL files and the GSM8K / OpenBookQA utility files.
 
 Paths are always given by the caller; nothing is downloaded. Files are read with the shared
-strict reader (:func:`dpp_select.jsonl.read_jsonl`), so a malformed line fails with the file and
+strict reader (:func:`spard_io.read_jsonl`), so a malformed line fails with the file and
 line number. Safety rows keep only the fields asked for: loading the refusals never carries a
 row's ``unsafe`` text along, where it could end up in a log or a results file.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from dpp_select.jsonl import JSONLError, read_jsonl
+from spard_io import JSONLError, read_jsonl
 
 from .metrics import extract_gsm8k_answer, parse_option
 

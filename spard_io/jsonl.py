@@ -1,8 +1,8 @@
 """Strict JSON Lines reading for the pools, fine-tuning sets and evaluation files.
 
-One reader serves the ``dpp-select`` command, the examples and the evaluation loaders, so a
-malformed file fails the same way everywhere: with the file, the 1-based line number and what to
-fix, never with a silently shorter dataset.
+One reader serves the ``dpp-select`` command, the examples and the evaluation loaders of
+``spag_optim``, so a malformed file fails the same way everywhere: with the file, the 1-based line
+number and what to fix, never with a silently shorter dataset.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
-from ._files import write_atomic
+from .atomic import write_atomic
 
 __all__ = ["JSONLError", "count_jsonl_rows", "read_jsonl", "write_jsonl"]
 
