@@ -17,7 +17,7 @@ import torch
 from dpp_select import greedy_dpp, relevance_scores, select
 from dpp_select.distributed import DistributedArgumentError, shard_range
 from dpp_select.greedy import greedy_dpp_result
-from dpp_select.reference import brute_force_greedy, dense_kernel
+from dpp_reference import brute_force_greedy, dense_kernel
 from gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed

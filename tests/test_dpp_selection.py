@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpp_select import relevance_scores, select
-from dpp_select.reference import dense_kernel, feature_greedy
+from dpp_reference import dense_kernel, feature_greedy
 
 
 def _literal_relevance(pool: np.ndarray, target: np.ndarray) -> np.ndarray:

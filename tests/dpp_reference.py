@@ -1,4 +1,4 @@
-"""Literal float64 reference implementations of greedy DPP MAP, for tests and benchmarks.
+"""Literal float64 reference implementations of greedy DPP MAP, for the tests and benchmarks.
 
 They are deliberately plain and slow: each follows its source formula step by step so that the
 optimised :func:`dpp_select.greedy_dpp` can be checked against readable code. All build the full
