@@ -7,7 +7,8 @@
 Same options, data, selection and evaluation as ``lora_plain_loop.py`` (both use
 ``finetune_common.py``); only the loop differs. Two lines make it SPARD:
 ``optimizers=(spag_optimizer, None)`` (the Trainer builds its scheduler on it and calls its
-``step()``) and ``add_spag_logging(trainer)`` (SPAG's statistics in the Trainer's logs).
+``step()``) and ``attach_spag(trainer)`` (binds SPAG's ``TrainerSafetyClosure`` to the trainer's
+model, device and GradScaler, and logs SPAG's statistics in the Trainer's logs).
 ``--defense guardspace`` / ``guardspace+spard`` swap LoRA for GuardSpace's adapters.
 """
 
@@ -16,14 +17,15 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from finetune_common import Prepared, finish, parse_args, prepare
+from finetune_cli import parse_args
+from finetune_common import Prepared, finish, prepare
 
 
 def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:
     """Train with ``Trainer``; return the step count and SPAG's stats per step."""
     from transformers import Trainer, TrainingArguments
 
-    from spag_optim.integrations.hf import add_spag_logging
+    from spag_optim.integrations.trainer import attach_spag
 
     args = prep.args
     total = prep.num_steps()
@@ -43,8 +45,8 @@ def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:
         remove_unused_columns=False,  # the rows are already token ids and labels
         disable_tqdm=True,
     )
-    # The safety closure was built on prep.model, the object whose parameters the optimizer
-    # holds; the Trainer may wrap it (DataParallel, accelerate) but trains those same parameters.
+    # The Trainer may wrap prep.model (DataParallel, accelerate) but trains the parameters the
+    # optimizer holds; attach_spag points the safety closure at that wrapped model.
     trainer = Trainer(
         model=prep.model,
         args=training_args,
@@ -52,14 +54,14 @@ def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:
         data_collator=prep.collator,
         optimizers=(prep.optimizer, None),
     )
-    logging_callback = add_spag_logging(trainer) if prep.spag is not None else None
+    logging_callback = attach_spag(trainer) if prep.spag is not None else None
     result = trainer.train()
     history = logging_callback.history if logging_callback is not None else []
     return int(result.global_step), history
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    prep = prepare(parse_args(__doc__.splitlines()[0], argv))
+    prep = prepare(parse_args(__doc__.splitlines()[0], argv), for_trainer=True)
     steps, history = train(prep)
     return finish(prep, steps, history)
 

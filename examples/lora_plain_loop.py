@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from finetune_common import Prepared, finish, parse_args, prepare, spag_stats
+from finetune_cli import parse_args
+from finetune_common import Prepared, finish, prepare, spag_stats
 
 
 def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:

@@ -25,9 +25,12 @@ FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from spag_optim.safety_pairs import PaddingCollator, format_prompt  # noqa: E402
 from tiny_lm import save_tiny_lm  # noqa: E402
 
 common = importlib.import_module("finetune_common")
+cli = importlib.import_module("finetune_cli")
+data = importlib.import_module("finetune_data")
 
 
 def fixture_texts() -> list[str]:
@@ -170,25 +173,25 @@ def test_harmful_ratio_larger_than_the_attack_file_says_what_to_do(tmp_path):
 def test_bad_options_fail_in_the_parser(capsys):
     argv = ["--model", "m", "--train", "t", "--safe-pool", "s"]
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv + ["--trust-region", "-1"])
+        cli.parse_args("x", argv + ["--trust-region", "-1"])
     assert "--trust-region" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv + ["--harmful-ratio", "1.5"])
+        cli.parse_args("x", argv + ["--harmful-ratio", "1.5"])
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv + ["--train-limit", "0"])
+        cli.parse_args("x", argv + ["--train-limit", "0"])
     assert "--train-limit must be >= 1" in capsys.readouterr().err
-    args = common.parse_args("x", argv + ["--trust-region", "none"])
+    args = cli.parse_args("x", argv + ["--trust-region", "none"])
     assert args.trust_region is None
-    assert common.parse_args("x", argv + ["--trust-region", "0.5"]).trust_region == 0.5
-    assert common.parse_args("x", argv).tau == 0.2
-    assert common.parse_args("x", argv + ["--tau", "calibrate"]).tau == "calibrate"
+    assert cli.parse_args("x", argv + ["--trust-region", "0.5"]).trust_region == 0.5
+    assert cli.parse_args("x", argv).tau == 0.2
+    assert cli.parse_args("x", argv + ["--tau", "calibrate"]).tau == "calibrate"
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv + ["--tau", "-0.1"])
+        cli.parse_args("x", argv + ["--tau", "-0.1"])
     assert "--tau must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv[:4])
+        cli.parse_args("x", argv[:4])
     assert "--safe-pool is required" in capsys.readouterr().err
-    assert common.parse_args("x", argv[:4] + ["--no-defense"]).safe_pool is None
+    assert cli.parse_args("x", argv[:4] + ["--no-defense"]).safe_pool is None
 
 
 # ---- shared pieces ----------------------------------------------------------------------------
@@ -208,33 +211,33 @@ def tokenizers_pair(tmp_path_factory):
 
 def test_format_prompt_uses_the_chat_template_when_there_is_one(tokenizers_pair):
     with_template, plain = tokenizers_pair
-    assert common.format_prompt(with_template, "Tom has 3 apples") == (
+    assert format_prompt(with_template, "Tom has 3 apples") == (
         "<|user|> Tom has 3 apples <|end|> <|assistant|> ")
-    assert common.format_prompt(plain, "Tom has 3 apples") == "<s>Tom has 3 apples\n"
+    assert format_prompt(plain, "Tom has 3 apples") == "<s>Tom has 3 apples\n"
 
 
 def test_encode_example_masks_the_prompt_and_ends_with_eos(tokenizers_pair):
     tok = tokenizers_pair[0]
-    prompt_ids = tok(common.format_prompt(tok, "Tom has 3 apples"),
+    prompt_ids = tok(format_prompt(tok, "Tom has 3 apples"),
                      add_special_tokens=False)["input_ids"]
     answer_ids = tok("Tom has 3 apples .", add_special_tokens=False)["input_ids"]
-    row = common.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", 512)
+    row = data.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", 512)
     assert row["input_ids"] == prompt_ids + answer_ids + [tok.eos_token_id]
     assert row["labels"] == [-100] * len(prompt_ids) + answer_ids + [tok.eos_token_id]
 
-    short = common.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", len(prompt_ids) + 2)
+    short = data.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", len(prompt_ids) + 2)
     assert short["labels"] == [-100] * len(prompt_ids) + answer_ids[:2]
-    assert common.encode_example(tok, "Tom has 3 apples", "x", len(prompt_ids)) is None
+    assert data.encode_example(tok, "Tom has 3 apples", "x", len(prompt_ids)) is None
 
 
 def test_encode_rows_fails_when_every_prompt_is_too_long(tokenizers_pair):
     with pytest.raises(ValueError, match="raise --max-length"):
-        common.encode_rows(tokenizers_pair[0], [("Tom has 3 apples", "7")], 2, "fine-tuning")
+        data.encode_rows(tokenizers_pair[0], [("Tom has 3 apples", "7")], 2, "fine-tuning")
 
 
 def test_collate_pads_right_and_masks_padding():
     rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
-    batch = common.collate(rows, pad_token_id=1)
+    batch = PaddingCollator(pad_token_id=1)(rows)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
@@ -272,7 +275,7 @@ def test_guardspace_defenses(script, arch, defense, tmp_path, tiny_models):
 def test_defense_flag_is_checked():
     argv = base_argv("m", Path("o"))
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv + ["--no-defense", "--defense", "guardspace"])
+        cli.parse_args("x", argv + ["--no-defense", "--defense", "guardspace"])
     with pytest.raises(SystemExit):
-        common.parse_args("x", argv + ["--guardspace-null-energy", "2"])
-    assert common.parse_args("x", argv + ["--guardspace-null-energy", "paper"]).guardspace_null_energy is None
+        cli.parse_args("x", argv + ["--guardspace-null-energy", "2"])
+    assert cli.parse_args("x", argv + ["--guardspace-null-energy", "paper"]).guardspace_null_energy is None

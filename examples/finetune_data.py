@@ -1,0 +1,118 @@
+"""The fine-tuning data of both examples: task rows, the simulated attack, their tokenisation,
+and the safe rows the relevance-diversity DPP selects for them.
+
+Prompts are formatted exactly like SPAG's safety pairs (:func:`spag_optim.safety_pairs.format_prompt`:
+the chat template's user turn when the tokenizer has one), so training, selection, the safety
+loss and generation all see the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from dpp_select import embed_texts, select
+from spag_optim.evaluation import load_spard_pairs
+from spag_optim.safety_pairs import IGNORE_INDEX, format_prompt
+from spard_io import read_jsonl
+
+__all__ = ["encode_example", "encode_rows", "load_task_rows", "sample_attack_rows",
+           "select_safe_rows"]
+
+
+def encode_example(
+    tokenizer: Any, prompt: str, answer: str, max_length: int
+) -> dict[str, list[int]] | None:
+    """Token ids of prompt + answer + EOS with the prompt masked out of the labels.
+
+    Prompt and answer are tokenised separately and concatenated, so the mask boundary is exact
+    whatever the tokenizer merges. Rows are truncated on the right to ``max_length``; a row whose
+    prompt alone fills ``max_length`` has nothing to learn from and is dropped (returns None).
+    """
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def encode_rows(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, what: str
+) -> list[dict[str, list[int]]]:
+    """Encode (prompt, answer) pairs; say how many were dropped, fail if all were."""
+    encoded = [encode_example(tokenizer, p, a, max_length) for p, a in pairs]
+    kept = [e for e in encoded if e is not None]
+    dropped = len(encoded) - len(kept)
+    if not kept:
+        raise ValueError(
+            f"every {what} row's prompt fills --max-length {max_length}; raise --max-length"
+        )
+    if dropped:
+        print(f"note: dropped {dropped} {what} rows whose prompt fills --max-length {max_length}")
+    return kept
+
+
+def load_task_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
+    rows = read_jsonl(args.train, required=("prompt", "answer"))
+    if args.train_limit is not None:
+        rows = rows[: args.train_limit]
+    if not rows:
+        raise SystemExit(f"--train {args.train}: no rows")
+    return [(r["prompt"], r["answer"]) for r in rows]
+
+
+def sample_attack_rows(
+    args: argparse.Namespace, n_task: int, rng: random.Random
+) -> list[tuple[str, str]]:
+    """``round(harmful_ratio * n_task)`` distinct harmful prompts answered with their unsafe text."""
+    if args.harmful is None or args.harmful_ratio == 0:
+        return []
+    rows = load_spard_pairs(args.harmful, "unsafe")
+    wanted = round(args.harmful_ratio * n_task)
+    if wanted > len(rows):
+        raise SystemExit(
+            f"--harmful {args.harmful} has {len(rows)} rows but --harmful-ratio "
+            f"{args.harmful_ratio} x {n_task} task rows needs {wanted}; lower the ratio"
+        )
+    return [(r["prompt"], r["response"]) for r in rng.sample(rows, wanted)]
+
+
+def select_safe_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    pool: Sequence[tuple[str, str]],
+    finetune: Sequence[tuple[str, str]],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> list[int]:
+    """Indices of the safe-pool rows the relevance-diversity DPP picks for this fine-tuning set.
+
+    Both sides are embedded as the text the model trains on (prompt in its template, answer),
+    with the base model's mean-pooled hidden states, before LoRA is added.
+    """
+    k = max(1, math.ceil(args.safe_ratio * len(finetune)))
+    if k > len(pool):
+        raise SystemExit(
+            f"--safe-ratio {args.safe_ratio} x {len(finetune)} fine-tuning rows needs {k} safe "
+            f"examples but --safe-pool has {len(pool)}; lower the ratio or grow the pool"
+        )
+
+    def texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
+        return [format_prompt(tokenizer, p) + a for p, a in pairs]
+
+    batch = args.eval_batch_size
+    pool_emb = embed_texts(texts(pool), model, tokenizer, batch_size=batch,
+                           max_length=args.max_length, device=device, progress=False)
+    target_emb = embed_texts(texts(finetune), model, tokenizer, batch_size=batch,
+                             max_length=args.max_length, device=device, progress=False)
+    result = select(pool_emb, target_emb, k=k, method="dpp", beta=args.beta, seed=args.seed)
+    return [int(i) for i in result.indices]
