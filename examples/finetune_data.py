@@ -18,38 +18,17 @@ from torch import nn
 
 from dpp_select import embed_texts, select
 from spag_optim.evaluation import load_spard_pairs
-from spag_optim.safety_pairs import IGNORE_INDEX, format_prompt
+from spag_optim.safety_pairs import encode_pair, format_prompt
 from spard_io import read_jsonl
 
-__all__ = ["encode_example", "encode_rows", "load_task_rows", "sample_attack_rows",
-           "select_safe_rows"]
-
-
-def encode_example(
-    tokenizer: Any, prompt: str, answer: str, max_length: int
-) -> dict[str, list[int]] | None:
-    """Token ids of prompt + answer + EOS with the prompt masked out of the labels.
-
-    Prompt and answer are tokenised separately and concatenated, so the mask boundary is exact
-    whatever the tokenizer merges. Rows are truncated on the right to ``max_length``; a row whose
-    prompt alone fills ``max_length`` has nothing to learn from and is dropped (returns None).
-    """
-    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        answer_ids = answer_ids + [tokenizer.eos_token_id]
-    input_ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
-    if all(label == IGNORE_INDEX for label in labels):
-        return None
-    return {"input_ids": input_ids, "labels": labels}
+__all__ = ["encode_rows", "load_task_rows", "sample_attack_rows", "select_safe_rows"]
 
 
 def encode_rows(
     tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int, what: str
 ) -> list[dict[str, list[int]]]:
     """Encode (prompt, answer) pairs; say how many were dropped, fail if all were."""
-    encoded = [encode_example(tokenizer, p, a, max_length) for p, a in pairs]
+    encoded = [encode_pair(tokenizer, p, a, max_length) for p, a in pairs]
     kept = [e for e in encoded if e is not None]
     dropped = len(encoded) - len(kept)
     if not kept:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "PaddingCollator", "encode_safety_pairs", "format_prompt"]
+__all__ = ["IGNORE_INDEX", "PaddingCollator", "encode_pair", "encode_safety_pairs", "format_prompt"]
 
 IGNORE_INDEX = -100
 
@@ -59,19 +59,39 @@ def encode_safety_pairs(
     rows = []
     for index, item in enumerate(pairs):
         prompt, refusal = _pair(item, index)
-        prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        refusal_ids = tokenizer(refusal, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            refusal_ids = refusal_ids + [tokenizer.eos_token_id]
-        input_ids = (prompt_ids + refusal_ids)[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + refusal_ids)[:max_length]
-        if all(label == IGNORE_INDEX for label in labels):
+        row = encode_pair(tokenizer, prompt, refusal, max_length)
+        if row is None:
+            prompt_len = len(_ids(tokenizer, format_prompt(tokenizer, prompt)))
             raise ValueError(
                 f"safety pair {index}: no refusal token is left within max_length={max_length} "
-                f"(the prompt alone takes {len(prompt_ids)} tokens); raise max_length"
+                f"(the prompt alone takes {prompt_len} tokens); raise max_length"
             )
-        rows.append({"input_ids": input_ids, "labels": labels})
+        rows.append(row)
     return rows
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(
+    tokenizer: Any, prompt: str, answer: str, max_length: Optional[int] = None
+) -> Optional[dict[str, list[int]]]:
+    """``{"input_ids", "labels"}`` of formatted prompt + answer + EOS, labels -100 on the prompt.
+
+    Prompt and answer are tokenised separately and concatenated, so the mask boundary is exact
+    whatever the tokenizer merges. With ``max_length`` the row is cut on the right; None when
+    the prompt alone fills it (no answer token is left to learn from).
+    """
+    prompt_ids = _ids(tokenizer, format_prompt(tokenizer, prompt))
+    answer_ids = _ids(tokenizer, answer)
+    if tokenizer.eos_token_id is not None:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + answer_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return {"input_ids": input_ids, "labels": labels}
 
 
 class PaddingCollator:

@@ -25,7 +25,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from spag_optim.safety_pairs import PaddingCollator, format_prompt  # noqa: E402
+from spag_optim.safety_pairs import PaddingCollator, encode_pair, format_prompt  # noqa: E402
 from tiny_lm import save_tiny_lm  # noqa: E402
 
 common = importlib.import_module("finetune_common")
@@ -221,13 +221,13 @@ def test_encode_example_masks_the_prompt_and_ends_with_eos(tokenizers_pair):
     prompt_ids = tok(format_prompt(tok, "Tom has 3 apples"),
                      add_special_tokens=False)["input_ids"]
     answer_ids = tok("Tom has 3 apples .", add_special_tokens=False)["input_ids"]
-    row = data.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", 512)
+    row = encode_pair(tok, "Tom has 3 apples", "Tom has 3 apples .", 512)
     assert row["input_ids"] == prompt_ids + answer_ids + [tok.eos_token_id]
     assert row["labels"] == [-100] * len(prompt_ids) + answer_ids + [tok.eos_token_id]
 
-    short = data.encode_example(tok, "Tom has 3 apples", "Tom has 3 apples .", len(prompt_ids) + 2)
+    short = encode_pair(tok, "Tom has 3 apples", "Tom has 3 apples .", len(prompt_ids) + 2)
     assert short["labels"] == [-100] * len(prompt_ids) + answer_ids[:2]
-    assert data.encode_example(tok, "Tom has 3 apples", "x", len(prompt_ids)) is None
+    assert encode_pair(tok, "Tom has 3 apples", "x", len(prompt_ids)) is None
 
 
 def test_encode_rows_fails_when_every_prompt_is_too_long(tokenizers_pair):
