@@ -29,7 +29,8 @@ from lazy_families import _gaussian
 
 
 def _time_pass(x: np.ndarray, repeats: int = 9) -> list[float]:
-    """Times of ``repeats`` float32 ``X @ v`` passes after two warm-up passes."""
+    """Times of ``repeats`` float32 ``X @ v`` passes, after two warm-up passes (BLAS threads,
+    page cache)."""
     v = np.random.default_rng(0).normal(size=x.shape[1]).astype(np.float32)
     out = np.empty(x.shape[0], dtype=np.float32)
     np.matmul(x, v, out=out)

@@ -46,22 +46,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import dpp_distributed  # noqa: E402  (benchmarks/, the script's folder)
 import lazy_families  # noqa: E402
+from dpp_distributed import _time_pass  # noqa: E402
+from lazy_families import _gaussian  # noqa: E402
 from dpp_reference import (chen_greedy, dense_kernel, feature_greedy,  # noqa: E402
                            float32_pass_greedy, resolve_greedy)
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from dpp_select.relevance import relevance_scores  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "dpp_scaling.md")
-
-
-def _gaussian(n: int, d: int, seed: int) -> np.ndarray:
-    """Isotropic float32 data generated in place (no float64 temporary)."""
-    x = np.empty((n, d), dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    step = max(1, (1 << 22) // d)
-    for lo in range(0, n, step):
-        rng.standard_normal(out=x[lo:lo + step], dtype=np.float32)
-    return x
 
 
 def llm_like(n: int, d: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,20 +69,6 @@ def llm_like(n: int, d: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     def make(k: int) -> np.ndarray:
         return (mean + 2.0 * rng.normal(size=(k, d)) / np.sqrt(d)).astype(np.float32)
     return make(n), make(m)
-
-
-def _time_pass(x: np.ndarray, repeats: int = 9) -> list[float]:
-    """Times of ``repeats`` float32 passes, after two warm-up passes (BLAS threads, page cache)."""
-    v = np.random.default_rng(0).normal(size=x.shape[1]).astype(np.float32)
-    out = np.empty(x.shape[0], dtype=np.float32)
-    np.matmul(x, v, out=out)
-    np.matmul(x, v, out=out)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.matmul(x, v, out=out)
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def _peak_rss() -> int:

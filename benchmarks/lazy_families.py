@@ -36,6 +36,7 @@ _WORD = re.compile(r"[a-z0-9']+")
 
 
 def _gaussian(n: int, d: int, seed: int) -> np.ndarray:
+    """Isotropic float32 data generated in place (no float64 temporary)."""
     x = np.empty((n, d), dtype=np.float32)
     rng = np.random.default_rng(seed)
     step = max(1, (1 << 22) // d)
