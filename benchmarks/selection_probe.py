@@ -31,7 +31,8 @@ import dpp_select  # noqa: E402
 from _demo import data as D  # noqa: E402
 from _demo import evaluation  # noqa: E402
 from _demo.attack import run_attack  # noqa: E402
-from _demo.encoding import collate, encode  # noqa: E402
+from _demo.encoding import encode  # noqa: E402
+from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
 from _demo.methods import METHODS  # noqa: E402
 
 CHOICES = ("dpp", "random", "top_relevance", "dpp_centered")
@@ -50,7 +51,7 @@ def _picks(ctx) -> dict[str, list[int]]:
 @torch.no_grad()
 def _loss(model, tok, rows) -> float:
     model.eval()
-    return float(model(**collate(encode(tok, rows), tok.pad_token_id)).loss)
+    return float(model(**PaddingCollator(tok.pad_token_id)(encode(tok, rows))).loss)
 
 
 def probe(attack: str, seed: int, train: bool, cache_dir: Path) -> dict[str, dict[str, float]]:

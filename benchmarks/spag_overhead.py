@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from spag_optim import SPAGOptimizer
+
+# The LoRA target list the examples and the demo use (examples/lora_targets.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
 
 def build(device, seed=0):
@@ -47,8 +51,10 @@ def trainable(model, training):
         return model
     from peft import LoraConfig, get_peft_model
 
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    return get_peft_model(model, LoraConfig(r=32, lora_alpha=4, target_modules=targets))
+    from lora_targets import DEFAULT_LORA_TARGETS
+
+    return get_peft_model(model, LoraConfig(r=32, lora_alpha=4,
+                                            target_modules=list(DEFAULT_LORA_TARGETS)))
 
 
 def sync(device):

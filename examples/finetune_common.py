@@ -35,6 +35,7 @@ from torch import nn
 
 from finetune_cli import LIBRARY_DEFAULT
 from finetune_data import encode_rows, load_task_rows, sample_attack_rows, select_safe_rows
+from lora_targets import find_lora_targets
 from spag_optim import SPAGOptimizer, SafetyBatches, calibrate_tau, make_safety_closure
 from spag_optim.evaluation import (
     KeywordRefusalJudge,
@@ -48,20 +49,7 @@ from spag_optim.guardspace import adapter_parameters, apply_guardspace, save_gua
 from spag_optim.safety_pairs import (PaddingCollator, encode_safety_pairs, format_prompt,
                                      pad_token_id)
 
-__all__ = ["DEFAULT_LORA_TARGETS", "Prepared", "find_lora_targets", "finish", "prepare",
-           "spag_stats"]
-
-#: Linear layers LoRA adapts in Llama-, Qwen2-, Mistral- and Gemma-style decoders (attention and
-#: MLP projections). Other architectures name them differently: pass ``--lora-targets``.
-DEFAULT_LORA_TARGETS: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+__all__ = ["Prepared", "finish", "prepare", "spag_stats"]
 
 # --------------------------------------------------------------------------------------------
 # Model, data, selection, optimizer
@@ -98,23 +86,6 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype) -> tuple[nn.
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     return model.to(device), tokenizer
-
-
-def find_lora_targets(model: nn.Module, wanted: Sequence[str] = DEFAULT_LORA_TARGETS) -> list[str]:
-    """The names in ``wanted`` that end some ``nn.Linear`` in ``model``, in ``wanted`` order."""
-    present = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-    }
-    found = [name for name in wanted if name in present]
-    if not found:
-        linear = sorted(present)
-        raise SystemExit(
-            f"found none of the LoRA targets {list(wanted)} in this model; its linear layers "
-            f"are named {linear}: pass some with --lora-targets"
-        )
-    return found
 
 
 def add_lora(model: nn.Module, args: argparse.Namespace) -> nn.Module:

@@ -25,10 +25,10 @@ FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from lora_targets import DEFAULT_LORA_TARGETS, find_lora_targets  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator, encode_pair, format_prompt  # noqa: E402
 from tiny_lm import save_tiny_lm  # noqa: E402
 
-common = importlib.import_module("finetune_common")
 cli = importlib.import_module("finetune_cli")
 data = importlib.import_module("finetune_data")
 
@@ -248,9 +248,9 @@ def test_find_lora_targets(arch, tiny_models):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], local_files_only=True)
-    assert common.find_lora_targets(model) == list(common.DEFAULT_LORA_TARGETS)
+    assert find_lora_targets(model) == list(DEFAULT_LORA_TARGETS)
     with pytest.raises(SystemExit, match="pass some with --lora-targets"):
-        common.find_lora_targets(model, wanted=("query_key_value",))
+        find_lora_targets(model, wanted=("query_key_value",))
 
 
 @pytest.mark.parametrize("script, arch, defense", [

@@ -21,9 +21,10 @@ sys.path.insert(0, str(EXAMPLES))
 from _demo import data  # noqa: E402
 from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
-from _demo.encoding import collate, encode, prompt_batch  # noqa: E402
+from _demo.encoding import encode, prompt_batch  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
 from _demo.report import format_table, write_plot  # noqa: E402
+from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
 
 
 def _load_quickstart():
@@ -205,7 +206,7 @@ def test_encoding_puts_the_loss_on_the_response_only():
     answer = [i for i in row["labels"] if i != -100]
     assert tok.decode(answer[:-1]) == tok.decode(tok(ex.response, add_special_tokens=False)["input_ids"])
     assert answer[-1] == tok.eos_token_id
-    batch = collate(encode(tok, d.heldout_problems[:3]), tok.pad_token_id)
+    batch = PaddingCollator(tok.pad_token_id)(encode(tok, d.heldout_problems[:3]))
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     gen = prompt_batch(tok, [d.heldout_problems[0].prompt, "how do i fix a flat tire ?"])
     assert (gen["attention_mask"][:, -1] == 1).all()  # left-padded: prompts end together
@@ -302,7 +303,6 @@ def test_lisa_skips_the_utility_forward_on_its_alignment_steps():
 
     import torch
 
-    from _demo.encoding import collate
     from _demo.model import ModelSize, build_model
     from _demo.training import train
     from spag_optim import SafetyBatches, make_safety_closure
@@ -314,7 +314,7 @@ def test_lisa_skips_the_utility_forward_on_its_alignment_steps():
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
     batches = SafetyBatches(
-        encode(tok, d.safe_pool[:4]), batch_size=2, collate_fn=lambda b: collate(b, tok.pad_token_id), seed=0
+        encode(tok, d.safe_pool[:4]), batch_size=2, collate_fn=PaddingCollator(tok.pad_token_id), seed=0
     )
     opt = LisaOptimizer(
         torch.optim.AdamW(model.parameters(), lr=1e-3), make_safety_closure(model, batches),
@@ -382,8 +382,9 @@ def test_guardspace_rows_train_guardspace_adapters_from_the_safe_rows():
     import torch
     from dataclasses import replace
 
-    from _demo.attack import LORA_TARGETS, run_attack
+    from _demo.attack import run_attack
     from _demo.model import ModelSize, build_model
+    from lora_targets import DEFAULT_LORA_TARGETS
     from spag_optim.guardspace import GuardSpaceLinear
 
     assert {"guardspace", "guardspace_spard"} <= set(METHODS)
@@ -394,7 +395,7 @@ def test_guardspace_rows_train_guardspace_adapters_from_the_safe_rows():
         out = run_attack(model, d.tokenizer, d.finetune, METHODS[name], d.safe_pool[:4], config,
                          desc=name, progress=False)
         layers = [m for m in out.model.modules() if isinstance(m, GuardSpaceLinear)]
-        assert len(layers) == len(LORA_TARGETS)
+        assert len(layers) == len(DEFAULT_LORA_TARGETS)
         assert all(not torch.equal(m.adapter_B, m.init_B) for m in layers)
         trained = {n for n, p in out.model.named_parameters() if p.requires_grad}
         assert trained and all(n.endswith(("adapter_A", "adapter_B")) for n in trained)

@@ -18,22 +18,21 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
+from lora_targets import DEFAULT_LORA_TARGETS
 from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import safeinstr_mix
 from spag_optim.guardspace import adapter_parameters
+from spag_optim.safety_pairs import PaddingCollator
 
 from .config import DemoConfig
 from .data import Example
-from .encoding import collate, encode
+from .encoding import encode
 from .guardspace import guardspace_model
 from .methods import Method
 from .optimizers import interventions
 from .training import train
 
-__all__ = ["AttackOutcome", "run_attack", "LORA_TARGETS"]
-
-#: Every linear layer of a Llama block, as in the paper's LoRA setting.
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+__all__ = ["AttackOutcome", "run_attack"]
 
 
 @dataclass
@@ -62,11 +61,11 @@ def run_attack(
         raise ValueError(f"{desc}: this method selects safe examples, but none were given")
     torch.manual_seed(config.seed)  # LoRA's A matrices: identical for every method
     if method.adapter == "guardspace":
-        model = guardspace_model(aligned, tokenizer, safe, config, LORA_TARGETS)
+        model = guardspace_model(aligned, tokenizer, safe, config, list(DEFAULT_LORA_TARGETS))
         trainable = adapter_parameters(model)
     else:
         lora = LoraConfig(
-            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
+            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(DEFAULT_LORA_TARGETS)
         )
         model = get_peft_model(copy.deepcopy(aligned), lora)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -81,7 +80,7 @@ def run_attack(
         batches = SafetyBatches(
             encode(tokenizer, safe),
             batch_size=config.safety_batch,
-            collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id),
+            collate_fn=PaddingCollator(tokenizer.pad_token_id),
             seed=config.seed,
         )
         optimizer = method.wrapper(optimizer, make_safety_closure(model, batches), config, **method.options)

@@ -1,7 +1,8 @@
 """Turning prompt/response pairs into causal-LM batches, and prompts into generation inputs.
 
 Training batches carry ``labels`` equal to the input ids on the response and -100 on the prompt
-and padding, so the loss (utility, attack, and SPAG's safety loss alike) is on the answer only.
+and padding, so the loss (utility, attack, and SPAG's safety loss alike) is on the answer only;
+:class:`spag_optim.safety_pairs.PaddingCollator` pads them into batches.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from .data import Example
 from .tokenizer import chat_prompt
 
-__all__ = ["EncodedExample", "encode", "collate", "prompt_batch"]
+__all__ = ["EncodedExample", "encode", "prompt_batch"]
 
 EncodedExample = dict[str, list[int]]
 
@@ -31,22 +32,6 @@ def encode(tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> l
         response = _ids(tokenizer, ex.response) + [tokenizer.eos_token_id]
         out.append({"input_ids": prompt + response, "labels": [-100] * len(prompt) + response})
     return out
-
-
-def collate(rows: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of encoded examples into ``input_ids``/``attention_mask``/``labels``."""
-    if not rows:
-        raise ValueError("collate got an empty batch; the dataset must hold at least one example")
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        labels[i, :n] = torch.tensor(r["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def prompt_batch(

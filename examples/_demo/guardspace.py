@@ -31,10 +31,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from spag_optim.guardspace import apply_guardspace
+from spag_optim.safety_pairs import PaddingCollator
 
 from .config import DemoConfig
 from .data import Example
-from .encoding import collate, encode
+from .encoding import encode
 
 __all__ = ["guardspace_model", "NULL_ENERGY"]
 
@@ -54,7 +55,7 @@ def guardspace_model(
     rows = encode(tokenizer, safe)
     batches = []
     for start in range(0, len(rows), config.safety_batch):
-        batch = collate(rows[start : start + config.safety_batch], tokenizer.pad_token_id)
+        batch = PaddingCollator(tokenizer.pad_token_id)(rows[start : start + config.safety_batch])
         batches.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     model = copy.deepcopy(aligned)
     with torch.no_grad():

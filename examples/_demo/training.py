@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import EncodedExample, collate
+from spag_optim.safety_pairs import PaddingCollator
+
+from .encoding import EncodedExample
 
 __all__ = ["train"]
 
@@ -53,7 +55,7 @@ def train(
                     optimizer.step()
                     losses.append(float("nan"))
                 else:
-                    batch = collate([rows[i] for i in order[start : start + batch_size]], pad_id)
+                    batch = PaddingCollator(pad_id)([rows[i] for i in order[start : start + batch_size]])
                     loss = model(**batch).loss
                     loss.backward()
                     optimizer.step()
