@@ -26,12 +26,15 @@ def tokenizer():
     return build_tokenizer(UTILITY_TEXTS + SAFE_TEXTS, chat_template=False)
 
 
-def tiny_llama(tok, seed: int = 0):
+def tiny_llama(tok, seed: int = 0, *, hidden: int = 16, intermediate: int = 32, layers: int = 1,
+               heads: int = 2, kv_heads: int = 1):
+    """A random Llama sized for ``tok`` (weights drawn from ``seed``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)

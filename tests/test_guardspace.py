@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
+from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer
 from spag_optim import SPAGOptimizer
 from spag_optim.guardspace import (
     GuardSpaceLinear,
@@ -28,15 +28,7 @@ def tok():
 
 def llama(tok, seed=0):
     """hf_tiny's Llama, wider (64), so a one-prompt null set leaves room for the adapters."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return tiny_llama(tok, seed, hidden=64, intermediate=96, layers=2, heads=4, kv_heads=2)
 
 
 def single(tok, texts):
