@@ -357,15 +357,14 @@ class SPAGOptimizer(SafetyClosureOptimizer):
     def _cap(
         self, params: list[Tensor], sq_norm: Tensor, relative: bool, reducer: Reducer
     ) -> float | Tensor | None:
-        if relative:
-            if self._step_norm is None:  # kept if the step is retried after a later failure
-                # The snapshot becomes theta - theta+; its norm is the utility step's length.
-                torch._foreach_sub_(self._snapshot, params)
-                self._step_norm = reducer.sq_norm(self._snapshot, sq_norm.device).sqrt()
-            return self.rho * self._step_norm / sq_norm.sqrt()
-        if self.trust_region == "lr":
-            return self.param_groups[0]["lr"]
-        return self.trust_region  # a float or None
+        if relative and self._step_norm is None:  # kept if the step is retried after a failure
+            # The snapshot becomes theta - theta+; its norm is the utility step's length.
+            torch._foreach_sub_(self._snapshot, params)
+            self._step_norm = reducer.sq_norm(self._snapshot, sq_norm.device).sqrt()
+        return F.trust_region_cap(
+            "relative" if relative else self.trust_region, sq_norm, rho=self.rho,
+            step_norm=self._step_norm, lr=self.param_groups[0]["lr"],
+        )
 
     def _authors_code_projection(self, params: list[Tensor]) -> None:
         reducer = self._reducer_for(params)
