@@ -44,7 +44,9 @@ Memory and synchronisation: the safety gradient lives in ``p.grad`` (the utility
 was consumed by the inner step), so after ``step()`` the ``.grad`` fields hold the scaled safety
 gradient; call ``zero_grad()`` as usual. In paper mode the only host read is the safety loss, used
 to skip the safety backward when already safe (``skip_if_safe=True``); with ``skip_if_safe=False``
-the whole step stays on device and ``last_stats`` holds 0-dim tensors.
+the whole step stays on device. ``last_stats`` always holds 0-dim tensors (``safety_loss``,
+``projected``, ``alpha``, ``safety_grad_norm``); ``stats()`` reads them back as Python floats with
+the counters, when the caller logs.
 """
 
 from __future__ import annotations

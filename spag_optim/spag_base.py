@@ -37,6 +37,8 @@ class SPAGBase(SafetyClosureOptimizer):
     arguments (both projection rules take the same ones, so checkpoints are interchangeable)."""
 
     STATE_KEY = "spag"
+    INTERVENTIONS = "num_projections"
+    COUNTERS = ("num_projections",)
     #: Whether the projection handles sharded (FSDP2/DTensor) parameters.
     SUPPORTS_SHARDED = True
 
@@ -265,5 +267,8 @@ class SPAGBase(SafetyClosureOptimizer):
         self._nonfinite_grads = torch.zeros((), dtype=torch.int64, device=device)
 
 
-def _stats(loss: float, projected: bool, alpha: float, grad_norm: float) -> dict[str, Any]:
-    return {"safety_loss": loss, "projected": projected, "alpha": alpha, "safety_grad_norm": grad_norm}
+def _stats(loss: float, projected: bool, alpha: float, grad_norm: float) -> dict[str, Tensor]:
+    """``last_stats`` of a step decided on the host, as the 0-dim tensors of the device path."""
+    values = {"safety_loss": loss, "alpha": alpha, "safety_grad_norm": grad_norm}
+    return {**{k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()},
+            "projected": torch.tensor(projected)}
