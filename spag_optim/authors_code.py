@@ -52,14 +52,7 @@ class AuthorsCodeSPAG(SPAGOptimizer):
         reducer = self._reducer_for(params)
         loss = self._safety_loss()
         loss_value = float(reducer.mean_loss(loss))
-        if not math.isfinite(loss_value):
-            self._nonfinite_loss(loss_value)
-            self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
-            return
-        triggered = loss_value - self.tau > self.tolerance
-        self._tau_check.observe(self._num_steps, loss_value, self.tau, triggered)
-        if not triggered:
-            self.last_stats = _stats(loss_value, False, 0.0, 0.0)
+        if not self._triggered(loss_value):
             return
         grads = self._backward(loss, params, reducer)
         with torch.no_grad():

@@ -51,7 +51,6 @@ the counters, when the caller logs.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -139,14 +138,7 @@ class SPAGOptimizer(SPAGBase):
                 [loss.to(torch.float64), nonfinite.to(loss.device, torch.float64)]
             ).tolist()
             self._warn_nonfinite_grads(int(seen))
-            if not math.isfinite(loss_value):
-                self._nonfinite_loss(loss_value)
-                self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
-                return
-            triggered = loss_value - self.tau > self.tolerance
-            self._tau_check.observe(self._num_steps, loss_value, self.tau, triggered)
-            if not triggered:
-                self.last_stats = _stats(loss_value, False, 0.0, 0.0)
+            if not self._triggered(loss_value):
                 return
         grads = self._backward(local_loss, params, reducer)
         with torch.no_grad():

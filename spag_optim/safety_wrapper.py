@@ -129,6 +129,17 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         out.update((k, next(values) if isinstance(v, Tensor) else float(v)) for k, v in numeric.items())
         return out
 
+    def _utility_closure(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, list[Tensor]]:
+        """Run torch's optional utility ``closure`` (it calls backward), then return its loss and
+        the parameters, their gradients checked (:meth:`_check_grads`)."""
+        utility_loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                utility_loss = closure()
+        params = self.params()
+        self._check_grads(params)
+        return utility_loss, params
+
     def _check_grads(self, params: list[Tensor]) -> None:
         """Refuse, before the step moves anything, gradients the safety step cannot combine."""
         for p in params:

@@ -12,6 +12,7 @@ checkpoint entry. The two projection rules are its subclasses:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any, Callable, Optional, Union
 
@@ -146,12 +147,7 @@ class SPAGBase(SafetyClosureOptimizer):
         whose closure never failed. Sparse gradients are refused before anything moves.
         """
         if self._pending is None:
-            utility_loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    utility_loss = closure()
-            params = self.params()
-            self._check_grads(params)
+            utility_loss, params = self._utility_closure(closure)
             prepared = self._prepare(params)
             self.inner.step()
             self._num_steps += 1
@@ -178,14 +174,24 @@ class SPAGBase(SafetyClosureOptimizer):
         """The projection rule, after the inner step; sets ``last_stats`` and the counters."""
         raise NotImplementedError
 
-    def _nonfinite_loss(self, loss_value: float) -> None:
-        self._num_nonfinite += 1
-        warnings.warn(
-            f"SPAG: the safety loss is {loss_value}; this step's projection was skipped and the "
-            "parameters kept the inner optimizer's update",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    def _triggered(self, loss_value: float) -> bool:
+        """The host-side decision on the (rank-averaged) safety loss: project only when it is
+        finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
+        if not math.isfinite(loss_value):
+            self._num_nonfinite += 1
+            warnings.warn(
+                f"SPAG: the safety loss is {loss_value}; this step's projection was skipped and "
+                "the parameters kept the inner optimizer's update",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
+            return False
+        triggered = loss_value - self.tau > self.tolerance
+        self._tau_check.observe(self._num_steps, loss_value, self.tau, triggered)
+        if not triggered:
+            self.last_stats = _stats(loss_value, False, 0.0, 0.0)
+        return triggered
 
     def _backward(self, loss: Tensor, params: list[Tensor], reducer: Reducer) -> list[Tensor]:
         """Safety gradient into ``p.grad`` (reusing the consumed utility buffers).
