@@ -6,12 +6,14 @@ closure from a safe dataset.
 """
 
 from .optimizer import SPAGOptimizer
+from .authors_code import AuthorsCodeSPAG
 from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
 from .safety_wrapper import SafetyClosureOptimizer
 from .wrapper import OptimizerWrapper
 
 __all__ = [
     "SPAGOptimizer",
+    "AuthorsCodeSPAG",
     "OptimizerWrapper",
     "SafetyClosureOptimizer",
     "SafetyBatches",

@@ -37,6 +37,7 @@ __all__ = [
     "accumulation_dtype",
     "global_sq_norm",
     "projection_alpha",
+    "trust_region_cap",
     "apply_projection_",
     "authors_code_scale_",
 ]
@@ -91,6 +92,38 @@ def projection_alpha(
         cap_t = torch.as_tensor(cap, dtype=alpha.dtype, device=alpha.device)
         alpha = torch.minimum(alpha, torch.where(torch.isfinite(cap_t), cap_t, alpha))
     return alpha, finite
+
+
+def trust_region_cap(
+    trust_region: float | str | None,
+    sq_norm: Tensor,
+    *,
+    rho: float = 1.0,
+    step_norm: Tensor | None = None,
+    lr: float | None = None,
+) -> float | Tensor | None:
+    r"""The trust region :math:`\eta_{safe}` that caps alpha in Eq. 4 (SPARD, Algorithm 1).
+
+    * a float: :math:`\eta_{safe}` itself; ``None``: no cap (Table 7, "w/o eta_safe");
+    * ``"lr"``: the inner optimizer's learning rate ``lr`` (the paper's experimental setting);
+    * ``"relative"``: the projection moves the parameters at most ``rho`` times as far as the
+      utility step did, :math:`\alpha\lVert g\rVert \le \rho\lVert\theta^+ - \theta\rVert`, i.e.
+
+      .. math:: \eta_{safe} = \rho\,\lVert\theta^+ - \theta\rVert / \lVert g\rVert
+
+      with ``step_norm`` :math:`= \lVert\theta^+ - \theta\rVert` and ``sq_norm``
+      :math:`= \lVert g\rVert^2` (0-dim tensors). Computed on device, no host read; a zero
+      gradient gives an infinite cap, which :func:`projection_alpha` ignores (alpha is 0 then).
+    """
+    if trust_region == "relative":
+        if step_norm is None:
+            raise ValueError("trust_region='relative' needs step_norm, the utility step's length")
+        return rho * step_norm / sq_norm.sqrt()
+    if trust_region == "lr":
+        if lr is None:
+            raise ValueError("trust_region='lr' needs lr, the inner optimizer's learning rate")
+        return lr
+    return trust_region  # a float or None
 
 
 def apply_projection_(params: Sequence[Tensor], grads: Sequence[Tensor], alpha: Tensor) -> None:

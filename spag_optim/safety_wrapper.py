@@ -103,6 +103,43 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         """Steps whose safety loss or gradient was NaN/inf (their safety part was skipped)."""
         return self._num_nonfinite
 
+    #: The method's own name for :attr:`num_interventions` (None: it never intervenes on a loss).
+    INTERVENTIONS: str | None = None
+    #: The method's counters, by name, that :meth:`stats` reports.
+    COUNTERS: tuple[str, ...] = ()
+
+    @property
+    def num_interventions(self) -> int:
+        """Steps on which the safety loss changed the update (SPAG: projected; penalty: hinge
+        active; SafeGrad: conflicting gradient projected; Lisa: 0, its alignment steps follow a
+        schedule). Saved in the checkpoint, so it continues after a resume."""
+        return 0 if self.INTERVENTIONS is None else int(getattr(self, self.INTERVENTIONS))
+
+    def stats(self) -> dict[str, float]:
+        """Python floats, the same keys on every defense plus each method's own: ``num_steps``,
+        ``num_nonfinite``, ``num_interventions``, the :attr:`COUNTERS` under their own names, and
+        the last step's numeric ``last_stats`` (booleans as 0.0/1.0). Reads device values back,
+        once: call it when you log, not in the hot loop."""
+        out = {"num_steps": float(self._num_steps), "num_nonfinite": float(self.num_nonfinite),
+               "num_interventions": float(self.num_interventions)}
+        out.update((name, float(getattr(self, name))) for name in self.COUNTERS)
+        numeric = {k: v for k, v in self.last_stats.items() if isinstance(v, (Tensor, numbers.Real))}
+        tensors = [v.detach().reshape(()).double() for v in numeric.values() if isinstance(v, Tensor)]
+        values = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
+        out.update((k, next(values) if isinstance(v, Tensor) else float(v)) for k, v in numeric.items())
+        return out
+
+    def _utility_closure(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, list[Tensor]]:
+        """Run torch's optional utility ``closure`` (it calls backward), then return its loss and
+        the parameters, their gradients checked (:meth:`_check_grads`)."""
+        utility_loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                utility_loss = closure()
+        params = self.params()
+        self._check_grads(params)
+        return utility_loss, params
+
     def _check_grads(self, params: list[Tensor]) -> None:
         """Refuse, before the step moves anything, gradients the safety step cannot combine."""
         for p in params:

@@ -11,6 +11,8 @@ import torch
 from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
+from pair_model import PairLoss, safe_dataset
+
 BASELINES = {
     "penalty": lambda inner, closure: PenaltyOptimizer(inner, closure, lam=0.5, tau=0.1),
     "safegrad": lambda inner, closure: SafeGradOptimizer(inner, closure),
@@ -18,23 +20,6 @@ BASELINES = {
         inner, closure, alignment_steps=2, finetune_steps=3, rho=0.3
     ),
 }
-
-
-class PairLoss(torch.nn.Module):
-    """``model(x=..., y=...)`` returns an object with ``.loss`` (Hugging Face style)."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
-
-    def forward(self, x, y):
-        return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()
-
-
-def safe_dataset(n=10, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [{"x": torch.randn(4, generator=g), "y": torch.full((2,), 3.0)} for _ in range(n)]
 
 
 def utility_batch(step):

@@ -36,6 +36,8 @@ def run_steps(callback, optimizer, state, steps):
     for stats in steps:
         optimizer_inner = find_spag_optimizer(optimizer)
         optimizer_inner.last_stats = stats
+        if bool(stats["projected"]):  # what the optimizer's own counter does on such a step
+            optimizer_inner._projections = torch.tensor(optimizer_inner.num_projections + 1)
         state.global_step += 1
         callback.on_step_end(args, state, TrainerControl(), optimizer=optimizer)
     return args
@@ -108,3 +110,31 @@ def test_a_baseline_with_last_stats_is_not_taken_for_spag(caplog):
     with caplog.at_level("WARNING", logger="spag_optim.integrations.hf"):
         callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=lisa)
     assert callback.history == [] and "not a SPAGOptimizer" in caplog.text
+
+
+def test_logged_projections_continue_after_a_resume():
+    """``spag/projections`` is the optimizer's own counter, restored from its checkpoint."""
+    from spag_optim import SPAGOptimizer
+
+    def build():
+        p = torch.ones(2, requires_grad=True)
+        return p, SPAGOptimizer(torch.optim.SGD([p], lr=0.1), lambda: (p ** 2).sum(), tau=0.0)
+
+    def run(callback, p, opt, state, steps):
+        args = TrainingArguments(output_dir="unused", report_to=[])
+        for _ in range(steps):
+            opt.zero_grad()
+            p.sum().backward()
+            opt.step()
+            state.global_step += 1
+            callback.on_step_end(args, state, TrainerControl(), optimizer=opt)
+        logs = {}
+        callback.on_log(args, state, TrainerControl(), logs=logs)
+        return logs
+
+    p, opt = build()
+    assert run(SPAGLoggingCallback(), p, opt, TrainerState(), 3)["spag/projections"] == 3
+    p2, resumed = build()
+    resumed.load_state_dict(opt.state_dict())
+    logs = run(SPAGLoggingCallback(), p2, resumed, TrainerState(global_step=3), 2)
+    assert logs["spag/projections"] == 5 and logs["spag/projected"] == 1.0

@@ -18,20 +18,7 @@ import torch
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-
-class PairLoss(torch.nn.Module):
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
-
-    def forward(self, x, y):
-        return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()
-
-
-def safe_dataset(n=10, target=3.0):
-    g = torch.Generator().manual_seed(1)
-    return [{"x": torch.randn(4, generator=g), "y": torch.full((2,), target)} for _ in range(n)]
+from pair_model import PairLoss, safe_dataset
 
 
 DEFENSES = {

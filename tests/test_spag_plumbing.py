@@ -9,6 +9,8 @@ import torch
 
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
 
+from pair_model import safe_dataset
+
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
@@ -24,11 +26,6 @@ class PairLoss(torch.nn.Module):
 
     def forward(self, x, y):
         return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()
-
-
-def safe_dataset(n=10, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [{"x": torch.randn(4, generator=g), "y": torch.full((2,), 3.0)} for _ in range(n)]
 
 
 def utility_batch(step):

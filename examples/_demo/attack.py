@@ -86,7 +86,7 @@ def run_attack(
         optimizer = method.wrapper(optimizer, make_safety_closure(model, batches), config, **method.options)
 
     def record(step: int) -> None:
-        losses.append(float(optimizer.last_stats["safety_loss"]))
+        losses.append(optimizer.stats()["safety_loss"])
 
     train(
         model,

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from spag_optim import SPAGOptimizer
-from spag_optim.baselines import OPTIMIZER_BASELINES, PenaltyOptimizer, SafeGradOptimizer
+from spag_optim.baselines import OPTIMIZER_BASELINES
 
 from .config import DemoConfig
 
@@ -52,11 +52,7 @@ def safegrad(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor],
 def interventions(optimizer: torch.optim.Optimizer) -> int:
     """Steps on which the safety constraint changed the update, the table's ``projections``:
     SPAG's projections, the penalty's active hinge, SafeGrad's projected conflicting gradients;
-    0 for AdamW alone and for Lisa (whose alignment steps come from a schedule, not the loss)."""
-    if isinstance(optimizer, SPAGOptimizer):
-        return optimizer.num_projections
-    if isinstance(optimizer, PenaltyOptimizer):
-        return optimizer.num_active
-    if isinstance(optimizer, SafeGradOptimizer):
-        return optimizer.num_conflicts
-    return 0
+    0 for AdamW alone and for Lisa (whose alignment steps come from a schedule, not the loss).
+    Every defense reports it as ``stats()["num_interventions"]``."""
+    stats = getattr(optimizer, "stats", None)
+    return int(stats()["num_interventions"]) if callable(stats) else 0

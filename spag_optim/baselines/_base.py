@@ -11,7 +11,6 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Optional
 
-import torch
 from torch import Tensor
 
 from ..safety_wrapper import SafetyClosureOptimizer, check_number
@@ -34,12 +33,7 @@ class SafetyClosureBaseline(SafetyClosureOptimizer):
         leaves the parameters and the inner optimizer untouched, and the closure's position is
         restored: calling ``step()`` again equals a step whose closure never failed.
         """
-        utility_loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                utility_loss = closure()
-        params = self.params()
-        self._check_grads(params)
+        utility_loss, params = self._utility_closure(closure)
         if params:
             with self._closure_rollback():
                 self._step(params)

@@ -53,6 +53,7 @@ class LisaOptimizer(SafetyClosureBaseline):
     """
 
     STATE_KEY = "lisa"
+    COUNTERS = ("num_alignment_steps",)
 
     def __init__(
         self,
@@ -92,6 +93,21 @@ class LisaOptimizer(SafetyClosureBaseline):
     def is_alignment_step(self) -> bool:
         """Whether the next :meth:`step` is an alignment step (it ignores ``p.grad``)."""
         return self._state_at(self._num_steps) == ALIGNMENT
+
+    @property
+    def num_alignment_steps(self) -> int:
+        """Steps taken in the alignment state (from the schedule, so exact after a resume)."""
+        cycle = self.alignment_steps + self.finetune_steps
+        full, rest = divmod(self._num_steps, cycle)
+        return full * self.alignment_steps + min(rest, self.alignment_steps)
+
+    def stats(self) -> dict[str, float]:
+        """The shared :meth:`~spag_optim.SafetyClosureOptimizer.stats`, with the last step's state
+        as ``alignment`` (1.0 in the alignment state, 0.0 in fine-tuning)."""
+        out = super().stats()
+        if "state" in self.last_stats:
+            out["alignment"] = float(self.last_stats["state"] == ALIGNMENT)
+        return out
 
     def _ensure_anchor(self, params: list[Tensor]) -> None:
         """Anchor = initial parameters on the first step; a new param group starts at itself."""

@@ -43,6 +43,8 @@ class PenaltyOptimizer(SafetyClosureBaseline):
 
     STATE_KEY = "penalty"
     STATE_FIELDS = SafetyClosureBaseline.STATE_FIELDS + ("num_active",)
+    INTERVENTIONS = "num_active"
+    COUNTERS = ("num_active",)
 
     def __init__(
         self,

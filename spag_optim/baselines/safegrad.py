@@ -42,6 +42,8 @@ class SafeGradOptimizer(SafetyClosureBaseline):
 
     STATE_KEY = "safegrad"
     STATE_FIELDS = SafetyClosureBaseline.STATE_FIELDS + ("num_conflicts",)
+    INTERVENTIONS = "num_conflicts"
+    COUNTERS = ("num_conflicts",)
 
     def __init__(self, inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor]) -> None:
         super().__init__(inner, safety_closure)

@@ -2,7 +2,7 @@
 
 ``Trainer(..., optimizers=(SPAGOptimizer(...), None))`` already trains with SPAG; what the Trainer
 cannot know is whether the safety projection is doing anything. :class:`SPAGLoggingCallback` reads
-``SPAGOptimizer.last_stats`` after every optimizer step and adds a summary of the steps since the
+``SPAGOptimizer.stats()`` after every optimizer step and adds a summary of the steps since the
 previous log to each log entry, so ``report_to`` integrations, the progress bar and
 ``trainer.state.log_history`` show whether the model keeps drifting out of the safe region.
 """
@@ -44,7 +44,8 @@ class SPAGLoggingCallback(TrainerCallback):
     - ``spag/safety_loss``: mean safety loss measured after the utility step;
     - ``spag/projected``: fraction of the window's steps where the projection fired;
     - ``spag/alpha``: mean projection step size over the window (0 on steps that did not project);
-    - ``spag/projections``: projections since training began (cumulative count).
+    - ``spag/projections``: projections since training began: the optimizer's own counter
+      (``num_interventions``, saved in its checkpoint), so it continues after a resume.
 
     ``history`` keeps every step's stats as floats for scripts that want more than the logs.
     Pass ``optimizer`` when the Trainer's own optimizer is not the SPAG one (or not yet built);
@@ -71,10 +72,11 @@ class SPAGLoggingCallback(TrainerCallback):
         spag = self._spag(optimizer)
         if spag is None or not spag.last_stats:
             return
-        stats = {key: float(value) for key, value in spag.last_stats.items()}
-        self.history.append(stats)
-        self._since_log.append(stats)
-        self.projections += int(bool(stats.get("projected", 0.0)))
+        stats = spag.stats()
+        step = {key: stats[key] for key in spag.last_stats if key in stats}  # the step's own
+        self.history.append(step)
+        self._since_log.append(step)
+        self.projections = int(stats["num_interventions"])
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, float] | None = None, **kwargs: Any) -> None:
