@@ -127,7 +127,7 @@ def greedy_dpp(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
-    lazy: bool | str = False,
+    lazy: bool = False,
     process_group: Any = None,
 ) -> np.ndarray:
     """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
@@ -167,7 +167,7 @@ def greedy_dpp_result(
     eps: float = 1e-10,
     backend: str = "auto",
     device: Any = None,
-    lazy: bool | str = False,
+    lazy: bool = False,
     process_group: Any = None,
 ) -> GreedyResult:
     """:func:`greedy_dpp` returning gains, the float64 re-scoring count and the work as well."""
