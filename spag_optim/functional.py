@@ -31,7 +31,8 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+from ._torch_compat import group_by_device_and_dtype
 
 __all__ = [
     "accumulation_dtype",
@@ -59,7 +60,7 @@ def global_sq_norm(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
     if not tensors:
         return torch.zeros((), dtype=acc, device=device)
     partials = []
-    grouped = _group_tensors_by_device_and_dtype([list(tensors)])
+    grouped = group_by_device_and_dtype([tensors])
     for (group_device, group_dtype), ([group], _) in grouped.items():
         norms = torch._foreach_norm(group, 2, dtype=accumulation_dtype(group_dtype))
         partials.append(torch.stack(norms).to(device=device, dtype=acc).square().sum())
@@ -137,7 +138,7 @@ def apply_projection_(params: Sequence[Tensor], grads: Sequence[Tensor], alpha: 
         return
     for g in grads:
         torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
-    grouped = _group_tensors_by_device_and_dtype([list(params), list(grads)])
+    grouped = group_by_device_and_dtype([params, grads])
     for (device, dtype), ([group_params, group_grads], _) in grouped.items():
         torch._foreach_mul_(group_grads, alpha.to(device=device, dtype=dtype))
         torch._foreach_sub_(group_params, group_grads)

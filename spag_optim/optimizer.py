@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from ._torch_compat import patch_step_function
 from .distributed import Reducer, local_tensors
 from .spag_base import SPAGBase, _stats
 
@@ -178,7 +179,7 @@ class SPAGOptimizer(SPAGBase):
         cls = _class_for(type(self), self.mode)
         if cls is not type(self):
             self.__class__ = cls
-            self._patch_step_function()  # step hooks of the class it became
+            patch_step_function(self)  # step hooks of the class it became
 
 
 def _class_for(cls: type, mode: str) -> type:

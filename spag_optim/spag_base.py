@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+from ._torch_compat import amp_unscale_, grad_scaler_found_inf, grad_scaler_scale, group_by_device_and_dtype
 from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed, resolve_distributed
 from .hyperparameters import HYPERPARAMETERS, TauCheck, check_hyperparameters, checked_saved, restore
 from .safety_wrapper import SafetyClosureOptimizer
@@ -233,18 +233,15 @@ class SPAGBase(SafetyClosureOptimizer):
         scaler = self.grad_scaler
         if scaler is None or not scaler.is_enabled() or not grads:
             return
-        scale = scaler._scale  # set by the scaler.scale() call in _backward
-        assert scale is not None
+        scale = grad_scaler_scale(scaler)  # set by the scaler.scale() call in _backward
         inv_scale = scale.double().reciprocal().float()
         found_inf = torch.zeros(1, dtype=torch.float32, device=scale.device)
-        for (device, _), ([group], _) in _group_tensors_by_device_and_dtype([grads]).items():
+        for (device, _), ([group], _) in group_by_device_and_dtype([grads]).items():
             found = torch.zeros(1, dtype=torch.float32, device=device)
-            torch._amp_foreach_non_finite_check_and_unscale_(group, found, inv_scale.to(device))
+            amp_unscale_(group, found, inv_scale.to(device))
             found_inf.add_(found.to(found_inf.device))
-        state = scaler._per_optimizer_states.get(id(self))
-        recorded = (state or {}).get("found_inf_per_device") or {}
-        if recorded:
-            target = next(iter(recorded.values()))
+        target = grad_scaler_found_inf(scaler, self)
+        if target is not None:
             target.add_(found_inf.to(target.device).reshape(target.shape))
 
     # -- state dict -------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ Like davda54/sam, the class is small enough to read in one sitting; subclasses i
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import torch
+
+from ._torch_compat import init_optimizer_hooks, optimizer_hooks, patch_step_function
 
 __all__ = ["OptimizerWrapper"]
 
@@ -48,15 +49,8 @@ class OptimizerWrapper(torch.optim.Optimizer):
             )
         # torch.optim.Optimizer.__init__ would build param groups of our own; we only need its
         # hook bookkeeping, set up exactly as torch does.
-        torch._C._log_api_usage_once("python.optimizer")
         self.inner = inner
-        self._optimizer_step_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_step_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: OrderedDict = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: OrderedDict = OrderedDict()
-        self._patch_step_function()
+        init_optimizer_hooks(self)
 
     # -- shared state ---------------------------------------------------------------------------
     @property
@@ -88,7 +82,7 @@ class OptimizerWrapper(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._patch_step_function()
+        patch_step_function(self)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._extra_repr()}\n  inner={self.inner!r})"
@@ -119,18 +113,18 @@ class OptimizerWrapper(torch.optim.Optimizer):
         """Restore what :meth:`_wrapper_state` returned (after :meth:`_check_wrapper_state`)."""
 
     def state_dict(self) -> dict[str, Any]:
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+        for pre_hook in optimizer_hooks(self, "state_dict_pre").values():
             pre_hook(self)
         state_dict = self.inner.state_dict()
         state_dict[self.STATE_KEY] = self._wrapper_state()
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
+        for post_hook in optimizer_hooks(self, "state_dict_post").values():
             hook_result = post_hook(self, state_dict)
             if hook_result is not None:
                 state_dict = hook_result
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+        for pre_hook in optimizer_hooks(self, "load_state_dict_pre").values():
             hook_result = pre_hook(self, state_dict)
             if hook_result is not None:
                 state_dict = hook_result
@@ -149,5 +143,5 @@ class OptimizerWrapper(torch.optim.Optimizer):
             )
         else:
             self._load_wrapper_state(own)
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+        for post_hook in optimizer_hooks(self, "load_state_dict_post").values():
             post_hook(self)
