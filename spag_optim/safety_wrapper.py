@@ -135,7 +135,7 @@ class SafetyClosureOptimizer(OptimizerWrapper):
     #: The name that starts the defense's warnings (None: the class name).
     WARN_NAME: str | None = None
 
-    def _skip_nonfinite(self, what: str, value: float,
+    def _skip_nonfinite(self, what: str, value: object,
                         consequence: str = "its part of this step was skipped", *,
                         stacklevel: int = 4) -> None:
         """Count and warn about a NaN/inf safety ``what`` (loss, gradient...); the caller skips
