@@ -16,7 +16,6 @@ kept but unused).
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -58,12 +57,7 @@ class AuthorsCodeSPAG(SPAGOptimizer):
         with torch.no_grad():
             grad_norm = float(reducer.sq_norm(grads, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
-                self._num_nonfinite += 1
-                warnings.warn(
-                    "SPAG: the safety gradient is not finite; the projection was skipped",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+                self._skip_nonfinite("gradient", "not finite", "the projection was skipped")
                 self.last_stats = _stats(loss_value, False, 0.0, grad_norm)
                 return
             factors = F.authors_code_scale_(

@@ -4,7 +4,10 @@ SPAG and the optimizer-shaped baselines (penalty, Lisa, SafeGrad) all take
 ``Defense(inner, safety_closure, **hyper_parameters)``. This base holds the closure, checks what it
 returns (a scalar loss with a graph, or a clear error), counts steps, and saves the closure's
 position (a :class:`~spag_optim.SafetyClosure` over :class:`~spag_optim.SafetyBatches`) in the
-state dict so that a resumed run draws the same safe batches.
+state dict so that a resumed run draws the same safe batches. It is also the one home of what
+their rules share: the zero-filled safety gradient (:meth:`~SafetyClosureOptimizer._safety_grads`,
+:meth:`~SafetyClosureOptimizer._ensure_grads`) and the non-finite skip that counts and warns
+(:meth:`~SafetyClosureOptimizer._skip_nonfinite`), so each defense implements only its rule.
 
 Failures leave the defense retryable: parameters whose input no step can handle (complex dtypes,
 sparse gradients) are refused before anything moves; when the safety part of a step fails (the
@@ -128,6 +131,37 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         values = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
         out.update((k, next(values) if isinstance(v, Tensor) else float(v)) for k, v in numeric.items())
         return out
+
+    #: The name that starts the defense's warnings (None: the class name).
+    WARN_NAME: str | None = None
+
+    def _skip_nonfinite(self, what: str, value: object,
+                        consequence: str = "its part of this step was skipped", *,
+                        stacklevel: int = 4) -> None:
+        """Count and warn about a NaN/inf safety ``what`` (loss, gradient...); the caller skips
+        its safety part. ``stacklevel`` counts from here to the user's ``step()`` call."""
+        self._num_nonfinite += 1
+        warnings.warn(
+            f"{self.WARN_NAME or type(self).__name__}: the safety {what} is {value}; {consequence}",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+
+    @staticmethod
+    def _ensure_grads(params: list[Tensor]) -> list[Tensor]:
+        """``p.grad`` of every parameter, a zero tensor put in where it is None (a parameter the
+        loss does not reach has a zero gradient component)."""
+        with torch.no_grad():
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        return [p.grad for p in params]  # type: ignore[misc]
+
+    def _safety_grads(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
+        """The gradient of the safety ``loss`` for each of ``params`` (``p.grad`` untouched),
+        zeros for a parameter the loss does not reach."""
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
     def _utility_closure(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, list[Tensor]]:
         """Run torch's optional utility ``closure`` (it calls backward), then return its loss and

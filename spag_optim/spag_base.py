@@ -38,6 +38,7 @@ class SPAGBase(SafetyClosureOptimizer):
     arguments (both projection rules take the same ones, so checkpoints are interchangeable)."""
 
     STATE_KEY = "spag"
+    WARN_NAME = "SPAG"
     INTERVENTIONS = "num_projections"
     COUNTERS = ("num_projections",)
     #: Whether the projection handles sharded (FSDP2/DTensor) parameters.
@@ -178,13 +179,8 @@ class SPAGBase(SafetyClosureOptimizer):
         """The host-side decision on the (rank-averaged) safety loss: project only when it is
         finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
         if not math.isfinite(loss_value):
-            self._num_nonfinite += 1
-            warnings.warn(
-                f"SPAG: the safety loss is {loss_value}; this step's projection was skipped and "
-                "the parameters kept the inner optimizer's update",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
+                                 "parameters kept the inner optimizer's update", stacklevel=5)
             self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
             return False
         triggered = loss_value - self.tau > self.tolerance
@@ -214,10 +210,7 @@ class SPAGBase(SafetyClosureOptimizer):
         else:
             torch.autograd.backward(loss, inputs=params)
         with torch.no_grad():
-            for p in params:
-                if p.grad is None:  # not reached by the safety loss: a zero component of g
-                    p.grad = torch.zeros_like(p)
-            grads = local_tensors([p.grad for p in params])  # type: ignore[misc]
+            grads = local_tensors(self._ensure_grads(params))  # unreached: zero component of g
             reducer.average_grads_(grads)
             self._unscale_(grads)
         return grads

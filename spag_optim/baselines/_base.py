@@ -8,7 +8,6 @@ hooks, ``add_param_group`` and the safety closure's checks behave exactly as wit
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Optional
 
 from torch import Tensor
@@ -45,12 +44,3 @@ class SafetyClosureBaseline(SafetyClosureOptimizer):
 
     def _step(self, params: list[Tensor]) -> None:
         raise NotImplementedError
-
-    def _skip_nonfinite(self, what: str, value: float) -> None:
-        self._num_nonfinite += 1
-        warnings.warn(
-            f"{type(self).__name__}: the safety {what} is {value}; its part of this step was "
-            "skipped",
-            RuntimeWarning,
-            stacklevel=4,
-        )

@@ -145,12 +145,9 @@ class LisaOptimizer(SafetyClosureBaseline):
         drift = 0.0
         if proximal and params:
             with torch.no_grad():
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
                 diff = torch._foreach_sub(params, self._anchor_for(params))
                 drift = float(global_sq_norm(diff, params[0].device))
-                torch._foreach_add_([p.grad for p in params], diff, alpha=self.rho)
+                torch._foreach_add_(self._ensure_grads(params), diff, alpha=self.rho)
         self.inner.step()
         self.last_stats = {
             "state": state,

@@ -76,18 +76,14 @@ class PenaltyOptimizer(SafetyClosureBaseline):
             self._skip_nonfinite("loss", value)
             active = False
         elif active and params:
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            safety = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            safety = self._safety_grads(loss, params)
             grad_norm = float(global_sq_norm(safety, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
                 self._skip_nonfinite("gradient norm", grad_norm)
                 active = False
             else:
                 with torch.no_grad():
-                    for p, g in zip(params, safety):
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                    torch._foreach_add_([p.grad for p in params], safety, alpha=self.lam)
+                    torch._foreach_add_(self._ensure_grads(params), safety, alpha=self.lam)
         self.inner.step()
         self._num_active += int(active)
         self.last_stats = {

@@ -67,8 +67,7 @@ class SafeGradOptimizer(SafetyClosureBaseline):
         if not math.isfinite(value):
             self._skip_nonfinite("loss", value)
             return {"safety_loss": value, "conflict": False, "cosine": 0.0}
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        safety = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        safety = self._safety_grads(loss, params)
         device = params[0].device
         with torch.no_grad():
             utility = [p.grad for p in params if p.grad is not None]
@@ -88,10 +87,7 @@ class SafeGradOptimizer(SafetyClosureBaseline):
             conflict = dot_v < 0.0 and sq_s > 0.0
             if conflict:
                 coef = dot_v / sq_s
-                for p, s in zip(params, safety):
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    p.grad.sub_(s, alpha=coef)
+                torch._foreach_sub_(self._ensure_grads(params), safety, alpha=coef)
                 self._num_conflicts += 1
         cosine = dot_v / math.sqrt(sq_s * sq_u) if sq_s > 0 and sq_u > 0 else 0.0
         return {"safety_loss": value, "conflict": conflict, "cosine": cosine}
