@@ -7,14 +7,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 
 from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select._inputs import row_norms
 from dpp_select.backends import NumpyPass, TorchPass
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import (brute_force_greedy, chen_greedy, dense_kernel, feature_greedy,
-                           float32_pass_greedy)
+from dpp_reference import (GREEDY_GRID, brute_force_greedy, chen_greedy, dense_kernel,
+                           feature_greedy, float32_pass_greedy)
 
 
 def _quiet_greedy(*args, **kwargs) -> np.ndarray:
@@ -24,15 +24,7 @@ def _quiet_greedy(*args, **kwargs) -> np.ndarray:
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 12),
-    d=st.integers(1, 6),
-    beta=st.sampled_from([0.0, 1.0, 4.0]),
-    jitter=st.sampled_from([0.0, 1e-3, 0.5]),
-    weighted=st.booleans(),
-    dtype=st.sampled_from([np.float32, np.float64]),
-)
+@given(**GREEDY_GRID)
 def test_matches_brute_force_determinants(seed, n, d, beta, jitter, weighted, dtype):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype(dtype)

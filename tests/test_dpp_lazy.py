@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 import dpp_select.lazy as lazy_mod
 from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
+from dpp_reference import GREEDY_GRID, brute_force_greedy, dense_kernel, feature_greedy
 
 # Constants small enough that a dozen candidates already use several blocks, batches and
 # pool rebuilds; and a zero budget, which sends every step to the full-pass fallback.
@@ -39,16 +39,7 @@ def determinant_gains(L: np.ndarray, picks: np.ndarray) -> np.ndarray:
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 12),
-    d=st.integers(1, 6),
-    beta=st.sampled_from([0.0, 1.0, 4.0]),
-    jitter=st.sampled_from([0.0, 1e-3, 0.5]),
-    weighted=st.booleans(),
-    dtype=st.sampled_from([np.float32, np.float64]),
-    duplicates=st.booleans(),
-)
+@given(**GREEDY_GRID, duplicates=st.booleans())
 def test_lazy_matches_brute_force_determinants(seed, n, d, beta, jitter, weighted, dtype,
                                                duplicates):
     rng = np.random.default_rng(seed)
