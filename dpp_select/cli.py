@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from spard_io import read_jsonl, write_atomic, write_jsonl
@@ -216,7 +216,13 @@ def _run(args: argparse.Namespace) -> None:
     except OSError as err:
         raise OSError(f"--indices-out {indices_out}: could not write ({err.strerror or err})"
                       ) from None
-    print(f"selected {result.indices.size} of {len(pool_rows)} pool items with {args.method} "
+    _report(result, len(pool_rows), args, indices_out, caught)
+
+
+def _report(result: Any, n_pool: int, args: argparse.Namespace, indices_out: str,
+            caught: Sequence[warnings.WarningMessage], where: str = "") -> None:
+    """What was selected and written, the selection diagnostics, and any warnings."""
+    print(f"selected {result.indices.size} of {n_pool} pool items with {args.method}{where} "
           f"-> {args.out}, {indices_out}")
     print(result.summary.format())
     for caught_warning in caught:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
 
+from . import cli
 from .distributed import agree, shard_range
 from .selection import select
 
@@ -49,8 +49,6 @@ def _process_group(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
     """This rank's share of both files, embedded: the checks of ``cli._run``, rows sharded."""
-    from . import cli
-
     indices_out = cli._check_args(args)
     pool_fields = cli._fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
     target_fields = cli._fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
@@ -107,11 +105,7 @@ def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                              lambda h: np.save(h, result.indices, allow_pickle=False))
             except OSError as err:
                 parser.exit(2, f"dpp-select: error: could not write the outputs ({err})\n")
-            print(f"selected {result.indices.size} of {n_pool} pool items with {args.method} "
-                  f"on {world} ranks -> {args.out}, {indices_out}")
-            print(result.summary.format())
-            for caught_warning in caught:
-                print(f"dpp-select: warning: {caught_warning.message}", file=sys.stderr)
+            cli._report(result, n_pool, args, indices_out, caught, where=f" on {world} ranks")
         dist.barrier()  # outputs exist before any rank returns
         return 0
     finally:
