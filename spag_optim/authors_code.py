@@ -44,10 +44,10 @@ class AuthorsCodeSPAG(SPAGOptimizer):
                              "use SPAGOptimizer for the paper's projection")
         super().__init__(inner, safety_closure, mode=mode, **kwargs)
 
-    def _prepare(self, params: list[Tensor]) -> bool:
-        return False
+    def _before_inner_step(self, params: list[Tensor]) -> None:
+        return None  # no trust region: nothing to keep
 
-    def _project(self, params: list[Tensor], prepared: bool) -> None:
+    def _after_inner_step(self, params: list[Tensor], prepared: None) -> None:
         reducer = self._reducer_for(params)
         loss = self._safety_loss()
         loss_value = float(reducer.mean_loss(loss))

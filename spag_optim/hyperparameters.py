@@ -88,7 +88,7 @@ def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
             f"constructed ones: {', '.join(changed)}. Set them on the optimizer after loading to "
             "use other values",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # restore < _load_wrapper_state (x2) < load_state_dict < the caller
         )
     return loaded
 
@@ -122,5 +122,5 @@ class TauCheck:
                 "every step projects: see spag_optim.calibrate_tau (tau = the aligned model's "
                 "safety loss)",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=6,  # observe < _triggered < _after_inner_step < step < hook wrapper
             )

@@ -111,8 +111,10 @@ class SPAGOptimizer(SPAGBase):
             f"mode={self.mode!r}, tolerance={self.tolerance}, distributed={self.distributed!r}"
         )
 
-    def _prepare(self, params: list[Tensor]) -> bool:
-        relative = self.trust_region == "relative" and bool(params)
+    def _before_inner_step(self, params: list[Tensor]) -> bool:
+        """Whether the trust region is relative; if so, keep theta to measure the utility step."""
+        self._step_norm = None
+        relative = self.trust_region == "relative"
         if relative:
             self._take_snapshot(local_tensors(params))
         return relative
@@ -126,7 +128,7 @@ class SPAGOptimizer(SPAGBase):
         with torch.no_grad():
             torch._foreach_copy_(self._snapshot, params)
 
-    def _project(self, params: list[Tensor], relative: bool) -> None:
+    def _after_inner_step(self, params: list[Tensor], relative: bool) -> None:
         device = params[0].device
         reducer = self._reducer_for(params)
         local_loss = self._safety_loss()

@@ -1,24 +1,37 @@
 """What every defense built from an inner optimizer and a safety closure shares.
 
 SPAG and the optimizer-shaped baselines (penalty, Lisa, SafeGrad) all take
-``Defense(inner, safety_closure, **hyper_parameters)``. This base holds the closure, checks what it
-returns (a scalar loss with a graph, or a clear error), counts steps, and saves the closure's
-position (a :class:`~spag_optim.SafetyClosure` over :class:`~spag_optim.SafetyBatches`) in the
-state dict so that a resumed run draws the same safe batches. It is also the one home of what
-their rules share: the zero-filled safety gradient (:meth:`~SafetyClosureOptimizer._safety_grads`,
-:meth:`~SafetyClosureOptimizer._ensure_grads`) and the non-finite skip that counts and warns
-(:meth:`~SafetyClosureOptimizer._skip_nonfinite`), so each defense implements only its rule.
+``Defense(inner, safety_closure, **hyper_parameters)``. This base owns the step that they all take,
+so that each defense implements only its rule:
+
+1. the optional utility ``closure`` (it calls backward), and the gradients checked;
+2. :meth:`~SafetyClosureOptimizer._before_inner_step`: the rule's part before the inner step
+   (the baselines evaluate the safety loss here and edit ``p.grad``; SPAG keeps a snapshot);
+3. ``inner.step()``;
+4. :meth:`~SafetyClosureOptimizer._after_inner_step`: the rule's part after it (SPAG's
+   projection).
+
+It holds the closure, checks what it returns (a scalar loss with a graph, or a clear error), counts
+steps, and saves the closure's position (a :class:`~spag_optim.SafetyClosure` over
+:class:`~spag_optim.SafetyBatches`) in the state dict so that a resumed run draws the same safe
+batches. It is also the one home of what the rules share: the zero-filled safety gradient
+(:meth:`~SafetyClosureOptimizer._safety_grads`, :meth:`~SafetyClosureOptimizer._ensure_grads`), the
+non-finite skip that counts and warns (:meth:`~SafetyClosureOptimizer._skip_nonfinite`) and the
+:meth:`~SafetyClosureOptimizer.stats` every defense reports.
 
 Failures leave the defense retryable: parameters whose input no step can handle (complex dtypes,
 sparse gradients) are refused before anything moves; when the safety part of a step fails (the
 closure raises, returns something that is not a loss, runs out of memory), the closure's position
-is restored, so that calling ``step()`` again draws the same safe batch. A checkpoint is checked
-whole before anything is loaded.
+is restored, so that calling ``step()`` again draws the same safe batch. A failure before the
+inner step leaves the parameters and the inner optimizer untouched; one after it leaves the step
+pending, and the next ``step()`` completes only the part after the inner step. A checkpoint is
+checked whole before anything is loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import numbers
 import warnings
@@ -30,6 +43,8 @@ from torch import Tensor
 from .wrapper import OptimizerWrapper
 
 __all__ = ["SafetyClosureOptimizer", "check_bool", "check_number"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_number(name: str, value: Any, *, minimum: float, strict: bool = False) -> float:
@@ -82,6 +97,9 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         self._num_steps = 0
         self._num_nonfinite = 0
         self._warned_frozen = False
+        # A step whose part after the inner step failed: (utility loss, what the part before
+        # returned). The next step() completes it instead of stepping again.
+        self._pending: tuple[Tensor | None, Any] | None = None
 
     def _warn_frozen_once(self) -> None:
         """Every parameter is frozen: the safety closure is not run (its loss has no graph)."""
@@ -137,9 +155,11 @@ class SafetyClosureOptimizer(OptimizerWrapper):
 
     def _skip_nonfinite(self, what: str, value: object,
                         consequence: str = "its part of this step was skipped", *,
-                        stacklevel: int = 4) -> None:
+                        stacklevel: int = 5) -> None:
         """Count and warn about a NaN/inf safety ``what`` (loss, gradient...); the caller skips
-        its safety part. ``stacklevel`` counts from here to the user's ``step()`` call."""
+        its safety part. ``stacklevel`` counts the frames from here to the user's ``step()`` call
+        (the default: called by a rule's ``_before_inner_step``/``_after_inner_step``, which
+        :meth:`step` calls through torch's step-hook wrapper)."""
         self._num_nonfinite += 1
         warnings.warn(
             f"{self.WARN_NAME or type(self).__name__}: the safety {what} is {value}; {consequence}",
@@ -162,6 +182,54 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         zeros for a parameter the loss does not reach."""
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    # -- the step ---------------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Optional utility ``closure`` (re-evaluates the loss and calls backward), the rule's part
+        before the inner step, the inner step, then the rule's part after it; returns the utility
+        loss like torch optimizers do. The safety loss comes from ``safety_closure``.
+
+        Retry-safe: if the safety part fails before the inner step, nothing has moved and calling
+        ``step()`` again equals a step whose closure never failed. If it fails after the inner
+        step, the next ``step()`` call only completes that part (``closure`` and ``p.grad`` are
+        then not used). Either way the closure's position is restored, so the retry draws the same
+        safe batch. Sparse gradients are refused before anything moves.
+        """
+        if self._pending is None:
+            utility_loss, params = self._utility_closure(closure)
+            prepared = None
+            with self._closure_rollback():
+                if params:
+                    prepared = self._before_inner_step(params)
+                self.inner.step()
+            self._num_steps += 1
+            self._pending = (utility_loss, prepared)
+        else:
+            logger.info("%s: completing the step whose safety part failed (the part after the inner "
+                        "step only)", self.WARN_NAME or type(self).__name__)
+        utility_loss, prepared = self._pending
+        params = self.params()
+        if params:
+            with self._closure_rollback():
+                self._after_inner_step(params, prepared)
+        else:
+            self.last_stats = self._frozen_stats()
+            self._warn_frozen_once()
+        self._pending = None
+        return utility_loss
+
+    def _before_inner_step(self, params: list[Tensor]) -> Any:
+        """The rule's part before ``inner.step()`` (``params`` non-empty, ``p.grad`` holding the
+        utility gradient); what it returns is passed to :meth:`_after_inner_step`, also on a
+        retry. A failure here leaves the parameters and the inner optimizer untouched."""
+        return None
+
+    def _after_inner_step(self, params: list[Tensor], prepared: Any) -> None:
+        """The rule's part after ``inner.step()`` (``params`` non-empty)."""
+
+    def _frozen_stats(self) -> dict[str, Any]:
+        """``last_stats`` of a step on which every parameter is frozen (nothing to act on)."""
+        return {}
 
     def _utility_closure(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, list[Tensor]]:
         """Run torch's optional utility ``closure`` (it calls backward), then return its loss and
@@ -259,6 +327,7 @@ class SafetyClosureOptimizer(OptimizerWrapper):
             checker(state["safety_closure"])
 
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+        self._pending = None
         self._num_steps = int(state["num_steps"])
         self._num_nonfinite = int(state["num_nonfinite"])
         if "safety_closure" in state:

@@ -1,17 +1,18 @@
-r"""What both SPAG projections share: the step template, the safety gradient, counters, state.
+r"""What both SPAG projections share: the trigger, the safety gradient, counters, state.
 
-:class:`SPAGBase` owns :meth:`~SPAGBase.step` (utility closure, inner step, then the subclass's
-projection, retry-safe), the safety backward (zero-filled for parameters the loss does not reach,
+:class:`SPAGBase` takes the step of every defense
+(:class:`~spag_optim.safety_wrapper.SafetyClosureOptimizer`: utility closure, inner step, then the
+projection, retry-safe) and adds what a projection after the inner step needs: the trigger on the
+rank-averaged loss, the safety backward (zero-filled for parameters the loss does not reach,
 averaged over ranks, unscaled from fp16 loss scaling), the device-side counters and the ``"spag"``
 checkpoint entry. The two projection rules are its subclasses:
 :class:`~spag_optim.SPAGOptimizer` (SPARD, Algorithm 1 and Eq. 3-4) and
-:class:`~spag_optim.authors_code.AuthorsCodeSPAG` (the authors' released code). Each implements
-:meth:`~SPAGBase._prepare` (before the inner step) and :meth:`~SPAGBase._project` (after it).
+:class:`~spag_optim.authors_code.AuthorsCodeSPAG` (the authors' released code); each implements
+``_after_inner_step`` (the projection) and, if it needs one, ``_before_inner_step``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from typing import Any, Callable, Optional, Union
@@ -25,8 +26,6 @@ from .hyperparameters import HYPERPARAMETERS, TauCheck, check_hyperparameters, c
 from .safety_wrapper import SafetyClosureOptimizer
 
 __all__ = ["SPAGBase"]
-
-logger = logging.getLogger(__name__)
 
 TrustRegion = Union[float, str, None]
 # torch.amp.GradScaler is the device-generic class from torch 2.3; torch.cuda.amp's before that.
@@ -86,9 +85,6 @@ class SPAGBase(SafetyClosureOptimizer):
         self._nonfinite_grads: Optional[Tensor] = None
         self._warned_nonfinite_grads = 0
         self._snapshot: list[Tensor] = []
-        # A step whose safety part failed: the inner step is done, the projection is not. The next
-        # step() completes it instead of stepping again (see step()).
-        self._pending: Optional[tuple[Optional[Tensor], bool]] = None
         self._step_norm: Optional[Tensor] = None
         self._tau_check = TauCheck()
 
@@ -123,7 +119,7 @@ class SPAGBase(SafetyClosureOptimizer):
                 f"SPAG: {seen - self._warned_nonfinite_grads} earlier step(s) had a non-finite "
                 "safety gradient; their projection was skipped (parameters kept theta+)",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
             self._warned_nonfinite_grads = seen
 
@@ -134,53 +130,16 @@ class SPAGBase(SafetyClosureOptimizer):
         assert self._nonfinite_grads is not None
         return self._projections, self._nonfinite_grads
 
-    # -- step -------------------------------------------------------------------------------------
-    def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:  # type: ignore[override]
-        """Inner step on the utility gradient, then the safety projection.
-
-        ``closure`` is the usual torch utility closure (re-evaluates the utility loss and calls
-        backward); the safety loss comes from ``safety_closure`` given at construction.
-
-        Retry-safe: if the safety part fails (the closure raises, e.g. out of memory, or returns
-        something that is not a scalar loss with a graph), the inner step has already been taken;
-        the closure's position is restored and the next ``step()`` call only completes the
-        projection (``closure`` and ``p.grad`` are then not used), so a retried step equals one
-        whose closure never failed. Sparse gradients are refused before anything moves.
-        """
-        if self._pending is None:
-            utility_loss, params = self._utility_closure(closure)
-            prepared = self._prepare(params)
-            self.inner.step()
-            self._num_steps += 1
-            self._pending, self._step_norm = (utility_loss, prepared), None
-        else:
-            logger.info("SPAG: completing the step whose safety part failed (projection only)")
-        utility_loss, prepared = self._pending
-        params = self.params()
-        if not params:
-            self.last_stats = _stats(float("nan"), False, 0.0, 0.0)
-            self._warn_frozen_once()
-        else:
-            with self._closure_rollback():
-                self._project(params, prepared)
-        self._pending = None
-        return utility_loss
-
-    def _prepare(self, params: list[Tensor]) -> bool:
-        """Called before the inner step (params non-empty or not); returns what ``_project``
-        needs to know about it (kept across a retry)."""
-        return False
-
-    def _project(self, params: list[Tensor], prepared: bool) -> None:
-        """The projection rule, after the inner step; sets ``last_stats`` and the counters."""
-        raise NotImplementedError
+    # -- the rule's shared parts ------------------------------------------------------------------
+    def _frozen_stats(self) -> dict[str, Any]:
+        return _stats(float("nan"), False, 0.0, 0.0)
 
     def _triggered(self, loss_value: float) -> bool:
         """The host-side decision on the (rank-averaged) safety loss: project only when it is
         finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
         if not math.isfinite(loss_value):
             self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
-                                 "parameters kept the inner optimizer's update", stacklevel=5)
+                                 "parameters kept the inner optimizer's update", stacklevel=6)
             self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
             return False
         triggered = loss_value - self.tau > self.tolerance
@@ -257,7 +216,7 @@ class SPAGBase(SafetyClosureOptimizer):
         if "hyperparameters" in state:
             for name, value in restore(self._hyperparameters(), state["hyperparameters"]).items():
                 setattr(self, name, value)
-        self._pending, self._warned_nonfinite_grads, self._reducer = None, 0, None
+        self._warned_nonfinite_grads, self._reducer = 0, None
         device = self.params()[0].device if self.params() else torch.device("cpu")
         self._projections = torch.tensor(int(state["num_projections"]), device=device)
         self._nonfinite_grads = torch.zeros((), dtype=torch.int64, device=device)

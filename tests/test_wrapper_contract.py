@@ -233,3 +233,51 @@ def test_bad_closure_results_fail_clearly(name, closure, error, match):
         assert torch.isfinite(flat_params(model)).all() and not torch.equal(before, flat_params(model))
     else:  # the baselines read the safety loss before they step: nothing moved
         assert torch.equal(before, flat_params(model))
+
+
+def _nan_gradient_loss(model):
+    # A finite loss whose gradient is NaN: d/dw sqrt(0 * w) = 0 * inf.
+    return torch.sqrt(model.weight * 0.0).sum() + 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", ["nan_loss", "nan_gradient", "frozen"])
+def test_runtime_warnings_point_at_the_callers_step(name, case):
+    """A warning raised inside ``step()`` names the line of the caller's ``opt.step()``, not a
+    frame of this library or of torch (warnings filters and logs then show the user's code)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    x = torch.ones(3, 4)
+    losses = {"nan_loss": lambda: model(x).sum() * float("nan"),
+              "nan_gradient": lambda: _nan_gradient_loss(model), "frozen": lambda: model(x).sum()}
+    opt = make(name, torch.optim.SGD(model.parameters(), lr=0.1), losses[case],
+               **({"tau": 0.0} if name != "safegrad" and name != "lisa" else {}))
+    if case == "frozen":
+        model.requires_grad_(False)
+    else:
+        model(x).pow(2).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
+        opt.step()  # SPAG reports a non-finite gradient counted on device at the next step's read
+    runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert runtime, "expected a RuntimeWarning"
+    assert {w.filename for w in runtime} == {__file__}, [(w.filename, w.lineno) for w in runtime]
+
+
+def test_spag_user_warnings_point_at_the_caller():
+    """The tau check (warned from inside ``step()``) and the replaced hyper-parameters (warned
+    from inside ``load_state_dict()``) name the caller's line."""
+    from spag_optim.hyperparameters import FIRST_STEPS
+
+    model, opt = build("spag", tau=0.2)  # safety loss ~ 6: every step projects far above tau
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, opt, 2 * FIRST_STEPS)
+        state = opt.state_dict()
+        _, other = build("spag", tau=0.3)
+        other.load_state_dict(state)
+    user = [w for w in caught if issubclass(w.category, UserWarning)]
+    assert any("tau" in str(w.message) and "first" in str(w.message) for w in user)
+    assert any("replace the constructed" in str(w.message) for w in user)
+    assert {w.filename for w in user} == {__file__}, [(w.filename, w.lineno, str(w.message)[:40]) for w in user]

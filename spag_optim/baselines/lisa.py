@@ -32,14 +32,14 @@ import torch
 from torch import Tensor
 
 from ..functional import global_sq_norm
-from ._base import SafetyClosureBaseline, check_number
+from ..safety_wrapper import SafetyClosureOptimizer, check_number
 
 __all__ = ["LisaOptimizer"]
 
 ALIGNMENT, FINETUNE = "alignment", "finetune"
 
 
-class LisaOptimizer(SafetyClosureBaseline):
+class LisaOptimizer(SafetyClosureOptimizer):
     r"""Bi-state (alignment / fine-tuning) optimization with a proximal term.
 
     Args:
@@ -122,7 +122,7 @@ class LisaOptimizer(SafetyClosureBaseline):
         index = {id(p): i for i, p in enumerate(self._anchor_params)}
         return [self._anchor[index[id(p)]] for p in params]
 
-    def _step(self, params: list[Tensor]) -> None:
+    def _before_inner_step(self, params: list[Tensor]) -> None:
         self._ensure_anchor(params)
         state = self._state_at(self._num_steps)
         if self._num_steps > 0 and state != self._state_at(self._num_steps - 1):
@@ -133,22 +133,22 @@ class LisaOptimizer(SafetyClosureBaseline):
         if state == ALIGNMENT:
             loss = self._safety_loss()
             safety_loss = float(loss.detach())
+            with torch.no_grad():  # the alignment state discards the utility gradient
+                for p in params:
+                    p.grad = None
             if not math.isfinite(safety_loss):
+                # No gradient at all: the inner step leaves every parameter (and its state) as is.
                 self._skip_nonfinite("loss", safety_loss)
                 self.last_stats = {"state": state, "safety_loss": safety_loss, "proximal": 0.0}
                 return
-            with torch.no_grad():
-                for p in params:
-                    p.grad = None
             torch.autograd.backward(loss, inputs=params)
         proximal = self.rho > 0 and self._num_steps >= self.proximal_after
         drift = 0.0
-        if proximal and params:
+        if proximal:
             with torch.no_grad():
                 diff = torch._foreach_sub(params, self._anchor_for(params))
                 drift = float(global_sq_norm(diff, params[0].device))
                 torch._foreach_add_(self._ensure_grads(params), diff, alpha=self.rho)
-        self.inner.step()
         self.last_stats = {
             "state": state,
             "safety_loss": safety_loss,

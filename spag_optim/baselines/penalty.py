@@ -10,7 +10,7 @@ The SPARD paper argues against this form: the penalty's weight trades safety for
 every step and has to be tuned per task, whereas the projection acts only when the constraint is
 violated and by exactly as much as needed. It is here so that claim can be checked.
 
-On :meth:`~SafetyClosureBaseline.step`, with the utility gradient :math:`g_{fit}` already in
+On :meth:`~spag_optim.safety_wrapper.SafetyClosureOptimizer.step`, with the utility gradient :math:`g_{fit}` already in
 ``p.grad`` and :math:`\ell = L_{safe}(\theta)` from the safety closure at the same parameters:
 ``p.grad`` becomes :math:`g_{fit} + \lambda \nabla L_{safe}(\theta)` when :math:`\ell > \tau`
 (the hinge's gradient; 0 at or below :math:`\tau`), then the inner optimizer steps.
@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from ..functional import global_sq_norm
-from ._base import SafetyClosureBaseline, check_number
+from ..safety_wrapper import SafetyClosureOptimizer, check_number
 
 __all__ = ["PenaltyOptimizer"]
 
 
-class PenaltyOptimizer(SafetyClosureBaseline):
+class PenaltyOptimizer(SafetyClosureOptimizer):
     r"""Minimise :math:`L_{fit} + \lambda \max(L_{safe} - \tau, 0)` with any torch optimizer.
 
     Args:
@@ -42,18 +42,12 @@ class PenaltyOptimizer(SafetyClosureBaseline):
     """
 
     STATE_KEY = "penalty"
-    STATE_FIELDS = SafetyClosureBaseline.STATE_FIELDS + ("num_active",)
+    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_active",)
     INTERVENTIONS = "num_active"
     COUNTERS = ("num_active",)
 
-    def __init__(
-        self,
-        inner: torch.optim.Optimizer,
-        safety_closure: Callable[[], Tensor],
-        *,
-        lam: float = 1.0,
-        tau: float = 0.0,
-    ) -> None:
+    def __init__(self, inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], *,
+                 lam: float = 1.0, tau: float = 0.0) -> None:
         super().__init__(inner, safety_closure)
         self.lam = check_number("lam", lam, minimum=0.0, strict=True)
         self.tau = check_number("tau", tau, minimum=0.0)
@@ -67,7 +61,7 @@ class PenaltyOptimizer(SafetyClosureBaseline):
         """Steps on which the hinge was active (safety loss above tau)."""
         return self._num_active
 
-    def _step(self, params: list[Tensor]) -> None:
+    def _before_inner_step(self, params: list[Tensor]) -> None:
         loss = self._safety_loss()
         value = float(loss.detach())
         active = value > self.tau
@@ -75,7 +69,7 @@ class PenaltyOptimizer(SafetyClosureBaseline):
         if not math.isfinite(value):
             self._skip_nonfinite("loss", value)
             active = False
-        elif active and params:
+        elif active:
             safety = self._safety_grads(loss, params)
             grad_norm = float(global_sq_norm(safety, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
@@ -84,7 +78,6 @@ class PenaltyOptimizer(SafetyClosureBaseline):
             else:
                 with torch.no_grad():
                     torch._foreach_add_(self._ensure_grads(params), safety, alpha=self.lam)
-        self.inner.step()
         self._num_active += int(active)
         self.last_stats = {
             "safety_loss": value,

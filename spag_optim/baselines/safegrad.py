@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from ..functional import accumulation_dtype, global_sq_norm
-from ._base import SafetyClosureBaseline
+from ..safety_wrapper import SafetyClosureOptimizer
 
 __all__ = ["SafeGradOptimizer"]
 
 
-class SafeGradOptimizer(SafetyClosureBaseline):
+class SafeGradOptimizer(SafetyClosureOptimizer):
     """Project the utility gradient off the safety gradient when they conflict, then step.
 
     Args:
@@ -41,7 +41,7 @@ class SafeGradOptimizer(SafetyClosureBaseline):
     """
 
     STATE_KEY = "safegrad"
-    STATE_FIELDS = SafetyClosureBaseline.STATE_FIELDS + ("num_conflicts",)
+    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_conflicts",)
     INTERVENTIONS = "num_conflicts"
     COUNTERS = ("num_conflicts",)
 
@@ -54,18 +54,14 @@ class SafeGradOptimizer(SafetyClosureBaseline):
         """Steps whose utility gradient conflicted with safety and was projected."""
         return self._num_conflicts
 
-    def _step(self, params: list[Tensor]) -> None:
-        stats = {"safety_loss": float("nan"), "conflict": False, "cosine": 0.0}
-        if params:
-            stats = self._surgery(params)
-        self.inner.step()
-        self.last_stats = stats
+    def _before_inner_step(self, params: list[Tensor]) -> None:
+        self.last_stats = self._surgery(params)
 
     def _surgery(self, params: list[Tensor]) -> dict:
         loss = self._safety_loss()
         value = float(loss.detach())
         if not math.isfinite(value):
-            self._skip_nonfinite("loss", value)
+            self._skip_nonfinite("loss", value, stacklevel=6)
             return {"safety_loss": value, "conflict": False, "cosine": 0.0}
         safety = self._safety_grads(loss, params)
         device = params[0].device
@@ -82,7 +78,8 @@ class SafeGradOptimizer(SafetyClosureBaseline):
             sq_util = global_sq_norm(utility, device).to(acc)
             dot_v, sq_s, sq_u = torch.stack([dot, sq_safe, sq_util]).tolist()
             if not (math.isfinite(dot_v) and math.isfinite(sq_s)):
-                self._skip_nonfinite("gradient", dot_v if not math.isfinite(dot_v) else sq_s)
+                self._skip_nonfinite("gradient", dot_v if not math.isfinite(dot_v) else sq_s,
+                                    stacklevel=6)
                 return {"safety_loss": value, "conflict": False, "cosine": 0.0}
             conflict = dot_v < 0.0 and sq_s > 0.0
             if conflict:
