@@ -130,11 +130,11 @@ class SafetyBatches:
         Batches are right-padded with the tokenizer's pad token (its EOS if it has none). See
         :mod:`spag_optim.safety_pairs`.
         """
-        from .safety_pairs import PaddingCollator, encode_safety_pairs, pad_token_id
+        from .safety_pairs import padded_pairs
 
-        rows = encode_safety_pairs(pairs, tokenizer, max_length)
-        return cls(rows, batch_size=batch_size, collate_fn=PaddingCollator(pad_token_id(tokenizer)),
-                   seed=seed, shuffle=shuffle, drop_last=drop_last, device=device)
+        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length)
+        return cls(rows, batch_size=batch_size, collate_fn=collate_fn, seed=seed, shuffle=shuffle,
+                   drop_last=drop_last, device=device)
 
     def _epoch_order(self) -> list[int]:
         n = len(self.data)  # type: ignore[arg-type]

@@ -122,3 +122,11 @@ def pad_token_id(tokenizer: Any) -> int:
     if pad is None:
         raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
     return int(pad)
+
+
+def padded_pairs(
+    pairs: Sequence[Any], tokenizer: Any, max_length: Optional[int] = None
+) -> tuple[list[dict[str, list[int]]], PaddingCollator]:
+    """The rows :func:`encode_safety_pairs` makes of ``pairs`` and the :class:`PaddingCollator`
+    that batches them: the data and ``collate_fn`` every ``from_pairs`` constructor is given."""
+    return encode_safety_pairs(pairs, tokenizer, max_length), PaddingCollator(pad_token_id(tokenizer))

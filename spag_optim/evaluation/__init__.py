@@ -8,43 +8,18 @@
 * Loaders (:mod:`.loaders`): SPARD safety JSONL, GSM8K and OpenBookQA files, by path.
 """
 
-from .judges import Judge, KeywordRefusalJudge, attack_success_rate
-from .hf_judge import HFClassifierJudge
-from .loaders import load_attack_prompts, load_gsm8k, load_openbookqa, load_spard_pairs
-from .metrics import (
-    SafetyResult,
-    evaluate_safety,
-    extract_choice,
-    extract_gsm8k_answer,
-    gsm8k_accuracy,
-    openbookqa_accuracy,
-    summarize_scores,
-)
-from .openai_judge import JudgeRequestError, OpenAIJudge
-from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
-from .table import format_table
+from . import hf_judge, judges, loaders, metrics, openai_judge, rubric, table
+from .hf_judge import *  # noqa: F403
+from .judges import *  # noqa: F403
+from .loaders import *  # noqa: F403
+from .metrics import *  # noqa: F403
+from .openai_judge import *  # noqa: F403
+from .rubric import *  # noqa: F403
+from .table import *  # noqa: F403
 
+# Each submodule's ``__all__`` is its public API; the package exports them all, in the order of
+# the list above (judges, rubric, metrics, table, loaders).
 __all__ = [
-    "Judge",
-    "KeywordRefusalJudge",
-    "attack_success_rate",
-    "OpenAIJudge",
-    "HFClassifierJudge",
-    "JudgeRequestError",
-    "MalformedVerdictError",
-    "HARMFULNESS_RUBRIC",
-    "parse_score",
-    "render_rubric",
-    "SafetyResult",
-    "summarize_scores",
-    "evaluate_safety",
-    "extract_gsm8k_answer",
-    "gsm8k_accuracy",
-    "extract_choice",
-    "openbookqa_accuracy",
-    "format_table",
-    "load_spard_pairs",
-    "load_attack_prompts",
-    "load_gsm8k",
-    "load_openbookqa",
+    *judges.__all__, *openai_judge.__all__, *hf_judge.__all__, *rubric.__all__, *metrics.__all__,
+    *table.__all__, *loaders.__all__,
 ]

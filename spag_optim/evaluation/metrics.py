@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from .judges import Judge, attack_success_rate
+
+_T = TypeVar("_T")
+_E = TypeVar("_E")
 
 __all__ = [
     "SafetyResult",
@@ -68,12 +71,30 @@ def evaluate_safety(
     }
 
 
-def _check_text(index: int, response: object) -> None:
-    if not isinstance(response, str):
-        raise TypeError(
-            f"response {index} is {type(response).__name__}; pass the decoded text of each "
-            "response"
-        )
+def _accuracy(
+    metric: str, responses: Sequence[str], targets: Sequence[_T],
+    expected: Callable[[int, _T], _E], hit: Callable[[str, _E], bool],
+) -> float:
+    """Share of ``responses`` that ``hit`` what ``expected`` reads from their target.
+
+    Item by item, the target is read before the response's type is checked, so the error raised
+    is the first bad item's.
+    """
+    if len(responses) != len(targets):
+        raise ValueError(f"got {len(responses)} responses but {len(targets)} targets")
+    if not responses:
+        raise ValueError(f"{metric} needs at least one response")
+    correct = 0
+    for i, (response, target) in enumerate(zip(responses, targets)):
+        want = expected(i, target)
+        if not isinstance(response, str):
+            raise TypeError(
+                f"response {i} is {type(response).__name__}; pass the decoded text of each "
+                "response"
+            )
+        if hit(response, want):
+            correct += 1
+    return correct / len(responses)
 
 
 # -- GSM8K --------------------------------------------------------------------------------------
@@ -109,6 +130,20 @@ def extract_gsm8k_answer(text: str, *, fallback_last_number: bool = True) -> flo
     return None
 
 
+def _gsm8k_target(i: int, target: str | float) -> float:
+    if not isinstance(target, str):
+        return float(target)
+    expected = extract_gsm8k_answer(target, fallback_last_number=False)
+    if expected is None:
+        expected = _to_float(target.strip())
+    if expected is None:
+        raise ValueError(
+            f"target {i} has no '#### N' answer and is not a number; pass the "
+            "reference solutions or their final numbers"
+        )
+    return expected
+
+
 def gsm8k_accuracy(
     responses: Sequence[str], targets: Sequence[str | float], *, fallback_last_number: bool = True,
     rel_tol: float = 1e-9,
@@ -118,28 +153,12 @@ def gsm8k_accuracy(
     ``targets`` are numbers or reference solutions ending in ``#### N`` (as in the dataset).
     An answer that cannot be extracted counts as wrong.
     """
-    if len(responses) != len(targets):
-        raise ValueError(f"got {len(responses)} responses but {len(targets)} targets")
-    if not responses:
-        raise ValueError("gsm8k_accuracy needs at least one response")
-    correct = 0
-    for i, (response, target) in enumerate(zip(responses, targets)):
-        if isinstance(target, str):
-            expected = extract_gsm8k_answer(target, fallback_last_number=False)
-            if expected is None:
-                expected = _to_float(target.strip())
-            if expected is None:
-                raise ValueError(
-                    f"target {i} has no '#### N' answer and is not a number; pass the "
-                    "reference solutions or their final numbers"
-                )
-        else:
-            expected = float(target)
-        _check_text(i, response)
+
+    def hit(response: str, expected: float) -> bool:
         got = extract_gsm8k_answer(response, fallback_last_number=fallback_last_number)
-        if got is not None and math.isclose(got, expected, rel_tol=rel_tol, abs_tol=rel_tol):
-            correct += 1
-    return correct / len(responses)
+        return got is not None and math.isclose(got, expected, rel_tol=rel_tol, abs_tol=rel_tol)
+
+    return _accuracy("gsm8k_accuracy", responses, targets, _gsm8k_target, hit)
 
 
 # -- OpenBookQA ---------------------------------------------------------------------------------
@@ -198,12 +217,8 @@ def openbookqa_accuracy(
 
     ``targets`` are 1-based ints or option strings such as ``"answer2"`` or ``"B"``.
     """
-    if len(responses) != len(targets):
-        raise ValueError(f"got {len(responses)} responses but {len(targets)} targets")
-    if not responses:
-        raise ValueError("openbookqa_accuracy needs at least one response")
-    correct = 0
-    for i, (response, target) in enumerate(zip(responses, targets)):
+
+    def target_option(i: int, target: str | int) -> int:
         expected = target if isinstance(target, int) else parse_option(
             str(target).strip(), num_options
         )
@@ -212,7 +227,9 @@ def openbookqa_accuracy(
                 f"target {i} ({target!r}) is not an option; use 1-{num_options}, "
                 f"'answer1'..'answer{num_options}' or letters"
             )
-        _check_text(i, response)
-        if extract_choice(response, num_options=num_options) == expected:
-            correct += 1
-    return correct / len(responses)
+        return expected
+
+    def hit(response: str, expected: int) -> bool:
+        return extract_choice(response, num_options=num_options) == expected
+
+    return _accuracy("openbookqa_accuracy", responses, targets, target_option, hit)

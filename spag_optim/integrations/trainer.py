@@ -69,23 +69,16 @@ class TrainerSafetyClosure:
 
     @classmethod
     def from_pairs(
-        cls,
-        pairs: Sequence[Any],
-        tokenizer: Any,
-        *,
-        batch_size: int = 8,
-        seed: int = 0,
-        max_length: Optional[int] = None,
-        loss_fn: Optional[Callable[[torch.nn.Module, Any], Tensor]] = None,
+        cls, pairs: Sequence[Any], tokenizer: Any, *, max_length: Optional[int] = None, **kwargs: Any
     ) -> "TrainerSafetyClosure":
         """The closure over (harmful prompt, refusal) pairs, tokenised and padded as
         :meth:`spag_optim.SafetyBatches.from_pairs` does: the safety loss is the refusal's negative
-        log-likelihood (the prompt is masked out), whatever the trainer's own collator does."""
-        from ..safety_pairs import PaddingCollator, encode_safety_pairs, pad_token_id
+        log-likelihood (the prompt is masked out), whatever the trainer's own collator does.
+        ``kwargs`` are the constructor's (``batch_size``, ``seed``, ``loss_fn``)."""
+        from ..safety_pairs import padded_pairs
 
-        rows = encode_safety_pairs(pairs, tokenizer, max_length)
-        return cls(rows, batch_size=batch_size, collate_fn=PaddingCollator(pad_token_id(tokenizer)),
-                   seed=seed, loss_fn=loss_fn)
+        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length)
+        return cls(rows, collate_fn=collate_fn, **kwargs)
 
     def bind(self, trainer: Any) -> None:
         """Use ``trainer``'s model, collator, device and rank from now on."""
