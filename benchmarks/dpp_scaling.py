@@ -6,7 +6,7 @@ Sections (each grid cell runs in a fresh process so peak memory is its own):
         with the pass timed in the same process just before the selection.
   refs  the full-kernel Cholesky greedy of Chen et al. (2018) and the authors' per-step
         triangular re-solve, where they fit: same selections and the speed ratios, including
-        the acceptance point N=20000, d=256, k=600.
+        the point N=20000, d=256, k=600 (the N x N float64 kernel, 3.2 GB, still fits).
   llm   LLM-like embeddings (a large shared mean direction plus small noise, most q > 0.85;
         N=8000, d=256, k=240, beta 4, jitter 1e-6): picks against an exact float64 greedy, how
         many candidates the float32 error bounds sent to float64 re-scoring, and where a plain

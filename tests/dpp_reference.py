@@ -104,7 +104,7 @@ def feature_greedy(emb: np.ndarray, weights: np.ndarray, k: int, jitter: float =
                    eps: float = 1e-10, tie_tol: float = 1e-9) -> np.ndarray:
     """Plain float64 feature-space greedy (no float32 pass, no error bounds): O(N d) memory.
 
-    The "exact float64 greedy" of the acceptance tests: phi_i = [f_i ; sqrt(jitter) e_i] and each
+    The "exact float64 greedy" the fast paths are compared to: phi_i = [f_i ; sqrt(jitter) e_i] and each
     step subtracts the squared projection on the new orthonormal basis vector, all in float64.
     """
     x = np.asarray(emb, dtype=np.float64)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
-from spag_optim.integrations.hf import SPAGLoggingCallback, find_spag_optimizer  # noqa: E402
+from spag_optim.integrations.trainer import SPAGLoggingCallback, find_spag_optimizer  # noqa: E402
 
 
 def FakeSPAG():
@@ -81,7 +81,7 @@ def test_a_plain_optimizer_is_ignored_with_one_warning(caplog):
     callback = SPAGLoggingCallback()
     plain = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     args = TrainingArguments(output_dir="unused", report_to=[])
-    with caplog.at_level("WARNING", logger="spag_optim.integrations.hf"):
+    with caplog.at_level("WARNING", logger="spag_optim.integrations.trainer"):
         for _ in range(3):
             callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=plain)
     assert callback.history == []
@@ -107,7 +107,7 @@ def test_a_baseline_with_last_stats_is_not_taken_for_spag(caplog):
     assert find_spag_optimizer(SimpleNamespace(optimizer=lisa)) is None
     callback = SPAGLoggingCallback()
     args = TrainingArguments(output_dir="unused", report_to=[])
-    with caplog.at_level("WARNING", logger="spag_optim.integrations.hf"):
+    with caplog.at_level("WARNING", logger="spag_optim.integrations.trainer"):
         callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=lisa)
     assert callback.history == [] and "not a SPAGOptimizer" in caplog.text
 

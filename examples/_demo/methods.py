@@ -4,8 +4,9 @@ data), and the prompt format it is tested with; everything else (model, data, se
 the number of steps) is shared.
 
 ``spard`` passes no ``trust_region``, so it always shows the library's default. The ``*_trust``
-ablations pin each trust-region choice of issue 2 explicitly, so the table says which default the
-numbers support.
+ablations pin each other trust-region choice explicitly (``"relative"`` with ``rho=0.5``, a
+fixed eta_safe, ``"lr"``, and none: paper Table 7's "w/o eta_safe"), so the table says which
+default the numbers support.
 
 The paper's baselines (``spag_optim.baselines``) use the same safe subset as ``spard`` (the DPP
 selection, 3% of the fine-tuning set), so the table compares what each does with the same data.

@@ -15,23 +15,32 @@ bound to the trainer afterwards::
 The Trainer then calls ``optimizer.step()`` once per optimizer step (after the last micro-batch of
 gradient accumulation and after ``max_grad_norm`` clipping of the utility gradient), so SPAG projects
 once per step; the safety gradient itself is not clipped (the trust region bounds the projection).
+
+What the Trainer cannot know is whether the safety projection is doing anything:
+:class:`SPAGLoggingCallback` (added by :func:`attach_spag`, or by :func:`add_spag_logging` for a
+SPAG optimizer with any other closure) reads ``SPAGOptimizer.stats()`` after every optimizer step
+and adds a summary of the steps since the previous log to each log entry, so ``report_to``
+integrations, the progress bar and ``trainer.state.log_history`` show whether the model keeps
+drifting out of the safe region.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..distributed import DEEPSPEED_UNSUPPORTED
 from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, move_to_device
 from ..safety_wrapper import check_number
-from .hf import SPAGLoggingCallback, add_spag_logging, find_spag_optimizer
 
-__all__ = ["TrainerSafetyClosure", "attach_spag"]
+__all__ = ["TrainerSafetyClosure", "attach_spag", "SPAGLoggingCallback", "add_spag_logging",
+           "find_spag_optimizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +169,7 @@ def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) 
       :class:`~spag_optim.SPAGOptimizer`'s state dict);
     * under ``fp16=True`` hands the trainer's ``GradScaler`` to SPAG (``grad_scaler=``), so the
       safety backward is scaled like the utility backward;
-    * adds a :class:`~spag_optim.integrations.hf.SPAGLoggingCallback`: ``spag/safety_loss``,
+    * adds a :class:`SPAGLoggingCallback`: ``spag/safety_loss``,
       ``spag/projected``, ``spag/alpha`` and ``spag/projections`` in every log entry;
     * refuses DeepSpeed, which SPAG does not support.
 
@@ -196,3 +205,91 @@ def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) 
         spag.grad_scaler = scaler
         logger.info("SPAG: using the trainer's GradScaler for the safety backward")
     return add_spag_logging(trainer, spag)
+
+
+# -- logging ------------------------------------------------------------------------------------
+def find_spag_optimizer(optimizer: Any) -> Any | None:
+    """The :class:`~spag_optim.SPAGOptimizer` inside ``optimizer``, unwrapping Accelerate's
+    ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped one as ``.optimizer``);
+    None if there is none. Recognised by type: the baselines also have ``last_stats``."""
+    from ..optimizer import SPAGOptimizer
+
+    seen: set[int] = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        if isinstance(optimizer, SPAGOptimizer):
+            return optimizer
+        seen.add(id(optimizer))
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+class SPAGLoggingCallback(TrainerCallback):
+    """Adds SPAG's statistics to every Trainer log entry.
+
+    Keys added, averaged over the window of optimizer steps since the previous log entry (so with
+    ``logging_steps=10`` each value summarises ten steps):
+
+    - ``spag/safety_loss``: mean safety loss measured after the utility step;
+    - ``spag/projected``: fraction of the window's steps where the projection fired;
+    - ``spag/alpha``: mean projection step size over the window (0 on steps that did not project);
+    - ``spag/projections``: projections since training began: the optimizer's own counter
+      (``num_interventions``, saved in its checkpoint), so it continues after a resume.
+
+    ``history`` keeps every step's stats as floats for scripts that want more than the logs.
+    Pass ``optimizer`` when the Trainer's own optimizer is not the SPAG one (or not yet built);
+    otherwise it is found in the callback arguments, through Accelerate's wrapper.
+    """
+
+    def __init__(self, optimizer: Any | None = None):
+        self.optimizer = optimizer
+        self.history: list[dict[str, float]] = []
+        self.projections = 0
+        self._since_log: list[dict[str, float]] = []
+        self._warned = False
+
+    def _spag(self, optimizer: Any) -> Any | None:
+        spag = find_spag_optimizer(self.optimizer if self.optimizer is not None else optimizer)
+        if spag is None and not self._warned:
+            logger.warning("SPAGLoggingCallback: the optimizer is not a SPAGOptimizer; "
+                           "nothing to log")
+            self._warned = True
+        return spag
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    optimizer: Any = None, **kwargs: Any) -> None:
+        spag = self._spag(optimizer)
+        if spag is None or not spag.last_stats:
+            return
+        stats = spag.stats()
+        step = {key: stats[key] for key in spag.last_stats if key in stats}  # the step's own
+        self.history.append(step)
+        self._since_log.append(step)
+        self.projections = int(stats["num_interventions"])
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs is None or not self._since_log:
+            return
+        steps = self._since_log
+        added = {
+            "spag/safety_loss": math.fsum(s["safety_loss"] for s in steps) / len(steps),
+            "spag/projected": sum(bool(s["projected"]) for s in steps) / len(steps),
+            "spag/alpha": math.fsum(s["alpha"] for s in steps) / len(steps),
+            "spag/projections": self.projections,
+        }
+        logs.update(added)
+        # Trainer.log appends its entry to log_history before calling on_log: complete it too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(added)
+        self._since_log = []
+
+
+def add_spag_logging(trainer: Trainer, optimizer: Any | None = None) -> SPAGLoggingCallback:
+    """Attach a :class:`SPAGLoggingCallback` to ``trainer`` *first* among its callbacks.
+
+    ``Trainer(callbacks=[...])`` puts user callbacks after the ``report_to`` integrations, which
+    would then send each log entry before the SPAG keys are in it; this puts them in first.
+    """
+    callback = SPAGLoggingCallback(optimizer)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback
