@@ -21,6 +21,7 @@ Ties are broken deterministically towards the lowest index; gains closer than 1e
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -118,46 +119,6 @@ def _make_pass(emb: Any, backend: str, device: Any) -> tuple[Any, np.ndarray]:
     raise ValueError(f"backend must be 'auto', 'numpy' or 'torch', got {backend!r}")
 
 
-def greedy_dpp(
-    emb: Any,
-    k: int,
-    quality: Any = None,
-    beta: float = 1.0,
-    jitter: float = 0.0,
-    eps: float = 1e-10,
-    backend: str = "auto",
-    device: Any = None,
-    lazy: bool = False,
-    process_group: Any = None,
-) -> np.ndarray:
-    """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
-
-    Returns the selected row indices (int64) in greedy order: each pick maximises
-    det(L_{S+i}) / det(L_S) exactly as an exact float64 greedy would (lowest index on exact
-    ties). Stops at ``k`` items, or earlier with an :class:`EarlyStopWarning` when the best gain
-    falls below ``eps``. ``backend='numpy'`` runs BLAS on the CPU; ``'torch'`` runs the pass on
-    the tensor's device (or ``device``); ``'auto'`` follows the input type.
-
-    Tolerance: picks are exact for the embeddings as stored. float16/bfloat16 tensors (torch
-    backend) are exact for their rounded values, which differ from float32 embeddings by up to
-    2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
-    than about that fraction may change against a float32 run.
-
-    ``lazy=True`` brings forward, at each step, only the candidates whose stale gain (an upper
-    bound, since gains never increase) could still win, falling back to a full pass whenever
-    that would cost more (see ``lazy.py``): identical picks and gains, less work on data whose
-    gains spread out (isotropic or real-text embeddings), about the same on data where nearly
-    every candidate stays close to the best.
-
-    With a ``process_group`` (``torch.distributed``), ``emb`` and ``quality`` are this rank's
-    contiguous shard of the pool (shards in rank order, sizes may differ); every rank gets the
-    same *global* indices, equal to one process's picks on the concatenated pool (see
-    ``distributed.py``; not combined with ``lazy`` yet).
-    """
-    return greedy_dpp_result(emb, k, quality, beta, jitter, eps, backend, device, lazy,
-                             process_group).indices
-
-
 def greedy_dpp_result(
     emb: Any,
     k: int,
@@ -191,6 +152,38 @@ def greedy_dpp_result(
 
         return run_lazy(xpass, norms, w, int(k), float(jitter), float(eps))
     return _run(xpass, norms, w, int(k), float(jitter), float(eps))
+
+
+def greedy_dpp(*args: Any, **kwargs: Any) -> np.ndarray:
+    """Greedy MAP of the DPP with L = D K D + jitter I, K = cosine similarity, D = diag(w).
+
+    Returns the selected row indices (int64) in greedy order: each pick maximises
+    det(L_{S+i}) / det(L_S) exactly as an exact float64 greedy would (lowest index on exact
+    ties). Stops at ``k`` items, or earlier with an :class:`EarlyStopWarning` when the best gain
+    falls below ``eps``. ``backend='numpy'`` runs BLAS on the CPU; ``'torch'`` runs the pass on
+    the tensor's device (or ``device``); ``'auto'`` follows the input type.
+
+    Tolerance: picks are exact for the embeddings as stored. float16/bfloat16 tensors (torch
+    backend) are exact for their rounded values, which differ from float32 embeddings by up to
+    2^-11 (float16) or 2^-8 (bfloat16) relative per entry, so picks whose gains differ by less
+    than about that fraction may change against a float32 run.
+
+    ``lazy=True`` brings forward, at each step, only the candidates whose stale gain (an upper
+    bound, since gains never increase) could still win, falling back to a full pass whenever
+    that would cost more (see ``lazy.py``): identical picks and gains, less work on data whose
+    gains spread out (isotropic or real-text embeddings), about the same on data where nearly
+    every candidate stays close to the best.
+
+    With a ``process_group`` (``torch.distributed``), ``emb`` and ``quality`` are this rank's
+    contiguous shard of the pool (shards in rank order, sizes may differ); every rank gets the
+    same *global* indices, equal to one process's picks on the concatenated pool (see
+    ``distributed.py``; not combined with ``lazy`` yet).
+    """
+    return greedy_dpp_result(*args, **kwargs).indices
+
+
+# The parameters are stated once, on greedy_dpp_result; help() and the docs show them here too.
+greedy_dpp.__signature__ = inspect.signature(greedy_dpp_result).replace(return_annotation="np.ndarray")
 
 
 def _check_scalars(k: Any, jitter: Any, eps: Any) -> None:

@@ -24,6 +24,8 @@ __all__ = ["METHODS", "LowRelevanceWarning", "SelectionResult", "select"]
 
 METHODS = ("dpp", "dpp_diversity_only", "random", "top_relevance", "low_relevance",
            "high_relevance")
+#: The keywords ``select`` passes unchanged to the DPP's greedy (their defaults are its own).
+_GREEDY_OPTIONS = ("backend", "device", "lazy")
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,8 @@ def select(
     seed: int = 0,
     jitter: float | str = 1e-6,
     eps: float = 1e-10,
-    backend: str = "auto",
-    device: Any = None,
-    lazy: bool = False,
     process_group: Any = None,
+    **greedy_options: Any,
 ) -> SelectionResult:
     """Select ``k`` pool items (or ``ceil(ratio x number of target items)``, SPARD's "3% of the
     fine-tuning set" being ``ratio=0.03``) for the fine-tuning task embedded in ``target_emb``.
@@ -108,14 +108,19 @@ def select(
     jitter exceeds 1% of the median w^2 or of a pick's gain, or k exceeds the embedding
     dimension, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
 
-    ``lazy=True`` runs the exact lazy greedy (:func:`~dpp_select.greedy.greedy_dpp`): the same
-    picks and gains, usually a fraction of the work on large pools (one process only).
+    ``backend``, ``device`` and ``lazy`` go unchanged, with their defaults, to the DPP's
+    :func:`~dpp_select.greedy.greedy_dpp` (see there). ``lazy=True`` runs the exact lazy greedy:
+    the same picks and gains, usually a fraction of the work on large pools (one process only).
 
     With a ``process_group`` (``torch.distributed``), ``pool_emb`` and ``target_emb`` are this
     rank's contiguous shards (in rank order; see ``distributed.shard_range``): every rank returns
     the same global ``indices`` as one process on the concatenated inputs, and ``quality`` for
     its own pool rows.
     """
+    unknown = sorted(set(greedy_options) - set(_GREEDY_OPTIONS))
+    if unknown:
+        raise TypeError(f"select() got unexpected keyword argument(s) {unknown}; besides its own "
+                        f"it takes only {', '.join(_GREEDY_OPTIONS)} (passed to greedy_dpp)")
     if process_group is not None:
         from .distributed import agree_sizes, gather_quality
 
@@ -144,8 +149,7 @@ def select(
             jitter = relative_jitter(w)
             eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
-                                backend=backend, device=device, lazy=lazy,
-                                process_group=process_group)
+                                process_group=process_group, **greedy_options)
         summary = summarize_selection(method, q, b, int(res.indices.size), dim, res.gains,
                                       float(jitter))
         if summary.low_relevance:

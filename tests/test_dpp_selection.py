@@ -207,3 +207,14 @@ def test_lazy_selection_equals_the_full_pass_and_the_reference():
                                   feature_greedy(pool, np.maximum(q, 0) ** 4, 12, jitter=1e-6))
     with pytest.raises(ValueError, match="lazy"):
         select(pool, target, k=3, lazy="yes")
+
+
+def test_backend_device_and_lazy_reach_the_greedy_and_a_misspelt_keyword_is_refused():
+    pool, target = _data()
+    via_select = select(pool, target, k=6, beta=4.0, backend="numpy", device=None, lazy=True)
+    np.testing.assert_array_equal(via_select.indices, select(pool, target, k=6, beta=4.0).indices)
+    with pytest.raises(ValueError, match="backend"):
+        select(pool, target, k=3, backend="cuda")  # passed on: greedy_dpp's own check answers
+    for method in ("dpp", "random"):  # refused even where no DPP runs
+        with pytest.raises(TypeError, match="lazzy.*backend, device, lazy"):
+            select(pool, target, k=3, method=method, lazzy=True)

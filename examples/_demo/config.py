@@ -1,27 +1,34 @@
-"""Every knob of the demo in one frozen dataclass, so results.json can record exactly what ran and
-the aligned-model cache can tell whether it still matches."""
+"""Every knob of the demo in one frozen dataclass (assembled from one per stage), so results.json
+can record exactly what ran and the aligned-model cache can tell whether it still matches."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 __all__ = ["DemoConfig", "SMOKE", "ATTACKS", "with_attack"]
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class AlignmentSettings:
+    """Stage 1, the tiny Llama aligned from scratch: everything the aligned model depends on, so
+    exactly these fields key its cache (:meth:`DemoConfig.alignment_fields`)."""
+
     seed: int = 0
-    # Tiny Llama.
-    hidden: int = 64
+    hidden: int = 64  # the tiny Llama's width and depth (``model.ModelSize``)
     layers: int = 2
-    # Stage 1: alignment from scratch.
     align_problems: int = 3000
     align_benign: int = 300
     align_epochs: int = 12
     align_lr: float = 3e-3
     align_batch: int = 32
-    # Stage 2: the harmful fine-tuning attack (LoRA), the paper's 10% poisoning.
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Stage 2, the harmful fine-tuning attack (LoRA); by default the paper's 10% poisoning. The
+    presets of :data:`ATTACKS` change some of these fields and nothing else."""
+
     finetune_problems: int = 400
     harmful_ratio: float = 0.1
     finetune_epochs: int = 3
@@ -29,15 +36,27 @@ class DemoConfig:
     finetune_batch: int = 16
     lora_rank: int = 8
     lora_alpha: int = 16
-    # SPAG and the safe-data selection (the paper: 3% of the fine-tuning set, beta 4).
+
+
+@dataclass(frozen=True)
+class DefenseSettings:
+    """SPAG and the safe-data selection (the paper: 3% of the fine-tuning set, beta 4)."""
+
     safe_ratio: float = 0.03
     beta: float = 4.0
     # The aligned model's refusal loss is ~0.001 (one fixed refusal sentence), far below the
     # paper's tau = 0.2 for real models; at 0.2 a refusal can already lose its first token.
     tau: float = 0.01
     safety_batch: int = 8
-    # Held-out evaluation.
-    eval_problems: int = 200
+
+
+# The stages' bases are listed last-first because a dataclass puts its bases' fields in reverse
+# MRO order: the fields (``to_dict``, results.json) stay in stage order, then the evaluation.
+@dataclass(frozen=True)
+class DemoConfig(DefenseSettings, AttackSettings, AlignmentSettings):
+    """Every knob of the demo, stage by stage but flat (``config.align_lr``)."""
+
+    eval_problems: int = 200  # held-out evaluation
 
     def __post_init__(self) -> None:
         if not 0.0 < self.harmful_ratio <= 1.0:
@@ -52,8 +71,7 @@ class DemoConfig:
 
     def alignment_fields(self) -> dict[str, Any]:
         """The fields stage 1 depends on: the cache key of the aligned model."""
-        keys = ("seed", "hidden", "layers", "align_problems", "align_benign", "align_epochs", "align_lr", "align_batch")
-        return {k: getattr(self, k) for k in keys}
+        return {f.name: getattr(self, f.name) for f in fields(AlignmentSettings)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

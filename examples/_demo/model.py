@@ -17,8 +17,8 @@ __all__ = ["ModelSize", "build_model"]
 
 @dataclass(frozen=True)
 class ModelSize:
-    hidden: int = 64
-    layers: int = 2
+    hidden: int  # the demo's width and depth are its config's (``DemoConfig.hidden``, ``.layers``)
+    layers: int
     heads: int = 4
     max_positions: int = 64
 
