@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gloo_workers import run_workers
+from toy_regression import mse, regression_batches, toy_mlp, train_alphas
 from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
 
 pytestmark = pytest.mark.distributed
@@ -24,33 +25,11 @@ STEPS = 25
 ROWS = 8  # per rank
 
 
-def make_model() -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-    return model
-
-
 def make_data(rank: int | None):
     """(utility, safety) batches of ``rank``, or of all ranks concatenated when rank is None."""
-    g = torch.Generator().manual_seed(1)
-    x_util = torch.randn(WORLD * ROWS, 5, generator=g, dtype=torch.float64)
-    y_util = x_util.sum(1, keepdim=True)
-    x_safe = torch.randn(WORLD * ROWS, 5, generator=g, dtype=torch.float64)
     # The second half (rank 1) is a harder version of the safety task than the first.
-    weight = torch.cat([torch.full((ROWS, 1), 0.6), torch.full((ROWS, 1), 1.6)]).double()
-    y_safe = -x_safe.sum(1, keepdim=True) * weight
-    if rank is None:
-        return (x_util, y_util), (x_safe, y_safe)
-    rows = slice(rank * ROWS, (rank + 1) * ROWS)
-    return (x_util[rows], y_util[rows]), (x_safe[rows], y_safe[rows])
-
-
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
+    scale = torch.cat([torch.full((ROWS, 1), 0.6), torch.full((ROWS, 1), 1.6)]).double()
+    return regression_batches(WORLD, ROWS, rank, safe_scale=scale)
 
 
 def make_inner(params):
@@ -59,7 +38,7 @@ def make_inner(params):
 
 def tau() -> float:
     _, safe = make_data(None)
-    return float(mse(make_model(), safe).detach()) * 1.25
+    return float(mse(toy_mlp(), safe).detach()) * 1.25
 
 
 SCENARIOS = {
@@ -75,7 +54,7 @@ SCENARIOS = {
 
 def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
     through_ddp, distributed, skip, mode = SCENARIOS[name]
-    model = make_model()
+    model = toy_mlp()
     ddp_model = DDP(model)
     util, safe = make_data(rank)
     local_losses = []
@@ -132,16 +111,11 @@ def single_process():
     """The same runs in one process on the concatenated batches, per SPAG mode."""
     results = {}
     for mode in ("paper", "authors_code"):
-        model = make_model()
+        model = toy_mlp()
         util, safe = make_data(None)
         opt = SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, safe), tau=tau(),
                             trust_region=None, eps=0.0, mode=mode)
-        alphas = []
-        for _ in range(STEPS):
-            opt.zero_grad()
-            mse(model, util).backward()
-            opt.step()
-            alphas.append(float(opt.last_stats["alpha"]))
+        alphas = train_alphas(opt, model, util, STEPS)
         results[mode] = {"params": [p.detach().clone() for p in model.parameters()], "alphas": alphas}
     return results
 
@@ -186,7 +160,7 @@ def test_skip_decision_uses_the_reduced_loss(ddp_results):
 
 
 def test_distributed_mode_without_process_group_fails_clearly():
-    model = make_model()
+    model = toy_mlp()
     opt = SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, make_data(None)[1]),
                         distributed="ddp")
     mse(model, make_data(None)[0]).backward()

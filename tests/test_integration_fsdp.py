@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from gloo_workers import run_workers
+from toy_regression import mse, regression_batches, toy_mlp, train_alphas
 
 if not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
     pytest.skip("FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6", allow_module_level=True)
@@ -30,30 +31,12 @@ ROWS = 8
 
 def make_model() -> torch.nn.Module:
     # Output width 1 makes the last weight's Shard(0) split uneven: rank 1 holds an empty shard.
-    g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-    return model
+    return toy_mlp(hidden=6)
 
 
 def make_data(rank: int | None):
     """Per-rank halves (data parallel), or everything when rank is None."""
-    g = torch.Generator().manual_seed(1)
-    x_util = torch.randn(WORLD * ROWS, 5, generator=g, dtype=torch.float64)
-    y_util = x_util.sum(1, keepdim=True)
-    x_safe = torch.randn(WORLD * ROWS, 5, generator=g, dtype=torch.float64)
-    y_safe = -x_safe.sum(1, keepdim=True)
-    if rank is None:
-        return (x_util, y_util), (x_safe, y_safe)
-    rows = slice(rank * ROWS, (rank + 1) * ROWS)
-    return (x_util[rows], y_util[rows]), (x_safe[rows], y_safe[rows])
-
-
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
+    return regression_batches(WORLD, ROWS, rank)
 
 
 def tau() -> float:
@@ -65,13 +48,7 @@ def tau() -> float:
 def run(model, util, safe, trust_region):
     opt = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=0.05), lambda: mse(model, safe),
                         tau=tau(), trust_region=trust_region, eps=0.0)
-    alphas = []
-    for _ in range(STEPS):
-        opt.zero_grad()
-        mse(model, util).backward()
-        opt.step()
-        alphas.append(float(opt.last_stats["alpha"]))
-    return opt, alphas
+    return opt, train_alphas(opt, model, util, STEPS)
 
 
 def full_params(model):

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gloo_workers import run_workers
+from toy_regression import mse, toy_mlp
 from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
 
 pytestmark = pytest.mark.distributed
@@ -22,15 +23,6 @@ pytestmark = pytest.mark.distributed
 WORLD = 2
 STEPS = 8
 RESUME_AT = 3  # the checkpoint is taken after this many steps
-
-
-def make_model() -> torch.nn.Module:
-    g = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-    return model
 
 
 def safe_rows():
@@ -46,13 +38,8 @@ def utility_batch(rank: int, step: int):
     return x, x.sum(1, keepdim=True)
 
 
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
-
-
 def setup(rank: int):
-    model = make_model()
+    model = toy_mlp()
     ddp_model = DDP(model)
     batches = SafetyBatches(safe_rows(), batch_size=3, seed=rank)
     closure = make_safety_closure(ddp_model, batches, mse)
