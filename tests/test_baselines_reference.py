@@ -17,28 +17,19 @@ from baseline_reference import (
     reference_safegrad_step,
 )
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
+from toy_regression import mse, toy_mlp
 
 STEPS = 20
 
 
 def make_problem(seed=0):
     g = torch.Generator().manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
-    ).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    model = toy_mlp(generator=g)
     x_util = torch.randn(16, 5, generator=g, dtype=torch.float64)
     y_util = x_util[:, :3].sum(1, keepdim=True)
     x_safe = torch.randn(12, 5, generator=g, dtype=torch.float64)
     y_safe = x_safe[:, 2:].sum(1, keepdim=True) - x_safe[:, 0:1]  # partly opposed tasks
     return model, (x_util, y_util), (x_safe, y_safe)
-
-
-def mse(model, data):
-    x, y = data
-    return ((model(x) - y) ** 2).mean()
 
 
 INNERS = {

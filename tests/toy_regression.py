@@ -1,14 +1,17 @@
-"""The float64 toy regression the multi-process tests share: every rank builds the same model and
-the same global data, then takes its own rows, so one process on all rows is the reference."""
+"""The float64 toy regression the optimizer tests share: a small MLP, utility and safety batches
+whose tasks pull against each other, the loss. In the multi-process tests every rank builds the
+same model and the same global data, then takes its own rows, so one process on all rows is the
+reference."""
 
 from __future__ import annotations
 
 import torch
 
 
-def toy_mlp(hidden: int = 8) -> torch.nn.Module:
-    """``Linear(5, hidden) -> Tanh -> Linear(hidden, 1)`` in float64, weights N(0, 0.25) from seed 0."""
-    g = torch.Generator().manual_seed(0)
+def toy_mlp(hidden: int = 8, generator: torch.Generator | None = None) -> torch.nn.Module:
+    """``Linear(5, hidden) -> Tanh -> Linear(hidden, 1)`` in float64, weights N(0, 0.25) drawn from
+    ``generator`` (default: a fresh one seeded 0)."""
+    g = torch.Generator().manual_seed(0) if generator is None else generator
     model = torch.nn.Sequential(torch.nn.Linear(5, hidden), torch.nn.Tanh(),
                                 torch.nn.Linear(hidden, 1)).double()
     with torch.no_grad():
