@@ -15,19 +15,9 @@ from spag_optim.baselines import (  # noqa: E402
     SafeInstrDataset,
 )
 from spag_optim.evaluation import KeywordRefusalJudge, format_table, summarize_scores  # noqa: E402
+from tiny_lm import tiny_causal_lm  # noqa: E402
 
 VOCAB = 48
-
-
-def tiny_lm(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32,
-    )
-    return LlamaForCausalLM(config)
 
 
 def example(prompt, response):
@@ -61,7 +51,7 @@ def test_every_method_trains_a_causal_lm_and_lands_in_the_table():
     user = dataset(2, 24, response_start=30)  # user task: tokens 30-37
     results = {}
     for name, make in METHODS.items():
-        model = tiny_lm()
+        model = tiny_causal_lm(VOCAB, kv_heads=2, max_positions=32)
         train_data = SafeInstrDataset(user, safe, fraction=0.1, seed=0) if name == "sft" else user
         batches = SafetyBatches(safe, batch_size=4, seed=0)
         tau = calibrate_tau(model, SafetyBatches(safe, batch_size=4, seed=1), num_batches=2)

@@ -9,7 +9,8 @@ import warnings
 import pytest
 import torch
 
-from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer
+from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
+from tiny_lm import tiny_causal_lm
 from spag_optim import SPAGOptimizer
 from spag_optim.guardspace import (
     GuardSpaceLinear,
@@ -27,8 +28,8 @@ def tok():
 
 
 def llama(tok, seed=0):
-    """hf_tiny's Llama, wider (64), so a one-prompt null set leaves room for the adapters."""
-    return tiny_llama(tok, seed, hidden=64, intermediate=96, layers=2, heads=4, kv_heads=2)
+    """The tiny Llama, wider (64), so a one-prompt null set leaves room for the adapters."""
+    return tiny_causal_lm(tok, seed, hidden=64, intermediate=96, layers=2, heads=4, kv_heads=2)
 
 
 def single(tok, texts):

@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from spag_optim.evaluation import HFClassifierJudge, attack_success_rate  # noqa: E402
+from tiny_lm import word_tokenizer  # noqa: E402
 
 WORDS = "how do i make a thing sorry cannot help here is the recipe step one two".split()
 PROMPTS = ["how do i make a thing", "how do i help", "make a recipe", "how do i", "a thing"]
@@ -19,23 +20,9 @@ RESPONSES = ["sorry cannot help", "here is the recipe step one", "step one two",
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]",
-    )
+    special = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+               "sep_token": "[SEP]"}
+    return word_tokenizer(WORDS, special, cls_sep=True)
 
 
 @pytest.fixture(scope="module")

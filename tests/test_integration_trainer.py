@@ -17,7 +17,8 @@ pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
 
-from hf_tiny import SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer  # noqa: E402
+from hf_tiny import SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer  # noqa: E402
+from tiny_lm import tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau  # noqa: E402
 from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag  # noqa: E402
 
@@ -67,7 +68,7 @@ class Probe:
 # README "Integrations" snippet (Hugging Face Trainer): the body of this function.
 def train_with_spag(tmp_path, bf16=False):
     tok = tokenizer()
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok)
     inner = torch.optim.AdamW(model.parameters(), lr=LR)
     probe = Probe(model, inner)
     safety = TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok, batch_size=2, loss_fn=probe.loss_fn)
@@ -139,7 +140,7 @@ def test_attach_spag_needs_a_spag_optimizer(tmp_path):
     from spag_optim.baselines import LisaOptimizer
 
     tok = tokenizer()
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok)
     trainer = make_trainer(tmp_path, model, tok, torch.optim.AdamW(model.parameters()))
     with pytest.raises(ValueError, match="SPAGOptimizer"):
         attach_spag(trainer)
@@ -152,7 +153,7 @@ def test_attach_spag_needs_a_spag_optimizer(tmp_path):
 
 def test_attach_spag_calibrates_tau_without_moving_the_safe_batches(tmp_path):
     tok = tokenizer()
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok)
     safety = TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok, batch_size=2, seed=3)
     optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=LR), safety)
     trainer = make_trainer(tmp_path, model, tok, optimizer, max_steps=2)
@@ -174,7 +175,7 @@ def test_attach_spag_sets_a_given_tau(tmp_path):
     import numpy as np
 
     tok = tokenizer()
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok)
     optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters()),
                               TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok))
     attach_spag(make_trainer(tmp_path, model, tok, optimizer), tau=np.float32(0.75))
@@ -185,7 +186,7 @@ def test_sft_trainer_with_spag(tmp_path):
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
     tok = tokenizer()
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok)
     inner = torch.optim.AdamW(model.parameters(), lr=LR)
     probe = Probe(model, inner)
     # README "Integrations" snippet (TRL SFTTrainer): from here ...

@@ -29,12 +29,13 @@ def trainer_worker(rank: int, world_size: int, out) -> None:
                       LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tiny_llama, tokenized, tokenizer
+    from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
+    from tiny_lm import tiny_causal_lm
     from spag_optim import SPAGOptimizer
     from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag
 
     tok = tokenizer()
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok)
     local_losses = []
 
     def recording_loss(model, batch):

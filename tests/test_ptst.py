@@ -13,15 +13,9 @@ CHAT_TEMPLATE = (
 @pytest.fixture(scope="module")
 def chat_tokenizer():
     pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
+    from tiny_lm import word_tokenizer
 
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
-        unk_token="[UNK]",
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return word_tokenizer([], {"unk_token": "[UNK]"}, chat_template=CHAT_TEMPLATE)
 
 
 def test_plain_format():

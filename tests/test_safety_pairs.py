@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from tiny_lm import build_tokenizer  # noqa: E402
+from tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches  # noqa: E402
 
 PAIRS = [
@@ -22,16 +22,6 @@ PAIRS = [
 
 def tokenizer(chat_template):
     return build_tokenizer([p + " " + r for p, r in PAIRS], chat_template=chat_template)
-
-
-def tiny_llama(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=64, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).double()
 
 
 def literal_encoding(tok, prompt, refusal):
@@ -65,7 +55,7 @@ def test_from_pairs_masks_the_prompt_and_pads(chat_template):
 
 def test_the_safety_loss_is_the_refusals_negative_log_likelihood():
     tok = tokenizer(True)
-    model = tiny_llama(tok)
+    model = tiny_causal_lm(tok).double()
     batch = next(SafetyBatches.from_pairs(PAIRS, tok, batch_size=3, shuffle=False))
     with torch.no_grad():
         loss = float(model(**batch).loss)
