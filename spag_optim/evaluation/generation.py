@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -41,7 +41,7 @@ def generate_responses(
     *,
     max_new_tokens: int,
     batch_size: int = 16,
-    render: Optional[Callable[[str], str]] = None,
+    render: Callable[[str], str] | None = None,
     device: torch.device | str | None = None,
 ) -> list[str]:
     """Greedy responses of ``model`` to ``prompts``: only the new text, one string per prompt.
@@ -55,12 +55,20 @@ def generate_responses(
     decoded with ``skip_special_tokens=True``.
 
     The tokenizer's ``padding_side`` is ``"left"`` and the model in eval mode only for the call:
-    both are restored afterwards, also when generation fails. Inputs go to ``device`` (default: the
-    device of the model's first parameter). An empty ``prompts`` gives ``[]``, like
-    ``tokenizer.batch_decode([])``.
+    both are restored afterwards, also when generation fails. An empty ``prompts`` gives ``[]``,
+    like ``tokenizer.batch_decode([])``.
 
     Responses to real harmful prompts may themselves be harmful: score them with a judge
     (:class:`KeywordRefusalJudge`, :class:`OpenAIJudge`, ...); never print or log them.
+
+    Args:
+        model: a causal LM with ``generate`` (a transformers model, also PEFT-wrapped).
+        tokenizer: its tokenizer; needs a pad token.
+        prompts: the user messages, one string each.
+        max_new_tokens: at most this many tokens per response.
+        batch_size: prompts per ``generate`` call.
+        render: prompt -> the exact text to continue (default: the training format above).
+        device: where the inputs go (default: the device of the model's first parameter).
 
     Raises:
         TypeError: ``prompts`` is a single string, or one of its items (named by index) is not one.
