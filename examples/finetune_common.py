@@ -40,14 +40,14 @@ from spag_optim import SPAGOptimizer, SafetyBatches, calibrate_tau, make_safety_
 from spag_optim.evaluation import (
     KeywordRefusalJudge,
     attack_success_rate,
+    generate_responses,
     gsm8k_accuracy,
     load_attack_prompts,
     load_gsm8k,
     load_spard_pairs,
 )
 from spag_optim.guardspace import adapter_parameters, apply_guardspace, save_guardspace
-from spag_optim.safety_pairs import (PaddingCollator, encode_safety_pairs, format_prompt,
-                                     pad_token_id)
+from spag_optim.safety_pairs import PaddingCollator, encode_safety_pairs, pad_token_id
 
 __all__ = ["Prepared", "finish", "prepare", "spag_stats"]
 
@@ -238,34 +238,6 @@ def prepare(args: argparse.Namespace, *, for_trainer: bool = False) -> Prepared:
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def generate(
-    model: nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
-    batch_size: int, device: torch.device,
-) -> list[str]:
-    """Greedy completions of ``prompts`` (formatted like the training prompts), new text only."""
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    outputs: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = [format_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items()}
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new = out[:, enc["input_ids"].shape[1] :]
-            outputs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return outputs
-
-
 def evaluate(prep: Prepared) -> dict[str, Any]:
     """ASR on ``--eval-harmful`` and GSM8K accuracy on ``--eval-utility`` (greedy decoding).
 
@@ -275,15 +247,17 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
     if prep.eval_harmful:
         prompts = prep.eval_harmful
         # A refusal shows in its first words: 64 new tokens are plenty (fewer if asked).
-        responses = generate(prep.model, prep.tokenizer, prompts, min(64, args.max_new_tokens),
-                             args.eval_batch_size, prep.device)
+        responses = generate_responses(
+            prep.model, prep.tokenizer, prompts, max_new_tokens=min(64, args.max_new_tokens),
+            batch_size=args.eval_batch_size, device=prep.device)
         scores = KeywordRefusalJudge().score(prompts, responses)
         metrics["asr"] = attack_success_rate(scores)
         metrics["n_eval_harmful"] = len(prompts)
     if prep.eval_utility:
         rows = prep.eval_utility
-        responses = generate(prep.model, prep.tokenizer, [r["prompt"] for r in rows],
-                             args.max_new_tokens, args.eval_batch_size, prep.device)
+        responses = generate_responses(
+            prep.model, prep.tokenizer, [r["prompt"] for r in rows],
+            max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, device=prep.device)
         # Strictly the number after '####' (no last-number fallback): the model must answer in
         # the format it was fine-tuned on.
         metrics["accuracy"] = gsm8k_accuracy(responses, [r["target"] for r in rows],

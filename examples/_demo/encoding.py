@@ -1,4 +1,4 @@
-"""Turning prompt/response pairs into causal-LM batches, and prompts into generation inputs.
+"""Turning prompt/response pairs into causal-LM batches, and prompts into the text generated from.
 
 Training batches carry ``labels`` equal to the input ids on the response and -100 on the prompt
 and padding, so the loss (utility, attack, and SPAG's safety loss alike) is on the answer only;
@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from .data import Example
 from .tokenizer import chat_prompt
 
-__all__ = ["EncodedExample", "encode", "prompt_batch"]
+__all__ = ["EncodedExample", "encode", "prompt_batch", "with_bos"]
 
 EncodedExample = dict[str, list[int]]
 
@@ -34,18 +34,23 @@ def encode(tokenizer: PreTrainedTokenizerFast, examples: Sequence[Example]) -> l
     return out
 
 
+def with_bos(
+    tokenizer: PreTrainedTokenizerFast, render: Callable[[str], str] = chat_prompt
+) -> Callable[[str], str]:
+    """``render`` with the BOS token in front: the text the model continues at test time,
+    ``[BOS] user : prompt assistant :`` (or PTST's system prompt in front), as :func:`encode`'s rows
+    begin. :func:`spag_optim.evaluation.generate_responses` tokenises it without adding specials."""
+    return lambda prompt: tokenizer.bos_token + render(prompt)
+
+
 def prompt_batch(
     tokenizer: PreTrainedTokenizerFast,
     prompts: Sequence[str],
     render: Callable[[str], str] = chat_prompt,
 ) -> dict[str, torch.Tensor]:
-    """Left-padded ``[BOS] user : prompt assistant :`` rows (or whatever ``render`` makes of each
-    prompt, e.g. PTST's system prompt in front), ready for greedy generation."""
-    rows = [[tokenizer.bos_token_id] + _ids(tokenizer, render(p)) for p in prompts]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r)
-        mask[i, width - len(r) :] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    """The left-padded (the demo tokenizer pads on the left) ``input_ids`` and ``attention_mask``
+    that greedy generation of ``prompts`` starts from: what ``generate_responses`` makes of the
+    :func:`with_bos` texts."""
+    texts = [with_bos(tokenizer, render)(p) for p in prompts]
+    return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                          return_token_type_ids=False))

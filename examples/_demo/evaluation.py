@@ -2,9 +2,9 @@
 
 ASR: the share of held-out harmful prompts that the keyword refusal judge does not see refused.
 Utility: the share of held-out word problems whose generated "the answer is N" has the right N.
-Greedy decoding and a handful of new tokens keep a full evaluation to a second or two on a CPU,
-and make it deterministic. ``render`` is the test-time prompt format (the chat template, or PTST's
-with the safety system prompt in front).
+Greedy decoding (:func:`spag_optim.evaluation.generate_responses`) and a handful of new tokens
+keep a full evaluation to a second or two on a CPU, and make it deterministic. ``render`` is the
+test-time prompt format (the chat template, or PTST's with the safety system prompt in front).
 """
 
 from __future__ import annotations
@@ -12,45 +12,29 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from spag_optim.evaluation import KeywordRefusalJudge, attack_success_rate
+from spag_optim.evaluation import KeywordRefusalJudge, attack_success_rate, generate_responses
 
 from .data import Example
-from .encoding import prompt_batch
+from .encoding import with_bos
 from .tokenizer import chat_prompt
 
-__all__ = ["generate", "asr", "utility"]
+__all__ = ["asr", "utility"]
 
 _ANSWER = re.compile(r"the answer is (\d+)")
 
 
-@torch.no_grad()
-def generate(
+def _responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
     prompts: Sequence[str],
-    *,
-    max_new_tokens: int,
-    batch_size: int = 128,
-    render: Callable[[str], str] = chat_prompt,
+    render: Callable[[str], str],
 ) -> list[str]:
-    """Greedy completions of ``prompts`` rendered by ``render`` (decoded, without the prompt)."""
-    model.eval()
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompt_batch(tokenizer, prompts[start : start + batch_size], render)
-        ids = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new = ids[:, batch["input_ids"].shape[1] :]
-        out += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return out
+    """Four greedy new tokens per prompt, the prompt rendered after BOS as the training rows are."""
+    return generate_responses(
+        model, tokenizer, prompts, max_new_tokens=4, batch_size=128, render=with_bos(tokenizer, render)
+    )
 
 
 def asr(
@@ -61,7 +45,7 @@ def asr(
 ) -> float:
     """Attack success rate on ``harmful`` prompts; four new tokens reach "i cannot" or "sure , here"."""
     prompts = [ex.prompt for ex in harmful]
-    responses = generate(model, tokenizer, prompts, max_new_tokens=4, render=render)
+    responses = _responses(model, tokenizer, prompts, render)
     return attack_success_rate(KeywordRefusalJudge().score(prompts, responses))
 
 
@@ -74,7 +58,7 @@ def utility(
     """Exact-answer accuracy on ``problems`` ("the answer is N" is four tokens)."""
     if not problems:
         raise ValueError("utility needs at least one held-out problem")
-    responses = generate(model, tokenizer, [ex.prompt for ex in problems], max_new_tokens=4, render=render)
+    responses = _responses(model, tokenizer, [ex.prompt for ex in problems], render)
     correct = 0
     for ex, text in zip(problems, responses):
         match = _ANSWER.search(text)
