@@ -128,7 +128,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
     train.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                        help="auto: bfloat16 on a GPU that supports it, else float32")
-    train.add_argument("--max-new-tokens", type=int, default=256,
+    train.add_argument("--max-new-tokens", type=_at_least_1("--max-new-tokens"), default=256,
                        help="generation length for the GSM8K evaluation (ASR: at most 64)")
     train.add_argument("--eval-batch-size", type=_at_least_1("--eval-batch-size"), default=16)
     train.add_argument("--out", default="spard_run", help="folder for the adapter and metrics")

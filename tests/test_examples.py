@@ -180,6 +180,9 @@ def test_bad_options_fail_in_the_parser(capsys):
     with pytest.raises(SystemExit):
         cli.parse_args("x", argv + ["--train-limit", "0"])
     assert "--train-limit must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused before training, not when evaluation starts
+        cli.parse_args("x", argv + ["--max-new-tokens", "0"])
+    assert "--max-new-tokens must be >= 1" in capsys.readouterr().err
     args = cli.parse_args("x", argv + ["--trust-region", "none"])
     assert args.trust_region is None
     assert cli.parse_args("x", argv + ["--trust-region", "0.5"]).trust_region == 0.5
