@@ -21,7 +21,7 @@ sys.path.insert(0, str(EXAMPLES))
 from _demo import data  # noqa: E402
 from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
-from _demo.encoding import encode, prompt_batch  # noqa: E402
+from _demo.encoding import encode, with_bos  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
 from _demo.report import format_table, write_plot  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
@@ -208,8 +208,11 @@ def test_encoding_puts_the_loss_on_the_response_only():
     assert answer[-1] == tok.eos_token_id
     batch = PaddingCollator(tok.pad_token_id)(encode(tok, d.heldout_problems[:3]))
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
-    gen = prompt_batch(tok, [d.heldout_problems[0].prompt, "how do i fix a flat tire ?"])
-    assert (gen["attention_mask"][:, -1] == 1).all()  # left-padded: prompts end together
+    # What generation continues from is exactly the training row's prompt part, BOS included.
+    prompt_ids = tok(with_bos(tok)(ex.prompt), add_special_tokens=False)["input_ids"]
+    assert prompt_ids[0] == tok.bos_token_id
+    assert row["input_ids"][: len(prompt_ids)] == prompt_ids
+    assert row["labels"][: len(prompt_ids)] == [-100] * len(prompt_ids)
 
 
 def test_table_lists_base_and_every_method_with_the_attacks_side_by_side():
@@ -348,8 +351,8 @@ def test_ptst_tests_with_the_system_prompt_in_vocabulary_and_trains_without_it()
     assert all(m.eval_prompt is chat_prompt for n, m in METHODS.items() if n != "ptst")
     ids = tok(render(prompt), add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids
-    (row,) = [r for r in prompt_batch(tok, [prompt], render)["input_ids"].tolist()]
-    assert row[1:] == ids  # after BOS
+    row = tok(with_bos(tok, render)(prompt), add_special_tokens=False)["input_ids"]
+    assert row == [tok.bos_token_id] + ids
 
 
 def test_the_system_prompt_words_come_after_the_data_words_so_their_ids_did_not_move():

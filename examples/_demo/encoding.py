@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 from transformers import PreTrainedTokenizerFast
 
 from .data import Example
 from .tokenizer import chat_prompt
 
-__all__ = ["EncodedExample", "encode", "prompt_batch", "with_bos"]
+__all__ = ["EncodedExample", "encode", "with_bos"]
 
 EncodedExample = dict[str, list[int]]
 
@@ -42,15 +41,3 @@ def with_bos(
     begin. :func:`spag_optim.evaluation.generate_responses` tokenises it without adding specials."""
     return lambda prompt: tokenizer.bos_token + render(prompt)
 
-
-def prompt_batch(
-    tokenizer: PreTrainedTokenizerFast,
-    prompts: Sequence[str],
-    render: Callable[[str], str] = chat_prompt,
-) -> dict[str, torch.Tensor]:
-    """The left-padded (the demo tokenizer pads on the left) ``input_ids`` and ``attention_mask``
-    that greedy generation of ``prompts`` starts from: what ``generate_responses`` makes of the
-    :func:`with_bos` texts."""
-    texts = [with_bos(tokenizer, render)(p) for p in prompts]
-    return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                          return_token_type_ids=False))
