@@ -16,9 +16,9 @@ r"""SPAG's hyper-parameters: checked once, saved with the checkpoint, and sanity
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
+from ._caller_warning import warn_at_caller
 from .safety_wrapper import check_bool, check_number
 
 __all__ = [
@@ -83,12 +83,11 @@ def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
     changed = [f"{k}={loaded[k]!r} (constructed with {current[k]!r})"
                for k in loaded if loaded[k] != current[k]]
     if changed:
-        warnings.warn(
+        warn_at_caller(
             "SPAGOptimizer.load_state_dict: the checkpoint's hyper-parameters replace the "
             f"constructed ones: {', '.join(changed)}. Set them on the optimizer after loading to "
             "use other values",
             UserWarning,
-            stacklevel=5,  # restore < _load_wrapper_state (x2) < load_state_dict < the caller
         )
     return loaded
 
@@ -116,11 +115,10 @@ class TauCheck:
         self.far_steps += 1
         if self.far_steps == FIRST_STEPS:
             self.done = True
-            warnings.warn(
+            warn_at_caller(
                 f"SPAG: each of the first {FIRST_STEPS} steps projected with a safety loss far "
                 f"above tau={tau:g} (last: {loss:.4g}); tau may be too low for this model, so "
                 "every step projects: see spag_optim.calibrate_tau (tau = the aligned model's "
                 "safety loss)",
                 UserWarning,
-                stacklevel=6,  # observe < _triggered < _after_inner_step < step < hook wrapper
             )

@@ -34,12 +34,12 @@ import contextlib
 import logging
 import math
 import numbers
-import warnings
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
 
+from ._caller_warning import warn_at_caller
 from .wrapper import OptimizerWrapper
 
 __all__ = ["SafetyClosureOptimizer", "check_bool", "check_number"]
@@ -105,9 +105,8 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         """Every parameter is frozen: the safety closure is not run (its loss has no graph)."""
         if not self._warned_frozen:
             self._warned_frozen = True
-            warnings.warn(f"{type(self).__name__}: no parameter of this optimizer requires grad "
-                          "(all frozen); the safety step has nothing to act on", RuntimeWarning,
-                          stacklevel=4)
+            warn_at_caller(f"{type(self).__name__}: no parameter of this optimizer requires grad "
+                           "(all frozen); the safety step has nothing to act on", RuntimeWarning)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
@@ -154,17 +153,13 @@ class SafetyClosureOptimizer(OptimizerWrapper):
     WARN_NAME: str | None = None
 
     def _skip_nonfinite(self, what: str, value: object,
-                        consequence: str = "its part of this step was skipped", *,
-                        stacklevel: int = 5) -> None:
-        """Count and warn about a NaN/inf safety ``what`` (loss, gradient...); the caller skips
-        its safety part. ``stacklevel`` counts the frames from here to the user's ``step()`` call
-        (the default: called by a rule's ``_before_inner_step``/``_after_inner_step``, which
-        :meth:`step` calls through torch's step-hook wrapper)."""
+                        consequence: str = "its part of this step was skipped") -> None:
+        """Count and warn (at the caller's ``step()`` line) about a NaN/inf safety ``what`` (loss,
+        gradient...); the caller skips its safety part."""
         self._num_nonfinite += 1
-        warnings.warn(
+        warn_at_caller(
             f"{self.WARN_NAME or type(self).__name__}: the safety {what} is {value}; {consequence}",
             RuntimeWarning,
-            stacklevel=stacklevel,
         )
 
     @staticmethod

@@ -14,12 +14,12 @@ checkpoint entry. The two projection rules are its subclasses:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
 
+from ._caller_warning import warn_at_caller
 from ._torch_compat import amp_unscale_, grad_scaler_found_inf, grad_scaler_scale, group_by_device_and_dtype
 from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed, resolve_distributed
 from .hyperparameters import HYPERPARAMETERS, TauCheck, check_hyperparameters, checked_saved, restore
@@ -115,11 +115,10 @@ class SPAGBase(SafetyClosureOptimizer):
 
     def _warn_nonfinite_grads(self, seen: int) -> None:
         if seen > self._warned_nonfinite_grads:
-            warnings.warn(
+            warn_at_caller(
                 f"SPAG: {seen - self._warned_nonfinite_grads} earlier step(s) had a non-finite "
                 "safety gradient; their projection was skipped (parameters kept theta+)",
                 RuntimeWarning,
-                stacklevel=5,
             )
             self._warned_nonfinite_grads = seen
 
@@ -139,7 +138,7 @@ class SPAGBase(SafetyClosureOptimizer):
         finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
         if not math.isfinite(loss_value):
             self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
-                                 "parameters kept the inner optimizer's update", stacklevel=6)
+                                 "parameters kept the inner optimizer's update")
             self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
             return False
         triggered = loss_value - self.tau > self.tolerance

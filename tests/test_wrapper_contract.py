@@ -242,9 +242,11 @@ def _nan_gradient_loss(model):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", ["nan_loss", "nan_gradient", "frozen"])
-def test_runtime_warnings_point_at_the_callers_step(name, case):
+@pytest.mark.parametrize("scheduled", [False, True], ids=["plain", "lr_scheduler"])
+def test_runtime_warnings_point_at_the_callers_step(name, case, scheduled):
     """A warning raised inside ``step()`` names the line of the caller's ``opt.step()``, not a
-    frame of this library or of torch (warnings filters and logs then show the user's code)."""
+    frame of this library or of torch (warnings filters and logs then show the user's code),
+    also when an LR scheduler has wrapped ``step`` in its counter."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     x = torch.ones(3, 4)
@@ -252,6 +254,8 @@ def test_runtime_warnings_point_at_the_callers_step(name, case):
               "nan_gradient": lambda: _nan_gradient_loss(model), "frozen": lambda: model(x).sum()}
     opt = make(name, torch.optim.SGD(model.parameters(), lr=0.1), losses[case],
                **({"tau": 0.0} if name != "safegrad" and name != "lisa" else {}))
+    if scheduled:
+        torch.optim.lr_scheduler.StepLR(opt, step_size=1)
     if case == "frozen":
         model.requires_grad_(False)
     else:
@@ -271,9 +275,10 @@ def test_spag_user_warnings_point_at_the_caller():
     from spag_optim.hyperparameters import FIRST_STEPS
 
     model, opt = build("spag", tau=0.2)  # safety loss ~ 6: every step projects far above tau
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)  # wraps step() again
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train(model, opt, 2 * FIRST_STEPS)
+        train(model, opt, 2 * FIRST_STEPS, scheduler=scheduler)
         state = opt.state_dict()
         _, other = build("spag", tau=0.3)
         other.load_state_dict(state)

@@ -61,7 +61,7 @@ class SafeGradOptimizer(SafetyClosureOptimizer):
         loss = self._safety_loss()
         value = float(loss.detach())
         if not math.isfinite(value):
-            self._skip_nonfinite("loss", value, stacklevel=6)
+            self._skip_nonfinite("loss", value)
             return {"safety_loss": value, "conflict": False, "cosine": 0.0}
         safety = self._safety_grads(loss, params)
         device = params[0].device
@@ -78,8 +78,7 @@ class SafeGradOptimizer(SafetyClosureOptimizer):
             sq_util = global_sq_norm(utility, device).to(acc)
             dot_v, sq_s, sq_u = torch.stack([dot, sq_safe, sq_util]).tolist()
             if not (math.isfinite(dot_v) and math.isfinite(sq_s)):
-                self._skip_nonfinite("gradient", dot_v if not math.isfinite(dot_v) else sq_s,
-                                    stacklevel=6)
+                self._skip_nonfinite("gradient", dot_v if not math.isfinite(dot_v) else sq_s)
                 return {"safety_loss": value, "conflict": False, "cosine": 0.0}
             conflict = dot_v < 0.0 and sq_s > 0.0
             if conflict:
