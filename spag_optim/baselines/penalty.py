@@ -10,8 +10,9 @@ The SPARD paper argues against this form: the penalty's weight trades safety for
 every step and has to be tuned per task, whereas the projection acts only when the constraint is
 violated and by exactly as much as needed. It is here so that claim can be checked.
 
-On :meth:`~spag_optim.safety_wrapper.SafetyClosureOptimizer.step`, with the utility gradient :math:`g_{fit}` already in
-``p.grad`` and :math:`\ell = L_{safe}(\theta)` from the safety closure at the same parameters:
+On each :meth:`~spag_optim.safety_wrapper.SafetyClosureOptimizer.step`, with the utility
+gradient :math:`g_{fit}` already in ``p.grad`` and :math:`\ell = L_{safe}(\theta)` from the safety
+closure at the same parameters:
 ``p.grad`` becomes :math:`g_{fit} + \lambda \nabla L_{safe}(\theta)` when :math:`\ell > \tau`
 (the hinge's gradient; 0 at or below :math:`\tau`), then the inner optimizer steps.
 """
