@@ -10,7 +10,7 @@ import torch
 from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, safe_dataset
+from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 
 BASELINES = {
     "penalty": lambda inner, closure: PenaltyOptimizer(inner, closure, lam=0.5, tau=0.1),
@@ -21,10 +21,6 @@ BASELINES = {
 }
 
 
-def utility_batch(step):
-    g = torch.Generator().manual_seed(100 + step)
-    x = torch.randn(8, 4, generator=g)
-    return x, torch.stack([x.sum(1), -x.sum(1)], 1)
 
 
 def build(name):
@@ -33,16 +29,8 @@ def build(name):
     return model, BASELINES[name](torch.optim.AdamW(model.parameters(), lr=0.05), closure)
 
 
-def train(model, opt, steps):
-    for step in range(steps):
-        x, y = utility_batch(step)
-        opt.zero_grad()
-        ((model.net(x) - y) ** 2).mean().backward()
-        opt.step()
 
 
-def flat_params(module):
-    return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
 def test_lisa_resume_needs_its_anchor():

@@ -18,7 +18,7 @@ import torch
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, safe_dataset
+from pair_model import PairLoss, safe_dataset, train
 
 
 DEFENSES = {
@@ -37,13 +37,6 @@ def build(name="spag", seed=0, closure=None, **kw):
     return model, DEFENSES[name](inner, closure, **kw)
 
 
-def train(model, opt, steps, start=0):
-    for step in range(start, start + steps):
-        g = torch.Generator().manual_seed(100 + step)
-        x = torch.randn(8, 4, generator=g)
-        opt.zero_grad()
-        ((model.net(x) - torch.stack([x.sum(1), -x.sum(1)], 1)) ** 2).mean().backward()
-        opt.step()
 
 
 def same(a, b):

@@ -10,7 +10,7 @@ import torch
 
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
 
-from pair_model import safe_dataset
+from pair_model import flat_params, safe_dataset, train, utility_batch
 
 
 def tiny_model(seed=0):
@@ -29,10 +29,6 @@ class PairLoss(torch.nn.Module):
         return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()
 
 
-def utility_batch(step):
-    g = torch.Generator().manual_seed(100 + step)
-    x = torch.randn(8, 4, generator=g)
-    return x, torch.stack([x.sum(1), -x.sum(1)], 1)
 
 
 def build(seed=0, tau=0.5, **kw):
@@ -42,18 +38,8 @@ def build(seed=0, tau=0.5, **kw):
     return wrapper, SPAGOptimizer(inner, closure, tau=tau, **kw)
 
 
-def train(wrapper, opt, steps, start=0, scheduler=None):
-    for step in range(start, start + steps):
-        x, y = utility_batch(step)
-        opt.zero_grad()
-        ((wrapper.net(x) - y) ** 2).mean().backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
 
 
-def flat_params(module):
-    return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
 def test_lr_trust_region_follows_the_scheduled_learning_rate():
