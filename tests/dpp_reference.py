@@ -13,7 +13,29 @@ import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
 __all__ = ["dense_kernel", "brute_force_greedy", "chen_greedy", "resolve_greedy",
-           "feature_greedy", "float32_pass_greedy"]
+           "feature_greedy", "float32_pass_greedy", "GAIN_TIE_MARGIN", "assert_gains_close",
+           "assert_relevance_close"]
+
+# The greedy's tie margin (dpp_select/greedy.py): two float64 evaluation orders of one gain differ
+# by less than this times max_i L_ii, so gains within it count as ties.
+GAIN_TIE_MARGIN = 1e-11
+
+
+def assert_gains_close(got: np.ndarray, expected: np.ndarray) -> None:
+    """Gains of two runs that re-scored in different blocks (other ranks, other BLAS kernels):
+    equal up to the float64 rounding between evaluation orders, which the greedy bounds by
+    ``GAIN_TIE_MARGIN x max_i L_ii``. The first gain is the largest diagonal entry."""
+    np.testing.assert_allclose(got, expected, rtol=0, atol=GAIN_TIE_MARGIN * float(expected[0]))
+
+
+def assert_relevance_close(got: np.ndarray, expected: np.ndarray, d: int, dtype) -> None:
+    """Relevance of the same rows computed in other blocks: each q_i is a dot product of unit
+    vectors of length d in ``dtype`` (then rounded once or twice), whose summation order the BLAS
+    kernel picks by block shape and vector width. Each result is within (d + 2) u of the exact
+    value (u the unit roundoff, Higham's gamma_d plus the normalisation), so two results differ
+    by at most 2 (d + 2) u = (d + 2) eps."""
+    eps = float(np.finfo(dtype).eps)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=(d + 2) * eps)
 
 
 def dense_kernel(emb: np.ndarray, weights: np.ndarray, jitter: float) -> np.ndarray:

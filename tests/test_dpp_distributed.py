@@ -6,6 +6,12 @@ tests/test_dpp_greedy.py checks against brute-force determinants), including exa
 ranks, k > d (the jitter-only regime, where every candidate goes through float64 re-scoring),
 beta 0 and 4, float32 and float64. A rank passing a different k, or an invalid shard, makes every
 rank raise the same error instead of hanging.
+
+Picks are compared exactly. Gains and relevance are not: a rank multiplies other blocks of rows
+than one process does, and the BLAS kernel chooses its summation order by block shape and CPU
+vector width (an AVX-512 machine gave a 1-ulp difference in q). They are compared within the
+bounds that the float64 arithmetic guarantees (``dpp_reference.assert_gains_close`` and
+``assert_relevance_close``).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import torch
 from dpp_select import greedy_dpp, relevance_scores, select
 from dpp_select.distributed import DistributedArgumentError, shard_range
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import brute_force_greedy, dense_kernel
+from dpp_reference import (assert_gains_close, assert_relevance_close, brute_force_greedy,
+                           dense_kernel)
 from gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -110,9 +117,21 @@ def worker(rank: int, world: int, out) -> None:
     tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
     results["rounds"] = torch.from_numpy(
         relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group))
+    from dpp_select import relevance
+
+    decisions = []  # each rank's "normalise rows first" decision, as max_cosine receives it
+    max_cosine = relevance.max_cosine
+
+    def recording_max_cosine(*args):
+        decisions.append(args[-1])
+        return max_cosine(*args)
+
+    relevance.max_cosine = recording_max_cosine
     results["tiny"] = torch.from_numpy(
         relevance_scores(tiny_rows(x)[lo:hi], targets[tlo:thi].astype(np.float32),
                          process_group=group))
+    relevance.max_cosine = max_cosine
+    results["tiny_unit"] = decisions == [True]
     torch.save(results, out / f"rank{rank}.pt")
 
 
@@ -131,11 +150,10 @@ def test_sharded_picks_and_gains_equal_one_process(sharded, name):
         got = {key: None if v is None else v.numpy() for key, v in results[name].items()}
         np.testing.assert_array_equal(got["indices"], whole["indices"])
         if whole["gains"] is not None:
-            # The same candidates re-scored, so the same float64 arithmetic.
-            np.testing.assert_array_equal(got["gains"], whole["gains"])  # bitwise
+            assert_gains_close(got["gains"], whole["gains"])
         if "quality" in whole:
             lo, hi = BOUNDS[world][rank:rank + 2]
-            np.testing.assert_array_equal(got["quality"], whole["quality"][lo:hi])
+            assert_relevance_close(got["quality"], whole["quality"][lo:hi], D, np.float64)
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(SCENARIOS) if "top" not in n])
@@ -163,7 +181,7 @@ def test_relevance_gathered_in_small_rounds_equals_one_process(sharded):
     whole = relevance_scores(x, targets)
     for rank, results in enumerate(ranks):
         lo, hi = BOUNDS[world][rank:rank + 2]
-        np.testing.assert_array_equal(results["rounds"].numpy(), whole[lo:hi])
+        assert_relevance_close(results["rounds"].numpy(), whole[lo:hi], D, np.float64)
 
 
 def tiny_rows(x: np.ndarray) -> np.ndarray:
@@ -178,9 +196,11 @@ def test_relevance_normalises_rows_on_every_rank_when_one_rank_needs_it(sharded)
     world, ranks = sharded
     x, targets, _ = pool(np.float32)
     whole = relevance_scores(tiny_rows(x), targets)
+    assert all(results["tiny_unit"] for results in ranks)  # the decision, not only its rounding
     for rank, results in enumerate(ranks):
         lo, hi = BOUNDS[world][rank:rank + 2]
-        np.testing.assert_array_equal(results["tiny"].numpy(), whole[lo:hi])
+        # Rows normalised in float64, then multiplied in float32.
+        assert_relevance_close(results["tiny"].numpy(), whole[lo:hi], D, np.float32)
 
 
 def test_k_larger_than_d_is_selected(sharded):

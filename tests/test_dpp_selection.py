@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpp_select import relevance_scores, select
-from dpp_reference import dense_kernel, feature_greedy
+from dpp_reference import assert_gains_close, dense_kernel, feature_greedy
 
 
 def _literal_relevance(pool: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -201,7 +201,7 @@ def test_lazy_selection_equals_the_full_pass_and_the_reference():
     full = select(pool, target, k=12, beta=4.0)
     lazy = select(pool, target, k=12, beta=4.0, lazy=True)
     np.testing.assert_array_equal(lazy.indices, full.indices)
-    np.testing.assert_array_equal(lazy.gains, full.gains)
+    assert_gains_close(lazy.gains, full.gains)  # re-scored in other blocks
     q = _literal_relevance(pool, target)
     np.testing.assert_array_equal(lazy.indices,
                                   feature_greedy(pool, np.maximum(q, 0) ** 4, 12, jitter=1e-6))
