@@ -9,14 +9,18 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))  # document this checkout, not an installed copy
+sys.path.insert(0, os.path.abspath("_ext"))  # this site's own extensions
 
 project = "spard"
 author = "spard contributors"
 copyright = "spard contributors"
 release = "0.1.0"
 
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
-exclude_patterns = ["_build", "_generated"]  # generated pages are included, not built alone
+# mathml: formulas as MathML written at build time (readable offline, no MathJax);
+# attribute_docstrings: must follow napoleon, whose listener it wraps.
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "attribute_docstrings", "mathml"]
+html_math_renderer = "mathml"
+exclude_patterns = ["_build", "_generated", "_ext"]  # generated pages are included, not built alone
 # The docstrings are Google style ("Args:", "Returns:") with Sphinx roles (:class:, :math:).
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -24,8 +28,8 @@ autodoc_default_options = {"members": True, "member-order": "bysource", "show-in
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"  # types join the "Args:" text, no bare lists
 autodoc_inherit_docstrings = False  # torch.optim's docstrings are not this project's reference
-html_theme = "alabaster"
-html_theme_options = {"description": "Safety projection and relevance-diversity DPP selection"}
+html_theme = "furo"
+html_title = "spard"
 
 
 # Modules other branches are adding; each gets its section as soon as its file exists (and from
