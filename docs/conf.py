@@ -1,4 +1,5 @@
-"""Sphinx configuration: the API reference is generated from the docstrings (autodoc + napoleon).
+"""Sphinx configuration: guide pages in reStructuredText and Markdown (MyST); the API reference is
+generated from the docstrings (autodoc + napoleon).
 
 Build (warnings are errors, as in CI): ``python -m sphinx -W --keep-going -b html docs docs/_build``.
 """
@@ -18,7 +19,8 @@ release = "0.1.0"
 
 # mathml: formulas as MathML written at build time (readable offline, no MathJax);
 # attribute_docstrings: must follow napoleon, whose listener it wraps.
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "attribute_docstrings", "mathml"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "attribute_docstrings", "mathml"]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}  # guide pages are Markdown (MyST)
 html_math_renderer = "mathml"
 exclude_patterns = ["_build", "_generated", "_ext"]  # generated pages are included, not built alone
 # The docstrings are Google style ("Args:", "Returns:") with Sphinx roles (:class:, :math:).

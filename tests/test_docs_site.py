@@ -13,7 +13,8 @@ TWO_COMMANDS = [
 
 
 def _docs_pages() -> list[Path]:
-    return sorted(p for p in (ROOT / "docs").rglob("*.rst") if "_build" not in p.parts)
+    pages = [*(ROOT / "docs").rglob("*.rst"), *(ROOT / "docs").rglob("*.md")]
+    return sorted(p for p in pages if "_build" not in p.parts)
 
 
 def test_readme_is_a_front_door_of_at_most_200_lines():

@@ -60,7 +60,7 @@ def test_prepared_spag_projects_once_per_accumulated_step_in_bf16():
         assert model.last_dtype == torch.bfloat16, "the safety forward must run under autocast"
         return loss
 
-    # README "Integrations" snippet (Accelerate): from here ...
+    # docs/integrations.md snippet (Accelerate): from here ...
     accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=ACCUMULATION, cpu=True)
     model = accelerator.prepare(Regressor())
     safety = make_safety_closure(model, SafetyBatches(safe, batch_size=4), loss_fn=counting_loss)

@@ -64,7 +64,7 @@ def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
         local_losses.append(float(loss.detach()))
         return loss
 
-    # README "Integrations" snippet (DDP) is these lines with one scenario's arguments.
+    # docs/integrations.md snippet (DDP) is these lines with one scenario's arguments.
     # This rank's whole safe half as one (reshuffled) batch per step.
     batches = SafetyBatches(list(zip(*safe)), batch_size=ROWS, seed=rank)
     closure = make_safety_closure(ddp_model if through_ddp else model, batches, loss_fn)

@@ -44,7 +44,7 @@ def tau() -> float:
     return float(mse(make_model(), safe).detach()) * 1.2
 
 
-# README "Integrations" snippet (FSDP2): fully_shard in sharded_worker, then this loop.
+# docs/integrations.md snippet (FSDP2): fully_shard in sharded_worker, then this loop.
 def run(model, util, safe, trust_region):
     opt = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=0.05), lambda: mse(model, safe),
                         tau=tau(), trust_region=trust_region, eps=0.0)

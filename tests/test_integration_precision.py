@@ -123,7 +123,7 @@ def test_foreach_and_fused_inner_optimizers_match_reference(flavour):
     assert 0 < projected < STEPS
 
 
-# README "Integrations" snippet (fp16 + GradScaler): this step, with SPAGOptimizer(..., grad_scaler=scaler).
+# docs/integrations.md snippet (fp16 + GradScaler): this step, with SPAGOptimizer(..., grad_scaler=scaler).
 def scaled_step(model, opt, scaler, util):
     opt.zero_grad()
     with autocast(torch.float16):

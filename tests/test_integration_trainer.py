@@ -65,7 +65,7 @@ class Probe:
             self._in_safety = False
 
 
-# README "Integrations" snippet (Hugging Face Trainer): the body of this function.
+# docs/integrations.md snippet (Hugging Face Trainer): the body of this function.
 def train_with_spag(tmp_path, bf16=False):
     tok = tokenizer()
     model = tiny_causal_lm(tok)
@@ -189,7 +189,7 @@ def test_sft_trainer_with_spag(tmp_path):
     model = tiny_causal_lm(tok)
     inner = torch.optim.AdamW(model.parameters(), lr=LR)
     probe = Probe(model, inner)
-    # README "Integrations" snippet (TRL SFTTrainer): from here ...
+    # docs/integrations.md snippet (TRL SFTTrainer): from here ...
     safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=probe.loss_fn)
     optimizer = SPAGOptimizer(inner, safety, tau=0.0)
     config = trl.SFTConfig(

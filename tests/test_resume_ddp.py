@@ -1,6 +1,6 @@
 """A two-rank run resumed from rank 0's checkpoint equals the uninterrupted two-rank run.
 
-The README's DDP pattern gives each rank its own safe batches (``SafetyBatches(..., seed=rank)``)
+The DDP pattern in docs/integrations.md gives each rank its own safe batches (``SafetyBatches(..., seed=rank)``)
 and, as Hugging Face's Trainer does, saves one optimizer checkpoint (rank 0's) that every rank
 loads. The checkpoint restores the batches' *position*; each rank keeps the seed it constructed
 its batches with. Were rank 0's seed loaded everywhere, both ranks would draw the same safe batches

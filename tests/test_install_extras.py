@@ -1,4 +1,4 @@
-"""The README's extras table stays in step with setup.cfg (what users read vs what pip installs)."""
+"""The install page's extras table stays in step with setup.cfg (what users read vs what pip installs)."""
 
 import configparser
 import re
@@ -17,9 +17,9 @@ def _extras_from_setup_cfg() -> dict[str, set[str]]:
     return extras
 
 
-def _extras_from_readme() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Install", 1)[1].split("\n## ", 1)[0]
+def _extras_from_install_page() -> dict[str, str]:
+    text = (ROOT / "docs" / "install.md").read_text(encoding="utf-8")
+    section = text.split("## Extras", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -28,10 +28,10 @@ def _extras_from_readme() -> dict[str, str]:
     return rows
 
 
-def test_readme_lists_every_extra_with_its_packages():
+def test_install_page_lists_every_extra_with_its_packages():
     extras = _extras_from_setup_cfg()
-    rows = _extras_from_readme()
-    assert set(rows) == set(extras), "README Install table and setup.cfg extras differ"
+    rows = _extras_from_install_page()
+    assert set(rows) == set(extras), "docs/install.md extras table and setup.cfg extras differ"
     for name, packages in extras.items():
         listed = {p.strip() for p in rows[name].split(",")}
-        assert listed == packages, f"extra {name!r}: README lists {listed}, setup.cfg has {packages}"
+        assert listed == packages, f"extra {name!r}: docs/install.md lists {listed}, setup.cfg has {packages}"
