@@ -33,7 +33,8 @@ def test_readme_opens_with_the_two_commands_ci_runs():
 
 
 def test_no_docs_page_sends_the_reader_to_the_readme():
-    offenders = [str(p.relative_to(ROOT)) for p in _docs_pages() if "readme" in p.read_text(encoding="utf-8").lower()]
+    offenders = [str(p.relative_to(ROOT)) for p in _docs_pages()
+                 if "readme" in p.read_text(encoding="utf-8").lower()]
     assert not offenders, f"docs pages that refer to the README: {offenders}"
 
 

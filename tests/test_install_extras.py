@@ -1,4 +1,4 @@
-"""The install page's extras table stays in step with setup.cfg (what users read vs what pip installs)."""
+"""docs/install.md's extras table matches setup.cfg (what users read, what pip installs)."""
 
 import configparser
 import re
@@ -34,4 +34,4 @@ def test_install_page_lists_every_extra_with_its_packages():
     assert set(rows) == set(extras), "docs/install.md extras table and setup.cfg extras differ"
     for name, packages in extras.items():
         listed = {p.strip() for p in rows[name].split(",")}
-        assert listed == packages, f"extra {name!r}: docs/install.md lists {listed}, setup.cfg has {packages}"
+        assert listed == packages, f"extra {name!r}: install page {listed}, setup.cfg {packages}"

@@ -1,10 +1,11 @@
 """A two-rank run resumed from rank 0's checkpoint equals the uninterrupted two-rank run.
 
-The DDP pattern in docs/integrations.md gives each rank its own safe batches (``SafetyBatches(..., seed=rank)``)
-and, as Hugging Face's Trainer does, saves one optimizer checkpoint (rank 0's) that every rank
-loads. The checkpoint restores the batches' *position*; each rank keeps the seed it constructed
-its batches with. Were rank 0's seed loaded everywhere, both ranks would draw the same safe batches
-after the resume and the averaged safety loss and gradient, hence the parameters, would differ.
+The DDP pattern in docs/integrations.md gives each rank its own safe batches (``SafetyBatches(...,
+seed=rank)``) and, as Hugging Face's Trainer does, saves one optimizer checkpoint (rank 0's) that
+every rank loads. The checkpoint restores the batches' *position*; each rank keeps the seed it
+constructed its batches with. Were rank 0's seed loaded everywhere, both ranks would draw the same
+safe batches after the resume and the averaged safety loss and gradient, hence the parameters, would
+differ.
 """
 
 from __future__ import annotations
