@@ -33,6 +33,8 @@ autodoc_typehints_description_target = "documented"  # types join the "Args:" te
 autodoc_inherit_docstrings = False  # torch.optim's docstrings are not this project's reference
 html_theme = "furo"
 html_title = "spard"
+html_static_path = ["_static"]
+html_css_files = ["mathml.css"]
 
 
 # Modules other branches are adding; each gets its section as soon as its file exists (and from
