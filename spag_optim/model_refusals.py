@@ -46,7 +46,10 @@ def refusals_from_model(
     :func:`spag_optim.evaluation.generate_responses` (formatted as training formats it); a
     response is kept when ``judge`` scores it :data:`REFUSAL_SCORE` (1, a refusal). The responses
     are never logged: on a prompt the model does not refuse they may be harmful; only how many were
-    kept is logged.
+    kept is logged. The refusals are decoded text that ``from_pairs`` tokenises again: with a
+    tokenizer whose decode does not invert its encode (the demo's word-level one writes
+    "request." and reads it back as one unknown token) the targets differ from what the model
+    said, and ``calibrate_tau`` on them warns (the demo: 3.1 nats per token).
 
     Args:
         model: the aligned causal LM (a transformers model, also PEFT-wrapped).

@@ -419,9 +419,12 @@ def calibrate_tau(
     batches). The mean NLL is minus the log of the refusal tokens' geometric-mean probability: above
     log 2 the model gives them on average less than even odds, while a token with probability
     above 1/2 is the model's greedy choice whatever the rest of its distribution, so a model that
-    says these refusals scores well below log 2 (the demo's aligned model: about 0.001). Then the
-    model does not produce these refusals, tau is high, and SPAG acts only after fine-tuning has
-    made the refusals far less likely still, too late to keep the model's own refusals.
+    says these refusals scores well below log 2. Measured on the demo's aligned model (48 pool
+    prompts): 0.0008 on its own refusal, 11.1 on the same words shuffled; a user's aligned model on
+    BeaverTails-style refusals it does not say gave 2.1-6.5. Above it the model does not produce
+    these refusals, tau is high, and SPAG acts only after fine-tuning has made them less likely
+    still. The mean can hide a mismatch confined to a few tokens of a long, predictable target
+    (a benign answer as the demo's target: 0.68, no warning).
     """
     num_batches = _checked_num_batches(num_batches, batches)
     check_batches_fit_model(model, batches)
