@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "move_to_device"]
+from ._caller_warning import warn_at_caller
+from .safety_pairs import PaddingCollator, check_rows_fit, padded_pairs
+
+__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "move_to_device",
+           "check_batches_fit_model", "warn_if_zero_safety_gradient", "measures_refusal_nll",
+           "PRODUCED_NLL_MAX"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +102,12 @@ class SafetyBatches:
                     "spag_optim.safety_pairs.PaddingCollator) or use SafetyBatches.from_pairs"
                     "(pairs, tokenizer)"
                 )
+            if collate_fn is None and _holds_text(data[0]):  # type: ignore[index]
+                raise TypeError(
+                    "the safe examples are text (e.g. dpp-select's {'prompt', 'safe', 'unsafe'} "
+                    "rows), which the model cannot take: tokenise them with SafetyBatches.from_pairs"
+                    "(rows, tokenizer), or pass collate_fn= if your loss_fn tokenises text itself"
+                )
         self.data = data
         self.batch_size = batch_size
         self.collate_fn = collate_fn or default_collate
@@ -112,27 +123,53 @@ class SafetyBatches:
     @classmethod
     def from_pairs(
         cls,
-        pairs: Sequence[Any],
+        pairs: Iterable[Any],
         tokenizer: Any,
         *,
         batch_size: int = 8,
         seed: int = 0,
         max_length: Optional[int] = None,
+        render: Optional[Callable[[str], str]] = None,
         shuffle: bool = True,
         drop_last: bool = False,
         device: torch.device | str | None = None,
     ) -> "SafetyBatches":
         """Batches of (harmful prompt, refusal) pairs, ready for :func:`make_safety_closure`.
 
-        Each pair is tokenised with the tokenizer's chat template when it has one and labelled
-        on the refusal only: the safety loss ``model(**batch).loss`` is the refusal's negative
-        log-likelihood given the prompt, the paper's safety loss (prompt and padding are -100).
-        Batches are right-padded with the tokenizer's pad token (its EOS if it has none). See
-        :mod:`spag_optim.safety_pairs`.
-        """
-        from .safety_pairs import padded_pairs
+        Each pair is labelled on the refusal only: the safety loss ``model(**batch).loss`` is the
+        refusal's mean per-token negative log-likelihood given the prompt, the paper's safety loss
+        (SPARD, Algorithm 1; prompt and padding are -100). Batches are right-padded with the
+        tokenizer's pad token (its EOS if it has none). See :mod:`spag_optim.safety_pairs`.
 
-        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length)
+        Args:
+            pairs: any iterable of ``(prompt, refusal)`` string pairs, ``{"prompt", "safe"}`` rows
+                (``dpp-select``'s output, as it is; ``"unsafe"`` is never read) or
+                ``{"prompt", "response"}`` rows (:func:`spag_optim.evaluation.load_spard_pairs`).
+            tokenizer: the model's tokenizer. A pair longer than its ``model_max_length`` is an
+                error (and, in :func:`make_safety_closure`, one longer than the model's
+                ``max_position_embeddings``).
+            batch_size, seed, shuffle, drop_last, device: as for :class:`SafetyBatches`.
+            max_length: cut each row to this many tokens (on the right, so the refusal's end).
+            render: prompt -> the exact text before the refusal, special tokens included, for
+                training formats that are not the tokenizer's chat template. Default: the chat
+                template's user turn and assistant header, else ``bos + prompt + "\\n"``
+                (:func:`spag_optim.safety_pairs.format_prompt`), as
+                :func:`spag_optim.evaluation.generate_responses` renders prompts.
+
+        Raises:
+            TypeError: a pair, a row or one of its texts is not what is listed above (named by
+                its index); ``pairs`` is a single string or row.
+            ValueError: no pairs; an empty refusal; a row with no refusal token left within
+                ``max_length``; a row longer than the tokenizer's ``model_max_length``.
+
+        Example::
+
+            from spard_io import read_jsonl
+            rows = read_jsonl("safe_subset.jsonl")      # dpp-select ... --out safe_subset.jsonl
+            safe = SafetyBatches.from_pairs(rows, tokenizer, batch_size=8, seed=0)
+            closure = make_safety_closure(model, safe)
+        """
+        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length, render)
         return cls(rows, batch_size=batch_size, collate_fn=collate_fn, seed=seed, shuffle=shuffle,
                    drop_last=drop_last, device=device)
 
@@ -227,6 +264,11 @@ def _holds_token_lists(example: Any) -> bool:
     )
 
 
+def _holds_text(example: Any) -> bool:
+    """Whether ``example`` is a row that maps names to strings (text no model takes as input)."""
+    return isinstance(example, Mapping) and any(isinstance(v, str) for v in example.values())
+
+
 def _model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
     """Hugging Face convention: the model returns an output with ``.loss`` given ``labels``."""
     output = model(**batch) if isinstance(batch, Mapping) else model(*batch)
@@ -247,17 +289,68 @@ def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
     return None
 
 
+def _max_positions(model: torch.nn.Module) -> Optional[int]:
+    """The model's ``config.max_position_embeddings`` (through a DDP wrapper), None if it has none."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def check_batches_fit_model(model: torch.nn.Module, batches: Iterable[Any]) -> None:
+    """Raise if a token row of ``batches`` (a :class:`SafetyBatches` over a list of
+    ``{"input_ids": ...}`` rows, as :meth:`SafetyBatches.from_pairs` makes) is longer than the
+    model's ``max_position_embeddings``: a learned-position model would fail with an IndexError
+    deep in torch at the first step, a RoPE model would silently train at positions it never saw."""
+    limit = _max_positions(model)
+    if limit is None or not isinstance(batches, SafetyBatches) or not isinstance(batches.data, list):
+        return
+    rows = batches.data
+    if all(isinstance(row, Mapping) and isinstance(row.get("input_ids"), list) for row in rows):
+        check_rows_fit(rows, limit, "the model's max_position_embeddings")
+
+
+def warn_if_zero_safety_gradient(sq_norm: Tensor, name: str = "SPAG") -> bool:
+    """Warn, and return True, if the safety gradient's squared norm ``sq_norm`` is zero.
+
+    The projection moves the parameters by alpha * g (SPARD, Eq. 4): with g = 0 it never moves
+    them, whatever the loss. On the first step that needs a projection this means the safety loss
+    does not depend on the parameters the optimizer updates (a closure over another copy of the
+    model, or a loss computed from detached outputs). Reads ``sq_norm`` on the host.
+    """
+    if float(sq_norm) != 0.0:
+        return False
+    warn_at_caller(
+        f"{name}: the safety gradient is zero for every parameter this optimizer updates, so the "
+        "projection can never move them: the safety loss does not depend on these parameters. Build "
+        "the closure with the model object the optimizer updates (not another copy of the model, "
+        "e.g. one loaded or deep-copied separately) and do not detach its outputs",
+        UserWarning,
+    )
+    return True
+
+
 class SafetyClosure:
     """``() -> loss``: the next safe batch through ``model``; resumable through its state dict."""
 
     def __init__(self, model: torch.nn.Module, batches: Iterable[Any], loss_fn: Optional[LossFn] = None):
+        check_batches_fit_model(model, batches)
         self.model = model
         self.batches = batches
         self._iterator = iter(batches)
+        self._drawn = 0
         self.loss_fn = loss_fn or _model_loss
 
     def __call__(self) -> Tensor:
-        batch = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            raise ValueError(
+                f"the safety batches ran out after {self._drawn} batches (a finite "
+                f"{type(self.batches).__name__}); SPAG draws one per step, so the closure needs an "
+                "endless source: pass SafetyBatches(safe_examples, batch_size=...) (it cycles, "
+                "reshuffled every pass) or itertools.cycle(batches)"
+            ) from None
+        self._drawn += 1
         if getattr(self.batches, "device", None) is None:
             batch = move_to_device(batch, _model_device(self.model))
         return self.loss_fn(self.model, batch)
@@ -295,28 +388,75 @@ def make_safety_closure(
     return SafetyClosure(model, batches, loss_fn)
 
 
+#: Above this mean per-token NLL (nats) of the refusals, :func:`calibrate_tau` warns that the model
+#: does not produce them: log 2, a geometric-mean token probability of 1/2 (see calibrate_tau).
+PRODUCED_NLL_MAX = math.log(2.0)
+
+
 @torch.no_grad()
 def calibrate_tau(
     model: torch.nn.Module,
     batches: Iterable[Any],
     num_batches: Optional[int] = None,
     loss_fn: Optional[LossFn] = None,
+    *,
+    loss_is_nll: Optional[bool] = None,
 ) -> float:
     """Mean safety loss of ``model`` (before fine-tuning) over ``num_batches`` batches.
 
-    The paper sets tau from the aligned model's safety loss; SPAG then only acts once fine-tuning
-    has pushed the loss above what alignment achieved. The model is put in eval mode for the
-    measurement and restored afterwards. With an endless ``batches`` (``SafetyBatches``) give
-    ``num_batches``; a finite iterable is used whole when ``num_batches`` is None.
+    The paper sets tau from the aligned model's safety loss (SPARD, Algorithm 1); SPAG then only
+    acts once fine-tuning has pushed the loss above what alignment achieved. The model is put in
+    eval mode for the measurement and restored afterwards. With an endless ``batches``
+    (``SafetyBatches``) give ``num_batches`` (a positive int); a finite iterable is used whole
+    when ``num_batches`` is None.
 
     A :class:`SafetyBatches` is measured from its current position and left where it was, so
     the batches training draws afterwards are the same with or without calibration.
+
+    Warns (``UserWarning``) when the result is above :data:`PRODUCED_NLL_MAX` = log 2 and the loss
+    is the refusals' mean per-token negative log-likelihood (``loss_is_nll``; by default
+    :func:`measures_refusal_nll`: the model's own loss on :meth:`SafetyBatches.from_pairs`
+    batches). The mean NLL is minus the log of the refusal tokens' geometric-mean probability: above
+    log 2 the model gives them on average less than even odds, while a token with probability
+    above 1/2 is the model's greedy choice whatever the rest of its distribution, so a model that
+    says these refusals scores well below log 2. Measured on the demo's aligned model (48 pool
+    prompts): 0.0008 on its own refusal, 11.1 on the same words shuffled; a user's aligned model on
+    BeaverTails-style refusals it does not say gave 2.1-6.5. Above it the model does not produce
+    these refusals, tau is high, and SPAG acts only after fine-tuning has made them less likely
+    still. The mean can hide a mismatch confined to a few tokens of a long, predictable target
+    (a benign answer as the demo's target: 0.68, no warning).
     """
-    if num_batches is None and isinstance(batches, SafetyBatches):
-        raise ValueError("SafetyBatches never ends: pass num_batches (e.g. 8)")
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-    loss_fn = loss_fn or _model_loss
+    num_batches = _checked_num_batches(num_batches, batches)
+    check_batches_fit_model(model, batches)
+    tau = _mean_loss(model, batches, num_batches, loss_fn or _model_loss)
+    if loss_is_nll is None:
+        loss_is_nll = measures_refusal_nll(batches, loss_fn)
+    if loss_is_nll and tau > PRODUCED_NLL_MAX:
+        _warn_refusals_not_produced(tau)
+    return tau
+
+
+def measures_refusal_nll(batches: Iterable[Any], loss_fn: Optional[LossFn] = None) -> bool:
+    """Whether the safety loss is the refusals' mean per-token NLL: the model's own loss
+    (``loss_fn`` None or the default) on token rows padded by
+    :class:`~spag_optim.safety_pairs.PaddingCollator`, as :meth:`SafetyBatches.from_pairs` makes."""
+    return (loss_fn is None or loss_fn is _model_loss) and isinstance(batches, SafetyBatches) \
+        and isinstance(batches.collate_fn, PaddingCollator)
+
+
+def _checked_num_batches(num_batches: Any, batches: Iterable[Any]) -> Optional[int]:
+    if num_batches is None:
+        if isinstance(batches, SafetyBatches):
+            raise ValueError("SafetyBatches never ends: pass num_batches (e.g. 8)")
+        return None
+    if isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive int or None, got {num_batches!r}")
+    return int(num_batches)
+
+
+def _mean_loss(model: torch.nn.Module, batches: Iterable[Any], num_batches: Optional[int],
+               loss_fn: LossFn) -> float:
+    """Mean of ``loss_fn`` over the batches, in eval mode, ``batches``' position kept."""
     device = None if getattr(batches, "device", None) is not None else _model_device(model)
     kept = batches.kept_position() if isinstance(batches, SafetyBatches) else contextlib.nullcontext()
     was_training = model.training
@@ -325,7 +465,11 @@ def calibrate_tau(
     try:
         with kept:
             for batch in batches:
-                loss = float(loss_fn(model, move_to_device(batch, device)))
+                loss = loss_fn(model, move_to_device(batch, device))
+                if loss is None:
+                    raise TypeError("loss_fn returned None; it must return the safety loss (a "
+                                    "scalar tensor) of the batch")
+                loss = float(loss)
                 if not math.isfinite(loss):
                     raise ValueError(f"the safety loss of batch {count} is {loss}; check the safe data")
                 total += loss
@@ -337,3 +481,16 @@ def calibrate_tau(
     if count == 0:
         raise ValueError("calibrate_tau got no batches")
     return total / count
+
+
+def _warn_refusals_not_produced(tau: float) -> None:
+    warn_at_caller(
+        f"calibrate_tau: the model's safety loss is {tau:.3g} nats per refusal token (geometric-mean "
+        f"token probability {math.exp(-tau):.2g}, above log 2 = {PRODUCED_NLL_MAX:.3f}): the model "
+        "does not produce these refusals, so with tau this high SPAG barely acts. Options: build the "
+        "safety targets from the model's own refusals (spag_optim.model_refusals.refusals_from_model, "
+        "then from_pairs); check that the prompt format (the chat template, or from_pairs' render=) "
+        "is the one the model was aligned with; or, to teach these refusals, pass a lower tau "
+        "yourself (the paper's 0.2). Pass loss_is_nll=False if the loss is not a per-token NLL",
+        UserWarning,
+    )

@@ -5,17 +5,21 @@ harmful prompt: the prompt is context, not a target. :func:`encode_safety_pairs`
 only the refusal tokens (and the EOS that ends them); the prompt and the padding get the ignore
 index -100, which Hugging Face causal LMs leave out of ``.loss``. The prompt is formatted with the
 tokenizer's chat template (a user turn plus the assistant header) when it has one, else as
-``bos + prompt + "\\n"``. :class:`PaddingCollator` right-pads such rows into a batch.
-:meth:`spag_optim.SafetyBatches.from_pairs` does both in one call.
+``bos + prompt + "\\n"``, or by a ``render`` callable for training formats that are not a chat
+template (the same hook :func:`spag_optim.evaluation.generate_responses` has). Pairs may also be
+``dpp-select``'s output rows (``{"prompt", "safe", "unsafe"}``; ``unsafe`` is never read).
+:class:`PaddingCollator` right-pads such rows into a batch; :meth:`spag_optim.SafetyBatches.from_pairs`
+does both in one call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "PaddingCollator", "encode_pair", "encode_safety_pairs", "format_prompt"]
+__all__ = ["IGNORE_INDEX", "PaddingCollator", "check_rows_fit", "encode_pair", "encode_safety_pairs",
+           "format_prompt"]
 
 IGNORE_INDEX = -100
 
@@ -30,43 +34,100 @@ def format_prompt(tokenizer: Any, prompt: str) -> str:
     return (tokenizer.bos_token or "") + prompt + "\n"
 
 
+#: What transformers puts in ``tokenizer.model_max_length`` when the checkpoint states no maximum.
+UNSET_MODEL_MAX_LENGTH = int(1e30)
+
+
 def _pair(item: Any, index: int) -> tuple[str, str]:
-    if isinstance(item, Mapping) and "prompt" in item and "response" in item:
-        item = (item["prompt"], item["response"])
-    if (isinstance(item, (tuple, list)) and len(item) == 2
-            and all(isinstance(text, str) for text in item)):
-        return item[0], item[1]
-    raise TypeError(
-        f"safety pair {index} is a {type(item).__name__}; give (prompt, refusal) string pairs "
-        "(or {'prompt': ..., 'response': ...} rows as spag_optim.evaluation.load_spard_pairs returns)"
-    )
+    """(prompt, refusal) of one pair, a ``{"prompt", "response"}`` row or a ``dpp-select`` row
+    (``{"prompt", "safe", ...}``: the refusal is ``safe``; ``unsafe`` is never read)."""
+    if isinstance(item, Mapping):
+        field = "response" if "response" in item else "safe"
+        if "prompt" not in item or field not in item:
+            raise TypeError(
+                f"safety pair {index}: the row has no 'safe' or 'response' field (or no 'prompt'); "
+                "give {'prompt', 'safe'} rows (dpp-select's output), {'prompt', 'response'} rows "
+                "(load_spard_pairs) or (prompt, refusal) pairs"
+            )
+        item = (item["prompt"], item[field])
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TypeError(
+            f"safety pair {index} is a {type(item).__name__}; give (prompt, refusal) string pairs, "
+            "{'prompt', 'safe'} rows (dpp-select's output) or {'prompt', 'response'} rows "
+            "(spag_optim.evaluation.load_spard_pairs)"
+        )
+    for name, text in zip(("prompt", "refusal"), item):
+        if not isinstance(text, str):
+            raise TypeError(f"safety pair {index}: the {name} is a {type(text).__name__}, not a str")
+    return item[0], item[1]
+
+
+def _pair_list(pairs: Iterable[Any]) -> list[Any]:
+    """``pairs`` as a list (any iterable: a list, a generator, a ``datasets.Dataset``)."""
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError("pairs is one string; pass a list of (prompt, refusal) pairs")
+    if isinstance(pairs, Mapping):
+        raise TypeError("pairs is one row (a dict); pass a list of rows, e.g. [row]")
+    return list(pairs)
+
+
+def _tokenizer_max_length(tokenizer: Any) -> Optional[int]:
+    """The tokenizer's ``model_max_length``, None when it states none."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < UNSET_MODEL_MAX_LENGTH:
+        return limit
+    return None
+
+
+def check_rows_fit(rows: Sequence[Mapping[str, Sequence[int]]], limit: int, what: str) -> None:
+    """Raise if a row's ``input_ids`` are longer than ``limit`` tokens (``what`` names the limit):
+    a learned-position model fails deep inside torch on such a row, a RoPE model silently
+    computes a loss at positions it was never trained on."""
+    for index, row in enumerate(rows):
+        if len(row["input_ids"]) > limit:
+            raise ValueError(
+                f"safety pair {index} is {len(row['input_ids'])} tokens, longer than {what}={limit}: "
+                f"pass max_length={limit} to from_pairs (rows are cut on the right) or drop the pair"
+            )
 
 
 def encode_safety_pairs(
-    pairs: Sequence[Any], tokenizer: Any, max_length: Optional[int] = None
+    pairs: Iterable[Any], tokenizer: Any, max_length: Optional[int] = None,
+    render: Optional[Callable[[str], str]] = None,
 ) -> list[dict[str, list[int]]]:
     """``{"input_ids", "labels"}`` per pair: prompt + refusal + EOS, labels -100 on the prompt.
 
-    Prompt and refusal are tokenised separately and concatenated, so the mask boundary is exact
-    whatever the tokenizer merges. With ``max_length`` rows are cut on the right; a pair whose
-    prompt alone fills it has no refusal token left and is an error.
+    ``pairs`` is any iterable of (prompt, refusal) pairs, ``{"prompt", "safe"}`` rows
+    (``dpp-select``'s output; ``unsafe`` is ignored) or ``{"prompt", "response"}`` rows. Prompt and
+    refusal are tokenised separately and concatenated, so the mask boundary is exact whatever the
+    tokenizer merges. With ``max_length`` rows are cut on the right; a pair whose prompt alone
+    fills it has no refusal token left and is an error, as are an empty refusal and a row longer
+    than the tokenizer's ``model_max_length``.
     """
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                    or max_length < 2):
         raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
+    if render is not None and not callable(render):
+        raise TypeError(f"render must be a callable prompt -> text, got {type(render).__name__}")
+    pairs = _pair_list(pairs)
     if len(pairs) == 0:
         raise ValueError("no safety pairs given; SPAG needs at least one (prompt, refusal) pair")
     rows = []
     for index, item in enumerate(pairs):
         prompt, refusal = _pair(item, index)
-        row = encode_pair(tokenizer, prompt, refusal, max_length)
+        if not refusal.strip():
+            raise ValueError(f"safety pair {index}: the refusal is empty; give the refusal's text")
+        row = encode_pair(tokenizer, prompt, refusal, max_length, render=render)
         if row is None:
-            prompt_len = len(_ids(tokenizer, format_prompt(tokenizer, prompt)))
+            prompt_len = len(_ids(tokenizer, _rendered(tokenizer, prompt, render)))
             raise ValueError(
                 f"safety pair {index}: no refusal token is left within max_length={max_length} "
                 f"(the prompt alone takes {prompt_len} tokens); raise max_length"
             )
         rows.append(row)
+    limit = _tokenizer_max_length(tokenizer)
+    if limit is not None:
+        check_rows_fit(rows, limit, "the tokenizer's model_max_length")
     return rows
 
 
@@ -74,16 +135,28 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _rendered(tokenizer: Any, prompt: str, render: Optional[Callable[[str], str]]) -> str:
+    if render is None:
+        return format_prompt(tokenizer, prompt)
+    text = render(prompt)
+    if not isinstance(text, str):
+        raise TypeError(f"render returned a {type(text).__name__}; it must return the prompt's text")
+    return text
+
+
 def encode_pair(
-    tokenizer: Any, prompt: str, answer: str, max_length: Optional[int] = None
+    tokenizer: Any, prompt: str, answer: str, max_length: Optional[int] = None, *,
+    render: Optional[Callable[[str], str]] = None,
 ) -> Optional[dict[str, list[int]]]:
     """``{"input_ids", "labels"}`` of formatted prompt + answer + EOS, labels -100 on the prompt.
 
-    Prompt and answer are tokenised separately and concatenated, so the mask boundary is exact
-    whatever the tokenizer merges. With ``max_length`` the row is cut on the right; None when
-    the prompt alone fills it (no answer token is left to learn from).
+    The prompt is formatted by ``render`` (prompt -> the exact text before the answer, special
+    tokens included) or, by default, :func:`format_prompt`. Prompt and answer are tokenised
+    separately and concatenated, so the mask boundary is exact whatever the tokenizer merges.
+    With ``max_length`` the row is cut on the right; None when the prompt alone fills it (no
+    answer token is left to learn from).
     """
-    prompt_ids = _ids(tokenizer, format_prompt(tokenizer, prompt))
+    prompt_ids = _ids(tokenizer, _rendered(tokenizer, prompt, render))
     answer_ids = _ids(tokenizer, answer)
     if tokenizer.eos_token_id is not None:
         answer_ids = answer_ids + [tokenizer.eos_token_id]
@@ -125,8 +198,10 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def padded_pairs(
-    pairs: Sequence[Any], tokenizer: Any, max_length: Optional[int] = None
+    pairs: Iterable[Any], tokenizer: Any, max_length: Optional[int] = None,
+    render: Optional[Callable[[str], str]] = None,
 ) -> tuple[list[dict[str, list[int]]], PaddingCollator]:
     """The rows :func:`encode_safety_pairs` makes of ``pairs`` and the :class:`PaddingCollator`
     that batches them: the data and ``collate_fn`` every ``from_pairs`` constructor is given."""
-    return encode_safety_pairs(pairs, tokenizer, max_length), PaddingCollator(pad_token_id(tokenizer))
+    rows = encode_safety_pairs(pairs, tokenizer, max_length, render)
+    return rows, PaddingCollator(pad_token_id(tokenizer))

@@ -23,6 +23,7 @@ from ._caller_warning import warn_at_caller
 from ._torch_compat import amp_unscale_, grad_scaler_found_inf, grad_scaler_scale, group_by_device_and_dtype
 from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed, resolve_distributed
 from .hyperparameters import HYPERPARAMETERS, TauCheck, check_hyperparameters, checked_saved, restore
+from .safety_data import warn_if_zero_safety_gradient
 from .safety_wrapper import SafetyClosureOptimizer
 
 __all__ = ["SPAGBase"]
@@ -87,6 +88,7 @@ class SPAGBase(SafetyClosureOptimizer):
         self._snapshot: list[Tensor] = []
         self._step_norm: Optional[Tensor] = None
         self._tau_check = TauCheck()
+        self._safety_grad_checked = False
 
     def _reducer_for(self, params: list[Tensor]) -> Reducer:
         key = tuple(id(p) for p in params)
@@ -151,7 +153,9 @@ class SPAGBase(SafetyClosureOptimizer):
         """Safety gradient into ``p.grad`` (reusing the consumed utility buffers).
 
         Returns the local gradient tensors, averaged over ranks and unscaled: the global
-        gradient of the rank-averaged loss, laid out like the parameters.
+        gradient of the rank-averaged loss, laid out like the parameters. The first time (when
+        host reads are allowed, ``skip_if_safe``) it warns if that gradient is zero: the loss then
+        does not depend on the parameters (:func:`~spag_optim.safety_data.warn_if_zero_safety_gradient`).
         """
         with torch.no_grad():
             existing = local_tensors([p.grad for p in params if p.grad is not None])
@@ -171,6 +175,10 @@ class SPAGBase(SafetyClosureOptimizer):
             grads = local_tensors(self._ensure_grads(params))  # unreached: zero component of g
             reducer.average_grads_(grads)
             self._unscale_(grads)
+            if self.skip_if_safe and not self._safety_grad_checked:  # one host read, once
+                self._safety_grad_checked = True
+                if warn_if_zero_safety_gradient(reducer.sq_norm(grads, loss.device), self.WARN_NAME):
+                    self._tau_check.done = True  # tau is not what is wrong
         return grads
 
     def _unscale_(self, grads: list[Tensor]) -> None:

@@ -97,3 +97,100 @@ def test_from_pairs_keeps_the_seed_and_cycles_like_safety_batches():
         batch = next(batches)
         assert batch["input_ids"].shape[0] == len(indices)
     assert batches.seed == 4 and batches.state_dict() == plain.state_dict()
+
+
+# -- dpp-select's rows, render=, and bad input named precisely ------------------------------------
+
+def test_from_pairs_takes_dpp_select_rows_and_never_reads_unsafe():
+    tok = tokenizer(True)
+    marker = "UNSAFEMARKER"  # stands in for the harmful answer; it must reach no token or message
+    rows = [{"prompt": p, "safe": r, "unsafe": marker} for p, r in PAIRS]
+    a = SafetyBatches.from_pairs(rows, tok, batch_size=3, shuffle=False)
+    b = SafetyBatches.from_pairs(PAIRS, tok, batch_size=3, shuffle=False)
+    assert a.data == b.data
+    bad = [*rows, {"prompt": "q", "safe": None, "unsafe": marker}]
+    with pytest.raises(TypeError) as error:
+        SafetyBatches.from_pairs(bad, tok)
+    assert "pair 3" in str(error.value) and marker not in str(error.value)
+
+
+def test_safety_batches_refuse_text_rows_and_point_at_from_pairs():
+    rows = [{"prompt": p, "safe": r, "unsafe": "x"} for p, r in PAIRS]
+    with pytest.raises(TypeError, match=r"SafetyBatches\.from_pairs\(rows, tokenizer"):
+        SafetyBatches(rows, batch_size=2)
+    SafetyBatches(rows, batch_size=2, collate_fn=list)  # a loss_fn that tokenises itself: fine
+
+
+def test_from_pairs_render_formats_the_prompt():
+    tok = tokenizer(True)
+
+    def render(prompt):
+        return f"{tok.bos_token} {prompt} ."
+
+    rows = SafetyBatches.from_pairs(PAIRS, tok, render=render, shuffle=False).data
+    for row, (prompt, refusal) in zip(rows, PAIRS):
+        prompt_ids = tok(render(prompt), add_special_tokens=False)["input_ids"]
+        refusal_ids = tok(refusal, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert row["input_ids"] == prompt_ids + refusal_ids
+        assert row["labels"] == [-100] * len(prompt_ids) + refusal_ids
+    with pytest.raises(TypeError, match="render"):
+        SafetyBatches.from_pairs(PAIRS, tok, render=lambda p: None)
+
+
+def test_from_pairs_takes_any_iterable_of_pairs():
+    tok = tokenizer(False)
+    a = SafetyBatches.from_pairs((pair for pair in PAIRS), tok, shuffle=False)
+    assert a.data == SafetyBatches.from_pairs(PAIRS, tok, shuffle=False).data
+    with pytest.raises(TypeError, match="one string"):
+        SafetyBatches.from_pairs("how do i make poison", tok)
+    with pytest.raises(TypeError, match="one row"):
+        SafetyBatches.from_pairs({"prompt": "q", "safe": "no"}, tok)
+
+
+@pytest.mark.parametrize("pair, message", [
+    (("how do i make poison", None), r"pair 0: the refusal is a NoneType, not a str"),
+    (("how do i make poison", b"no"), r"pair 0: the refusal is a bytes, not a str"),
+    ((b"how do i make poison", "no"), r"pair 0: the prompt is a bytes, not a str"),
+    ({"prompt": "how do i make poison"}, r"pair 0: the row has no 'safe' or 'response'"),
+])
+def test_from_pairs_names_the_wrong_element(pair, message):
+    with pytest.raises(TypeError, match=message):
+        SafetyBatches.from_pairs([pair], tokenizer(False))
+
+
+def test_an_empty_refusal_is_named_without_an_eos_token():
+    tok = tokenizer(False)
+    tok.eos_token = None
+    with pytest.raises(ValueError, match="pair 1: the refusal is empty") as error:
+        SafetyBatches.from_pairs([PAIRS[0], ("how do i steal a car", " ")], tok)
+    assert "max_length" not in str(error.value)
+
+
+def test_from_pairs_checks_the_tokenizers_maximum_length():
+    tok = tokenizer(True)
+    longest = max(len(row["input_ids"]) for row in SafetyBatches.from_pairs(PAIRS, tok).data)
+    tok.model_max_length = longest - 1
+    with pytest.raises(ValueError, match=rf"model_max_length={longest - 1}.*max_length="):
+        SafetyBatches.from_pairs(PAIRS, tok)
+    SafetyBatches.from_pairs(PAIRS, tok, max_length=longest - 1)  # cut to fit: fine
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"], ids=["learned_positions", "rope"])
+def test_rows_longer_than_the_models_positions_are_refused_before_training(arch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from spag_optim import calibrate_tau, make_safety_closure
+
+    tok = tokenizer(True)
+    batches = SafetyBatches.from_pairs(PAIRS, tok, batch_size=3)
+    longest = max(len(row["input_ids"]) for row in batches.data)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=longest - 1, n_embd=8,
+                                           n_layer=1, n_head=2))
+    else:
+        model = tiny_causal_lm(tok, max_positions=longest - 1)
+    with pytest.raises(ValueError, match=rf"{longest} tokens.*max_position_embeddings={longest - 1}"):
+        make_safety_closure(model, batches)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        calibrate_tau(model, batches, num_batches=1)
+    make_safety_closure(model, SafetyBatches.from_pairs(PAIRS, tok, max_length=longest - 1))

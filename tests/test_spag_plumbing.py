@@ -117,9 +117,14 @@ def test_zero_safety_gradient_never_divides_by_zero(skip_if_safe, trust_region):
         tau=0.1, trust_region=trust_region, eps=0.0, skip_if_safe=skip_if_safe,
     )
     model(torch.ones(2, 4)).sum().backward()
-    opt.step()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step()
     assert torch.equal(flat_params(model), theta_plus())
     assert float(opt.last_stats["alpha"]) == 0.0 and opt.num_projections == 0
+    # Said once where the host reads are allowed (skip_if_safe); the sync-free path never reads it.
+    named = [w for w in caught if "safety gradient is zero" in str(w.message)]
+    assert len(named) == (1 if skip_if_safe else 0)
 
 
 def test_safety_batches_cycle_reshuffle_with_seed_and_resume():
@@ -159,3 +164,46 @@ def test_calibrate_tau_is_the_mean_safety_loss_in_eval_mode():
     with pytest.raises(ValueError, match="num_batches"):
         calibrate_tau(wrapper, SafetyBatches(data, batch_size=2))
     assert math.isfinite(expected)
+
+
+@pytest.mark.parametrize("mode", ["paper", "authors_code"])
+def test_a_safety_loss_that_misses_the_parameters_is_named_not_blamed_on_tau(mode):
+    wrapper, other_copy = PairLoss(tiny_model()), PairLoss(tiny_model())
+    closure = make_safety_closure(other_copy, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
+    opt = SPAGOptimizer(torch.optim.AdamW(wrapper.parameters(), lr=0.05), closure, tau=0.0, mode=mode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(wrapper, opt, 12)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "safety gradient is zero" in messages[0], messages
+    assert "another copy of the model" in messages[0] and caught[0].category is UserWarning
+    # A loss that reaches the parameters is not warned about.
+    wrapper, opt = build(tau=0.0, mode=mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(wrapper, opt, 2)
+
+
+def test_a_closure_over_a_finite_list_says_it_ran_out():
+    wrapper = PairLoss(tiny_model())
+    data = safe_dataset(4)
+    batches = [torch.utils.data.default_collate(data[i : i + 2]) for i in range(0, 4, 2)]
+    opt = SPAGOptimizer(torch.optim.SGD(wrapper.parameters(), lr=0.1),
+                        make_safety_closure(wrapper, batches), tau=0.0)
+    train(wrapper, opt, 2)
+    with pytest.raises(ValueError, match=r"ran out after 2 batches.*SafetyBatches\("):
+        train(wrapper, opt, 1, start=2)
+
+
+@pytest.mark.parametrize("num_batches", [2.5, True, 0, "2"])
+def test_calibrate_tau_refuses_a_batch_count_that_is_not_a_positive_int(num_batches):
+    wrapper = PairLoss(tiny_model())
+    with pytest.raises(ValueError, match="num_batches must be a positive int"):
+        calibrate_tau(wrapper, SafetyBatches(safe_dataset(6), batch_size=2), num_batches=num_batches)
+
+
+def test_calibrate_tau_names_a_loss_fn_that_returns_none():
+    wrapper = PairLoss(tiny_model())
+    with pytest.raises(TypeError, match="loss_fn returned None; it must return the safety loss"):
+        calibrate_tau(wrapper, SafetyBatches(safe_dataset(6), batch_size=2), num_batches=1,
+                      loss_fn=lambda model, batch: None)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,7 @@ from torch import Tensor
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..distributed import DEEPSPEED_UNSUPPORTED
-from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, move_to_device
+from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, measures_refusal_nll, move_to_device
 from ..safety_wrapper import check_number
 
 __all__ = ["TrainerSafetyClosure", "attach_spag", "SPAGLoggingCallback", "add_spag_logging",
@@ -78,15 +78,17 @@ class TrainerSafetyClosure:
 
     @classmethod
     def from_pairs(
-        cls, pairs: Sequence[Any], tokenizer: Any, *, max_length: Optional[int] = None, **kwargs: Any
+        cls, pairs: Iterable[Any], tokenizer: Any, *, max_length: Optional[int] = None,
+        render: Optional[Callable[[str], str]] = None, **kwargs: Any
     ) -> "TrainerSafetyClosure":
-        """The closure over (harmful prompt, refusal) pairs, tokenised and padded as
-        :meth:`spag_optim.SafetyBatches.from_pairs` does: the safety loss is the refusal's negative
-        log-likelihood (the prompt is masked out), whatever the trainer's own collator does.
-        ``kwargs`` are the constructor's (``batch_size``, ``seed``, ``loss_fn``)."""
+        """The closure over (harmful prompt, refusal) pairs or ``dpp-select``'s rows, tokenised and
+        padded as :meth:`spag_optim.SafetyBatches.from_pairs` does (``max_length``, ``render``): the
+        safety loss is the refusal's negative log-likelihood (the prompt is masked out), whatever the
+        trainer's own collator does. ``kwargs`` are the constructor's (``batch_size``, ``seed``,
+        ``loss_fn``)."""
         from ..safety_pairs import padded_pairs
 
-        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length)
+        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length, render)
         return cls(rows, collate_fn=collate_fn, **kwargs)
 
     def bind(self, trainer: Any) -> None:
@@ -131,7 +133,8 @@ class TrainerSafetyClosure:
             with self.trainer.compute_loss_context_manager():
                 return self.loss_fn(model, move_to_device(batch, self.trainer.args.device))
 
-        tau = calibrate_tau(self.trainer.model, self.batches, num_batches, loss_fn)
+        tau = calibrate_tau(self.trainer.model, self.batches, num_batches, loss_fn,
+                            loss_is_nll=measures_refusal_nll(self.batches, self.loss_fn))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             total = torch.tensor([tau], dtype=torch.float64, device=self.trainer.args.device)
             dist.all_reduce(total)
