@@ -7,12 +7,13 @@ records :func:`base_fingerprint` of its base Linear and loading compares it.
 
 The fingerprint is a SHA-256 digest, so equal means equal bits, with no tolerance: of the shape and
 of an evenly strided sample of at most :data:`SAMPLE_SIZE` entries of the weight (and bias), each
-rounded to bfloat16. The rounding is deterministic (round to nearest even, on every device), so one
-checkpoint gives one fingerprint whether it is loaded in float32 or bfloat16 (and, for a bfloat16 or
-float16 checkpoint, in float16: those casts are exact); a float16 load of a float32 checkpoint rounds
-twice and may differ (``load_guardspace(..., check_base=False)`` then loads with a warning). Another
-base, or a fine-tuned copy of this one, differs in the sampled entries. Sampling keeps it cheap on a
-7B model (a few kilobytes per layer move to the CPU).
+rounded to bfloat16. Rounding float32 to bfloat16 is deterministic (round to nearest even, on every
+device), so one checkpoint gives one fingerprint loaded in float32 or in bfloat16; a bfloat16 (or
+float16) checkpoint gives it in every dtype that holds its values exactly (float16: within its
+normal range). A float16 load of a float32 checkpoint rounds twice and may differ;
+``load_guardspace(..., check_base=False)`` then loads with a warning. Another base, or a fine-tuned
+copy of this one (which moves nearly every weight), differs in the sampled entries. Sampling keeps
+it cheap on a 7B model (8 KB per tensor move to the CPU).
 """
 
 from __future__ import annotations

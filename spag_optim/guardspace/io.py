@@ -138,12 +138,13 @@ def _check_file(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, 
 
 def _check_base(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, nn.Module], strict: bool) -> None:
     """Compare the saved base fingerprints with the model's Linears; raise (or, not ``strict``, warn)."""
-    if state["format"] == _FORMAT_V1:
-        warnings.warn(f"{path} was saved without base fingerprints (format {_FORMAT_V1!r}): cannot check that "
-                      "this model is the base it was built on; save it again to record them", stacklevel=4)
-        return
-    differ = [name for name, saved in state["layers"].items()
-              if saved.get("base_fingerprint") != base_fingerprint(modules[name])]
+    saved = {name: entry.get("base_fingerprint") for name, entry in state["layers"].items()}
+    unknown = [name for name, fingerprint in saved.items() if not isinstance(fingerprint, str)]
+    if unknown:
+        warnings.warn(f"{path} holds no base fingerprint for {len(unknown)} layer(s) (e.g. {unknown[0]}; format "
+                      f"{state['format']!r}): cannot check that this model is the base they were built on; save "
+                      "the adapters again to record it", stacklevel=4)
+    differ = [name for name in saved if name not in unknown and saved[name] != base_fingerprint(modules[name])]
     if not differ:
         return
     message = (f"{path} was built on a different base model: the weights of {len(differ)} layer(s) (e.g. "
