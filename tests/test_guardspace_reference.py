@@ -7,38 +7,8 @@ import torch
 from torch import nn
 
 import guardspace_reference as ref
+from guardspace_net import D_X, D_Y, Net, make_batches
 from spag_optim.guardspace import GuardSpaceLinear, apply_guardspace, null_space, preconditioned_svd
-
-D_X, D_Y = 12, 16
-
-
-class Net(nn.Module):
-    """``a`` and ``b`` read the same input (one shared projector), ``c`` reads another."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(D_X, 10)
-        self.b = nn.Linear(D_X, 6, bias=False)
-        self.c = nn.Linear(D_Y, 9)
-
-    def forward(self, x, y, attention_mask=None):
-        return self.a(x).sum() + self.b(x).sum() + self.c(y).sum()
-
-
-def make_batches(gen, n, x_rank, y_rank, masked=False):
-    """``n`` batches whose x (y) rows span a fixed random subspace of dimension x_rank (y_rank)."""
-    mix_x = torch.randn(x_rank, D_X, generator=gen, dtype=torch.float64)
-    mix_y = torch.randn(y_rank, D_Y, generator=gen, dtype=torch.float64)
-    batches = []
-    for _ in range(n):
-        b = {"x": torch.randn(2, 5, x_rank, generator=gen, dtype=torch.float64) @ mix_x,
-             "y": torch.randn(2, 5, y_rank, generator=gen, dtype=torch.float64) @ mix_y}
-        if masked:
-            mask = torch.ones(2, 5, dtype=torch.long)
-            mask[1, 3:] = 0
-            b["attention_mask"] = mask
-        batches.append(b)
-    return batches
 
 
 def rows(batches, key):

@@ -13,13 +13,16 @@ Hugging Face checkpoint.
 
 Lives in ``spag_optim`` next to the optimizer it composes with (not in ``baselines``: it is model
 surgery, not an optimizer); one concept per module: :mod:`.covariance` (step 1), :mod:`.decompose`
-(steps 2-3), :mod:`.layer`, :mod:`.apply` and :mod:`.io`.
+(steps 2-3), :mod:`.layer`, :mod:`.apply`, :mod:`.io`, :mod:`.fingerprint` (the base check on load)
+and :mod:`.surgery` (all-or-nothing module replacement).
 """
 
-from .apply import LayerReport, adapter_parameters, apply_guardspace, find_targets
+from .apply import LayerReport, apply_guardspace, find_targets
 from .decompose import NullSpace, null_space, preconditioned_svd
 from .io import load_guardspace, merge_guardspace, save_guardspace
+from .fingerprint import base_fingerprint
 from .layer import GuardSpaceLinear, NullSpaceProjector
+from .surgery import adapter_parameters
 
 __all__ = [
     "apply_guardspace",
@@ -34,4 +37,5 @@ __all__ = [
     "save_guardspace",
     "load_guardspace",
     "merge_guardspace",
+    "base_fingerprint",
 ]

@@ -5,6 +5,11 @@ all batches (rows where ``attention_mask`` is 0 are skipped when the mask matche
 leading shape), accumulated on the layer's device in ``dtype`` (float64 by default: the null-space
 threshold :math:`10^{-6}\lambda_{max}` is within 10x of float32's resolution).
 
+A batch's ``attention_mask`` must have the shape of its ``input_ids`` (or of ``inputs_embeds``
+without the last dimension). A Linear whose input is not laid out per token (a pooler, the experts
+of a mixture-of-experts layer, which see only their routed tokens) counts every row it reads. When
+no token reaches a layer unmasked, ``C`` would be 0/0: that is an error, never a NaN covariance.
+
 Layers that read the *same* input tensor (q/k/v after the attention norm, gate/up after the MLP
 norm) are found on the first batch and share one accumulator, so each covariance is computed and
 stored once per group.
@@ -71,6 +76,23 @@ class _Collector:
         self._first = None
 
 
+def _check_mask_shape(batch: Mapping[str, Any], mask: Tensor | None, where: str) -> None:
+    """Refuse an ``attention_mask`` that is not shaped like the batch's tokens: the hooks would
+    silently count every row, padding included."""
+    if mask is None:
+        return
+    ids, embeds = batch.get("input_ids"), batch.get("inputs_embeds")
+    name, tokens = ("input_ids", ids) if isinstance(ids, Tensor) else ("inputs_embeds", embeds)
+    if not isinstance(tokens, Tensor):
+        return
+    shape = tuple(tokens.shape) if name == "input_ids" else tuple(tokens.shape[:-1])
+    if tuple(mask.shape) != shape:
+        raise ValueError(
+            f"{where}: attention_mask has shape {tuple(mask.shape)} but {name} has {shape}: give one "
+            "mask entry per token (1 to count it, 0 for padding), or no attention_mask"
+        )
+
+
 @torch.no_grad()
 def input_covariances(
     model: nn.Module,
@@ -94,9 +116,10 @@ def input_covariances(
             from tqdm.auto import tqdm  # the `hf` extra; GuardSpace runs on Hugging Face-style models
 
             iterator = tqdm(batches, desc=desc, leave=False)
-        for batch in iterator:
+        for index, batch in enumerate(iterator):
             batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
             mask = batch.get("attention_mask")
+            _check_mask_shape(batch, mask, f"{desc}: batch {index}")
             collector.mask = None if mask is None else mask.bool()
             model(**batch)
             collector.end_batch()
@@ -107,6 +130,13 @@ def input_covariances(
     missing = [name for name in layers if collector.leader.get(name, name) not in collector.sums]
     if missing:
         raise ValueError(f"{desc}: no batch reached {missing[:5]}; give at least one batch that runs them")
+    masked_out = [name for name, count in collector.counts.items() if count == 0]
+    if masked_out:
+        raise ValueError(
+            f"{desc}: no unmasked token reached {masked_out[:5]}: every attention_mask entry of every "
+            "batch is 0 there. attention_mask is 1 on the tokens to count and 0 on padding; check that "
+            "the masks are not all zero or inverted"
+        )
     bad = [name for name, s in collector.sums.items() if not bool(torch.isfinite(s).all())]
     if bad:
         raise ValueError(f"{desc}: non-finite inputs reached {bad[:5]}; check the model and batches")

@@ -117,6 +117,8 @@ def null_space(
     d = cov_null.shape[0]
     if cov_null.shape != (d, d):
         raise ValueError(f"null-space covariance must be square, got shape {tuple(cov_null.shape)}")
+    if not bool(torch.isfinite(cov_null).all()):
+        raise ValueError("the null-space covariance has non-finite entries: check that the null-space data are finite")
     evals, evecs = torch.linalg.eigh(0.5 * (cov_null + cov_null.T))  # ascending
     if energy is None:
         threshold = max(abs_tol, rel_tol * float(evals.abs().max()))

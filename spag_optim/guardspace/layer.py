@@ -53,13 +53,15 @@ class GuardSpaceLinear(nn.Module):
         adapter_A: :math:`A_0`, ``(out_features, rank)``; trainable (``adapter_A``).
         adapter_B: :math:`B_0`, ``(rank, in_features)``; trainable (``adapter_B``).
         projector: the (possibly shared) :class:`NullSpaceProjector` for this layer's input.
+        base_fingerprint: :func:`.fingerprint.base_fingerprint` of the base Linear, saved with the
+            adapter so that loading can check the base (None: unknown).
 
     ``init_A``/``init_B`` keep :math:`A_0, B_0`, so a saved adapter can rebuild :math:`W'` from the
     base weight (:func:`spag_optim.guardspace.load_guardspace`).
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None, adapter_A: Tensor, adapter_B: Tensor,
-                 projector: NullSpaceProjector):
+                 projector: NullSpaceProjector, base_fingerprint: str | None = None):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -69,6 +71,7 @@ class GuardSpaceLinear(nn.Module):
         self.register_buffer("init_A", adapter_A.clone())
         self.register_buffer("init_B", adapter_B.clone())
         self.projector = projector
+        self.base_fingerprint = base_fingerprint
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.projector(x), self.adapter_B), self.adapter_A)
