@@ -325,6 +325,7 @@ def add_spag_logging(trainer: Trainer, optimizer: Any | None = None) -> SPAGLogg
 
 # -- the Trainer that builds SPAG itself --------------------------------------------------------
 SafetyArg = Union[Sequence[Any], TrainerSafetyClosure]
+SPAGArg = Union[Mapping[str, Any], SPAGConfig, None]
 
 
 class SPAGTrainerMixin:
@@ -351,7 +352,7 @@ class SPAGTrainerMixin:
     the config in use (tau calibrated): save it with the run. DeepSpeed is refused.
     """
 
-    def __init__(self, *args: Any, safety: SafetyArg, spag: Union[Mapping[str, Any], SPAGConfig, None] = None,
+    def __init__(self, *args: Any, safety: SafetyArg, spag: SPAGArg = None,
                  calibration_batches: int = 8, **kwargs: Any) -> None:
         config = spag_config(spag)
         if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) \
@@ -393,7 +394,7 @@ class SPAGTrainer(SPAGTrainerMixin, Trainer):
     ``spag=`` and ``calibration_batches=`` (see :class:`SPAGTrainerMixin`)."""
 
 
-def spag_config(spag: Union[Mapping[str, Any], SPAGConfig, None]) -> SPAGConfig:
+def spag_config(spag: SPAGArg) -> SPAGConfig:
     """``spag=`` as a checked :class:`~spag_optim.SPAGConfig` (None: the defaults)."""
     if spag is None:
         return SPAGConfig()
