@@ -5,14 +5,20 @@
 closure from a safe dataset.
 """
 
+from spard_io import distribution_version
+
 from .optimizer import SPAGOptimizer
 from .authors_code import AuthorsCodeSPAG
+from .config import SPAGConfig
 from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
 from .safety_wrapper import SafetyClosureOptimizer
 from .wrapper import OptimizerWrapper
 
+__version__ = distribution_version()
+
 __all__ = [
     "SPAGOptimizer",
+    "SPAGConfig",
     "AuthorsCodeSPAG",
     "OptimizerWrapper",
     "SafetyClosureOptimizer",

@@ -133,7 +133,7 @@ class SPAGBase(SafetyClosureOptimizer):
 
     # -- the rule's shared parts ------------------------------------------------------------------
     def _frozen_stats(self) -> dict[str, Any]:
-        return _stats(float("nan"), False, 0.0, 0.0)
+        return _stats(float("nan"), False, 0.0, float("nan"))
 
     def _triggered(self, loss_value: float) -> bool:
         """The host-side decision on the (rank-averaged) safety loss: project only when it is
@@ -145,8 +145,8 @@ class SPAGBase(SafetyClosureOptimizer):
             return False
         triggered = loss_value - self.tau > self.tolerance
         self._tau_check.observe(self._num_steps, loss_value, self.tau, triggered)
-        if not triggered:
-            self.last_stats = _stats(loss_value, False, 0.0, 0.0)
+        if not triggered:  # no safety backward: no gradient norm to report (NaN, not 0)
+            self.last_stats = _stats(loss_value, False, 0.0, float("nan"))
         return triggered
 
     def _backward(self, loss: Tensor, params: list[Tensor], reducer: Reducer) -> list[Tensor]:

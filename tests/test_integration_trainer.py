@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
 
 from hf_tiny import SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer  # noqa: E402
+from trainer_probe import Probe  # noqa: E402
 from tiny_lm import tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau  # noqa: E402
 from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag  # noqa: E402
@@ -32,40 +33,7 @@ MAX_GRAD_NORM = 0.01
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-class Probe:
-    """Records what the inner optimizer sees at each step and what the safety closure runs."""
-
-    def __init__(self, model, inner):
-        self.lrs, self.grad_norms, self.safety_calls, self.safety_dtypes = [], [], 0, []
-        self.forwards = 0
-        self._in_safety = False
-        model.register_forward_pre_hook(self._count_forward)
-        first_linear = model.model.layers[0].self_attn.q_proj
-        first_linear.register_forward_hook(self._dtype)
-        inner.register_step_pre_hook(self._inner_step)
-
-    def _count_forward(self, module, args):
-        self.forwards += 1
-
-    def _dtype(self, module, args, output):
-        if self._in_safety:
-            self.safety_dtypes.append(output.dtype)
-
-    def _inner_step(self, optimizer, args, kwargs):
-        self.lrs.append(optimizer.param_groups[0]["lr"])
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
-
-    def loss_fn(self, model, batch):
-        self.safety_calls += 1
-        self._in_safety = True
-        try:
-            return model(**batch).loss
-        finally:
-            self._in_safety = False
-
-
-# docs/integrations.md snippet (Hugging Face Trainer): the body of this function.
+# docs/integrations.md snippet (hand-built optimizer + attach_spag): the body of this function.
 def train_with_spag(tmp_path, bf16=False):
     tok = tokenizer()
     model = tiny_causal_lm(tok)

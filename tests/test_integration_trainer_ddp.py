@@ -1,4 +1,5 @@
-"""Hugging Face Trainer + SPAG on two gloo ranks (the Trainer's own DDP, as under ``torchrun``).
+"""Hugging Face Trainer + SPAG on two gloo ranks (the Trainer's own DDP, as under ``torchrun``),
+through ``attach_spag`` and through ``SPAGTrainer``.
 
 The closure made by ``TrainerSafetyClosure`` runs ``trainer.model_wrapped``, the DDP model, so
 ``distributed="auto"`` must resolve to ``"ddp"``; each rank draws its own safe batches, and the
@@ -23,7 +24,7 @@ WORLD = 2
 MAX_STEPS = 3
 
 
-def trainer_worker(rank: int, world_size: int, out) -> None:
+def trainer_worker(rank: int, world_size: int, out, how: str) -> None:
     # What torchrun would export; Accelerate reuses the process group already initialised.
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
@@ -32,7 +33,9 @@ def trainer_worker(rank: int, world_size: int, out) -> None:
     from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
     from tiny_lm import tiny_causal_lm
     from spag_optim import SPAGOptimizer
-    from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag
+    from spag_optim.integrations.trainer import (
+        SPAGTrainer, TrainerSafetyClosure, attach_spag, find_spag_optimizer,
+    )
 
     tok = tokenizer()
     model = tiny_causal_lm(tok)
@@ -44,17 +47,22 @@ def trainer_worker(rank: int, world_size: int, out) -> None:
         return loss
 
     safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=recording_loss)
-    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), safety, tau=0.0)
     args = TrainingArguments(
         output_dir=str(out / f"run{rank}"), max_steps=MAX_STEPS, per_device_train_batch_size=2,
         gradient_accumulation_steps=2, learning_rate=1e-2, max_grad_norm=1.0, logging_steps=1,
         report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
-                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-                      optimizers=(optimizer, None))
-    callback = attach_spag(trainer)
+    data = dict(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
+                data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    if how == "attach_spag":
+        optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), safety, tau=0.0)
+        trainer = Trainer(**data, optimizers=(optimizer, None))
+        callback = attach_spag(trainer)
+    else:
+        trainer = SPAGTrainer(**data, safety=safety, spag={"tau": 0.0})
+        callback = trainer.spag_callback
     trainer.train()
+    optimizer = find_spag_optimizer(trainer.optimizer)
     train_losses = list(local_losses)  # the training steps' (calibration records one more)
     calibrated = safety.calibrate_tau(1)  # each rank measures its own batch; tau is their mean
     torch.save(
@@ -71,8 +79,9 @@ def trainer_worker(rank: int, world_size: int, out) -> None:
     )
 
 
-def test_trainer_ddp_replicas_stay_identical(tmp_path):
-    out = run_workers(trainer_worker, WORLD, tmp_path)
+@pytest.mark.parametrize("how", ["attach_spag", "SPAGTrainer"])
+def test_trainer_ddp_replicas_stay_identical(tmp_path, how):
+    out = run_workers(trainer_worker, WORLD, tmp_path, how)
     rank0, rank1 = (torch.load(out / f"rank{r}.pt") for r in range(WORLD))
     assert rank0["wrapped"] == "DistributedDataParallel"
     assert rank0["resolved"] == rank1["resolved"] == "ddp"
