@@ -2,11 +2,13 @@
 
 ``SPAGOptimizer(torch.optim.AdamW(...), safety_closure)`` wraps any torch optimizer; see
 :mod:`spag_optim.optimizer` for the algorithm and :mod:`spag_optim.safety_data` for building the
-closure from a safe dataset.
+closure from a safe dataset. :class:`AuthorsCodeSPAG` is the authors' released rule, a sibling
+class; :func:`make_spag` builds either from ``mode=``.
 """
 
 from .optimizer import SPAGOptimizer
 from .authors_code import AuthorsCodeSPAG
+from .factory import SPAG_CLASSES, make_spag
 from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
 from .safety_wrapper import SafetyClosureOptimizer
 from .wrapper import OptimizerWrapper
@@ -14,6 +16,8 @@ from .wrapper import OptimizerWrapper
 __all__ = [
     "SPAGOptimizer",
     "AuthorsCodeSPAG",
+    "make_spag",
+    "SPAG_CLASSES",
     "OptimizerWrapper",
     "SafetyClosureOptimizer",
     "SafetyBatches",

@@ -15,7 +15,7 @@ It holds the closure, checks what it returns (a scalar loss with a graph, or a c
 steps, and saves the closure's position (a :class:`~spag_optim.SafetyClosure` over
 :class:`~spag_optim.SafetyBatches`) in the state dict so that a resumed run draws the same safe
 batches. It is also the one home of what the rules share: the zero-filled safety gradient
-(:meth:`~SafetyClosureOptimizer._safety_grads`, :meth:`~SafetyClosureOptimizer._ensure_grads`), the
+(:meth:`~SafetyClosureOptimizer._safety_grads`, :func:`ensure_grads`), the
 non-finite skip that counts and warns (:meth:`~SafetyClosureOptimizer._skip_nonfinite`) and the
 :meth:`~SafetyClosureOptimizer.stats` every defense reports.
 
@@ -42,7 +42,7 @@ from torch import Tensor
 from ._caller_warning import warn_at_caller
 from .wrapper import OptimizerWrapper
 
-__all__ = ["SafetyClosureOptimizer", "check_bool", "check_number"]
+__all__ = ["SafetyClosureOptimizer", "check_bool", "check_number", "ensure_grads"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,16 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def ensure_grads(params: list[Tensor]) -> list[Tensor]:
+    """``p.grad`` of every parameter, a zero tensor put in where it is None (a parameter the
+    loss does not reach has a zero gradient component)."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    return [p.grad for p in params]  # type: ignore[misc]
 
 
 def _check_dtypes(params: Any) -> None:
@@ -161,16 +171,6 @@ class SafetyClosureOptimizer(OptimizerWrapper):
             f"{self.WARN_NAME or type(self).__name__}: the safety {what} is {value}; {consequence}",
             RuntimeWarning,
         )
-
-    @staticmethod
-    def _ensure_grads(params: list[Tensor]) -> list[Tensor]:
-        """``p.grad`` of every parameter, a zero tensor put in where it is None (a parameter the
-        loss does not reach has a zero gradient component)."""
-        with torch.no_grad():
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-        return [p.grad for p in params]  # type: ignore[misc]
 
     def _safety_grads(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
         """The gradient of the safety ``loss`` for each of ``params`` (``p.grad`` untouched),

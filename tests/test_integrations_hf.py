@@ -37,7 +37,7 @@ def run_steps(callback, optimizer, state, steps):
         optimizer_inner = find_spag_optimizer(optimizer)
         optimizer_inner.last_stats = stats
         if bool(stats["projected"]):  # what the optimizer's own counter does on such a step
-            optimizer_inner._projections = torch.tensor(optimizer_inner.num_projections + 1)
+            optimizer_inner._safety_gradient.projections = torch.tensor(optimizer_inner.num_projections + 1)
         state.global_step += 1
         callback.on_step_end(args, state, TrainerControl(), optimizer=optimizer)
     return args

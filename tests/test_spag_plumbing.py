@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
+from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
 
 from pair_model import flat_params, safe_dataset, train, utility_batch
 
@@ -87,7 +87,7 @@ NONFINITE_LOSSES = {
 @pytest.mark.parametrize("mode", ["paper", "authors_code"])
 def test_nonfinite_safety_loss_or_gradient_leaves_theta_plus(name, skip_if_safe, mode):
     model = tiny_model()
-    opt = SPAGOptimizer(
+    opt = make_spag(
         torch.optim.SGD(model.parameters(), lr=0.1), lambda: NONFINITE_LOSSES[name](model),
         tau=0.1, trust_region=None, skip_if_safe=skip_if_safe, mode=mode,
     )

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
+from spag_optim import AuthorsCodeSPAG, SafetyBatches, SPAGOptimizer, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
 import pair_model
@@ -21,7 +21,7 @@ from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 # name -> (class, the keyword arguments each test builds it with)
 OPTIMIZERS = {
     "spag": (SPAGOptimizer, {"tau": 0.5}),
-    "spag_authors_code": (SPAGOptimizer, {"tau": 0.5, "mode": "authors_code"}),
+    "spag_authors_code": (AuthorsCodeSPAG, {"tau": 0.5}),
     "penalty": (PenaltyOptimizer, {"lam": 0.5, "tau": 0.1}),
     "safegrad": (SafeGradOptimizer, {}),
     "lisa": (LisaOptimizer, {"alignment_steps": 2, "finetune_steps": 3, "rho": 0.3}),

@@ -209,14 +209,14 @@ def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) 
 
 # -- logging ------------------------------------------------------------------------------------
 def find_spag_optimizer(optimizer: Any) -> Any | None:
-    """The :class:`~spag_optim.SPAGOptimizer` inside ``optimizer``, unwrapping Accelerate's
+    """The SPAG optimizer (either rule, :data:`~spag_optim.SPAG_CLASSES`) inside ``optimizer``, unwrapping Accelerate's
     ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped one as ``.optimizer``);
     None if there is none. Recognised by type: the baselines also have ``last_stats``."""
-    from ..optimizer import SPAGOptimizer
+    from ..factory import SPAG_CLASSES
 
     seen: set[int] = set()
     while optimizer is not None and id(optimizer) not in seen:
-        if isinstance(optimizer, SPAGOptimizer):
+        if isinstance(optimizer, SPAG_CLASSES):
             return optimizer
         seen.add(id(optimizer))
         optimizer = getattr(optimizer, "optimizer", None)
