@@ -3,7 +3,8 @@
 ``SPAGOptimizer(torch.optim.AdamW(...), safety_closure)`` wraps any torch optimizer; see
 :mod:`spag_optim.optimizer` for the algorithm and :mod:`spag_optim.safety_data` for building the
 closure from a safe dataset. :class:`AuthorsCodeSPAG` is the authors' released rule, a sibling
-class; :func:`make_spag` builds either from ``mode=``.
+class; :func:`make_spag` builds either from ``mode=``. Every warning is a
+:class:`SPAGWarning`, by cause in :mod:`spag_optim.warnings` (filter by category).
 """
 
 from .optimizer import SPAGOptimizer
@@ -12,6 +13,8 @@ from .factory import SPAG_CLASSES, make_spag
 from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
 from .safety_wrapper import SafetyClosureOptimizer
 from .wrapper import OptimizerWrapper
+from . import warnings
+from .warnings import SPAGWarning
 
 __all__ = [
     "SPAGOptimizer",
@@ -24,4 +27,6 @@ __all__ = [
     "SafetyClosure",
     "make_safety_closure",
     "calibrate_tau",
+    "SPAGWarning",
+    "warnings",
 ]

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from ._caller_warning import warn_at_caller
 from .safety_wrapper import check_bool, check_number
+from .warnings import ReplacedHyperparameterWarning, TauTooLowWarning
 
 __all__ = [
     "FIRST_STEPS", "HYPERPARAMETERS", "MIN_EXCESS", "MODES", "RULES", "TauCheck", "check_hyperparameters",
@@ -118,7 +119,7 @@ def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
             "SPAGOptimizer.load_state_dict: the checkpoint's hyper-parameters replace the "
             f"constructed ones: {', '.join(changed)}. Set them on the optimizer after loading to "
             "use other values",
-            UserWarning,
+            ReplacedHyperparameterWarning,
         )
     return loaded
 
@@ -151,5 +152,5 @@ class TauCheck:
                 f"above tau={tau:g} (last: {loss:.4g}); tau may be too low for this model, so "
                 "every step projects: see spag_optim.calibrate_tau (tau = the aligned model's "
                 "safety loss)",
-                UserWarning,
+                TauTooLowWarning,
             )

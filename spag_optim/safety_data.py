@@ -12,7 +12,6 @@ log-likelihood, as in the paper (see :mod:`spag_optim.safety_pairs`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import numbers
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -21,9 +20,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ._caller_warning import warn_at_caller
+from .warnings import UnrestorablePositionWarning
+
 __all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "move_to_device"]
 
-logger = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, Any], Tensor]
 
@@ -210,7 +211,8 @@ class SafetyBatches:
         """Restore the position; the seed given at construction is kept."""
         self.check_state_dict(state)
         if self.loader is not None:
-            logger.warning("SafetyBatches over a DataLoader cannot restore its position; restarting it")
+            warn_at_caller("SafetyBatches over a DataLoader cannot restore its position; restarting it",
+                           UnrestorablePositionWarning)
             return
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None

@@ -29,6 +29,7 @@ from ._torch_compat import amp_unscale_, grad_scaler_found_inf, grad_scaler_scal
 from .distributed import Reducer, local_tensors, resolve_distributed
 from .hyperparameters import TauCheck
 from .safety_wrapper import ensure_grads
+from .warnings import NonFiniteWarning
 
 __all__ = ["GRAD_SCALER", "SafetyGradient", "check_grad_scaler", "host_stats"]
 
@@ -109,7 +110,7 @@ class SafetyGradient:
             warn_at_caller(
                 f"SPAG: {seen - self._warned_nonfinite} earlier step(s) had a non-finite "
                 "safety gradient; their projection was skipped (parameters kept theta+)",
-                RuntimeWarning,
+                NonFiniteWarning,
             )
             self._warned_nonfinite = seen
 

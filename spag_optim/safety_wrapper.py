@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ._caller_warning import warn_at_caller
+from .warnings import FrozenParametersWarning, NonFiniteWarning
 from .wrapper import OptimizerWrapper
 
 __all__ = ["SafetyClosureOptimizer", "check_bool", "check_number", "ensure_grads"]
@@ -116,7 +117,7 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         if not self._warned_frozen:
             self._warned_frozen = True
             warn_at_caller(f"{type(self).__name__}: no parameter of this optimizer requires grad "
-                           "(all frozen); the safety step has nothing to act on", RuntimeWarning)
+                           "(all frozen); the safety step has nothing to act on", FrozenParametersWarning)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
@@ -169,7 +170,7 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         self._num_nonfinite += 1
         warn_at_caller(
             f"{self.WARN_NAME or type(self).__name__}: the safety {what} is {value}; {consequence}",
-            RuntimeWarning,
+            NonFiniteWarning,
         )
 
     def _safety_grads(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:

@@ -13,13 +13,14 @@ factored projector at once, so only one set of covariances (the safety pass's) i
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from .._caller_warning import warn_at_caller
+from ..warnings import EmptyNullSpaceWarning
 from .covariance import input_covariances
 from .decompose import DEFAULT_DAMPING, INVERSE_TOLERANCE, null_space, preconditioned_svd
 from .layer import GuardSpaceLinear, NullSpaceProjector, residual_weight
@@ -146,7 +147,7 @@ def apply_guardspace(
         )
         if on_empty == "raise":
             raise ValueError(message)
-        warnings.warn(message, stacklevel=3)  # past torch.no_grad's wrapper
+        warn_at_caller(message, EmptyNullSpaceWarning)
 
     covs, leader = input_covariances(
         model, layers, safety_batches, dtype=covariance_dtype, desc="GuardSpace safety covariances",

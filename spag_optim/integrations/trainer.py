@@ -35,9 +35,11 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .._caller_warning import warn_at_caller
 from ..distributed import DEEPSPEED_UNSUPPORTED
 from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, move_to_device
 from ..safety_wrapper import check_number
+from ..warnings import NotSPAGOptimizerWarning
 
 __all__ = ["TrainerSafetyClosure", "attach_spag", "SPAGLoggingCallback", "add_spag_logging",
            "find_spag_optimizer"]
@@ -250,8 +252,8 @@ class SPAGLoggingCallback(TrainerCallback):
     def _spag(self, optimizer: Any) -> Any | None:
         spag = find_spag_optimizer(self.optimizer if self.optimizer is not None else optimizer)
         if spag is None and not self._warned:
-            logger.warning("SPAGLoggingCallback: the optimizer is not a SPAGOptimizer; "
-                           "nothing to log")
+            warn_at_caller("SPAGLoggingCallback: the optimizer is not a SPAG optimizer; nothing to log",
+                           NotSPAGOptimizerWarning)
             self._warned = True
         return spag
 
