@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ._caller_warning import warn_at_caller
 from .warnings import UnrestorablePositionWarning
 
-__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "move_to_device"]
+__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "model_loss", "move_to_device"]
 
 
 LossFn = Callable[[torch.nn.Module, Any], Tensor]
@@ -229,7 +229,7 @@ def _holds_token_lists(example: Any) -> bool:
     )
 
 
-def _model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
+def model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
     """Hugging Face convention: the model returns an output with ``.loss`` given ``labels``."""
     output = model(**batch) if isinstance(batch, Mapping) else model(*batch)
     loss = getattr(output, "loss", None)
@@ -256,7 +256,7 @@ class SafetyClosure:
         self.model = model
         self.batches = batches
         self._iterator = iter(batches)
-        self.loss_fn = loss_fn or _model_loss
+        self.loss_fn = loss_fn or model_loss
 
     def __call__(self) -> Tensor:
         batch = next(self._iterator)
@@ -318,7 +318,7 @@ def calibrate_tau(
         raise ValueError("SafetyBatches never ends: pass num_batches (e.g. 8)")
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1, got {num_batches}")
-    loss_fn = loss_fn or _model_loss
+    loss_fn = loss_fn or model_loss
     device = None if getattr(batches, "device", None) is not None else _model_device(model)
     kept = batches.kept_position() if isinstance(batches, SafetyBatches) else contextlib.nullcontext()
     was_training = model.training

@@ -67,7 +67,8 @@ def test_a_nonfinite_safety_gradient_on_the_device_path_is_a_nonfinite_warning()
 
 def test_a_baseline_nonfinite_loss_is_a_nonfinite_warning():
     model = linear()
-    opt = PenaltyOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum() * float("inf"))
+    opt = PenaltyOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                           lambda: model.weight.sum() * float("inf"))
     with pytest.warns(NonFiniteWarning, match="Penalty"):
         utility_step(model, opt)
 
@@ -136,7 +137,8 @@ def test_every_warning_goes_through_the_one_helper_with_a_project_category():
     a retried request is the one ``logger.warning``), and every category a project one."""
     found = [(f, func) for path in sorted(PACKAGE.rglob("*.py")) for f, func, _ in calls_in(path)
              if func in ("warnings.warn", "logger.warning", "logging.warning")]
-    assert found == [("_caller_warning.py", "warnings.warn"), ("evaluation/openai_judge.py", "logger.warning")]
+    assert found == [("_caller_warning.py", "warnings.warn"),
+                     ("evaluation/openai_judge.py", "logger.warning")]
     helper_calls = [node for path in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
                     if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "warn_at_caller"]
     assert len(helper_calls) >= 10

@@ -25,7 +25,7 @@ from .covariance import input_covariances
 from .decompose import DEFAULT_DAMPING, INVERSE_TOLERANCE, null_space, preconditioned_svd
 from .layer import GuardSpaceLinear, NullSpaceProjector, residual_weight
 
-__all__ = ["apply_guardspace", "LayerReport", "find_targets", "adapter_parameters"]
+__all__ = ["apply_guardspace", "LayerReport", "find_targets", "adapter_parameters", "set_submodule"]
 
 Batches = Iterable[Mapping[str, Any]]
 
@@ -74,7 +74,8 @@ def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, GuardSpaceLinear) for p in (m.adapter_A, m.adapter_B)]
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace ``model``'s submodule at dotted ``name`` by ``module``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -167,7 +168,7 @@ def apply_guardspace(
         projector = projectors[leader[name]]
         a, b = a.to(weight.dtype), b.to(weight.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
-        _set_submodule(model, name, GuardSpaceLinear(residual_weight(weight, a, b, projector), bias, a, b, projector))
+        set_submodule(model, name, GuardSpaceLinear(residual_weight(weight, a, b, projector), bias, a, b, projector))
         report[name] = LayerReport(
             linear.in_features, linear.out_features, used, projector.dim, leader[name], projector.basis.numel()
         )

@@ -17,7 +17,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .apply import _set_submodule
+from .apply import set_submodule
 from .decompose import NullSpace
 from .layer import GuardSpaceLinear, NullSpaceProjector, residual_weight
 
@@ -78,7 +78,7 @@ def load_guardspace(model: nn.Module, path: PathLike) -> nn.Module:
                                  None if linear.bias is None else linear.bias.detach(), init_a, init_b, projector)
         layer.adapter_A.copy_(saved["A"])
         layer.adapter_B.copy_(saved["B"])
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
     for param in model.parameters():
         param.requires_grad_(False)
     for layer in _layers(model).values():
@@ -100,5 +100,5 @@ def merge_guardspace(model: nn.Module) -> nn.Module:
         if layer.bias is not None:
             linear.bias.copy_(layer.bias)
         linear.requires_grad_(False)
-        _set_submodule(model, name, linear)
+        set_submodule(model, name, linear)
     return model

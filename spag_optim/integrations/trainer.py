@@ -37,7 +37,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from .._caller_warning import warn_at_caller
 from ..distributed import DEEPSPEED_UNSUPPORTED
-from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, move_to_device
+from ..safety_data import SafetyBatches, calibrate_tau, model_loss, move_to_device
 from ..safety_wrapper import check_number
 from ..warnings import NotSPAGOptimizerWarning
 
@@ -75,7 +75,7 @@ class TrainerSafetyClosure:
                                      collate_fn=collate_fn or _unbound_collate, seed=seed)
         self._own_collate = collate_fn is not None
         self._seed = int(seed)
-        self.loss_fn = loss_fn or _model_loss
+        self.loss_fn = loss_fn or model_loss
         self.trainer: Any = None
 
     @classmethod
@@ -211,8 +211,9 @@ def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) 
 
 # -- logging ------------------------------------------------------------------------------------
 def find_spag_optimizer(optimizer: Any) -> Any | None:
-    """The SPAG optimizer (either rule, :data:`~spag_optim.SPAG_CLASSES`) inside ``optimizer``, unwrapping Accelerate's
-    ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped one as ``.optimizer``);
+    """The SPAG optimizer (either rule, :data:`~spag_optim.SPAG_CLASSES`) inside ``optimizer``,
+    unwrapping Accelerate's ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped
+    one as ``.optimizer``);
     None if there is none. Recognised by type: the baselines also have ``last_stats``."""
     from ..factory import SPAG_CLASSES
 
