@@ -8,62 +8,165 @@ gradient (a second inner step, with its momentum and adaptive scaling) instead o
 :math:`\theta \leftarrow \theta^+ - \alpha g`, and there is no trust region. The loss and the
 per-tensor norms are read on the host, as the released Python loop does.
 
-``SPAGOptimizer(inner, closure, mode="authors_code")`` constructs this class; it takes the same
-arguments and saves the same checkpoint entry (``trust_region``, ``rho`` and ``skip_if_safe`` are
-kept but unused).
+It is a sibling of :class:`~spag_optim.SPAGOptimizer`, not a subclass: each rule's whole step
+reads in its own class and the step template of :class:`~spag_optim.SafetyClosureOptimizer`; the
+safety gradient and counters both share are :class:`~spag_optim.safety_gradient.SafetyGradient`.
+It takes the same arguments and saves the same checkpoint entry (``trust_region``, ``rho`` and
+``skip_if_safe`` are kept but unused); :func:`spag_optim.make_spag` builds either rule from
+``mode``. A checkpoint of the other rule is refused (an optimizer never changes its class).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from . import functional as F
-from .optimizer import SPAGOptimizer
-from .spag_base import _stats
+from .distributed import check_distributed_mode, reject_deepspeed
+from .hyperparameters import check_hyperparameters, check_mode, checked_saved, hyperparameters_of, restore
+from .safety_gradient import SafetyGradient, check_grad_scaler, host_stats
+from .safety_wrapper import SafetyClosureOptimizer
 
 __all__ = ["AuthorsCodeSPAG"]
 
 
-class AuthorsCodeSPAG(SPAGOptimizer):
-    """SPAG with the authors' released projection rule (``mode="authors_code"``).
+class AuthorsCodeSPAG(SafetyClosureOptimizer):
+    r"""SPAG with the authors' released projection rule (``mode="authors_code"``).
 
-    Args: as :class:`~spag_optim.SPAGOptimizer`; ``alpha_max`` caps the per-tensor factor and
-    ``eps`` is added to the per-tensor norm. Sharded (FSDP2/DTensor) parameters are refused.
+    After the inner step, if the safety loss :math:`\ell` exceeds ``tau`` (+ ``tolerance``), each
+    parameter tensor's safety gradient :math:`g_p` is scaled by
+    :math:`\min((\ell - \tau)/(\lVert g_p\rVert + \epsilon), \alpha_{max})` and the inner
+    optimizer steps on it.
+
+    Args:
+        inner: the optimizer that takes the utility step and the safety step.
+        safety_closure: ``() -> Tensor``, the scalar safety loss with its graph.
+        tau: safety threshold; the rule acts when the loss exceeds it.
+        trust_region: kept for checkpoints shared with :class:`~spag_optim.SPAGOptimizer`; unused.
+        rho: kept likewise; unused.
+        mode: ``"authors_code"``, the only rule this class implements.
+        tolerance: act only when ``loss > tau + tolerance`` (the authors' scripts use 0.1).
+        alpha_max: cap of the per-tensor factor.
+        eps: added to the per-tensor norm :math:`\lVert g_p\rVert`.
+        skip_if_safe: kept likewise; unused (this rule always reads the loss on the host).
+        distributed: as :class:`~spag_optim.SPAGOptimizer`; sharded (FSDP2/DTensor) parameters
+            are refused.
+        process_group: the group the loss and gradient are averaged over (default: the world).
+        grad_scaler: the ``torch.amp.GradScaler`` of an fp16 run (as :class:`~spag_optim.SPAGOptimizer`).
+
+    Example:
+        >>> import torch
+        >>> from spag_optim import AuthorsCodeSPAG
+        >>> model = torch.nn.Linear(4, 2)
+        >>> optimizer = AuthorsCodeSPAG(torch.optim.SGD(model.parameters(), lr=0.1),
+        ...                             lambda: model.weight.pow(2).sum(), tau=0.0, tolerance=0.1)
+        >>> model(torch.randn(3, 4)).sum().backward()
+        >>> optimizer.step()
+        >>> optimizer.num_projections
+        1
     """
 
-    SUPPORTS_SHARDED = False
+    STATE_KEY = "spag"
+    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_projections",)
+    WARN_NAME = "SPAG"
+    INTERVENTIONS = "num_projections"
+    COUNTERS = ("num_projections",)
 
-    def __init__(self, inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], *,
-                 mode: str = "authors_code", **kwargs: Any) -> None:
-        if mode != "authors_code":
-            raise ValueError(f"AuthorsCodeSPAG implements mode='authors_code', got mode={mode!r}; "
-                             "use SPAGOptimizer for the paper's projection")
-        super().__init__(inner, safety_closure, mode=mode, **kwargs)
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        safety_closure: Callable[[], Tensor],
+        *,
+        tau: float = 0.2,
+        trust_region: float | str | None = "relative",
+        rho: float = 1.0,
+        mode: str = "authors_code",
+        tolerance: float = 0.0,
+        alpha_max: float = 1.0,
+        eps: float = 1e-8,
+        skip_if_safe: bool = True,
+        distributed: Optional[str] = "auto",
+        process_group: Any = None,
+        grad_scaler: Optional["torch.amp.GradScaler"] = None,
+    ) -> None:
+        check_mode(mode, "authors_code")
+        reject_deepspeed(inner, safety_closure)
+        super().__init__(inner, safety_closure)
+        hyperparameters = check_hyperparameters(
+            tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
+            alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+        )
+        check_distributed_mode(distributed)
+        check_grad_scaler(grad_scaler)
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
+        self.distributed = distributed
+        self.process_group = process_group
+        self.grad_scaler = grad_scaler
+        self._safety_gradient = SafetyGradient("authors_code", sharded=False)
 
-    def _before_inner_step(self, params: list[Tensor]) -> None:
-        return None  # no trust region: nothing to keep
+    def _extra_repr(self) -> str:
+        return (
+            f"tau={self.tau}, trust_region={self.trust_region!r}, rho={self.rho}, "
+            f"mode={self.mode!r}, tolerance={self.tolerance}, distributed={self.distributed!r}"
+        )
 
+    @property
+    def num_projections(self) -> int:
+        """Steps on which the scaled safety gradient was stepped on."""
+        return self._safety_gradient.num_projections
+
+    # -- the rule ---------------------------------------------------------------------------------
     def _after_inner_step(self, params: list[Tensor], prepared: None) -> None:
-        reducer = self._reducer_for(params)
+        safety = self._safety_gradient
+        reducer = safety.reducer_for(params, distributed=self.distributed,
+                                     safety_closure=self.safety_closure, process_group=self.process_group)
         loss = self._safety_loss()
         loss_value = float(reducer.mean_loss(loss))
-        if not self._triggered(loss_value):
+        if not math.isfinite(loss_value):
+            self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
+                                 "parameters kept the inner optimizer's update")
+            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))
             return
-        grads = self._backward(loss, params, reducer)
+        if not safety.triggered(loss_value, tau=self.tau, tolerance=self.tolerance, step=self._num_steps):
+            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))  # no safety backward: no norm
+            return
+        grads = safety.backward(loss, params, reducer, grad_scaler=self.grad_scaler, optimizer=self,
+                                 host_reads=self.skip_if_safe)
         with torch.no_grad():
             grad_norm = float(reducer.sq_norm(grads, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
                 self._skip_nonfinite("gradient", "not finite", "the projection was skipped")
-                self.last_stats = _stats(loss_value, False, 0.0, grad_norm)
+                self.last_stats = host_stats(loss_value, False, 0.0, grad_norm)
                 return
             factors = F.authors_code_scale_(
                 grads, loss_value, tau=self.tau, alpha_max=self.alpha_max, eps=self.eps
             )
         self.inner.step()
-        projections, _ = self._counters(params[0].device)
+        projections, _ = safety.counters(params[0].device)
         projections.add_(1)
-        self.last_stats = _stats(loss_value, True, max(factors), grad_norm)
+        self.last_stats = host_stats(loss_value, True, max(factors), grad_norm)
+
+    def _frozen_stats(self) -> dict[str, Any]:
+        return host_stats(float("nan"), False, 0.0, float("nan"))
+
+    # -- state dict -------------------------------------------------------------------------------
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {**super()._wrapper_state(), **self._safety_gradient.state_dict(),
+                "hyperparameters": hyperparameters_of(self)}
+
+    def _check_wrapper_state(self, state: Any) -> None:
+        super()._check_wrapper_state(state)
+        if "hyperparameters" in state:  # absent from checkpoints of earlier versions
+            checked_saved(hyperparameters_of(self), state["hyperparameters"])
+
+    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
+        super()._load_wrapper_state(state)
+        if "hyperparameters" in state:
+            for name, value in restore(hyperparameters_of(self), state["hyperparameters"]).items():
+                setattr(self, name, value)
+        device = self.params()[0].device if self.params() else torch.device("cpu")
+        self._safety_gradient.load_state_dict(state, device)

@@ -20,13 +20,16 @@ from typing import Any, Mapping
 
 from ._caller_warning import warn_at_caller
 from .safety_wrapper import check_bool, check_number
+from .warnings import ReplacedHyperparameterWarning, TauTooLowWarning
 
 __all__ = [
-    "FIRST_STEPS", "HYPERPARAMETERS", "MIN_EXCESS", "MODES", "TauCheck", "check_hyperparameters",
-    "checked_saved", "restore",
+    "FIRST_STEPS", "HYPERPARAMETERS", "MIN_EXCESS", "MODES", "RULES", "TauCheck", "check_hyperparameters",
+    "check_mode", "checked_saved", "hyperparameters_of", "restore",
 ]
 
 MODES = ("paper", "authors_code")
+#: The class that implements each mode (by name: the classes import this module).
+RULES = {"paper": "SPAGOptimizer", "authors_code": "AuthorsCodeSPAG"}
 #: What the ``"spag"`` checkpoint entry saves under ``"hyperparameters"``.
 HYPERPARAMETERS = ("tau", "trust_region", "rho", "mode", "tolerance", "alpha_max", "eps",
                    "skip_if_safe")
@@ -64,17 +67,46 @@ def check_hyperparameters(
     }
 
 
+def check_mode(mode: Any, implemented: str) -> None:
+    """A clear error, naming the class to use, when ``mode`` is the other rule's.
+
+    Each rule is its own class; :func:`spag_optim.make_spag` picks the class from ``mode``.
+    """
+    if mode != implemented and mode in MODES:
+        raise ValueError(
+            f"{RULES[implemented]} implements mode={implemented!r}; for mode={mode!r} construct "
+            f"spag_optim.{RULES[mode]}(inner, safety_closure, ...) or "
+            f"spag_optim.make_spag(inner, safety_closure, mode={mode!r}, ...)"
+        )
+
+
+def hyperparameters_of(optimizer: Any) -> dict[str, Any]:
+    """The :data:`HYPERPARAMETERS` of a SPAG optimizer, by name."""
+    return {name: getattr(optimizer, name) for name in HYPERPARAMETERS}
+
+
 def checked_saved(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
-    """``current`` updated with the checkpoint's ``saved`` values, all checked (raises if bad)."""
+    """``current`` updated with the checkpoint's ``saved`` values, all checked (raises if bad,
+    or if they are the other rule's: an optimizer never changes its class)."""
     if not isinstance(saved, Mapping):
         raise ValueError(f"the checkpoint's SPAG hyper-parameters are a {type(saved).__name__}, "
                          "not a dict; nothing was loaded")
     merged = {**current, **{k: v for k, v in saved.items() if k in current}}
     try:
-        return check_hyperparameters(**merged)
+        checked = check_hyperparameters(**merged)
     except (TypeError, ValueError) as error:
         raise ValueError(f"the checkpoint's SPAG hyper-parameters are invalid ({error}); nothing "
                          "was loaded") from None
+    mode = checked["mode"]
+    if mode != current["mode"]:
+        raise ValueError(
+            f"the checkpoint was saved by {RULES[mode]} (mode={mode!r}), this optimizer is a "
+            f"{RULES[current['mode']]} (mode={current['mode']!r}); build the optimizer of the "
+            "checkpoint's rule with spag_optim.make_spag(inner, safety_closure, "
+            "mode=checkpoint['spag']['hyperparameters']['mode'], ...) and load it there. Nothing "
+            "was loaded"
+        )
+    return checked
 
 
 def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
@@ -87,7 +119,7 @@ def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
             "SPAGOptimizer.load_state_dict: the checkpoint's hyper-parameters replace the "
             f"constructed ones: {', '.join(changed)}. Set them on the optimizer after loading to "
             "use other values",
-            UserWarning,
+            ReplacedHyperparameterWarning,
         )
     return loaded
 
@@ -120,5 +152,5 @@ class TauCheck:
                 f"above tau={tau:g} (last: {loss:.4g}); tau may be too low for this model, so "
                 "every step projects: see spag_optim.calibrate_tau (tau = the aligned model's "
                 "safety loss)",
-                UserWarning,
+                TauTooLowWarning,
             )

@@ -29,12 +29,12 @@ The trust region :math:`\eta_{safe}` (``trust_region``):
   of the parameters to measure the utility step: the displacement of an arbitrary inner optimizer
   cannot be recovered from its state afterwards.
 
-``mode="authors_code"`` reproduces the authors' released code instead (per-tensor scaling, norm
-not squared, the inner optimizer stepping on the scaled safety gradient): it is an alias that
-constructs :class:`spag_optim.authors_code.AuthorsCodeSPAG` (a subclass of
-:class:`SPAGOptimizer`); see :func:`spag_optim.functional.authors_code_scale_` and the README.
-The trust region is :func:`spag_optim.functional.trust_region_cap`; the step template, safety
-gradient, counters and checkpoint entry are :class:`spag_optim.spag_base.SPAGBase`.
+The authors' released code takes another projection (per-tensor scaling, norm not squared, the
+inner optimizer stepping on the scaled safety gradient): it is the sibling class
+:class:`spag_optim.AuthorsCodeSPAG`, and :func:`spag_optim.make_spag` builds either from ``mode``.
+The trust region is :func:`spag_optim.functional.trust_region_cap`; the rank-averaged safety
+gradient and the counters both rules share are :class:`spag_optim.safety_gradient.SafetyGradient`;
+the step template (retry-safe) is :class:`spag_optim.SafetyClosureOptimizer`.
 
 Distributed training (DDP, FSDP2/DTensor; ``distributed=``) and fp16 loss scaling
 (``grad_scaler=``) are described in :mod:`spag_optim.distributed` and in :class:`SPAGOptimizer`;
@@ -51,21 +51,29 @@ the counters, when the caller logs.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from . import functional as F
-from ._torch_compat import patch_step_function
-from .distributed import Reducer, local_tensors
-from .spag_base import SPAGBase, _stats
+from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed
+from .hyperparameters import check_hyperparameters, check_mode, checked_saved, hyperparameters_of, restore
+from .safety_gradient import SafetyGradient, check_grad_scaler, host_stats
+from .safety_wrapper import SafetyClosureOptimizer
 
 __all__ = ["SPAGOptimizer"]
 
 
-class SPAGOptimizer(SPAGBase):
-    r"""Wrap ``inner`` so that every step ends with SPAG's safety projection.
+class SPAGOptimizer(SafetyClosureOptimizer):
+    r"""Wrap ``inner`` so that every step ends with SPAG's safety projection (SPARD, Eq. 3-4).
+
+    After the inner optimizer's step to :math:`\theta^+`, if the safety loss :math:`\ell` exceeds
+    ``tau`` (+ ``tolerance``), the parameters move to
+    :math:`\theta^+ - \alpha g` with :math:`g = \nabla\ell(\theta^+)` and
+    :math:`\alpha = \min((\ell - \tau)/\lVert g\rVert^2, \eta_{safe})`: the projection onto the
+    linearised safe half-space, within the trust region.
 
     Args:
         inner: the optimizer that takes the utility step (e.g. ``torch.optim.AdamW``).
@@ -73,17 +81,19 @@ class SPAGOptimizer(SPAGBase):
             at the current parameters and still attached to the graph (SPAG calls backward).
         tau: safety threshold; the projection triggers when the loss exceeds it. Calibrate it
             with :func:`spag_optim.calibrate_tau` (the loss of the aligned model).
-        trust_region: ``"relative"``, a float :math:`\eta_{safe}`, ``None`` or ``"lr"`` (above).
+        trust_region: ``"relative"``, a float :math:`\eta_{safe}`, ``None`` or ``"lr"`` (see
+            :mod:`spag_optim.optimizer`).
         rho: ratio of the ``"relative"`` trust region.
-        mode: ``"paper"`` (Eq. 3-4) or ``"authors_code"``: the released implementation, an
-            alias that returns an :class:`~spag_optim.authors_code.AuthorsCodeSPAG`.
+        mode: ``"paper"``, the only rule this class implements (kept so that a configuration
+            naming it still works). For the authors' released rule construct
+            :class:`~spag_optim.AuthorsCodeSPAG`, or :func:`~spag_optim.make_spag` with
+            ``mode="authors_code"``; passing that mode here is an error that says so.
         tolerance: trigger only when ``loss > tau + tolerance`` (the authors' scripts use 0.1);
             the step size still uses ``loss - tau``.
-        alpha_max: per-tensor cap of ``"authors_code"`` mode.
-        eps: added to the denominator (:math:`\lVert g\rVert^2` in paper mode, the per-tensor
-            :math:`\lVert g_p\rVert` in authors'-code mode).
+        alpha_max: unused by this rule (the authors' per-tensor cap); saved with the checkpoint.
+        eps: added to the denominator :math:`\lVert g\rVert^2`.
         skip_if_safe: read the safety loss once on the host and skip the safety backward when it
-            is already below the trigger (paper mode; authors'-code mode always reads it). Under
+            is already below the trigger; ``False`` keeps the whole step on device. Under
             ``distributed`` the read is of the loss averaged over ranks, so all ranks agree.
         distributed: how the ranks share the projection: ``"auto"`` (default), ``"ddp"`` (the
             closure runs the ``DistributedDataParallel``-wrapped model), ``"allreduce"`` (the
@@ -95,15 +105,67 @@ class SPAGOptimizer(SPAGBase):
             inf/NaN there skips the projection and makes the scaler back off at its next
             ``update()``. (A step whose *utility* gradient overflows is skipped by
             ``scaler.step(optimizer)`` itself, projection included.)
+
+    Example:
+        >>> import torch
+        >>> from spag_optim import SPAGOptimizer
+        >>> model = torch.nn.Linear(4, 2)
+        >>> x, y, x_safe = torch.randn(8, 4), torch.randn(8, 2), torch.randn(8, 4)
+        >>> optimizer = SPAGOptimizer(
+        ...     torch.optim.AdamW(model.parameters(), lr=1e-3),
+        ...     lambda: model(x_safe).pow(2).mean(),  # the safety loss, with its graph
+        ...     tau=0.1,
+        ... )
+        >>> optimizer.zero_grad()
+        >>> torch.nn.functional.mse_loss(model(x), y).backward()
+        >>> optimizer.step()  # AdamW's step, then the projection if the safety loss > tau
+        >>> optimizer.stats()["num_steps"]
+        1.0
+
+        With real data, build the closure with :func:`spag_optim.make_safety_closure` over
+        :class:`spag_optim.SafetyBatches`; its position is then saved in ``state_dict()``.
     """
 
-    def __new__(cls, *args: Any, mode: str = "paper", **kwargs: Any) -> "SPAGOptimizer":
-        # mode="authors_code" is the other algorithm: construct its class (a subclass, so
-        # isinstance(opt, SPAGOptimizer) holds and the checkpoint entry is the same). copy and
-        # pickle call __new__ without arguments and keep the class.
-        if cls is SPAGOptimizer and mode == "authors_code":
-            cls = _class_for(cls, mode)
-        return super().__new__(cls)
+    STATE_KEY = "spag"
+    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_projections",)
+    WARN_NAME = "SPAG"
+    INTERVENTIONS = "num_projections"
+    COUNTERS = ("num_projections",)
+
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        safety_closure: Callable[[], Tensor],
+        *,
+        tau: float = 0.2,
+        trust_region: float | str | None = "relative",
+        rho: float = 1.0,
+        mode: str = "paper",
+        tolerance: float = 0.0,
+        alpha_max: float = 1.0,
+        eps: float = 1e-8,
+        skip_if_safe: bool = True,
+        distributed: Optional[str] = "auto",
+        process_group: Any = None,
+        grad_scaler: Optional["torch.amp.GradScaler"] = None,
+    ) -> None:
+        check_mode(mode, "paper")
+        reject_deepspeed(inner, safety_closure)
+        super().__init__(inner, safety_closure)
+        hyperparameters = check_hyperparameters(
+            tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
+            alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+        )
+        check_distributed_mode(distributed)
+        check_grad_scaler(grad_scaler)
+        for name, value in hyperparameters.items():
+            setattr(self, name, value)
+        self.distributed = distributed
+        self.process_group = process_group
+        self.grad_scaler = grad_scaler
+        self._safety_gradient = SafetyGradient("paper", sharded=True)
+        self._snapshot: list[Tensor] = []
+        self._step_norm: Optional[Tensor] = None
 
     def _extra_repr(self) -> str:
         return (
@@ -111,6 +173,17 @@ class SPAGOptimizer(SPAGBase):
             f"mode={self.mode!r}, tolerance={self.tolerance}, distributed={self.distributed!r}"
         )
 
+    @property
+    def num_projections(self) -> int:
+        """Steps whose safety projection moved the parameters (alpha > 0)."""
+        return self._safety_gradient.num_projections
+
+    @property
+    def num_nonfinite(self) -> int:
+        """Steps whose safety loss or gradient was NaN/inf; the parameters stayed at theta+."""
+        return self._num_nonfinite + self._safety_gradient.num_nonfinite
+
+    # -- the rule ---------------------------------------------------------------------------------
     def _before_inner_step(self, params: list[Tensor]) -> bool:
         """Whether the trust region is relative; if so, keep theta to measure the utility step."""
         self._step_norm = None
@@ -129,21 +202,23 @@ class SPAGOptimizer(SPAGBase):
             torch._foreach_copy_(self._snapshot, params)
 
     def _after_inner_step(self, params: list[Tensor], relative: bool) -> None:
-        device = params[0].device
-        reducer = self._reducer_for(params)
+        device, safety = params[0].device, self._safety_gradient
+        reducer = safety.reducer_for(params, distributed=self.distributed,
+                                     safety_closure=self.safety_closure, process_group=self.process_group)
         local_loss = self._safety_loss()
         loss = reducer.mean_loss(local_loss)  # what alpha (and every rank's decision) uses
-        projections, nonfinite = self._counters(device)
+        projections, nonfinite = safety.counters(device)
         if self.skip_if_safe:
             # The one allowed host-device synchronisation; it also brings back the device-side
             # count of earlier non-finite gradients so that they are warned about.
             loss_value, seen = torch.stack(
                 [loss.to(torch.float64), nonfinite.to(loss.device, torch.float64)]
             ).tolist()
-            self._warn_nonfinite_grads(int(seen))
+            safety.warn_nonfinite(int(seen))
             if not self._triggered(loss_value):
                 return
-        grads = self._backward(local_loss, params, reducer)
+        grads = safety.backward(local_loss, params, reducer, grad_scaler=self.grad_scaler, optimizer=self,
+                                 host_reads=self.skip_if_safe)
         with torch.no_grad():
             local_params = local_tensors(params)
             sq_norm = reducer.sq_norm(grads, device)
@@ -162,6 +237,20 @@ class SPAGOptimizer(SPAGBase):
             "safety_grad_norm": sq_norm.sqrt(),
         }
 
+    def _triggered(self, loss_value: float) -> bool:
+        """The host-side decision on the (rank-averaged) safety loss: project only when it is
+        finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
+        if not math.isfinite(loss_value):
+            self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
+                                 "parameters kept the inner optimizer's update")
+            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))
+            return False
+        if not self._safety_gradient.triggered(loss_value, tau=self.tau, tolerance=self.tolerance,
+                                               step=self._num_steps):
+            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))  # no safety backward: no norm
+            return False
+        return True
+
     def _cap(
         self, params: list[Tensor], sq_norm: Tensor, relative: bool, reducer: Reducer
     ) -> float | Tensor | None:
@@ -174,20 +263,23 @@ class SPAGOptimizer(SPAGBase):
             step_norm=self._step_norm, lr=self.param_groups[0]["lr"],
         )
 
+    def _frozen_stats(self) -> dict[str, Any]:
+        return host_stats(float("nan"), False, 0.0, float("nan"))
+
+    # -- state dict -------------------------------------------------------------------------------
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {**super()._wrapper_state(), **self._safety_gradient.state_dict(),
+                "hyperparameters": hyperparameters_of(self)}
+
+    def _check_wrapper_state(self, state: Any) -> None:
+        super()._check_wrapper_state(state)
+        if "hyperparameters" in state:  # absent from checkpoints of earlier versions
+            checked_saved(hyperparameters_of(self), state["hyperparameters"])
+
     def _load_wrapper_state(self, state: dict[str, Any]) -> None:
         super()._load_wrapper_state(state)
-        # A checkpoint saved in the other mode restores it, as it restores the other
-        # hyper-parameters: the object becomes the class of that mode (same attributes).
-        cls = _class_for(type(self), self.mode)
-        if cls is not type(self):
-            self.__class__ = cls
-            patch_step_function(self)  # step hooks of the class it became
-
-
-def _class_for(cls: type, mode: str) -> type:
-    """The class that implements ``mode`` (``cls`` itself for user subclasses)."""
-    from .authors_code import AuthorsCodeSPAG
-
-    if cls in (SPAGOptimizer, AuthorsCodeSPAG):
-        return AuthorsCodeSPAG if mode == "authors_code" else SPAGOptimizer
-    return cls
+        if "hyperparameters" in state:
+            for name, value in restore(hyperparameters_of(self), state["hyperparameters"]).items():
+                setattr(self, name, value)
+        device = self.params()[0].device if self.params() else torch.device("cpu")
+        self._safety_gradient.load_state_dict(state, device)

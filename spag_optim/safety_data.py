@@ -12,7 +12,6 @@ log-likelihood, as in the paper (see :mod:`spag_optim.safety_pairs`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import numbers
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -23,12 +22,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ._caller_warning import warn_at_caller
 from .safety_pairs import PaddingCollator, check_rows_fit, padded_pairs
+from .warnings import RefusalsNotProducedWarning, UnrestorablePositionWarning
 
-__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "move_to_device",
-           "check_batches_fit_model", "warn_if_zero_safety_gradient", "measures_refusal_nll",
+__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "model_loss",
+           "move_to_device",
+           "check_batches_fit_model", "measures_refusal_nll",
            "PRODUCED_NLL_MAX"]
 
-logger = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.nn.Module, Any], Tensor]
 
@@ -247,7 +247,8 @@ class SafetyBatches:
         """Restore the position; the seed given at construction is kept."""
         self.check_state_dict(state)
         if self.loader is not None:
-            logger.warning("SafetyBatches over a DataLoader cannot restore its position; restarting it")
+            warn_at_caller("SafetyBatches over a DataLoader cannot restore its position; restarting it",
+                           UnrestorablePositionWarning)
             return
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None
@@ -269,7 +270,7 @@ def _holds_text(example: Any) -> bool:
     return isinstance(example, Mapping) and any(isinstance(v, str) for v in example.values())
 
 
-def _model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
+def model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
     """Hugging Face convention: the model returns an output with ``.loss`` given ``labels``."""
     output = model(**batch) if isinstance(batch, Mapping) else model(*batch)
     loss = getattr(output, "loss", None)
@@ -309,26 +310,6 @@ def check_batches_fit_model(model: torch.nn.Module, batches: Iterable[Any]) -> N
         check_rows_fit(rows, limit, "the model's max_position_embeddings")
 
 
-def warn_if_zero_safety_gradient(sq_norm: Tensor, name: str = "SPAG") -> bool:
-    """Warn, and return True, if the safety gradient's squared norm ``sq_norm`` is zero.
-
-    The projection moves the parameters by alpha * g (SPARD, Eq. 4): with g = 0 it never moves
-    them, whatever the loss. On the first step that needs a projection this means the safety loss
-    does not depend on the parameters the optimizer updates (a closure over another copy of the
-    model, or a loss computed from detached outputs). Reads ``sq_norm`` on the host.
-    """
-    if float(sq_norm) != 0.0:
-        return False
-    warn_at_caller(
-        f"{name}: the safety gradient is zero for every parameter this optimizer updates, so the "
-        "projection can never move them: the safety loss does not depend on these parameters. Build "
-        "the closure with the model object the optimizer updates (not another copy of the model, "
-        "e.g. one loaded or deep-copied separately) and do not detach its outputs",
-        UserWarning,
-    )
-    return True
-
-
 class SafetyClosure:
     """``() -> loss``: the next safe batch through ``model``; resumable through its state dict."""
 
@@ -338,7 +319,7 @@ class SafetyClosure:
         self.batches = batches
         self._iterator = iter(batches)
         self._drawn = 0
-        self.loss_fn = loss_fn or _model_loss
+        self.loss_fn = loss_fn or model_loss
 
     def __call__(self) -> Tensor:
         try:
@@ -413,7 +394,7 @@ def calibrate_tau(
     A :class:`SafetyBatches` is measured from its current position and left where it was, so
     the batches training draws afterwards are the same with or without calibration.
 
-    Warns (``UserWarning``) when the result is above :data:`PRODUCED_NLL_MAX` = log 2 and the loss
+    Warns (:class:`~spag_optim.warnings.RefusalsNotProducedWarning`) when the result is above :data:`PRODUCED_NLL_MAX` = log 2 and the loss
     is the refusals' mean per-token negative log-likelihood (``loss_is_nll``; by default
     :func:`measures_refusal_nll`: the model's own loss on :meth:`SafetyBatches.from_pairs`
     batches). The mean NLL is minus the log of the refusal tokens' geometric-mean probability: above
@@ -428,7 +409,7 @@ def calibrate_tau(
     """
     num_batches = _checked_num_batches(num_batches, batches)
     check_batches_fit_model(model, batches)
-    tau = _mean_loss(model, batches, num_batches, loss_fn or _model_loss)
+    tau = _mean_loss(model, batches, num_batches, loss_fn or model_loss)
     if loss_is_nll is None:
         loss_is_nll = measures_refusal_nll(batches, loss_fn)
     if loss_is_nll and tau > PRODUCED_NLL_MAX:
@@ -440,7 +421,7 @@ def measures_refusal_nll(batches: Iterable[Any], loss_fn: Optional[LossFn] = Non
     """Whether the safety loss is the refusals' mean per-token NLL: the model's own loss
     (``loss_fn`` None or the default) on token rows padded by
     :class:`~spag_optim.safety_pairs.PaddingCollator`, as :meth:`SafetyBatches.from_pairs` makes."""
-    return (loss_fn is None or loss_fn is _model_loss) and isinstance(batches, SafetyBatches) \
+    return (loss_fn is None or loss_fn is model_loss) and isinstance(batches, SafetyBatches) \
         and isinstance(batches.collate_fn, PaddingCollator)
 
 
@@ -492,5 +473,5 @@ def _warn_refusals_not_produced(tau: float) -> None:
         "then from_pairs); check that the prompt format (the chat template, or from_pairs' render=) "
         "is the one the model was aligned with; or, to teach these refusals, pass a lower tau "
         "yourself (the paper's 0.2). Pass loss_is_nll=False if the loss is not a per-token NLL",
-        UserWarning,
+        RefusalsNotProducedWarning,
     )

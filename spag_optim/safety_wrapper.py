@@ -15,7 +15,7 @@ It holds the closure, checks what it returns (a scalar loss with a graph, or a c
 steps, and saves the closure's position (a :class:`~spag_optim.SafetyClosure` over
 :class:`~spag_optim.SafetyBatches`) in the state dict so that a resumed run draws the same safe
 batches. It is also the one home of what the rules share: the zero-filled safety gradient
-(:meth:`~SafetyClosureOptimizer._safety_grads`, :meth:`~SafetyClosureOptimizer._ensure_grads`), the
+(:meth:`~SafetyClosureOptimizer._safety_grads`, :func:`ensure_grads`), the
 non-finite skip that counts and warns (:meth:`~SafetyClosureOptimizer._skip_nonfinite`) and the
 :meth:`~SafetyClosureOptimizer.stats` every defense reports.
 
@@ -40,9 +40,10 @@ import torch
 from torch import Tensor
 
 from ._caller_warning import warn_at_caller
+from .warnings import FrozenParametersWarning, NonFiniteWarning
 from .wrapper import OptimizerWrapper
 
-__all__ = ["SafetyClosureOptimizer", "check_bool", "check_number"]
+__all__ = ["SafetyClosureOptimizer", "check_bool", "check_number", "ensure_grads"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,16 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+def ensure_grads(params: list[Tensor]) -> list[Tensor]:
+    """``p.grad`` of every parameter, a zero tensor put in where it is None (a parameter the
+    loss does not reach has a zero gradient component)."""
+    with torch.no_grad():
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    return [p.grad for p in params]  # type: ignore[misc]
 
 
 def _check_dtypes(params: Any) -> None:
@@ -106,7 +117,7 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         if not self._warned_frozen:
             self._warned_frozen = True
             warn_at_caller(f"{type(self).__name__}: no parameter of this optimizer requires grad "
-                           "(all frozen); the safety step has nothing to act on", RuntimeWarning)
+                           "(all frozen); the safety step has nothing to act on", FrozenParametersWarning)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
@@ -159,18 +170,8 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         self._num_nonfinite += 1
         warn_at_caller(
             f"{self.WARN_NAME or type(self).__name__}: the safety {what} is {value}; {consequence}",
-            RuntimeWarning,
+            NonFiniteWarning,
         )
-
-    @staticmethod
-    def _ensure_grads(params: list[Tensor]) -> list[Tensor]:
-        """``p.grad`` of every parameter, a zero tensor put in where it is None (a parameter the
-        loss does not reach has a zero gradient component)."""
-        with torch.no_grad():
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-        return [p.grad for p in params]  # type: ignore[misc]
 
     def _safety_grads(self, loss: Tensor, params: list[Tensor]) -> list[Tensor]:
         """The gradient of the safety ``loss`` for each of ``params`` (``p.grad`` untouched),

@@ -18,16 +18,15 @@ Like davda54/sam, the class is small enough to read in one sitting; subclasses i
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
+from ._caller_warning import warn_at_caller
 from ._torch_compat import init_optimizer_hooks, optimizer_hooks, patch_step_function
+from .warnings import MissingCheckpointEntryWarning
 
 __all__ = ["OptimizerWrapper"]
-
-logger = logging.getLogger(__name__)
 
 
 class OptimizerWrapper(torch.optim.Optimizer):
@@ -136,10 +135,12 @@ class OptimizerWrapper(torch.optim.Optimizer):
             self._check_wrapper_state(own)
         self.inner.load_state_dict(state_dict)
         if own is None:
-            logger.warning(
-                "%s.load_state_dict: the checkpoint has no %r entry (saved from a plain optimizer?); "
-                "the inner optimizer's state was loaded and %s's own state starts fresh",
-                type(self).__name__, self.STATE_KEY, type(self).__name__,
+            name = type(self).__name__
+            warn_at_caller(
+                f"{name}.load_state_dict: the checkpoint has no {self.STATE_KEY!r} entry (saved from "
+                f"a plain optimizer?); the inner optimizer's state was loaded and {name}'s own state "
+                "starts fresh",
+                MissingCheckpointEntryWarning,
             )
         else:
             self._load_wrapper_state(own)

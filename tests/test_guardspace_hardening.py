@@ -14,6 +14,7 @@ from torch import nn
 
 from guardspace_net import D_X, D_Y, Net, make_batches
 from hf_tiny import SAFE_TEXTS, tokenized, tokenizer
+from spag_optim.warnings import UnverifiedBaseWarning
 from tiny_lm import tiny_causal_lm
 from spag_optim import SafetyBatches
 from spag_optim.guardspace import (
@@ -222,7 +223,7 @@ def test_loading_onto_a_different_base_is_refused_or_warned(tmp_path):
     with pytest.raises(ValueError, match=rf"{re.escape(path.name)}.*different base.*3 layer.*check_base=False"):
         load_guardspace(other, path)
     assert_unchanged(other, before)
-    with pytest.warns(UserWarning, match="different base"):
+    with pytest.warns(UnverifiedBaseWarning, match="different base"):
         load_guardspace(other, path, check_base=False)
     assert all(isinstance(m, GuardSpaceLinear) for m in other.children())
 
@@ -243,7 +244,7 @@ def test_a_file_without_a_fingerprint_loads_with_a_warning(tmp_path):
     for entry in state["layers"].values():
         del entry["base_fingerprint"]
     torch.save(state, path)
-    with pytest.warns(UserWarning, match="no base fingerprint for 3 layer.*cannot check"):
+    with pytest.warns(UnverifiedBaseWarning, match="no base fingerprint for 3 layer.*cannot check"):
         load_guardspace(net(), path)
 
 

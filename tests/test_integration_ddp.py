@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gloo_workers import run_workers
 from toy_regression import mse, regression_batches, toy_mlp, train_alphas
-from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
+from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
 
 pytestmark = pytest.mark.distributed
 
@@ -68,7 +68,7 @@ def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
     # This rank's whole safe half as one (reshuffled) batch per step.
     batches = SafetyBatches(list(zip(*safe)), batch_size=ROWS, seed=rank)
     closure = make_safety_closure(ddp_model if through_ddp else model, batches, loss_fn)
-    opt = SPAGOptimizer(
+    opt = make_spag(
         make_inner(ddp_model.parameters()), closure, tau=tau(), trust_region=None, eps=0.0,
         distributed=distributed, skip_if_safe=skip, mode=mode,
     )
@@ -85,7 +85,7 @@ def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
             "alphas": alphas,
             "global_losses": global_losses,
             "local_losses": local_losses,
-            "resolved": opt._reducer.mode,
+            "resolved": opt._safety_gradient.reducer.mode,
             "projections": opt.num_projections,
         },
         out / f"{name}_rank{rank}.pt",
@@ -113,8 +113,8 @@ def single_process():
     for mode in ("paper", "authors_code"):
         model = toy_mlp()
         util, safe = make_data(None)
-        opt = SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, safe), tau=tau(),
-                            trust_region=None, eps=0.0, mode=mode)
+        opt = make_spag(make_inner(model.parameters()), lambda: mse(model, safe), tau=tau(),
+                        trust_region=None, eps=0.0, mode=mode)
         alphas = train_alphas(opt, model, util, STEPS)
         results[mode] = {"params": [p.detach().clone() for p in model.parameters()], "alphas": alphas}
     return results

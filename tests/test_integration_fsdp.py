@@ -73,7 +73,7 @@ def sharded_worker(rank: int, world_size: int, out) -> None:
         util, safe = make_data(rank)
         opt, alphas = run(model, util, safe, trust_region)
         results[f"fsdp_{name}"] = {
-            "alphas": alphas, "params": full_params(model), "mode": opt._reducer.mode,
+            "alphas": alphas, "params": full_params(model), "mode": opt._safety_gradient.reducer.mode,
             "projections": opt.num_projections,
         }
         # Tensor parallel: Shard(0), Shard(1) and one Replicate parameter (the row-wise bias);
@@ -84,7 +84,7 @@ def sharded_worker(rank: int, world_size: int, out) -> None:
         util, safe = make_data(None)
         opt, alphas = run(model, util, safe, trust_region)
         results[f"tp_{name}"] = {
-            "alphas": alphas, "params": full_params(model), "mode": opt._reducer.mode,
+            "alphas": alphas, "params": full_params(model), "mode": opt._safety_gradient.reducer.mode,
             "projections": opt.num_projections, "placements": placements,
         }
     torch.save(results, out / f"rank{rank}.pt")

@@ -71,7 +71,7 @@ def trainer_worker(rank: int, world_size: int, out, how: str) -> None:
             "params": [p.detach().clone() for p in model.parameters()],
             "history": callback.history,
             "local_losses": train_losses,
-            "resolved": optimizer._reducer.mode,
+            "resolved": optimizer._safety_gradient.reducer.mode,
             "wrapped": type(trainer.model_wrapped).__name__,
             "projections": optimizer.num_projections,
         },

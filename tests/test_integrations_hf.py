@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 from transformers import TrainerControl, TrainerState, TrainingArguments  # noqa: E402
 
 from spag_optim.integrations.trainer import SPAGLoggingCallback, find_spag_optimizer  # noqa: E402
+from spag_optim.warnings import NotSPAGOptimizerWarning  # noqa: E402
 
 
 def FakeSPAG():
@@ -37,7 +38,7 @@ def run_steps(callback, optimizer, state, steps):
         optimizer_inner = find_spag_optimizer(optimizer)
         optimizer_inner.last_stats = stats
         if bool(stats["projected"]):  # what the optimizer's own counter does on such a step
-            optimizer_inner._projections = torch.tensor(optimizer_inner.num_projections + 1)
+            optimizer_inner._safety_gradient.projections = torch.tensor(optimizer_inner.num_projections + 1)
         state.global_step += 1
         callback.on_step_end(args, state, TrainerControl(), optimizer=optimizer)
     return args
@@ -77,15 +78,15 @@ def test_on_log_adds_the_summary_of_the_steps_since_the_last_log():
     assert logs == {}
 
 
-def test_a_plain_optimizer_is_ignored_with_one_warning(caplog):
+def test_a_plain_optimizer_is_ignored_with_one_warning():
     callback = SPAGLoggingCallback()
     plain = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     args = TrainingArguments(output_dir="unused", report_to=[])
-    with caplog.at_level("WARNING", logger="spag_optim.integrations.trainer"):
+    with pytest.warns(NotSPAGOptimizerWarning, match="not a SPAG optimizer") as caught:
         for _ in range(3):
             callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=plain)
     assert callback.history == []
-    assert sum("not a SPAGOptimizer" in r.message for r in caplog.records) == 1
+    assert sum(issubclass(w.category, NotSPAGOptimizerWarning) for w in caught) == 1
 
 
 def test_an_explicit_optimizer_wins_over_the_trainers():
@@ -97,7 +98,7 @@ def test_an_explicit_optimizer_wins_over_the_trainers():
     assert callback.history == [{k: float(v) for k, v in STEPS[1].items()}]
 
 
-def test_a_baseline_with_last_stats_is_not_taken_for_spag(caplog):
+def test_a_baseline_with_last_stats_is_not_taken_for_spag():
     """LisaOptimizer also has last_stats (with a string "state"): SPAG is recognised by type."""
     from spag_optim.baselines import LisaOptimizer
 
@@ -107,9 +108,9 @@ def test_a_baseline_with_last_stats_is_not_taken_for_spag(caplog):
     assert find_spag_optimizer(SimpleNamespace(optimizer=lisa)) is None
     callback = SPAGLoggingCallback()
     args = TrainingArguments(output_dir="unused", report_to=[])
-    with caplog.at_level("WARNING", logger="spag_optim.integrations.trainer"):
+    with pytest.warns(NotSPAGOptimizerWarning, match="not a SPAG optimizer"):
         callback.on_step_end(args, TrainerState(), TrainerControl(), optimizer=lisa)
-    assert callback.history == [] and "not a SPAGOptimizer" in caplog.text
+    assert callback.history == []
 
 
 def test_logged_projections_continue_after_a_resume():

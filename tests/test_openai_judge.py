@@ -19,6 +19,7 @@ from spag_optim.evaluation import (
     attack_success_rate,
 )
 from spag_optim.evaluation.openai_judge import _chat_url
+from spag_optim.warnings import MalformedJudgeReplyWarning
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 
@@ -243,14 +244,13 @@ def test_malformed_reply_raises_by_default(server_factory):
         judge.score(["p"], ["SCORE=2"])
 
 
-def test_malformed_reply_fallback_is_counted_and_warned(server_factory, caplog):
+def test_malformed_reply_fallback_is_counted_and_warned(server_factory):
     server = server_factory([("content", "#thescore: 9")])
     judge = make_judge(server, max_workers=1, on_malformed=5)
-    with caplog.at_level(logging.WARNING):
+    with pytest.warns(MalformedJudgeReplyWarning, match="1 of 2 judge replies had no valid"):
         scores = judge.score(["p", "p"], ["SCORE=1", "SCORE=1"])
     assert scores.tolist() == [5.0, 1.0]
     assert judge.last_malformed == [0]
-    assert "1 of 2 judge replies had no valid" in caplog.text
 
 
 @pytest.mark.parametrize(

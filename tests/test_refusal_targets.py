@@ -15,6 +15,7 @@ from spag_optim import SafetyBatches, calibrate_tau  # noqa: E402
 from spag_optim.evaluation import KeywordRefusalJudge  # noqa: E402
 from spag_optim.model_refusals import refusals_from_model  # noqa: E402
 from spag_optim.safety_data import PRODUCED_NLL_MAX  # noqa: E402
+from spag_optim.warnings import RefusalsNotProducedWarning  # noqa: E402
 
 OWN_REFUSAL = "sorry i cannot help with that"
 OTHER_REFUSAL = "as a responsible assistant i must decline this request"
@@ -45,7 +46,7 @@ def calibrated(model, tok, pairs, **kwargs):
 
 def test_calibrate_tau_warns_when_the_model_does_not_produce_the_refusals(aligned):
     model, tok = aligned
-    with pytest.warns(UserWarning, match="does not produce these refusals") as caught:
+    with pytest.warns(RefusalsNotProducedWarning, match="does not produce these refusals") as caught:
         tau = calibrated(model, tok, [(p, OTHER_REFUSAL) for p in REFUSED])
     assert tau > PRODUCED_NLL_MAX and "refusals_from_model" in str(caught[0].message)
     with warnings.catch_warnings():
@@ -79,6 +80,6 @@ def test_tau_calibrate_in_the_trainer_warns_too(aligned, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
     trainer = Trainer(model=model, args=args, optimizers=(optimizer, None),
                       data_collator=safety.batches.collate_fn)
-    with pytest.warns(UserWarning, match="does not produce these refusals"):
+    with pytest.warns(RefusalsNotProducedWarning, match="does not produce these refusals"):
         attach_spag(trainer, tau="calibrate", calibration_batches=1)
     assert optimizer.tau > PRODUCED_NLL_MAX

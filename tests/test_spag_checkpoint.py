@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
+from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
 from pair_model import PairLoss, safe_dataset, train
@@ -172,7 +172,7 @@ def test_tau_warning_stays_silent_when_tau_fits(how):
     kw = {"calibrated": {"tau": tau}, "mode_authors_code": {"tau": tau, "mode": "authors_code"},
           # far above only at first: the projection brings the loss under tau within the steps
           "not_every_step_projects": {"tau": tau / 3, "trust_region": None}}[how]
-    opt = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=0.05), closure, **kw)
+    opt = make_spag(torch.optim.AdamW(model.parameters(), lr=0.05), closure, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(model, opt, 3 * FIRST_STEPS)

@@ -13,12 +13,11 @@ import torch
 
 import spag_optim
 from spag_optim import SPAGConfig, SPAGOptimizer
-from spag_optim.spag_base import SPAGBase
 from spard_io import version as spard_version
 
 
 def test_fields_are_the_optimizers_hyperparameters_with_its_defaults():
-    signature = inspect.signature(SPAGBase.__init__).parameters
+    signature = inspect.signature(SPAGOptimizer.__init__).parameters
     fields = {f.name: f.default for f in dataclasses.fields(SPAGConfig)}
     runtime_objects = {"self", "inner", "safety_closure", "process_group", "grad_scaler"}
     assert set(fields) == set(signature) - runtime_objects

@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
+from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
+from spag_optim.warnings import ZeroSafetyGradientWarning
 
 from pair_model import flat_params, safe_dataset, train, utility_batch
 
@@ -35,7 +36,7 @@ def build(seed=0, tau=0.5, **kw):
     wrapper = PairLoss(tiny_model(seed))
     closure = make_safety_closure(wrapper, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
     inner = torch.optim.AdamW(wrapper.parameters(), lr=0.05)
-    return wrapper, SPAGOptimizer(inner, closure, tau=tau, **kw)
+    return wrapper, make_spag(inner, closure, tau=tau, **kw)
 
 
 
@@ -87,7 +88,7 @@ NONFINITE_LOSSES = {
 @pytest.mark.parametrize("mode", ["paper", "authors_code"])
 def test_nonfinite_safety_loss_or_gradient_leaves_theta_plus(name, skip_if_safe, mode):
     model = tiny_model()
-    opt = SPAGOptimizer(
+    opt = make_spag(
         torch.optim.SGD(model.parameters(), lr=0.1), lambda: NONFINITE_LOSSES[name](model),
         tau=0.1, trust_region=None, skip_if_safe=skip_if_safe, mode=mode,
     )
@@ -170,13 +171,13 @@ def test_calibrate_tau_is_the_mean_safety_loss_in_eval_mode():
 def test_a_safety_loss_that_misses_the_parameters_is_named_not_blamed_on_tau(mode):
     wrapper, other_copy = PairLoss(tiny_model()), PairLoss(tiny_model())
     closure = make_safety_closure(other_copy, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
-    opt = SPAGOptimizer(torch.optim.AdamW(wrapper.parameters(), lr=0.05), closure, tau=0.0, mode=mode)
+    opt = make_spag(torch.optim.AdamW(wrapper.parameters(), lr=0.05), closure, tau=0.0, mode=mode)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(wrapper, opt, 12)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "safety gradient is zero" in messages[0], messages
-    assert "another copy of the model" in messages[0] and caught[0].category is UserWarning
+    assert "another copy of the model" in messages[0] and caught[0].category is ZeroSafetyGradientWarning
     # A loss that reaches the parameters is not warned about.
     wrapper, opt = build(tau=0.0, mode=mode)
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from spag_optim import SPAGOptimizer
+from spag_optim import AuthorsCodeSPAG, SPAGOptimizer
 from spag_reference import reference_authors_code_step, reference_paper_step
 from toy_regression import mse, toy_mlp
 
@@ -75,9 +75,8 @@ def test_authors_code_mode_matches_literal_reference(inner_name):
     model, util, safe = make_problem()
     ref_model = copy.deepcopy(model)
     tau, tolerance = initial_safety_loss() * 1.2, initial_safety_loss() * 0.05
-    opt = SPAGOptimizer(
-        INNERS[inner_name](model.parameters()), lambda: mse(model, safe), tau=tau,
-        mode="authors_code", tolerance=tolerance, alpha_max=1.0, eps=0.0,
+    opt = AuthorsCodeSPAG(
+        INNERS[inner_name](model.parameters()), lambda: mse(model, safe), tau=tau, tolerance=tolerance, alpha_max=1.0, eps=0.0,
     )
     ref_params = list(ref_model.parameters())
     ref_inner = INNERS[inner_name](ref_params)

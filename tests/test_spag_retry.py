@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
+from spag_optim import SPAG_CLASSES, AuthorsCodeSPAG, SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
 from pair_model import PairLoss, safe_dataset
@@ -66,7 +66,7 @@ SPAG_KINDS = {
     "paper_relative": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0),
     "paper_no_cap_no_read": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, trust_region=None,
                                                            skip_if_safe=False),
-    "authors_code": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, mode="authors_code"),
+    "authors_code": lambda inner, c: AuthorsCodeSPAG(inner, c, tau=0.0),
     "penalty": lambda inner, c: PenaltyOptimizer(inner, c, lam=0.5, tau=0.0),
     "safegrad": lambda inner, c: SafeGradOptimizer(inner, c),
     "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=2, finetune_steps=2, rho=0.3),
@@ -118,7 +118,7 @@ def assert_same_run(a, b):
     assert losses_a == losses_b
     assert opt_a.num_steps == opt_b.num_steps
     assert opt_a.safety_closure.state_dict() == opt_b.safety_closure.state_dict()
-    if isinstance(opt_a, SPAGOptimizer):
+    if isinstance(opt_a, SPAG_CLASSES):
         assert opt_a.num_projections == opt_b.num_projections > 0
 
 
@@ -145,9 +145,9 @@ def test_every_parameter_frozen_is_a_step_with_nothing_to_project(mode, trust_re
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     calls = []
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                        lambda: calls.append(1) or model(torch.ones(2, 4)).sum(),
-                        tau=0.0, trust_region=trust_region, mode=mode)
+    opt = make_spag(torch.optim.SGD(model.parameters(), lr=0.1),
+                    lambda: calls.append(1) or model(torch.ones(2, 4)).sum(),
+                    tau=0.0, trust_region=trust_region, mode=mode)
     model.requires_grad_(False)
     before = flat(model)
     with pytest.warns(RuntimeWarning, match="frozen"):
@@ -183,7 +183,7 @@ class EmbeddingLoss(torch.nn.Module):
 
 DEFENSES = {
     "spag": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0),
-    "spag_authors_code": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, mode="authors_code"),
+    "spag_authors_code": lambda inner, c: AuthorsCodeSPAG(inner, c, tau=0.0),
     "penalty": lambda inner, c: PenaltyOptimizer(inner, c, tau=0.0),
     "safegrad": lambda inner, c: SafeGradOptimizer(inner, c),
     "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=1, finetune_steps=1),

@@ -4,7 +4,7 @@ the shared ``num_steps``/``num_nonfinite``/``num_interventions`` and each method
 import pytest
 import torch
 
-from spag_optim import AuthorsCodeSPAG, SPAGOptimizer
+from spag_optim import AuthorsCodeSPAG, SPAGOptimizer, make_spag
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
 # name -> (class, options, the method's own counter that num_interventions is)
@@ -72,8 +72,8 @@ def test_num_interventions_continues_after_a_resume(name):
 def test_spag_last_stats_are_0_dim_tensors_on_every_path(options):
     opt_model = torch.nn.Linear(3, 2)
     x = torch.randn(8, 3)
-    opt = SPAGOptimizer(torch.optim.SGD(opt_model.parameters(), lr=0.1),
-                        lambda: ((opt_model(x) + 1) ** 2).mean(), **options)
+    opt = make_spag(torch.optim.SGD(opt_model.parameters(), lr=0.1),
+                    lambda: ((opt_model(x) + 1) ** 2).mean(), **options)
     train(opt_model, x, opt, 2)
     assert set(opt.last_stats) == {"safety_loss", "projected", "alpha", "safety_grad_norm"}
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in opt.last_stats.values())

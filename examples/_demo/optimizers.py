@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from spag_optim import SPAGOptimizer
+from spag_optim import make_spag
 from spag_optim.baselines import OPTIMIZER_BASELINES
 
 from .config import DemoConfig
@@ -27,8 +27,9 @@ Wrapper = Callable[..., torch.optim.Optimizer]
 
 def spag(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], config: DemoConfig,
          **options: Any) -> torch.optim.Optimizer:
-    """``SPAGOptimizer`` with the demo's tau; ``options`` are its other keyword arguments."""
-    return SPAGOptimizer(inner, safety_closure, tau=config.tau, **options)
+    """SPAG with the demo's tau; ``options`` are its other keyword arguments (``mode`` picks
+    ``SPAGOptimizer`` or ``AuthorsCodeSPAG``)."""
+    return make_spag(inner, safety_closure, tau=config.tau, **options)
 
 
 def penalty(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], config: DemoConfig,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..functional import global_sq_norm
-from ..safety_wrapper import SafetyClosureOptimizer, check_number
+from ..safety_wrapper import SafetyClosureOptimizer, check_number, ensure_grads
 
 __all__ = ["LisaOptimizer"]
 
@@ -148,7 +148,7 @@ class LisaOptimizer(SafetyClosureOptimizer):
             with torch.no_grad():
                 diff = torch._foreach_sub(params, self._anchor_for(params))
                 drift = float(global_sq_norm(diff, params[0].device))
-                torch._foreach_add_(self._ensure_grads(params), diff, alpha=self.rho)
+                torch._foreach_add_(ensure_grads(params), diff, alpha=self.rho)
         self.last_stats = {
             "state": state,
             "safety_loss": safety_loss,

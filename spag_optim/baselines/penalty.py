@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..functional import global_sq_norm
-from ..safety_wrapper import SafetyClosureOptimizer, check_number
+from ..safety_wrapper import SafetyClosureOptimizer, check_number, ensure_grads
 
 __all__ = ["PenaltyOptimizer"]
 
@@ -78,7 +78,7 @@ class PenaltyOptimizer(SafetyClosureOptimizer):
                 active = False
             else:
                 with torch.no_grad():
-                    torch._foreach_add_(self._ensure_grads(params), safety, alpha=self.lam)
+                    torch._foreach_add_(ensure_grads(params), safety, alpha=self.lam)
         self._num_active += int(active)
         self.last_stats = {
             "safety_loss": value,

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..functional import accumulation_dtype, global_sq_norm
-from ..safety_wrapper import SafetyClosureOptimizer
+from ..safety_wrapper import SafetyClosureOptimizer, ensure_grads
 
 __all__ = ["SafeGradOptimizer"]
 
@@ -83,7 +83,7 @@ class SafeGradOptimizer(SafetyClosureOptimizer):
             conflict = dot_v < 0.0 and sq_s > 0.0
             if conflict:
                 coef = dot_v / sq_s
-                torch._foreach_sub_(self._ensure_grads(params), safety, alpha=coef)
+                torch._foreach_sub_(ensure_grads(params), safety, alpha=coef)
                 self._num_conflicts += 1
         cosine = dot_v / math.sqrt(sq_s * sq_u) if sq_s > 0 and sq_u > 0 else 0.0
         return {"safety_loss": value, "conflict": conflict, "cosine": cosine}

@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .._caller_warning import warn_at_caller
+from ..warnings import MalformedJudgeReplyWarning
 from ._http import BodyTooLarge, DeadlineExceeded, post
 from .judges import Judge
 from .rubric import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
@@ -334,8 +336,9 @@ class OpenAIJudge(Judge):
                 raise
         self.last_malformed = malformed
         if malformed:
-            logger.warning(
-                "%d of %d judge replies had no valid '#thescore' line; scored them %g "
-                "(indices in last_malformed)", len(malformed), len(prompts), self.on_malformed,
+            warn_at_caller(
+                f"{len(malformed)} of {len(prompts)} judge replies had no valid '#thescore' line; "
+                f"scored them {self.on_malformed:g} (indices in last_malformed)",
+                MalformedJudgeReplyWarning,
             )
         return scores

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import itertools
 import numbers
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .._caller_warning import warn_at_caller
 from ..safety_data import SafetyBatches
+from ..warnings import EmptyNullSpaceWarning
 from .covariance import input_covariances
 from .decompose import DEFAULT_DAMPING, INVERSE_TOLERANCE, null_space, preconditioned_svd
 from .fingerprint import base_fingerprint
@@ -137,7 +138,7 @@ def _null_projectors(
         )
         if on_empty == "raise":
             raise ValueError(message)
-        warnings.warn(message, stacklevel=4)  # past _null_projectors and torch.no_grad's wrapper
+        warn_at_caller(message, EmptyNullSpaceWarning)
     return projectors, leader
 
 

@@ -17,7 +17,6 @@ All three change the model all or nothing (:mod:`.surgery`).
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Mapping, Union
 
 import torch
@@ -25,6 +24,8 @@ from torch import Tensor, nn
 
 from spard_io import write_atomic
 
+from .._caller_warning import warn_at_caller
+from ..warnings import UnverifiedBaseWarning
 from .decompose import NullSpace
 from .fingerprint import base_fingerprint
 from .layer import GuardSpaceLinear, NullSpaceProjector, residual_weight
@@ -141,9 +142,9 @@ def _check_base(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, 
     saved = {name: entry.get("base_fingerprint") for name, entry in state["layers"].items()}
     unknown = [name for name, fingerprint in saved.items() if not isinstance(fingerprint, str)]
     if unknown:
-        warnings.warn(f"{path} holds no base fingerprint for {len(unknown)} layer(s) (e.g. {unknown[0]}; format "
-                      f"{state['format']!r}): cannot check that this model is the base they were built on; save "
-                      "the adapters again to record it", stacklevel=4)
+        warn_at_caller(f"{path} holds no base fingerprint for {len(unknown)} layer(s) (e.g. {unknown[0]}; format "
+                       f"{state['format']!r}): cannot check that this model is the base they were built on; save "
+                       "the adapters again to record it", UnverifiedBaseWarning)
     differ = [name for name in saved if name not in unknown and saved[name] != base_fingerprint(modules[name])]
     if not differ:
         return
@@ -152,7 +153,7 @@ def _check_base(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, 
                "on, or pass check_base=False to load it anyway")
     if strict:
         raise ValueError(message)
-    warnings.warn(message, stacklevel=4)
+    warn_at_caller(message, UnverifiedBaseWarning)
 
 
 def _loaded_layers(state: Mapping[str, Any], modules: Mapping[str, nn.Module]) -> dict[str, GuardSpaceLinear]:

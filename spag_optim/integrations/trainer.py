@@ -50,10 +50,13 @@ import torch.distributed as dist
 from torch import Tensor
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .._caller_warning import warn_at_caller
 from ..config import CALIBRATE, SPAGConfig
 from ..distributed import DEEPSPEED_UNSUPPORTED
-from ..safety_data import SafetyBatches, _model_loss, calibrate_tau, measures_refusal_nll, move_to_device
+from ..factory import SPAG_CLASSES, make_spag
+from ..safety_data import SafetyBatches, calibrate_tau, measures_refusal_nll, model_loss, move_to_device
 from ..safety_wrapper import check_number
+from ..warnings import NotSPAGOptimizerWarning
 
 __all__ = ["SPAGTrainer", "SPAGTrainerMixin", "TrainerSafetyClosure", "attach_spag",
            "SPAGLoggingCallback", "add_spag_logging", "find_spag_optimizer"]
@@ -89,7 +92,7 @@ class TrainerSafetyClosure:
                                      collate_fn=collate_fn or _unbound_collate, seed=seed)
         self._own_collate = collate_fn is not None
         self._seed = int(seed)
-        self.loss_fn = loss_fn or _model_loss
+        self.loss_fn = loss_fn or model_loss
         self.trainer: Any = None
 
     @classmethod
@@ -240,14 +243,13 @@ def trainer_grad_scaler(trainer: Any) -> Any | None:
 
 # -- logging ------------------------------------------------------------------------------------
 def find_spag_optimizer(optimizer: Any) -> Any | None:
-    """The :class:`~spag_optim.SPAGOptimizer` inside ``optimizer``, unwrapping Accelerate's
-    ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped one as ``.optimizer``);
+    """The SPAG optimizer (either rule, :data:`~spag_optim.SPAG_CLASSES`) inside ``optimizer``,
+    unwrapping Accelerate's ``AcceleratedOptimizer`` (and any other wrapper that keeps the wrapped
+    one as ``.optimizer``);
     None if there is none. Recognised by type: the baselines also have ``last_stats``."""
-    from ..optimizer import SPAGOptimizer
-
     seen: set[int] = set()
     while optimizer is not None and id(optimizer) not in seen:
-        if isinstance(optimizer, SPAGOptimizer):
+        if isinstance(optimizer, SPAG_CLASSES):
             return optimizer
         seen.add(id(optimizer))
         optimizer = getattr(optimizer, "optimizer", None)
@@ -281,8 +283,8 @@ class SPAGLoggingCallback(TrainerCallback):
     def _spag(self, optimizer: Any) -> Any | None:
         spag = find_spag_optimizer(self.optimizer if self.optimizer is not None else optimizer)
         if spag is None and not self._warned:
-            logger.warning("SPAGLoggingCallback: the optimizer is not a SPAGOptimizer; "
-                           "nothing to log")
+            warn_at_caller("SPAGLoggingCallback: the optimizer is not a SPAG optimizer; nothing to log",
+                           NotSPAGOptimizerWarning)
             self._warned = True
         return spag
 
@@ -382,12 +384,10 @@ class SPAGTrainerMixin:
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """The Trainer's own optimizer (``super().create_optimizer``) wrapped in SPAG, once."""
-        from ..optimizer import SPAGOptimizer
-
         optimizer = super().create_optimizer(model)  # type: ignore[misc]
         if find_spag_optimizer(optimizer) is None:
-            optimizer = SPAGOptimizer(optimizer, self.safety_closure, **self.spag_config.to_dict(),
-                                      grad_scaler=trainer_grad_scaler(self))
+            optimizer = make_spag(optimizer, self.safety_closure, **self.spag_config.to_dict(),
+                                  grad_scaler=trainer_grad_scaler(self))
             self.optimizer = optimizer
         return optimizer
 
