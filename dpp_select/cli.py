@@ -29,7 +29,7 @@ from spard_io import read_jsonl, write_atomic, write_jsonl
 
 from ._cache import cache_path, load_cached, save_cached
 from ._files import check_distinct, check_output
-from .embed import embed_texts
+from .embed import EmptyTextError, embed_texts
 from .selection import METHODS, _resolve_k, select
 
 __all__ = ["main"]
@@ -163,9 +163,12 @@ def _load_model(args: argparse.Namespace, loaded: dict) -> None:
                          f"folder ({type(err).__name__}: {first})") from None
 
 
-def _embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict
-           ) -> np.ndarray:
-    """Embeddings of the texts read from ``source`` (named in errors), cached when allowed."""
+def _embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict,
+           first_row: int = 0) -> np.ndarray:
+    """Embeddings of the texts read from ``source`` (named in errors), cached when allowed.
+
+    ``texts`` are the file's rows from ``first_row`` on (a rank's share): errors name rows by
+    their 0-based number in the file."""
     path = None
     if not args.no_cache:
         path = cache_path(args.cache_dir, args.model, texts, args.max_length)
@@ -178,8 +181,9 @@ def _embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict
         emb = embed_texts(texts, loaded["model"], loaded["tokenizer"],
                           batch_size=args.batch_size, max_length=args.max_length,
                           device=args.device, progress=not args.no_progress)
-    except ValueError as err:  # e.g. texts that tokenize to nothing: say which file
-        raise ValueError(f"{source}: {err} (0-based row numbers)") from None
+    except EmptyTextError as err:  # say which file, and which rows of it
+        rows = EmptyTextError([first_row + row for row in err.rows])
+        raise ValueError(f"{source}: {rows} (0-based row numbers)") from None
     if path is not None:
         save_cached(path, emb)
     return emb

@@ -67,8 +67,9 @@ def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
     if keep is not None:
         pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     loaded: dict = {}
-    pool_emb = cli._embed(cli._texts(pool_rows, pool_fields), args.pool, args, loaded)
-    target_emb = (cli._embed(cli._texts(target_rows, target_fields), args.target, args, loaded)
+    pool_emb = cli._embed(cli._texts(pool_rows, pool_fields), args.pool, args, loaded, lo)
+    target_emb = (cli._embed(cli._texts(target_rows, target_fields), args.target, args, loaded,
+                             tlo)
                   if target_rows else np.empty((0, pool_emb.shape[1]), dtype=np.float32))
     return indices_out, n_pool, lo, pool_rows, pool_emb, target_emb
 

@@ -25,6 +25,7 @@ collective fail within the process group's timeout.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -143,13 +144,19 @@ class Shard:
 
 
 def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, eps: float,
-                   backend: str, device: Any, group: Any):
-    """``greedy_dpp_result`` on this rank's shard; see the module docstring."""
+                   backend: str, device: Any, group: Any, lazy: bool = False):
+    """``greedy_dpp_result`` on this rank's shard; see the module docstring.
+
+    ``lazy=True`` is refused, after the agreement, with the same error on every rank: a rank
+    that raised alone would leave its peers waiting in a collective it never joins."""
     from . import greedy
 
     xpass = norms = w = None
     error = None
     try:
+        if lazy:
+            raise ValueError("lazy=True does not support process_group yet; use the default "
+                             "full-pass greedy (lazy=False) on a sharded pool")
         greedy._check_scalars(k, jitter, eps)
         xpass, norms = greedy._make_pass(emb, backend, device)
         w = greedy.dpp_weights(quality, xpass.n, beta)
@@ -223,11 +230,43 @@ def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, gr
     return max_cosine(x, pool_norms, rounds(), sum(counts), dtype, chunk_size, unit)
 
 
-def agree_sizes(group: Any, n_pool: int, n_target: int, **arguments: Any) -> tuple[int, int]:
-    """Check that every rank passed the same ``arguments``; the global pool and target sizes."""
-    facts = agree(group, "select", {"n": n_pool, "m": n_target, **arguments}, None,
-                  tuple(arguments))
+def agree_sizes(group: Any, n_pool: int, target_emb: Any, **arguments: Any) -> tuple[int, int]:
+    """Check that every rank passed the same ``arguments`` and its own share of the targets;
+    return the global pool and target sizes.
+
+    The fine-tuning set is sharded like the pool. Every rank passing the whole set would count
+    it R times (``ratio=`` would select R times too many items) and multiply the relevance work
+    by R, so identical non-empty target blocks on every rank are refused on every rank.
+    """
+    local = {"n": n_pool, "m": len(target_emb), "targets": _fingerprint(target_emb),
+             **arguments}
+    facts = agree(group, "select", local, None, tuple(arguments))
+    m = facts[0]["m"]
+    if (len(facts) > 1 and m > 0 and facts[0]["targets"] is not None
+            and all(f["targets"] == facts[0]["targets"] for f in facts)):
+        raise DistributedArgumentError(
+            f"select: every rank passed the same {m} target rows, but the fine-tuning set is "
+            "sharded like the pool (ratio= would count it once per rank); pass each rank its "
+            "own block: lo, hi = dpp_select.distributed.shard_range(len(targets), "
+            "process_group), then target_emb=targets[lo:hi]")
     return sum(f["n"] for f in facts), sum(f["m"] for f in facts)
+
+
+def _fingerprint(x: Any) -> str | None:
+    """A hash of an embedding block's dtype, shape and bytes (None when it is not an array)."""
+    try:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            shape, dtype = tuple(x.shape), str(x.dtype)
+            data = x.reshape(-1).view(torch.uint8).numpy()
+        else:
+            data = np.ascontiguousarray(x)
+            shape, dtype = data.shape, str(data.dtype)
+        digest = hashlib.sha256(f"{dtype}{shape}".encode())
+        digest.update(memoryview(data).cast("B"))
+    except (TypeError, ValueError, RuntimeError):  # not an array: relevance_scores says why
+        return None
+    return digest.hexdigest()
 
 
 def gather_quality(quality: np.ndarray, group: Any) -> np.ndarray:

@@ -135,12 +135,10 @@ def greedy_dpp_result(
     if not isinstance(lazy, bool):
         raise ValueError(f"lazy must be True or False, got {lazy!r}")
     if process_group is not None:
-        if lazy:
-            raise ValueError("lazy=True does not support process_group yet; use the default "
-                             "full-pass greedy (lazy=False) on a sharded pool")
         from .distributed import sharded_greedy
 
-        return sharded_greedy(emb, k, quality, beta, jitter, eps, backend, device, process_group)
+        return sharded_greedy(emb, k, quality, beta, jitter, eps, backend, device, process_group,
+                              lazy)
     xpass, norms = _make_pass(emb, backend, device)
     _check_scalars(k, jitter, eps)
     if k > xpass.n:

@@ -124,9 +124,10 @@ def select(
     if process_group is not None:
         from .distributed import agree_sizes, gather_quality
 
-        n_pool, n_target = agree_sizes(process_group, len(pool_emb), len(target_emb),
+        n_pool, n_target = agree_sizes(process_group, len(pool_emb), target_emb,
                                        method=method, k=k, ratio=ratio, beta=beta, seed=seed,
-                                       jitter=jitter, eps=eps)
+                                       jitter=jitter, eps=eps,
+                                       lazy=greedy_options.get("lazy", False))
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     quality = relevance_scores(pool_emb, target_emb, process_group=process_group)
