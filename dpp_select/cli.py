@@ -25,7 +25,7 @@ import warnings
 from typing import Any, Sequence
 
 import numpy as np
-from spard_io import read_jsonl, write_atomic, write_jsonl
+from spard_io import distribution_version, read_jsonl, write_atomic, write_jsonl
 
 from ._cache import cache_path, load_cached, save_cached
 from ._files import check_distinct, check_output
@@ -37,8 +37,11 @@ __all__ = ["main"]
 _UNSAFE = "unsafe"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options, each with its help text."""
     p = argparse.ArgumentParser(prog="dpp-select", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}",
+                   help="print the installed spard version and exit")
     p.add_argument("--pool", required=True, help="candidate pool JSONL (e.g. SPARD safety data)")
     p.add_argument("--target", required=True, help="fine-tuning set JSONL (e.g. GSM8K)")
     p.add_argument("--model", required=True, help="local path of a Hugging Face model")
@@ -58,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--k", type=int, help="number of items to select")
     size.add_argument("--ratio", type=float,
                       help="select ceil(RATIO x fine-tuning set size) items (SPARD: 0.03)")
-    p.add_argument("--method", default="dpp", choices=METHODS)
+    p.add_argument("--method", default="dpp", choices=METHODS, metavar="METHOD",
+                   help="selection rule: dpp (SPARD's relevance-weighted DPP, the default), "
+                   "dpp_diversity_only (beta 0), top_relevance (the k most relevant), random, "
+                   "high_relevance / low_relevance (k drawn from the more / less relevant half "
+                   "of the pool)")
     p.add_argument("--beta", type=float, default=4.0, help="relevance exponent (default 4)")
     p.add_argument("--jitter", default="1e-6",
                    help="kernel jitter: a number >= 0 (default 1e-6, the authors' constant) or "
@@ -66,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lazy", action="store_true",
                    help="exact lazy greedy: the same picks, usually far less work on large pools")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="texts per forward pass when embedding (default 32)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per text")
     p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
     p.add_argument("--cache-dir", default=os.path.join(".cache", "dpp_select"),
@@ -144,6 +152,14 @@ def _check_args(args: argparse.Namespace) -> str:
     return indices_out
 
 
+def _chosen_by(fields: list[str], keep: list[str] | None, option: str = "--pool-fields"
+               ) -> dict[str, str]:
+    """The option that asked for each required field, named when a row lacks it."""
+    chosen = {field: "--keep-fields" for field in keep or []}
+    chosen.update({field: option for field in fields})
+    return chosen
+
+
 def _texts(rows: list[dict], fields: list[str]) -> list[str]:
     return ["\n\n".join(row[f] for f in fields) for row in rows]
 
@@ -194,8 +210,10 @@ def _run(args: argparse.Namespace) -> None:
     pool_fields = _fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
     target_fields = _fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
     keep = None if args.keep_fields is None else _fields(args.keep_fields, True, "--keep-fields")
-    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []))
-    target_rows = read_jsonl(args.target, required=target_fields)
+    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []),
+                           chosen_by=_chosen_by(pool_fields, keep))
+    target_rows = read_jsonl(args.target, required=target_fields,
+                             chosen_by=_chosen_by(target_fields, None, "--target-fields"))
     if not pool_rows:
         raise ValueError(f"{args.pool}: the pool holds no rows")
     if not target_rows:
@@ -235,7 +253,7 @@ def _report(result: Any, n_pool: int, args: argparse.Namespace, indices_out: str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns 0, or exits with status 2 and one line on bad input."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .cli_sharded import run_sharded, wants_distributed

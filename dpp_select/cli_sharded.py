@@ -62,8 +62,10 @@ def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
         raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
     lo, hi = shard_range(n_pool, dist.group.WORLD)
     tlo, thi = shard_range(n_target, dist.group.WORLD)
-    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []), span=(lo, hi))
-    target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi))
+    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []), span=(lo, hi),
+                           chosen_by=cli._chosen_by(pool_fields, keep))
+    target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi),
+                             chosen_by=cli._chosen_by(target_fields, None, "--target-fields"))
     if keep is not None:
         pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     loaded: dict = {}

@@ -152,7 +152,7 @@ def select(
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
                                 process_group=process_group, **greedy_options)
         summary = summarize_selection(method, q, b, int(res.indices.size), dim, res.gains,
-                                      float(jitter))
+                                      float(jitter), res.indices)
         if summary.low_relevance:
             warnings.warn(summary.advice(), LowRelevanceWarning, stacklevel=2)
         return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored,

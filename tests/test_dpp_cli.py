@@ -262,3 +262,62 @@ def test_lazy_flag_selects_what_the_full_pass_selects(files, tmp_path, capsys):
         _run(files, tmp_path, "--k", "3", "--lazy", "--distributed")
     assert exit_info.value.code == 2
     assert "--lazy runs in one process" in capsys.readouterr().err
+
+
+def test_version_comes_from_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    import dpp_select
+    from spard_io import distribution_version
+
+    assert dpp_select.__version__ == version("spard") == distribution_version()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"dpp-select {version('spard')}\n"
+
+
+def test_version_falls_back_to_the_checkout_metadata(monkeypatch):
+    import configparser
+    import importlib.metadata
+    import pathlib
+
+    import spard_io.version as version_module
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(version_module, "version", not_installed)
+    setup = configparser.ConfigParser()
+    setup.read(pathlib.Path(version_module.__file__).parents[1] / "setup.cfg")
+    assert version_module.distribution_version() == setup["metadata"]["version"]
+
+
+def test_every_option_has_help_text():
+    parser = cli.build_parser()
+    missing = [action.option_strings for action in parser._actions
+               if action.option_strings and not action.help]
+    assert missing == []
+    text = parser.format_help()
+    for method in ("dpp", "dpp_diversity_only", "random", "top_relevance", "high_relevance"):
+        assert method in text.split("--method", 1)[1]
+
+
+def test_json_errors_name_the_column_and_missing_fields_name_the_option(files, tmp_path, capsys):
+    truncated = '{"prompt": "how do i bake bread"'  # the object is never closed
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n' + truncated + "\n")
+    err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(bad))
+    assert f"bad.jsonl:2: not valid JSON (Expecting ',' delimiter at column {len(truncated) + 1})" \
+        in err
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(b'{"prompt": "a"}\r\n{"prompt": "b",\r\n')
+    err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(crlf))
+    assert "crlf.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes " \
+        "at column 16)" in err
+    for option, source, field in [("--target-fields", "target", "question"),
+                                  ("--pool-fields", "pool", "question"),
+                                  ("--keep-fields", "pool", "source")]:
+        err = _one_line_error(files, tmp_path, capsys, "--k", "1", option, field)
+        assert f"{source}.jsonl:1: missing field '{field}'" in err
+        assert f"choose the fields with {option}" in err
