@@ -23,7 +23,7 @@ import torch.multiprocessing as tmp_mp
 from dpp_select import greedy
 from dpp_select._inputs import check_embeddings
 from dpp_select.backends import NumpyPass
-from dpp_select.distributed import _all_gather
+from dpp_select.distributed import all_gather_tensor
 from dpp_select.greedy import greedy_dpp_result
 from lazy_families import _gaussian
 
@@ -64,7 +64,7 @@ def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: s
     t = time.perf_counter()
     for i in range(200):
         dist.all_reduce(scalar, op=dist.ReduceOp.MAX)
-        _all_gather(bests, scalar)
+        all_gather_tensor(bests, scalar)
         dist.broadcast(payload, src=i % world)
     comm = (time.perf_counter() - t) / 200
     passes = _time_pass(x)

@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
+import dpp_select.command as command
 from dpp_select import embed_texts, select
 
 from dpp_tiny_model import tiny_model, tiny_tokenizer
@@ -65,7 +66,7 @@ def test_selects_writes_rows_and_indices_and_caches(files, tmp_path, monkeypatch
     def no_embedding(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(cli, "embed_texts", no_embedding)
+    monkeypatch.setattr(command, "embed_texts", no_embedding)
     code, _ = _run(files, tmp_path, "--k", "3", "--pool-fields", "prompt,safe")
     np.testing.assert_array_equal(np.load(tmp_path / "sel.indices.npy"), indices)
     # A different field choice changes the texts, so it misses the cache.
@@ -143,7 +144,7 @@ def test_outputs_that_name_an_input_are_refused_and_the_inputs_survive(files, tm
 
 def test_arguments_and_output_locations_are_checked_before_embedding(files, tmp_path, capsys,
                                                                      monkeypatch):
-    monkeypatch.setattr(cli, "embed_texts", _no_embedding)
+    monkeypatch.setattr(command, "embed_texts", _no_embedding)
     (tmp_path / "folder").mkdir()
     cases = [
         (["--ratio", "0"], "--ratio must be a positive number"),
@@ -308,8 +309,8 @@ def test_json_errors_name_the_column_and_missing_fields_name_the_option(files, t
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n' + truncated + "\n")
     err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(bad))
-    assert f"bad.jsonl:2: not valid JSON (Expecting ',' delimiter at column {len(truncated) + 1})" \
-        in err
+    column = len(truncated) + 1  # just after the last character
+    assert f"bad.jsonl:2: not valid JSON (Expecting ',' delimiter at column {column})" in err
     crlf = tmp_path / "crlf.jsonl"
     crlf.write_bytes(b'{"prompt": "a"}\r\n{"prompt": "b",\r\n')
     err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(crlf))

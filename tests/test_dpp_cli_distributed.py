@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
+import dpp_select.command as command
 from dpp_select import embed_texts, select
 from dpp_tiny_model import tiny_model, tiny_tokenizer
 from gloo_workers import run_workers
@@ -61,7 +62,7 @@ def worker(rank: int, world: int, out, root) -> None:
         raise AssertionError("the cache should have been used")
 
     empty = _exit_message(_argv(root, out / "empty.jsonl", pool="empty_pool.jsonl"))
-    cli.embed_texts = no_embedding
+    command.embed_texts = no_embedding
     assert cli.main(_argv(root, out / "second.jsonl")) == 0
     message = _exit_message(_argv(root, out / "bad.jsonl", pool="bad_pool.jsonl"))
     torch.save({"bad": message, "empty": empty, "empty_share": empty_share,

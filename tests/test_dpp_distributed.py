@@ -93,8 +93,6 @@ def expect_error(fn) -> str:
 def worker(rank: int, world: int, out) -> None:
     import torch.distributed as dist
 
-    from dpp_select import distributed
-
     group = dist.group.WORLD
     results = {
         name: {key: None if v is None else torch.from_numpy(v)
@@ -112,13 +110,13 @@ def worker(rank: int, world: int, out) -> None:
     results["invalid"] = expect_error(
         lambda: relevance_scores(bad, x[:3], process_group=group))
     results["shard_range"] = shard_range(10, group)
-    distributed._GATHER_BYTES = 2 * world * D * 8  # two float64 target rows per rank a round
+    from dpp_select import relevance
+
+    relevance._GATHER_BYTES = 2 * world * D * 8  # two float64 target rows per rank a round
     x64, targets, _ = pool(np.float64)
     tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
     results["rounds"] = torch.from_numpy(
         relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group))
-    from dpp_select import relevance
-
     decisions = []  # each rank's "normalise rows first" decision, as max_cosine receives it
     max_cosine = relevance.max_cosine
 
