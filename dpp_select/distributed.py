@@ -38,8 +38,10 @@ __all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "all_gat
            "collective_device", "gather_quality", "shard_range", "sharded_greedy"]
 
 #: ``torch.distributed``'s all-gather into one tensor (``all_gather_into_tensor`` is deprecated,
-#: renamed, from torch 2.13 on).
-all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+#: renamed, from torch 2.13 on; None on a torch built without distributed support, where this
+#: module is still imported by ``import dpp_select`` but no process group can exist).
+all_gather_tensor = (getattr(dist, "all_gather_single", None)
+                     or getattr(dist, "all_gather_into_tensor", None))
 
 
 class DistributedArgumentError(ValueError):
