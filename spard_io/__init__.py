@@ -1,5 +1,5 @@
-"""File formats shared by :mod:`spag_optim` and :mod:`dpp_select` (strict JSON Lines reading and
-atomic writes), and the version both report.
+"""What :mod:`spag_optim` and :mod:`dpp_select` share: strict JSON Lines reading, atomic writes and
+the distribution's version.
 
 Both packages read the same SPARD JSONL files (pools, fine-tuning sets, evaluation sets) and must
 fail the same way on a malformed line, yet neither may import the other. This package is the one
@@ -10,5 +10,5 @@ from .atomic import write_atomic
 from .jsonl import JSONLError, count_jsonl_rows, read_jsonl, write_jsonl
 from .version import distribution_version
 
-__all__ = ["JSONLError", "count_jsonl_rows", "distribution_version", "read_jsonl",
-           "write_atomic", "write_jsonl"]
+__all__ = ["JSONLError", "count_jsonl_rows", "distribution_version", "read_jsonl", "write_atomic",
+           "write_jsonl"]

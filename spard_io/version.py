@@ -1,32 +1,39 @@
-"""The installed ``spard`` distribution's version, for ``__version__`` and ``--version``.
+"""The installed version of the ``spard`` distribution, for the packages' ``__version__``.
 
-Both packages report the version of the one distribution that ships them. Installed (``pip
-install``, editable or not), that is the distribution metadata; in a source checkout that was never
-installed, it is the ``version`` in the checkout's ``setup.cfg``, the file the metadata is built
-from.
+``spag_optim`` and ``dpp_select`` ship in one distribution (``spard``), so both report its version:
+the installed metadata (``importlib.metadata``), else, in a plain source checkout that was never
+installed, the ``version`` in the checkout's ``setup.cfg``, else ``"0+unknown"``.
 """
 
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import pathlib
-from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["DISTRIBUTION", "distribution_version"]
+__all__ = ["DISTRIBUTION", "UNKNOWN_VERSION", "distribution_version"]
 
-#: The name ``pip`` knows the project by.
 DISTRIBUTION = "spard"
+#: What a copy with neither installed metadata nor its ``setup.cfg`` reports (PEP 440 valid).
+UNKNOWN_VERSION = "0+unknown"
+_SETUP_CFG = pathlib.Path(__file__).resolve().parent.parent / "setup.cfg"
 
 
 def distribution_version() -> str:
-    """``importlib.metadata.version("spard")``; without an installed distribution, the version
-    in the checkout's ``setup.cfg``, or ``"0+unknown"`` when there is none."""
+    """The version of the ``spard`` distribution (see the module docstring for the fallbacks)."""
     try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:
-        pass
-    setup = configparser.ConfigParser()
-    setup.read(pathlib.Path(__file__).resolve().parents[1] / "setup.cfg", encoding="utf-8")
-    if setup.get("metadata", "name", fallback=None) == DISTRIBUTION:
-        return setup.get("metadata", "version", fallback="0+unknown")
-    return "0+unknown"
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return _checkout_version(_SETUP_CFG)
+
+
+def _checkout_version(setup_cfg: pathlib.Path) -> str:
+    """``[metadata] version`` of the checkout's ``setup.cfg`` if it is spard's, else unknown."""
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(setup_cfg, encoding="utf-8")
+    except configparser.Error:
+        return UNKNOWN_VERSION
+    if parser.get("metadata", "name", fallback=None) != DISTRIBUTION:
+        return UNKNOWN_VERSION
+    return parser.get("metadata", "version", fallback=UNKNOWN_VERSION)

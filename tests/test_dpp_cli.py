@@ -266,6 +266,7 @@ def test_lazy_flag_selects_what_the_full_pass_selects(files, tmp_path, capsys):
 
 
 def test_version_comes_from_the_installed_distribution(capsys):
+    """The helper's checkout fallback is tested with spag_optim's version (test_spag_config)."""
     from importlib.metadata import version
 
     import dpp_select
@@ -276,22 +277,6 @@ def test_version_comes_from_the_installed_distribution(capsys):
         cli.main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"dpp-select {version('spard')}\n"
-
-
-def test_version_falls_back_to_the_checkout_metadata(monkeypatch):
-    import configparser
-    import importlib.metadata
-    import pathlib
-
-    import spard_io.version as version_module
-
-    def not_installed(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(version_module, "version", not_installed)
-    setup = configparser.ConfigParser()
-    setup.read(pathlib.Path(version_module.__file__).parents[1] / "setup.cfg")
-    assert version_module.distribution_version() == setup["metadata"]["version"]
 
 
 def test_every_option_has_help_text():
