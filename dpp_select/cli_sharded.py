@@ -66,12 +66,12 @@ def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
                            chosen_by=chosen_by(pool_fields, keep))
     target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi),
                              chosen_by=chosen_by(target_fields, None, "--target-fields"))
-    if keep is not None:
-        pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     loaded: dict = {}
     pool_emb = embed(texts(pool_rows, pool_fields), args.pool, args, loaded, lo)
     target_emb = (embed(texts(target_rows, target_fields), args.target, args, loaded, tlo)
                   if target_rows else np.empty((0, pool_emb.shape[1]), dtype=np.float32))
+    if keep is not None:  # after embedding: the kept fields need not include the embedded ones
+        pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     return indices_out, n_pool, lo, pool_rows, pool_emb, target_emb
 
 

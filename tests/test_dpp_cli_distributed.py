@@ -64,6 +64,8 @@ def worker(rank: int, world: int, out, root) -> None:
     empty = _exit_message(_argv(root, out / "empty.jsonl", pool="empty_pool.jsonl"))
     command.embed_texts = no_embedding
     assert cli.main(_argv(root, out / "second.jsonl")) == 0
+    # Output rows keep a field that is not embedded (and drop the embedded one).
+    assert cli.main(_argv(root, out / "kept.jsonl") + ["--keep-fields", "safe"]) == 0
     message = _exit_message(_argv(root, out / "bad.jsonl", pool="bad_pool.jsonl"))
     torch.save({"bad": message, "empty": empty, "empty_share": empty_share,
                 "share": torch.from_numpy(share)}, out / f"rank{rank}.pt")
@@ -144,3 +146,11 @@ def test_embed_texts_names_an_empty_text_by_its_index_in_the_whole_list(sharded_
                 for r in range(WORLD)]
     assert messages[0] == "no error"
     assert messages[1].startswith("texts [4] produce no tokens")
+
+
+def test_keep_fields_need_not_include_the_embedded_fields(sharded_cli):
+    _, out = sharded_cli
+    indices = np.load(out / "kept.indices.npy")
+    np.testing.assert_array_equal(indices, np.load(out / "first.indices.npy"))
+    rows = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
+    assert rows == [{"safe": POOL[i]["safe"]} for i in indices]
