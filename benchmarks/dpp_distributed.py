@@ -20,11 +20,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
-from dpp_select import greedy
 from dpp_select._inputs import check_embeddings
 from dpp_select.backends import NumpyPass
-from dpp_select.distributed import _all_gather
+from dpp_select.distributed import all_gather_tensor
 from dpp_select.greedy import greedy_dpp_result
+from dpp_select.kernel import run_full_pass
 from lazy_families import _gaussian
 
 
@@ -64,7 +64,7 @@ def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: s
     t = time.perf_counter()
     for i in range(200):
         dist.all_reduce(scalar, op=dist.ReduceOp.MAX)
-        _all_gather(bests, scalar)
+        all_gather_tensor(bests, scalar)
         dist.broadcast(payload, src=i % world)
     comm = (time.perf_counter() - t) / 200
     passes = _time_pass(x)
@@ -80,7 +80,7 @@ def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: s
 
 
 def bookkeeping_cell(rows: int, d: int, k: int) -> float:
-    """Seconds per pick of ``greedy._run`` without its pass (``X @ a`` replaced by zeros): the
+    """Seconds per pick of ``kernel.run_full_pass`` without its pass (``X @ a`` replaced by zeros): the
     O(N) float64 work on the host that each pick adds to the pass."""
     class ZeroPass(NumpyPass):
         def project(self, a: np.ndarray, out: np.ndarray) -> None:
@@ -92,7 +92,7 @@ def bookkeeping_cell(rows: int, d: int, k: int) -> float:
     times = []
     for _ in range(3):  # CPU time, the least disturbed of three runs: the machine is shared
         t = time.process_time()
-        greedy._run(xpass, xpass.norms, w, k, 1e-6, 1e-10)
+        run_full_pass(xpass, xpass.norms, w, k, 1e-6, 1e-10)
         times.append((time.process_time() - t) / k)
     return min(times)
 

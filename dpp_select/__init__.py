@@ -6,11 +6,15 @@ N x N kernel, ``select`` wraps both (and the paper's baselines), and ``embed_tex
 mean-pooled hidden-state embeddings they work on.
 """
 
+from spard_io import distribution_version
+
 from .embed import embed_texts
 from .greedy import EarlyStopWarning, greedy_dpp
 from .relevance import relevance_scores
 from .diagnostics import SelectionSummary
 from .selection import LowRelevanceWarning, SelectionResult, select
+
+__version__ = distribution_version()
 
 __all__ = ["EarlyStopWarning", "LowRelevanceWarning", "SelectionResult", "SelectionSummary",
            "embed_texts", "greedy_dpp", "relevance_scores", "select"]

@@ -1,6 +1,6 @@
 """The two ways of making the one pass over the embeddings that each greedy step needs.
 
-The greedy algorithm (``greedy.py``) is written once; it asks a backend for ``v = X @ a`` (a
+The greedy algorithm (``kernel.py``) is written once; it asks a backend for ``v = X @ a`` (a
 float32 pass, the only O(N d) work per step) and, rarely, for a few rows of ``X`` in float64 to
 re-score candidates exactly. A backend also states ``unit``: a rigorous bound ``eta`` such that
 ``|v_i - x_i . a| <= eta * ||x_i|| * ||a||`` for the values it returns, which is what lets the

@@ -18,188 +18,37 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
-import os
 import sys
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from spard_io import read_jsonl, write_atomic, write_jsonl
 
-from ._cache import cache_path, load_cached, save_cached
-from ._files import check_distinct, check_output
-from .embed import embed_texts
-from .selection import METHODS, _resolve_k, select
+from .cli_sharded import run_sharded, wants_distributed
+from .command import build_parser, check_args, chosen_by, embed, fields, report, texts
+from .selection import resolve_k, select
 
-__all__ = ["main"]
-
-_UNSAFE = "unsafe"
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dpp-select", description=__doc__.split("\n\n")[0])
-    p.add_argument("--pool", required=True, help="candidate pool JSONL (e.g. SPARD safety data)")
-    p.add_argument("--target", required=True, help="fine-tuning set JSONL (e.g. GSM8K)")
-    p.add_argument("--model", required=True, help="local path of a Hugging Face model")
-    p.add_argument("--out", required=True, help="output JSONL of the selected pool rows")
-    p.add_argument("--indices-out", help="output .npy of the selected indices, written at "
-                   "exactly this path (default: OUT with .indices.npy)")
-    p.add_argument("--pool-fields", default="prompt",
-                   help="comma-separated pool fields to embed, joined by a blank line "
-                   "(default: prompt; e.g. prompt,safe)")
-    p.add_argument("--target-fields", default="prompt",
-                   help="comma-separated fine-tuning fields to embed (default: prompt)")
-    p.add_argument("--keep-fields", help="comma-separated pool fields the output rows keep "
-                   "(default: all; e.g. prompt,safe)")
-    p.add_argument("--allow-unsafe-field", action="store_true",
-                   help="permit embedding a field named 'unsafe' (off by default)")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--k", type=int, help="number of items to select")
-    size.add_argument("--ratio", type=float,
-                      help="select ceil(RATIO x fine-tuning set size) items (SPARD: 0.03)")
-    p.add_argument("--method", default="dpp", choices=METHODS)
-    p.add_argument("--beta", type=float, default=4.0, help="relevance exponent (default 4)")
-    p.add_argument("--jitter", default="1e-6",
-                   help="kernel jitter: a number >= 0 (default 1e-6, the authors' constant) or "
-                   "'relative' (1e-6 x the median w^2)")
-    p.add_argument("--lazy", action="store_true",
-                   help="exact lazy greedy: the same picks, usually far less work on large pools")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=512, help="tokens per text")
-    p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
-    p.add_argument("--cache-dir", default=os.path.join(".cache", "dpp_select"),
-                   help="embedding cache folder (default .cache/dpp_select)")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--distributed", action="store_true",
-                   help="shard reading, embedding and selection over the processes of a "
-                   "launcher (implied under torchrun with more than one process)")
-    return p
-
-
-def _fields(spec: str, allow_unsafe: bool, option: str) -> list[str]:
-    fields = [f.strip() for f in spec.split(",") if f.strip()]
-    if not fields:
-        raise ValueError(f"{option}: no field names in {spec!r}")
-    if _UNSAFE in fields and not allow_unsafe:
-        raise ValueError("refusing to embed the 'unsafe' field; pass --allow-unsafe-field if "
-                         "you really mean to")
-    return fields
-
-
-def _jitter(spec: str) -> float | str:
-    if spec == "relative":
-        return spec
-    try:
-        value = float(spec)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"--jitter {spec!r}: give a finite number >= 0 or 'relative'")
-    return value
-
-
-def _check_device(spec: str | None) -> None:
-    if spec is None:
-        return
-    import torch
-
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {spec!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
-                         ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {spec}: CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA devices")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {spec}: MPS is not available here; use --device cpu")
-
-
-def _check_args(args: argparse.Namespace) -> str:
-    """Every check that needs no data, before any reading or embedding; returns indices_out."""
-    if args.k is not None and args.k < 1:
-        raise ValueError(f"--k must be a positive integer, got {args.k}")
-    if args.ratio is not None and not (math.isfinite(args.ratio) and args.ratio > 0):
-        raise ValueError(f"--ratio must be a positive number, got {args.ratio}")
-    if not (math.isfinite(args.beta) and args.beta >= 0):
-        raise ValueError(f"--beta must be a finite number >= 0, got {args.beta}")
-    args.jitter = _jitter(args.jitter)
-    if args.batch_size < 1 or args.max_length < 1:
-        raise ValueError("--batch-size and --max-length must be positive integers")
-    _check_device(args.device)
-    if not os.path.isdir(args.model):
-        raise ValueError(f"--model {args.model!r} is not a local model folder")
-    if not args.no_cache and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
-        raise ValueError(f"--cache-dir {args.cache_dir}: exists and is not a folder")
-    indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
-    check_output(args.out, "--out")
-    check_output(indices_out, "--indices-out")
-    check_distinct([("--out", args.out), ("--indices-out", indices_out)],
-                   [("--pool", args.pool), ("--target", args.target)])
-    return indices_out
-
-
-def _texts(rows: list[dict], fields: list[str]) -> list[str]:
-    return ["\n\n".join(row[f] for f in fields) for row in rows]
-
-
-def _load_model(args: argparse.Namespace, loaded: dict) -> None:
-    try:
-        from transformers import AutoModel, AutoTokenizer
-    except ImportError:
-        raise ValueError("embedding needs transformers: pip install 'spard[hf]'") from None
-
-    try:
-        loaded["tokenizer"] = AutoTokenizer.from_pretrained(args.model)
-        loaded["model"] = AutoModel.from_pretrained(args.model).to(args.device or "cpu")
-    except Exception as err:  # transformers raises many types for a folder that is not a model
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"--model {args.model}: cannot load a model and tokenizer from this "
-                         f"folder ({type(err).__name__}: {first})") from None
-
-
-def _embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict
-           ) -> np.ndarray:
-    """Embeddings of the texts read from ``source`` (named in errors), cached when allowed."""
-    path = None
-    if not args.no_cache:
-        path = cache_path(args.cache_dir, args.model, texts, args.max_length)
-        cached = load_cached(path, len(texts))
-        if cached is not None:
-            return cached
-    if not loaded:
-        _load_model(args, loaded)
-    try:
-        emb = embed_texts(texts, loaded["model"], loaded["tokenizer"],
-                          batch_size=args.batch_size, max_length=args.max_length,
-                          device=args.device, progress=not args.no_progress)
-    except ValueError as err:  # e.g. texts that tokenize to nothing: say which file
-        raise ValueError(f"{source}: {err} (0-based row numbers)") from None
-    if path is not None:
-        save_cached(path, emb)
-    return emb
+__all__ = ["build_parser", "main"]
 
 
 def _run(args: argparse.Namespace) -> None:
-    indices_out = _check_args(args)
-    pool_fields = _fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
-    target_fields = _fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
-    keep = None if args.keep_fields is None else _fields(args.keep_fields, True, "--keep-fields")
-    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []))
-    target_rows = read_jsonl(args.target, required=target_fields)
+    indices_out = check_args(args)
+    pool_fields = fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
+    target_fields = fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
+    keep = None if args.keep_fields is None else fields(args.keep_fields, True, "--keep-fields")
+    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []),
+                           chosen_by=chosen_by(pool_fields, keep))
+    target_rows = read_jsonl(args.target, required=target_fields,
+                             chosen_by=chosen_by(target_fields, None, "--target-fields"))
     if not pool_rows:
         raise ValueError(f"{args.pool}: the pool holds no rows")
     if not target_rows:
         raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
-    _resolve_k(args.k, args.ratio, len(pool_rows), len(target_rows))
+    resolve_k(args.k, args.ratio, len(pool_rows), len(target_rows))
     loaded: dict = {}
-    pool_emb = _embed(_texts(pool_rows, pool_fields), args.pool, args, loaded)
-    target_emb = _embed(_texts(target_rows, target_fields), args.target, args, loaded)
+    pool_emb = embed(texts(pool_rows, pool_fields), args.pool, args, loaded)
+    target_emb = embed(texts(target_rows, target_fields), args.target, args, loaded)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio, method=args.method,
@@ -216,26 +65,14 @@ def _run(args: argparse.Namespace) -> None:
     except OSError as err:
         raise OSError(f"--indices-out {indices_out}: could not write ({err.strerror or err})"
                       ) from None
-    _report(result, len(pool_rows), args, indices_out, caught)
-
-
-def _report(result: Any, n_pool: int, args: argparse.Namespace, indices_out: str,
-            caught: Sequence[warnings.WarningMessage], where: str = "") -> None:
-    """What was selected and written, the selection diagnostics, and any warnings."""
-    print(f"selected {result.indices.size} of {n_pool} pool items with {args.method}{where} "
-          f"-> {args.out}, {indices_out}")
-    print(result.summary.format())
-    for caught_warning in caught:
-        print(f"dpp-select: warning: {caught_warning.message}", file=sys.stderr)
+    report(result, len(pool_rows), args, indices_out, caught)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns 0, or exits with status 2 and one line on bad input."""
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .cli_sharded import run_sharded, wants_distributed
-
     if wants_distributed(args):
         if args.lazy:
             parser.error("--lazy runs in one process; drop it with --distributed or torchrun")

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
 
-from . import cli
+from .command import check_args, chosen_by, embed, fields, report, texts
 from .distributed import agree, shard_range
 from .selection import select
 
@@ -48,12 +48,12 @@ def _process_group(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
-    """This rank's share of both files, embedded: the checks of ``cli._run``, rows sharded."""
-    indices_out = cli._check_args(args)
-    pool_fields = cli._fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
-    target_fields = cli._fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
-    keep = None if args.keep_fields is None else cli._fields(args.keep_fields, True,
-                                                              "--keep-fields")
+    """This rank's share of both files, embedded: the checks of the one-process run, rows
+    sharded."""
+    indices_out = check_args(args)
+    pool_fields = fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
+    target_fields = fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
+    keep = None if args.keep_fields is None else fields(args.keep_fields, True, "--keep-fields")
     n_pool, n_target = count_jsonl_rows(args.pool), count_jsonl_rows(args.target)
     if n_pool < world:
         raise ValueError(f"{args.pool}: {n_pool} pool rows cannot be shared among {world} "
@@ -62,14 +62,16 @@ def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
         raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
     lo, hi = shard_range(n_pool, dist.group.WORLD)
     tlo, thi = shard_range(n_target, dist.group.WORLD)
-    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []), span=(lo, hi))
-    target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi))
-    if keep is not None:
-        pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
+    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []), span=(lo, hi),
+                           chosen_by=chosen_by(pool_fields, keep))
+    target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi),
+                             chosen_by=chosen_by(target_fields, None, "--target-fields"))
     loaded: dict = {}
-    pool_emb = cli._embed(cli._texts(pool_rows, pool_fields), args.pool, args, loaded)
-    target_emb = (cli._embed(cli._texts(target_rows, target_fields), args.target, args, loaded)
+    pool_emb = embed(texts(pool_rows, pool_fields), args.pool, args, loaded, lo)
+    target_emb = (embed(texts(target_rows, target_fields), args.target, args, loaded, tlo)
                   if target_rows else np.empty((0, pool_emb.shape[1]), dtype=np.float32))
+    if keep is not None:  # after embedding: the kept fields need not include the embedded ones
+        pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     return indices_out, n_pool, lo, pool_rows, pool_emb, target_emb
 
 
@@ -105,7 +107,7 @@ def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                              lambda h: np.save(h, result.indices, allow_pickle=False))
             except OSError as err:
                 parser.exit(2, f"dpp-select: error: could not write the outputs ({err})\n")
-            cli._report(result, n_pool, args, indices_out, caught, where=f" on {world} ranks")
+            report(result, n_pool, args, indices_out, caught, where=f" on {world} ranks")
         dist.barrier()  # outputs exist before any rank returns
         return 0
     finally:

@@ -11,7 +11,14 @@ Every candidate's greedy gain is j plus a relevance-diversity part ||f_i||^2 - s
 gain is at most 100 j, so that the jitter is at least 1% of it, was *decided at jitter scale*:
 candidates within a percent of each other may swap because of the jitter. That also happens in
 the paper's regime once more items are picked than the embeddings have dimensions, because the
-feature space is then exhausted and every remaining gain is a few times j.
+feature space is then exhausted and every remaining gain is a few times j, and in any regime once
+the pool's distinct directions are used up: the candidates left are near-duplicates of the picks.
+
+Diversity of the picks: pick i's gain is the squared distance of its kernel feature phi_i (with
+||phi_i||^2 = L_ii) from the span of the earlier picks' features, so gain_i / L_ii is the squared
+sine of the angle between phi_i and that span. A pick with gain_i >= 1% of L_ii (an angle above
+about 5.7 degrees) adds a direction of its own; one below is a near-duplicate of the earlier picks.
+``distinct_picks`` counts the former: the number of near-duplicate groups among the picks.
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["QUANTILES", "SelectionSummary", "summarize_selection", "relative_jitter",
-           "JITTER_SHARE_WARN", "RELATIVE_JITTER"]
+           "DISTINCT_SHARE", "JITTER_SHARE_WARN", "RELATIVE_JITTER"]
 
 #: Probabilities of the quantiles reported for q and w (linear interpolation, numpy's default).
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 #: A jitter above this share of the median w^2 (or of a pick's gain) is reported as the
 #: low-relevance regime: 10,000 times the paper's, where w^2 is of order 1 and the jitter 1e-6.
 JITTER_SHARE_WARN = 1e-2
+#: A pick whose gain is below this share of its L_ii lies within about 5.7 degrees of the span of
+#: the earlier picks: a near-duplicate of them.
+DISTINCT_SHARE = 1e-2
 #: ``jitter="relative"`` uses this multiple of the median positive w^2: the authors' constant
 #: 1e-6, measured against weights of order 1 as in the paper.
 RELATIVE_JITTER = 1e-6
@@ -54,9 +64,10 @@ class SelectionSummary:
     the quantile of q and of w = max(q, 0)^beta over the pool; ``zero_weights`` counts items with
     w = 0. For the DPP methods, ``jitter`` is the jitter used, ``jitter_share`` is
     jitter / median(w^2) (inf when that median is 0) and ``jitter_scale_picks`` counts picks
-    whose gain was at most 100 x jitter (the jitter at least 1% of it); they are None for the
-    other methods. ``dim`` is the
-    embedding dimension.
+    whose gain was at most 100 x jitter (the jitter at least 1% of it), and ``distinct_picks``
+    counts picks whose gain is at least 1% of their L_ii, i.e. that are not near-duplicates of
+    the earlier picks (see the module docstring); they are None for the other methods. ``dim``
+    is the embedding dimension.
     """
 
     method: str
@@ -69,6 +80,7 @@ class SelectionSummary:
     jitter: float | None = None
     jitter_share: float | None = None
     jitter_scale_picks: int | None = None
+    distinct_picks: int | None = None
 
     @property
     def low_relevance(self) -> bool:
@@ -96,13 +108,27 @@ class SelectionSummary:
                 "weights near 1)"
             )
         if self.jitter_scale_picks:
-            parts.append(f"{self.jitter_scale_picks} of {self.picks} picks were decided at "
-                         "jitter scale (the jitter is at least 1% of their gain)")
+            parts.append(self._jitter_scale_advice())
         if self.picks > self.dim:
             parts.append(f"k={self.picks} exceeds the embedding dimension {self.dim}, so the "
                          f"picks after the first {self.dim} are decided by the jitter whatever "
                          "the weights: select fewer items or use larger embeddings")
         return "; ".join(parts)
+
+    def _jitter_scale_advice(self) -> str:
+        """Why picks were decided at jitter scale, and what to do, whatever the cause."""
+        text = (f"{self.jitter_scale_picks} of {self.picks} picks were decided at jitter scale "
+                "(the jitter is at least 1% of their gain)")
+        if self.jitter_share > JITTER_SHARE_WARN or self.picks > self.dim:
+            return f"{text}, which the advice on the relevance or the dimension here addresses"
+        duplicates = self.picks - self.distinct_picks
+        if duplicates:
+            return (f"{text}: {duplicates} picks are near-duplicates of earlier ones (only "
+                    f"{self.distinct_picks} of {self.picks} picks are distinct), so the jitter "
+                    "chose among copies; deduplicate the pool, or ask for at most "
+                    f"{self.distinct_picks} items")
+        return (f"{text}: their relevance-diversity gain is within 100 x the jitter; lower the "
+                "jitter (e.g. --jitter relative) or ask for fewer items")
 
     def format(self) -> str:
         """A few lines for people: quantiles of q and w, and the jitter's weight."""
@@ -116,6 +142,8 @@ class SelectionSummary:
             share = "inf" if math.isinf(self.jitter_share) else f"{self.jitter_share:.3g}"
             lines.append(f"jitter {self.jitter:.3g} = {share} x median w^2; picks decided at "
                          f"jitter scale: {self.jitter_scale_picks} of {self.picks}")
+            lines.append(f"diversity: {self.distinct_picks} of {self.picks} picks distinct "
+                         "(not near-duplicates of earlier picks)")
         return "\n".join(lines)
 
 
@@ -124,9 +152,10 @@ def _label(p: float) -> str:
 
 
 def summarize_selection(method: str, quality: np.ndarray, beta: float, picks: int, dim: int,
-                        gains: np.ndarray | None = None, jitter: float | None = None
-                        ) -> SelectionSummary:
-    """The :class:`SelectionSummary` of a selection (``gains``/``jitter`` for the DPP)."""
+                        gains: np.ndarray | None = None, jitter: float | None = None,
+                        indices: np.ndarray | None = None) -> SelectionSummary:
+    """The :class:`SelectionSummary` of a selection (``gains``, ``jitter`` and the picks'
+    ``indices`` for the DPP)."""
     q = np.asarray(quality, dtype=np.float64)
     w = np.power(np.maximum(q, 0.0), float(beta))
     qq = dict(zip(QUANTILES, np.quantile(q, QUANTILES).tolist()))
@@ -136,6 +165,9 @@ def summarize_selection(method: str, quality: np.ndarray, beta: float, picks: in
         return SelectionSummary(method, float(beta), picks, dim, qq, wq, zero)
     median_w2 = float(np.median(w * w))
     share = jitter / median_w2 if median_w2 > 0 else (math.inf if jitter > 0 else 0.0)
-    at_jitter = int(np.count_nonzero(JITTER_SHARE_WARN * np.asarray(gains) <= jitter))
+    gains = np.asarray(gains)
+    at_jitter = int(np.count_nonzero(JITTER_SHARE_WARN * gains <= jitter))
+    diagonal = w[np.asarray(indices, dtype=np.int64)] ** 2 + jitter  # L_ii of each pick
+    distinct = int(np.count_nonzero(gains >= DISTINCT_SHARE * diagonal))
     return SelectionSummary(method, float(beta), picks, dim, qq, wq, zero, float(jitter),
-                            share, at_jitter)
+                            share, at_jitter, distinct)

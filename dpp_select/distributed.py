@@ -1,7 +1,7 @@
 """Exact greedy DPP selection over a pool sharded across ``torch.distributed`` ranks.
 
 Each rank holds a contiguous block of the pool's rows (blocks in rank order, sizes may differ) and
-runs the single-process greedy of ``greedy.py`` (Chen et al. 2018's greedy MAP in feature space)
+runs the single-process greedy of ``kernel.py`` (Chen et al. 2018's greedy MAP in feature space)
 on it; per pick, three small collectives make the decisions that span ranks:
 
 1. every rank makes its float32 pass over its own rows; one all-reduce (max, 8 bytes) gives the
@@ -25,18 +25,23 @@ collective fail within the process group's timeout.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "gather_quality",
-           "shard_range", "sharded_greedy", "sharded_relevance"]
+from .kernel import check_scalars, dpp_weights, make_pass, run_full_pass
 
-_GATHER_BYTES = 1 << 26  # target rows gathered per relevance round: about 64 MiB on each rank
-# all_gather_into_tensor is deprecated (renamed) from torch 2.13 on.
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+__all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "all_gather_tensor",
+           "collective_device", "gather_quality", "shard_range", "sharded_greedy"]
+
+#: ``torch.distributed``'s all-gather into one tensor (``all_gather_into_tensor`` is deprecated,
+#: renamed, from torch 2.13 on; None on a torch built without distributed support, where this
+#: module is still imported by ``import dpp_select`` but no process group can exist).
+all_gather_tensor = (getattr(dist, "all_gather_single", None)
+                     or getattr(dist, "all_gather_into_tensor", None))
 
 
 class DistributedArgumentError(ValueError):
@@ -54,7 +59,7 @@ def shard_range(n: int, process_group: Any = None) -> tuple[int, int]:
     return lo, lo + size + (rank < extra)
 
 
-def _device(group: Any) -> torch.device:
+def collective_device(group: Any) -> torch.device:
     """Where collective buffers live: the current CUDA device under NCCL, else the CPU."""
     if dist.get_backend(group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -84,7 +89,8 @@ def agree(group: Any, name: str, local: dict, error: BaseException | None,
 
 
 class Shard:
-    """This rank's block of the pool, as ``greedy._run`` sees it (the ``WholePool`` interface)."""
+    """This rank's block of the pool, as ``kernel.run_full_pass`` sees it (the ``WholePool``
+    interface)."""
 
     def __init__(self, group: Any, offset: int, base_max: float, xpass: Any, w: np.ndarray,
                  norms: np.ndarray) -> None:
@@ -94,7 +100,7 @@ class Shard:
         self._xpass, self._w, self._norms, self._d = xpass, w, norms, xpass.d
         self._f = np.empty(0)
         self.rank = dist.get_rank(group)
-        self.device = _device(group)
+        self.device = collective_device(group)
         world = dist.get_world_size(group)
         self._global_ranks = dist.get_process_group_ranks(group)
         self._bests = torch.empty(world, dtype=torch.float64, device=self.device)
@@ -116,7 +122,7 @@ class Shard:
         """All-gather the ranks' best exact gains; the lowest rank within ``margin`` of the
         best owns the pick and broadcasts [global index, f_choice]. Returns (best, index)."""
         self._mine.fill_(float(values.max()) if values.size else -np.inf)
-        _all_gather(self._bests, self._mine, group=self.group)
+        all_gather_tensor(self._bests, self._mine, group=self.group)
         bests = self._bests.cpu().numpy()
         best = float(bests.max())
         owner = int(np.flatnonzero(bests >= best - margin)[0])
@@ -124,7 +130,7 @@ class Shard:
         if owner == self.rank:
             local = int(contenders[np.flatnonzero(values >= best - margin)[0]])
             payload[0] = self.offset + local
-            scale = self._w[local] / self._norms[local]  # as greedy._run computes it
+            scale = self._w[local] / self._norms[local]  # as kernel.run_full_pass computes it
             payload[1:] = torch.from_numpy(self._xpass.rows(np.array([local]))[0] * scale)
         payload = payload.to(self.device)
         dist.broadcast(payload, src=self._global_ranks[owner], group=self.group)
@@ -143,16 +149,20 @@ class Shard:
 
 
 def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, eps: float,
-                   backend: str, device: Any, group: Any):
-    """``greedy_dpp_result`` on this rank's shard; see the module docstring."""
-    from . import greedy
+                   backend: str, device: Any, group: Any, lazy: bool = False):
+    """``greedy_dpp_result`` on this rank's shard; see the module docstring.
 
+    ``lazy=True`` is refused, after the agreement, with the same error on every rank: a rank
+    that raised alone would leave its peers waiting in a collective it never joins."""
     xpass = norms = w = None
     error = None
     try:
-        greedy._check_scalars(k, jitter, eps)
-        xpass, norms = greedy._make_pass(emb, backend, device)
-        w = greedy.dpp_weights(quality, xpass.n, beta)
+        if lazy:
+            raise ValueError("lazy=True does not support process_group yet; use the default "
+                             "full-pass greedy (lazy=False) on a sharded pool")
+        check_scalars(k, jitter, eps)
+        xpass, norms = make_pass(emb, backend, device)
+        w = dpp_weights(quality, xpass.n, beta)
     except (ValueError, TypeError) as err:
         error = err
     local = {"k": k, "beta": beta, "jitter": jitter, "eps": eps,
@@ -166,68 +176,46 @@ def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, e
             f"{sum(sizes)} items")
     shard = Shard(group, sum(sizes[:dist.get_rank(group)]), max(f["base_max"] for f in facts),
                   xpass, w, norms)
-    return greedy._run(xpass, norms, w, int(k), float(jitter), float(eps), shard)
+    return run_full_pass(xpass, norms, w, int(k), float(jitter), float(eps), shard)
 
 
-def sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, group: Any
-                      ) -> np.ndarray:
-    """``relevance_scores`` of this rank's pool rows against every rank's target rows.
+def agree_sizes(group: Any, n_pool: int, target_emb: Any, **arguments: Any) -> tuple[int, int]:
+    """Check that every rank passed the same ``arguments`` and its own share of the targets;
+    return the global pool and target sizes.
 
-    The normalised targets are all-gathered in rounds of at most about 64 MiB per rank, so no
-    rank ever holds more than one round of other ranks' targets; a rank may hold no targets.
+    The fine-tuning set is sharded like the pool. Every rank passing the whole set would count
+    it R times (``ratio=`` would select R times too many items) and multiply the relevance work
+    by R, so identical non-empty target blocks on every rank are refused on every rank.
     """
-    from ._inputs import check_embeddings
-    from .relevance import (_as_tensor, check_chunk_size, max_cosine, normalised_targets,
-                            unit_rows)
-
-    pool = target = target_norms = pool_norms = None
-    error = None
-    try:
-        pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
-        if len(target_emb) == 0:  # fewer targets than ranks: this rank contributes none
-            target = torch.empty((0, pool.shape[1]), dtype=_as_tensor(pool).dtype)
-            target_norms = np.empty(0)
-        else:
-            target, target_norms = check_embeddings(target_emb, "target embeddings",
-                                                    dim=pool.shape[1])
-        check_chunk_size(chunk_size)
-    except (ValueError, TypeError) as err:
-        error = err
-    x = None if pool is None else _as_tensor(pool)
-    z = None if target is None else _as_tensor(target)
-    local = {"d": None if x is None else x.shape[1], "m": 0 if z is None else z.shape[0],
-             "f64": x is not None and torch.float64 in (x.dtype, z.dtype),
-             "norms": None if x is None else (float(pool_norms.min()), float(pool_norms.max()))}
-    facts = agree(group, "relevance_scores", local, error, ("d",))
-    counts = [f["m"] for f in facts]
-    if sum(counts) == 0:
-        raise DistributedArgumentError("relevance_scores: no rank holds a target row")
-    dtype = torch.float64 if any(f["f64"] for f in facts) else torch.float32
-    comm = _device(group)
-    z = normalised_targets(z, target_norms, comm, dtype)
-    d, world = x.shape[1], len(counts)
-    per_round = min(max(counts), max(1, _GATHER_BYTES // (world * d * dtype.itemsize)))
-
-    def rounds():
-        for lo in range(0, max(counts), per_round):
-            send = torch.zeros((per_round, d), dtype=dtype, device=comm)
-            mine = z[lo:lo + per_round]
-            send[: mine.shape[0]] = mine
-            recv = torch.empty((world * per_round, d), dtype=dtype, device=comm)
-            _all_gather(recv, send, group=group)
-            valid = [recv[r * per_round: r * per_round + min(per_round, max(0, m - lo))]
-                     for r, m in enumerate(counts)]
-            yield torch.cat(valid).to(x.device)
-
-    unit = unit_rows(min(f["norms"][0] for f in facts), max(f["norms"][1] for f in facts), dtype)
-    return max_cosine(x, pool_norms, rounds(), sum(counts), dtype, chunk_size, unit)
-
-
-def agree_sizes(group: Any, n_pool: int, n_target: int, **arguments: Any) -> tuple[int, int]:
-    """Check that every rank passed the same ``arguments``; the global pool and target sizes."""
-    facts = agree(group, "select", {"n": n_pool, "m": n_target, **arguments}, None,
-                  tuple(arguments))
+    local = {"n": n_pool, "m": len(target_emb), "targets": _fingerprint(target_emb),
+             **arguments}
+    facts = agree(group, "select", local, None, tuple(arguments))
+    m = facts[0]["m"]
+    if (len(facts) > 1 and m > 0 and facts[0]["targets"] is not None
+            and all(f["targets"] == facts[0]["targets"] for f in facts)):
+        raise DistributedArgumentError(
+            f"select: every rank passed the same {m} target rows, but the fine-tuning set is "
+            "sharded like the pool (ratio= would count it once per rank); pass each rank its "
+            "own block: lo, hi = dpp_select.distributed.shard_range(len(targets), "
+            "process_group), then target_emb=targets[lo:hi]")
     return sum(f["n"] for f in facts), sum(f["m"] for f in facts)
+
+
+def _fingerprint(x: Any) -> str | None:
+    """A hash of an embedding block's dtype, shape and bytes (None when it is not an array)."""
+    try:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            shape, dtype = tuple(x.shape), str(x.dtype)
+            data = x.reshape(-1).view(torch.uint8).numpy()
+        else:
+            data = np.ascontiguousarray(x)
+            shape, dtype = data.shape, str(data.dtype)
+        digest = hashlib.sha256(f"{dtype}{shape}".encode())
+        digest.update(memoryview(data).cast("B"))
+    except (TypeError, ValueError, RuntimeError):  # not an array: relevance_scores says why
+        return None
+    return digest.hexdigest()
 
 
 def gather_quality(quality: np.ndarray, group: Any) -> np.ndarray:

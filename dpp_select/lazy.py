@@ -1,6 +1,6 @@
 """Exact lazy greedy DPP: bring forward only the candidates whose stale gain could still win.
 
-Why it is exact: a candidate's gain g_i(t) = L_ii - sum_{s<t} (f_i . a_s)^2 (``greedy.py``)
+Why it is exact: a candidate's gain g_i(t) = L_ii - sum_{s<t} (f_i . a_s)^2 (``kernel.py``)
 never increases with t, since each step subtracts a square (the diminishing returns of log det
 that lazy greedy relies on, Minoux 1978). So a bound computed at an earlier step still bounds
 the gain now. Each candidate keeps its gain, the rigorous bound on its float32 error, the step
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .greedy import _CHUNK, _MARGIN, GreedyResult, _extend_basis, _finish, _rescore
+from .kernel import CHUNK, MARGIN, GreedyResult, extend_basis, finish, rescore
 
 __all__ = ["run_lazy"]
 
@@ -53,7 +53,8 @@ _MAX_COOLDOWN = 64  # most full-pass steps between two lazy attempts
 
 def run_lazy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float
              ) -> GreedyResult:
-    """Lazy greedy with the inputs of ``greedy._run``; same picks, gains and stopping rule."""
+    """Lazy greedy with the inputs of ``kernel.run_full_pass``; the same picks, gains and
+    stopping rule."""
     return _LazyGreedy(xpass, norms, w, k, jitter).run(k, eps)
 
 
@@ -70,7 +71,7 @@ class _LazyGreedy:
         self.exact_gain, self.exact_step = base.copy(), np.zeros(n, dtype=np.int32)
         self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))
         self.bound = np.zeros(k)  # unit * ||a_s||: per-weight error of one projection
-        self.margin = _MARGIN * float(base.max())
+        self.margin = MARGIN * float(base.max())
         self.pool, self.tau = np.arange(n), -math.inf
         self.pool_ub, self.pool_at = self.ub.copy(), self.at.copy()
         self.batch, self.best_lower = _FIRST_BATCH, -math.inf
@@ -99,7 +100,7 @@ class _LazyGreedy:
             if not best_gain >= eps:
                 break
             f = self.xpass.rows(np.array([choice]))[0] * self.scale[choice]
-            if not _extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
+            if not extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
                 break
             self.basis_a[t] = self.basis_a[t]
             self.bound[t] = self.xpass.unit * float(np.linalg.norm(self.basis_a[t]))
@@ -112,13 +113,13 @@ class _LazyGreedy:
                 self.pool_ub[at_pool] = -math.inf
             if t == 0:
                 self._rebuild(math.inf)
-        return _finish(picks, gains, self.rescored, k, eps, self.work / self.n)
+        return finish(picks, gains, self.rescored, k, eps, self.work / self.n)
 
     def _choose(self, contenders: np.ndarray, t: int) -> tuple[int, float]:
         """Re-score the contenders in float64 where their bound is not exact; lowest index wins."""
         stale = contenders[self.err[contenders] > 0.0]
         if stale.size:
-            exact = _rescore(self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain,
+            exact = rescore(self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain,
                              self.exact_step)
             self.gain[stale] = exact
             self.err[stale] = 0.0
@@ -157,7 +158,7 @@ class _LazyGreedy:
         if width == 1:
             v = np.empty(self.n, dtype=self.xpass.pass_dtype)
             self.xpass.project(self.basis_a[t - 1], v)
-        rows_per_chunk = _CHUNK if width <= 1 else max(256, _CHUNK // width)
+        rows_per_chunk = CHUNK if width <= 1 else max(256, CHUNK // width)
         chunks = [(lo, min(self.n, lo + rows_per_chunk))
                   for lo in range(0, self.n, rows_per_chunk)]
         lower, upper = np.empty(len(chunks)), np.empty(len(chunks))

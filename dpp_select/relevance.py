@@ -3,6 +3,8 @@
 q_i = max over fine-tuning items z of cos(x_i, x_z). The (N x M) similarity matrix is never held
 whole: rows of the pool and columns of the targets are processed in blocks whose product stays
 under a fixed size, so a million-item pool against tens of thousands of targets fits in memory.
+Over a sharded pool, every rank scores its own rows against every rank's targets, gathered in
+bounded rounds with the collectives of ``distributed.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import numpy as np
 import torch
 
 from ._inputs import check_embeddings, is_torch
+from .distributed import (DistributedArgumentError, agree, all_gather_tensor,
+                          collective_device)
 
 __all__ = ["relevance_scores"]
 
 _BLOCK_ELEMENTS = 1 << 22  # entries of one similarity block (16 MiB in float32)
 _TARGET_BLOCK = 8192  # target rows per block, so a block always spans many pool rows
+_GATHER_BYTES = 1 << 26  # target rows gathered per sharded round: about 64 MiB on each rank
 # Pool row norms multiplied as stored, per product dtype; others are normalised first.
 _SAFE_NORMS = {torch.float32: (2.0**-32, 2.0**32), torch.float64: (2.0**-300, 2.0**300)}
 
@@ -38,9 +43,7 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     (in rank order); the result is q for this rank's pool rows, against every rank's targets.
     """
     if process_group is not None:
-        from .distributed import sharded_relevance
-
-        return sharded_relevance(pool_emb, target_emb, chunk_size, process_group)
+        return _sharded_relevance(pool_emb, target_emb, chunk_size, process_group)
     pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
     target, target_norms = check_embeddings(target_emb, "target embeddings", dim=pool.shape[1])
     check_chunk_size(chunk_size)
@@ -101,3 +104,53 @@ def max_cosine(x: torch.Tensor, pool_norms: np.ndarray, targets: Iterable[torch.
     if not unit:
         out /= pool_norms
     return np.clip(out, -1.0, 1.0)
+
+
+def _sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, group: Any
+                       ) -> np.ndarray:
+    """``relevance_scores`` of this rank's pool rows against every rank's target rows.
+
+    The normalised targets are all-gathered in rounds of at most about 64 MiB per rank, so no
+    rank ever holds more than one round of other ranks' targets; a rank may hold no targets.
+    """
+    pool = target = target_norms = pool_norms = None
+    error = None
+    try:
+        pool, pool_norms = check_embeddings(pool_emb, "pool embeddings")
+        if len(target_emb) == 0:  # fewer targets than ranks: this rank contributes none
+            target = torch.empty((0, pool.shape[1]), dtype=_as_tensor(pool).dtype)
+            target_norms = np.empty(0)
+        else:
+            target, target_norms = check_embeddings(target_emb, "target embeddings",
+                                                    dim=pool.shape[1])
+        check_chunk_size(chunk_size)
+    except (ValueError, TypeError) as err:
+        error = err
+    x = None if pool is None else _as_tensor(pool)
+    z = None if target is None else _as_tensor(target)
+    local = {"d": None if x is None else x.shape[1], "m": 0 if z is None else z.shape[0],
+             "f64": x is not None and torch.float64 in (x.dtype, z.dtype),
+             "norms": None if x is None else (float(pool_norms.min()), float(pool_norms.max()))}
+    facts = agree(group, "relevance_scores", local, error, ("d",))
+    counts = [f["m"] for f in facts]
+    if sum(counts) == 0:
+        raise DistributedArgumentError("relevance_scores: no rank holds a target row")
+    dtype = torch.float64 if any(f["f64"] for f in facts) else torch.float32
+    comm = collective_device(group)
+    z = normalised_targets(z, target_norms, comm, dtype)
+    d, world = x.shape[1], len(counts)
+    per_round = min(max(counts), max(1, _GATHER_BYTES // (world * d * dtype.itemsize)))
+
+    def rounds():
+        for lo in range(0, max(counts), per_round):
+            send = torch.zeros((per_round, d), dtype=dtype, device=comm)
+            mine = z[lo:lo + per_round]
+            send[: mine.shape[0]] = mine
+            recv = torch.empty((world * per_round, d), dtype=dtype, device=comm)
+            all_gather_tensor(recv, send, group=group)
+            valid = [recv[r * per_round: r * per_round + min(per_round, max(0, m - lo))]
+                     for r, m in enumerate(counts)]
+            yield torch.cat(valid).to(x.device)
+
+    unit = unit_rows(min(f["norms"][0] for f in facts), max(f["norms"][1] for f in facts), dtype)
+    return max_cosine(x, pool_norms, rounds(), sum(counts), dtype, chunk_size, unit)

@@ -17,10 +17,11 @@ import numpy as np
 
 from .diagnostics import (RELATIVE_JITTER, SelectionSummary, relative_jitter,
                           summarize_selection)
+from .distributed import agree_sizes, gather_quality
 from .greedy import greedy_dpp_result
 from .relevance import relevance_scores
 
-__all__ = ["METHODS", "LowRelevanceWarning", "SelectionResult", "select"]
+__all__ = ["METHODS", "LowRelevanceWarning", "SelectionResult", "resolve_k", "select"]
 
 METHODS = ("dpp", "dpp_diversity_only", "random", "top_relevance", "low_relevance",
            "high_relevance")
@@ -55,7 +56,9 @@ class LowRelevanceWarning(UserWarning):
     """The DPP ran where the jitter, not relevance and diversity, decides picks."""
 
 
-def _resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -> int:
+def resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) -> int:
+    """The number of items to select: ``k``, or ``ceil(ratio x n_target)``; checked against the
+    pool size ``n_pool``."""
     if (k is None) == (ratio is None):
         raise ValueError("give exactly one of k (number of items) or ratio (fraction of the "
                          "fine-tuning set size)")
@@ -94,45 +97,72 @@ def select(
     """Select ``k`` pool items (or ``ceil(ratio x number of target items)``, SPARD's "3% of the
     fine-tuning set" being ``ratio=0.03``) for the fine-tuning task embedded in ``target_emb``.
 
-    Methods: ``dpp`` (relevance-weighted DPP, w = max(q, 0)^beta), ``dpp_diversity_only``
-    (beta = 0), ``top_relevance`` (the k largest q; the beta -> infinity limit), ``random``
-    (uniform), and Hsiung et al.'s similarity sets: ``high_relevance`` / ``low_relevance`` draw k
-    items uniformly (seeded) from the more / less relevant half of the pool (from the k
-    most / least relevant items when k exceeds half the pool). Relevance ties go to the lowest
-    index.
+    SPARD's rule (Sec. 4, Eq. 5-6) is ``method="dpp"``: relevance q_i = max cosine similarity
+    of pool item i to the fine-tuning items, weights w = max(q, 0)^beta, and the exact greedy
+    MAP of the DPP with kernel L = D K D + jitter I (K the pool's cosine similarity,
+    D = diag(w)), which trades relevance against diversity. The other methods are the paper's
+    baselines and ablations (Tables 4-6).
 
-    ``jitter`` is added to the kernel's diagonal: the default 1e-6 is the authors' constant,
-    which is negligible next to weights of order 1 (their hidden states); ``"relative"`` uses
-    1e-6 x the median positive w^2, the same share whatever the scale of q, and makes the picks
-    invariant to rescaling the weights (``eps`` is then measured in that unit too). When the
-    jitter exceeds 1% of the median w^2 or of a pick's gain, or k exceeds the embedding
-    dimension, a :class:`LowRelevanceWarning` says what to change (``result.summary.advice()``).
+    Args:
+        pool_emb: (N, d) embeddings of the candidate pool (NumPy array or torch tensor).
+        target_emb: (M, d) embeddings of the fine-tuning set.
+        k: number of items to select; give exactly one of ``k`` and ``ratio``.
+        ratio: select ``ceil(ratio x M)`` items.
+        method: ``dpp`` (relevance-weighted DPP), ``dpp_diversity_only`` (beta = 0),
+            ``top_relevance`` (the k largest q; the beta -> infinity limit), ``random``
+            (uniform), and Hsiung et al.'s similarity sets ``high_relevance`` /
+            ``low_relevance``: k items drawn uniformly (seeded) from the more / less relevant
+            half of the pool (from the k most / least relevant items when k exceeds half the
+            pool). Relevance ties go to the lowest index.
+        beta: relevance exponent of the DPP weights (default 4).
+        seed: seed of the random methods.
+        jitter: added to the kernel's diagonal. The default 1e-6 is the authors' constant,
+            negligible next to weights of order 1 (their hidden states); ``"relative"`` uses
+            1e-6 x the median positive w^2, the same share whatever the scale of q, and makes
+            the picks invariant to rescaling the weights (``eps`` is then measured in that
+            unit too).
+        eps: the greedy stops early when the best gain falls below it.
+        process_group: a ``torch.distributed`` group over which both inputs are sharded:
+            ``pool_emb`` and ``target_emb`` are this rank's contiguous blocks, in rank order
+            (``distributed.shard_range``). Every rank returns the same global ``indices`` as
+            one process on the concatenated inputs, and ``quality`` for its own pool rows.
+            Every rank passing the whole fine-tuning set is refused on every rank (``ratio``
+            would count it once per rank), as is any argument that differs between ranks.
+        **greedy_options: ``backend``, ``device`` and ``lazy``, passed unchanged with their
+            defaults to :func:`~dpp_select.greedy.greedy_dpp` (see there). ``lazy=True`` runs
+            the exact lazy greedy: the same picks and gains, usually a fraction of the work on
+            large pools (one process only).
 
-    ``backend``, ``device`` and ``lazy`` go unchanged, with their defaults, to the DPP's
-    :func:`~dpp_select.greedy.greedy_dpp` (see there). ``lazy=True`` runs the exact lazy greedy:
-    the same picks and gains, usually a fraction of the work on large pools (one process only).
+    Returns:
+        A :class:`SelectionResult`. When the jitter exceeds 1% of the median w^2 or of a
+        pick's gain, or k exceeds the embedding dimension, a :class:`LowRelevanceWarning` says
+        why and what to change (``result.summary.advice()``); ``result.summary`` also counts the
+        distinct (not near-duplicate) picks.
 
-    With a ``process_group`` (``torch.distributed``), ``pool_emb`` and ``target_emb`` are this
-    rank's contiguous shards (in rank order; see ``distributed.shard_range``): every rank returns
-    the same global ``indices`` as one process on the concatenated inputs, and ``quality`` for
-    its own pool rows.
+    Example:
+        >>> import numpy as np
+        >>> from dpp_select import select
+        >>> rng = np.random.default_rng(0)
+        >>> pool, task = rng.normal(size=(500, 64)), rng.normal(size=(40, 64))
+        >>> result = select(pool, task, ratio=0.25, jitter="relative")
+        >>> result.indices.shape
+        (10,)
     """
     unknown = sorted(set(greedy_options) - set(_GREEDY_OPTIONS))
     if unknown:
         raise TypeError(f"select() got unexpected keyword argument(s) {unknown}; besides its own "
                         f"it takes only {', '.join(_GREEDY_OPTIONS)} (passed to greedy_dpp)")
     if process_group is not None:
-        from .distributed import agree_sizes, gather_quality
-
-        n_pool, n_target = agree_sizes(process_group, len(pool_emb), len(target_emb),
+        n_pool, n_target = agree_sizes(process_group, len(pool_emb), target_emb,
                                        method=method, k=k, ratio=ratio, beta=beta, seed=seed,
-                                       jitter=jitter, eps=eps)
+                                       jitter=jitter, eps=eps,
+                                       lazy=greedy_options.get("lazy", False))
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     quality = relevance_scores(pool_emb, target_emb, process_group=process_group)
     if process_group is None:
         n_pool, n_target = quality.size, len(target_emb)
-    k = _resolve_k(k, ratio, n_pool, n_target)
+    k = resolve_k(k, ratio, n_pool, n_target)
     if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
                                       and beta >= 0):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
@@ -151,7 +181,7 @@ def select(
         res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
                                 process_group=process_group, **greedy_options)
         summary = summarize_selection(method, q, b, int(res.indices.size), dim, res.gains,
-                                      float(jitter))
+                                      float(jitter), res.indices)
         if summary.low_relevance:
             warnings.warn(summary.advice(), LowRelevanceWarning, stacklevel=2)
         return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored,

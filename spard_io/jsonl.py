@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from .atomic import write_atomic
 
@@ -38,12 +38,15 @@ def _existing(path: str | os.PathLike) -> str:
 
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
-               span: tuple[int, int] | None = None) -> list[dict]:
+               span: tuple[int, int] | None = None,
+               chosen_by: Mapping[str, str] | None = None) -> list[dict]:
     """Read ``path`` as one JSON object per line.
 
     Blank lines are skipped. Every other line must be a JSON object that has each key in
-    ``required`` with a string value; otherwise :class:`JSONLError` names the line. With
-    ``span=(lo, hi)`` only rows lo..hi-1 (0-based, blank lines not counted) are parsed and
+    ``required`` with a string value; otherwise :class:`JSONLError` names the line (and, for
+    invalid JSON, the 1-based column). ``chosen_by`` maps a required key to the option that
+    chose it (e.g. ``{"prompt": "--pool-fields"}``), which a missing-field error then names.
+    With ``span=(lo, hi)`` only rows lo..hi-1 (0-based, blank lines not counted) are parsed and
     returned: one process's shard of a file read by several.
     """
     path = _existing(path)
@@ -70,8 +73,8 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
                 continue
             if hi is not None and row_number >= hi:
                 break
-            try:
-                row = json.loads(line)
+            try:  # without the line break, an error at the end of the line keeps its column
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 raise JSONLError(
                     f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); "
@@ -83,9 +86,10 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
                 )
             for key in required:
                 if key not in row:
+                    option = (chosen_by or {}).get(key, "the right option")
                     raise JSONLError(
                         f"{path}:{lineno}: missing field {key!r} (fields present: "
-                        f"{sorted(row)}); choose the text fields with the right option"
+                        f"{sorted(row)}); choose the fields with {option}"
                     )
                 if not isinstance(row[key], str):
                     raise JSONLError(

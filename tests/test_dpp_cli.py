@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
+import dpp_select.command as command
 from dpp_select import embed_texts, select
 
 from dpp_tiny_model import tiny_model, tiny_tokenizer
@@ -65,7 +66,7 @@ def test_selects_writes_rows_and_indices_and_caches(files, tmp_path, monkeypatch
     def no_embedding(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(cli, "embed_texts", no_embedding)
+    monkeypatch.setattr(command, "embed_texts", no_embedding)
     code, _ = _run(files, tmp_path, "--k", "3", "--pool-fields", "prompt,safe")
     np.testing.assert_array_equal(np.load(tmp_path / "sel.indices.npy"), indices)
     # A different field choice changes the texts, so it misses the cache.
@@ -143,7 +144,7 @@ def test_outputs_that_name_an_input_are_refused_and_the_inputs_survive(files, tm
 
 def test_arguments_and_output_locations_are_checked_before_embedding(files, tmp_path, capsys,
                                                                      monkeypatch):
-    monkeypatch.setattr(cli, "embed_texts", _no_embedding)
+    monkeypatch.setattr(command, "embed_texts", _no_embedding)
     (tmp_path / "folder").mkdir()
     cases = [
         (["--ratio", "0"], "--ratio must be a positive number"),
@@ -262,3 +263,47 @@ def test_lazy_flag_selects_what_the_full_pass_selects(files, tmp_path, capsys):
         _run(files, tmp_path, "--k", "3", "--lazy", "--distributed")
     assert exit_info.value.code == 2
     assert "--lazy runs in one process" in capsys.readouterr().err
+
+
+def test_version_comes_from_the_installed_distribution(capsys):
+    """The helper's checkout fallback is tested with spag_optim's version (test_spag_config)."""
+    from importlib.metadata import version
+
+    import dpp_select
+    from spard_io import distribution_version
+
+    assert dpp_select.__version__ == version("spard") == distribution_version()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"dpp-select {version('spard')}\n"
+
+
+def test_every_option_has_help_text():
+    parser = cli.build_parser()
+    missing = [action.option_strings for action in parser._actions
+               if action.option_strings and not action.help]
+    assert missing == []
+    text = parser.format_help()
+    for method in ("dpp", "dpp_diversity_only", "random", "top_relevance", "high_relevance"):
+        assert method in text.split("--method", 1)[1]
+
+
+def test_json_errors_name_the_column_and_missing_fields_name_the_option(files, tmp_path, capsys):
+    truncated = '{"prompt": "how do i bake bread"'  # the object is never closed
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n' + truncated + "\n")
+    err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(bad))
+    column = len(truncated) + 1  # just after the last character
+    assert f"bad.jsonl:2: not valid JSON (Expecting ',' delimiter at column {column})" in err
+    crlf = tmp_path / "crlf.jsonl"
+    crlf.write_bytes(b'{"prompt": "a"}\r\n{"prompt": "b",\r\n')
+    err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(crlf))
+    assert "crlf.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes " \
+        "at column 16)" in err
+    for option, source, field in [("--target-fields", "target", "question"),
+                                  ("--pool-fields", "pool", "question"),
+                                  ("--keep-fields", "pool", "source")]:
+        err = _one_line_error(files, tmp_path, capsys, "--k", "1", option, field)
+        assert f"{source}.jsonl:1: missing field '{field}'" in err
+        assert f"choose the fields with {option}" in err

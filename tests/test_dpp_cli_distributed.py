@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
+import dpp_select.command as command
 from dpp_select import embed_texts, select
 from dpp_tiny_model import tiny_model, tiny_tokenizer
 from gloo_workers import run_workers
@@ -49,14 +50,25 @@ def worker(rank: int, world: int, out, root) -> None:
     tok = AutoTokenizer.from_pretrained(root / "model")
     share = embed_texts([r["prompt"] for r in POOL], model, tok, progress=False,
                         process_group=dist.group.WORLD)
+    texts = [r["prompt"] for r in POOL]
+    texts[4] = ""
+    try:
+        embed_texts(texts, model, tok, progress=False, process_group=dist.group.WORLD)
+        empty_share = "no error"
+    except ValueError as err:
+        empty_share = str(err)
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    cli.embed_texts = no_embedding
+    empty = _exit_message(_argv(root, out / "empty.jsonl", pool="empty_pool.jsonl"))
+    command.embed_texts = no_embedding
     assert cli.main(_argv(root, out / "second.jsonl")) == 0
+    # Output rows keep a field that is not embedded (and drop the embedded one).
+    assert cli.main(_argv(root, out / "kept.jsonl") + ["--keep-fields", "safe"]) == 0
     message = _exit_message(_argv(root, out / "bad.jsonl", pool="bad_pool.jsonl"))
-    torch.save({"bad": message, "share": torch.from_numpy(share)}, out / f"rank{rank}.pt")
+    torch.save({"bad": message, "empty": empty, "empty_share": empty_share,
+                "share": torch.from_numpy(share)}, out / f"rank{rank}.pt")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +81,9 @@ def sharded_cli(tmp_path_factory):
     lines = [json.dumps(r) for r in POOL]
     lines[4] = '{"prompt": '  # rank 1's share
     (root / "bad_pool.jsonl").write_text("\n".join(lines) + "\n")
+    empty = [dict(r) for r in POOL]
+    empty[4]["prompt"] = ""  # rank 1's share [3, 6): its local row 1
+    (root / "empty_pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in empty))
     out = run_workers(worker, WORLD, tmp_path_factory.mktemp("cli_out"), root)
     return root, out
 
@@ -114,3 +129,28 @@ def test_bad_line_in_one_share_stops_every_rank(sharded_cli):
         assert message.startswith("2 ")
         assert "rank 1 rejected its input" in message and "bad_pool.jsonl:5" in message
     assert not (out / "bad.jsonl").exists()
+
+
+def test_empty_text_in_one_share_is_named_by_its_row_in_the_file(sharded_cli):
+    _, out = sharded_cli
+    for rank in range(WORLD):
+        message = torch.load(out / f"rank{rank}.pt", weights_only=True)["empty"]
+        assert message.startswith("2 ") and "rank 1 rejected its input" in message
+        assert "empty_pool.jsonl" in message and "[4]" in message and "[1]" not in message
+    assert not (out / "empty.jsonl").exists()
+
+
+def test_embed_texts_names_an_empty_text_by_its_index_in_the_whole_list(sharded_cli):
+    _, out = sharded_cli
+    messages = [torch.load(out / f"rank{r}.pt", weights_only=True)["empty_share"]
+                for r in range(WORLD)]
+    assert messages[0] == "no error"
+    assert messages[1].startswith("texts [4] produce no tokens")
+
+
+def test_keep_fields_need_not_include_the_embedded_fields(sharded_cli):
+    _, out = sharded_cli
+    indices = np.load(out / "kept.indices.npy")
+    np.testing.assert_array_equal(indices, np.load(out / "first.indices.npy"))
+    rows = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
+    assert rows == [{"safe": POOL[i]["safe"]} for i in indices]

@@ -93,8 +93,6 @@ def expect_error(fn) -> str:
 def worker(rank: int, world: int, out) -> None:
     import torch.distributed as dist
 
-    from dpp_select import distributed
-
     group = dist.group.WORLD
     results = {
         name: {key: None if v is None else torch.from_numpy(v)
@@ -112,13 +110,13 @@ def worker(rank: int, world: int, out) -> None:
     results["invalid"] = expect_error(
         lambda: relevance_scores(bad, x[:3], process_group=group))
     results["shard_range"] = shard_range(10, group)
-    distributed._GATHER_BYTES = 2 * world * D * 8  # two float64 target rows per rank a round
+    from dpp_select import relevance
+
+    relevance._GATHER_BYTES = 2 * world * D * 8  # two float64 target rows per rank a round
     x64, targets, _ = pool(np.float64)
     tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
     results["rounds"] = torch.from_numpy(
         relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group))
-    from dpp_select import relevance
-
     decisions = []  # each rank's "normalise rows first" decision, as max_cosine receives it
     max_cosine = relevance.max_cosine
 
@@ -279,7 +277,70 @@ def test_a_rank_that_dies_makes_the_others_raise(tmp_path):
     assert out.read_text().startswith("raised")
 
 
-def test_lazy_with_a_process_group_is_refused_before_any_collective():
-    x, _, quality = pool(np.float32)
-    with pytest.raises(ValueError, match="lazy=True does not support process_group"):
-        greedy_dpp(x, 3, quality=quality, lazy=True, process_group=object())
+def outcome(fn) -> str:
+    """What ``fn`` raised, as 'Type: message' (any exception: a local one is the bug here)."""
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - the test compares what every rank raised
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+
+def contract_worker(rank: int, world: int, out) -> None:
+    """Each rank misuses the sharded API once, then retries correctly; records what happened."""
+    import torch.distributed as dist
+
+    group = dist.group.WORLD
+    x, targets, quality = pool(np.float32)
+    lo, hi = BOUNDS[world][rank:rank + 2]
+    tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
+    results = {
+        # Every rank passes the whole fine-tuning set instead of its share.
+        "replicated": outcome(lambda: select(x[lo:hi], targets, ratio=1.0, process_group=group)),
+        # One rank alone asks for the lazy greedy.
+        "lazy_select": outcome(lambda: select(x[lo:hi], targets[tlo:thi], k=5,
+                                              lazy=rank == 1, process_group=group)),
+        "lazy_greedy": outcome(lambda: greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi],
+                                                  lazy=rank == 1, process_group=group)),
+        "lazy_everywhere": outcome(lambda: greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi],
+                                                      lazy=True, process_group=group)),
+    }
+    # The collectives are still aligned: a correct retry works.
+    retry = select(x[lo:hi], targets[tlo:thi], ratio=1.0, process_group=group)
+    results["retry"] = torch.from_numpy(retry.indices)
+    torch.save(results, out / f"rank{rank}.pt")
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def misused(request, tmp_path_factory):
+    world = request.param
+    out = run_workers(contract_worker, world, tmp_path_factory.mktemp(f"misuse{world}"))
+    return world, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+def test_replicated_targets_are_refused_on_every_rank(misused):
+    """Targets are sharded like the pool; the whole set on every rank would count R times."""
+    world, ranks = misused
+    for results in ranks:
+        message = results["replicated"]
+        assert message.startswith("DistributedArgumentError: ")
+        assert f"every rank passed the same {M} target rows" in message
+        assert "shard_range" in message
+
+
+@pytest.mark.parametrize("case", ["lazy_select", "lazy_greedy", "lazy_everywhere"])
+def test_lazy_on_any_rank_raises_the_same_error_on_every_rank(misused, case):
+    _, ranks = misused
+    messages = {results[case] for results in ranks}
+    assert len(messages) == 1, messages
+    message = messages.pop()
+    assert message.startswith("DistributedArgumentError: ") and "lazy" in message
+
+
+def test_collectives_stay_aligned_after_a_refused_call(misused):
+    _, ranks = misused
+    x, targets, _ = pool(np.float32)
+    whole = select(x, targets, ratio=1.0)
+    assert whole.indices.size == M
+    for results in ranks:
+        np.testing.assert_array_equal(results["retry"].numpy(), whole.indices)

@@ -218,3 +218,49 @@ def test_backend_device_and_lazy_reach_the_greedy_and_a_misspelt_keyword_is_refu
     for method in ("dpp", "random"):  # refused even where no DPP runs
         with pytest.raises(TypeError, match="lazzy.*backend, device, lazy"):
             select(pool, target, k=3, method=method, lazzy=True)
+
+
+def _near_duplicate_pool(rng, groups: int, copies: int, d: int):
+    """``groups`` random directions, each ``copies`` times with 1e-5 noise; the targets are the
+    directions themselves, so relevance is close to 1 as in the paper."""
+    centres = rng.normal(size=(groups, d))
+    target = centres
+    pool = np.repeat(centres, copies, axis=0) + 1e-5 * rng.normal(size=(groups * copies, d))
+    return pool, target
+
+
+def test_near_duplicate_picks_are_counted_and_the_warning_says_what_to_do():
+    """Picks beyond the pool's distinct directions are near-duplicates decided by the jitter:
+    the summary counts the distinct ones and the warning gives advice for that case too."""
+    from dpp_select import LowRelevanceWarning
+
+    rng = np.random.default_rng(23)
+    pool, target = _near_duplicate_pool(rng, groups=5, copies=10, d=32)
+    with pytest.warns(LowRelevanceWarning) as caught:
+        res = select(pool, target, k=8)
+    s = res.summary
+    assert s.jitter_share < 1e-2 and s.picks <= s.dim  # neither other cause applies
+    assert s.jitter_scale_picks == 3
+    assert s.distinct_picks == 5
+    assert "5 of 8 picks" in s.format() and "distinct" in s.format()
+    message = str(caught[0].message)
+    assert "near-duplicates" in message and "deduplicate the pool" in message
+    assert "ask for at most 5 items" in message
+
+
+def test_distinct_picks_match_a_literal_angle_to_the_earlier_picks():
+    """A pick is distinct when at least 1% of its kernel norm L_ii lies outside the span of the
+    earlier picks: its gain det(L_S+i)/det(L_S) >= 0.01 L_ii (the literal determinants)."""
+    rng = np.random.default_rng(24)
+    pool, target = _near_duplicate_pool(rng, groups=4, copies=6, d=16)
+    pool[:12] += 0.02 * rng.normal(size=(12, 16))  # two groups spread out a little
+    with pytest.warns(UserWarning):
+        res = select(pool, target, k=10, jitter=1e-5)
+    q = _literal_relevance(pool, target)
+    w = np.maximum(q, 0.0) ** 4.0
+    kernel = dense_kernel(pool, w, 1e-5)
+    gains = _literal_gains(kernel, res.indices)
+    expected = sum(1 for i, g in zip(res.indices, gains) if g >= 0.01 * kernel[i, i])
+    assert res.summary.distinct_picks == expected
+    assert 4 <= expected < 10
+    assert select(pool, target, k=3, method="random").summary.distinct_picks is None

@@ -51,3 +51,136 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
     module.write_text("def f():\n    from dpp_select.greedy import greedy_dpp\n"
                       "import spag_optim.functional as F\nfrom . import sibling\n")
     assert _imported_packages(module) == {"dpp_select", "spag_optim"}
+
+
+# --- No import cycles and no private names across modules -----------------------------------
+# Every import statement counts, inside functions too: an import deferred into a function still
+# makes the two modules depend on each other, it only hides the cycle from a reader.
+
+PACKAGES = ("dpp_select", "spag_optim", "spard_io")
+# Removed in parallel by the engineer restructuring spag_optim; drop the marks when it lands.
+_SPAG_OPTIM_PENDING = pytest.mark.xfail(
+    strict=True, reason="spag_optim/optimizer.py <-> authors_code.py and its private imports")
+
+
+def _module_files(root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
+    """Dotted module name -> file, for every module of the three packages under ``root``."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _absolute(node: ast.ImportFrom, module: str, path: pathlib.Path) -> str:
+    """The absolute module name an ``ImportFrom`` names, relative ones resolved."""
+    if node.level == 0:
+        return node.module or ""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(module: str, path: pathlib.Path, modules: dict) -> list[tuple[str, str, int]]:
+    """(imported module, name taken from it or "", line) for every import of our modules;
+    ``from m import x`` where x is a submodule counts as importing that submodule."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, "", node.lineno) for a in node.names if a.name in modules]
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(node, module, path)
+            for alias in node.names:
+                sub = f"{source}.{alias.name}"
+                if sub in modules:
+                    found.append((sub, "", node.lineno))
+                elif source in modules:
+                    found.append((source, alias.name, node.lineno))
+    return found
+
+
+def _private_uses(module: str, path: pathlib.Path, modules: dict) -> list[str]:
+    """``from m import _x`` and ``m._x`` where m is another of our modules."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    bound = {}  # local name -> our module it is bound to
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules and alias.asname:
+                    bound[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(node, module, path)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{source}.{alias.name}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            source = _absolute(node, module, path)
+            uses += [f"{path.name}:{node.lineno} imports {alias.name} from {source}"
+                     for alias in node.names if source in modules and source != module
+                     and _is_private(alias.name) and f"{source}.{alias.name}" not in modules]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id in bound and _is_private(node.attr)):
+            uses.append(f"{path.name}:{node.lineno} uses {bound[node.value.id]}.{node.attr}")
+    return uses
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _cycles(package: str, root: pathlib.Path = ROOT) -> list[list[str]]:
+    """Every module of ``package`` that reaches itself through imports, with one such path."""
+    modules = _module_files(root)
+    graph = {m: sorted({target for target, _, _ in _imports(m, p, modules) if target != m})
+             for m, p in modules.items()}
+    cycles = []
+    for start in (m for m in modules if m.split(".")[0] == package):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(trail + [start])
+                    stack = []
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, trail + [nxt]))
+    return cycles
+
+
+def _cases(packages):
+    return [pytest.param(p, marks=_SPAG_OPTIM_PENDING) if p == "spag_optim" else p
+            for p in packages]
+
+
+@pytest.mark.parametrize("package", _cases(PACKAGES))
+def test_no_module_imports_a_module_that_imports_it_back(package):
+    assert _cycles(package) == []
+
+
+@pytest.mark.parametrize("package", _cases(PACKAGES))
+def test_no_private_name_is_imported_across_modules(package):
+    modules = _module_files()
+    found = [use for m, p in modules.items() if m.split(".")[0] == package
+             for use in _private_uses(m, p, modules)]
+    assert found == []
+
+
+def test_the_cycle_walk_sees_a_cycle_hidden_in_a_function(tmp_path):
+    pkg = tmp_path / "dpp_select"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import helper\n")
+    (pkg / "b.py").write_text("def helper():\n    from . import c\n")
+    (pkg / "c.py").write_text("import dpp_select.a as a\nx = a._hidden\n")
+    modules = _module_files(tmp_path)
+    assert ["dpp_select.a", "dpp_select.b", "dpp_select.c", "dpp_select.a"] in \
+        _cycles("dpp_select", tmp_path)
+    assert _private_uses("dpp_select.c", pkg / "c.py", modules) == \
+        ["c.py:2 uses dpp_select.a._hidden"]
