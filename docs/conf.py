@@ -37,34 +37,6 @@ html_static_path = ["_static"]
 html_css_files = ["mathml.css"]
 
 
-# Modules other branches are adding; each gets its section as soon as its file exists (and from
-# then on the strict build checks it). (module, title, options for automodule)
-_UPCOMING = {
-    "spag_optim": [
-        ("spag_optim.safety_pairs", "Safety pairs: tokenising and padding", ""),
-        ("spag_optim.guardspace", "GuardSpace adapters", ""),
-    ],
-    "dpp_select": [
-        ("dpp_select.diagnostics", "Selection diagnostics", ":no-members:"),
-        ("dpp_select.distributed", "Selection over sharded pools", ""),
-    ],
-}
-
-
-def _write_upcoming() -> None:
-    """``_generated/<package>_more.rst``: the sections of the ``_UPCOMING`` modules present."""
-    import importlib.util
-
-    for package, modules in _UPCOMING.items():
-        lines = []
-        for module, title, options in modules:
-            if importlib.util.find_spec(module) is None:
-                continue
-            lines += [title, "-" * len(title), "", f".. automodule:: {module}"]
-            lines += [f"   {options}", ""] if options else [""]
-        _write_generated(f"{package}_more.rst", "\n".join(lines) + "\n")
-
-
 def _write_generated(name: str, text: str) -> None:
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_generated", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -84,4 +56,3 @@ def _write_cli_help() -> None:
 
 
 _write_cli_help()
-_write_upcoming()

@@ -58,10 +58,6 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
 # makes the two modules depend on each other, it only hides the cycle from a reader.
 
 PACKAGES = ("dpp_select", "spag_optim", "spard_io")
-# Removed in parallel by the engineer restructuring spag_optim; drop the marks when it lands.
-_SPAG_OPTIM_PENDING = pytest.mark.xfail(
-    strict=True, reason="spag_optim/optimizer.py <-> authors_code.py and its private imports")
-
 
 def _module_files(root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
     """Dotted module name -> file, for every module of the three packages under ``root``."""
@@ -154,17 +150,12 @@ def _cycles(package: str, root: pathlib.Path = ROOT) -> list[list[str]]:
     return cycles
 
 
-def _cases(packages):
-    return [pytest.param(p, marks=_SPAG_OPTIM_PENDING) if p == "spag_optim" else p
-            for p in packages]
-
-
-@pytest.mark.parametrize("package", _cases(PACKAGES))
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_module_imports_a_module_that_imports_it_back(package):
     assert _cycles(package) == []
 
 
-@pytest.mark.parametrize("package", _cases(PACKAGES))
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_private_name_is_imported_across_modules(package):
     modules = _module_files()
     found = [use for m, p in modules.items() if m.split(".")[0] == package
