@@ -29,6 +29,10 @@ The trust region :math:`\eta_{safe}` (``trust_region``):
   of the parameters to measure the utility step: the displacement of an arbitrary inner optimizer
   cannot be recovered from its state afterwards.
 
+``projection_iterations=K`` repeats the projection on the same safe batch until the loss is at
+most tau (at most K times per step); the default 1 is the paper's rule (see
+:mod:`spag_optim.functional` and :class:`SPAGOptimizer`).
+
 ``mode="authors_code"`` reproduces the authors' released code instead (per-tensor scaling, norm
 not squared, the inner optimizer stepping on the scaled safety gradient): it is an alias that
 constructs :class:`spag_optim.authors_code.AuthorsCodeSPAG` (a subclass of
@@ -82,6 +86,16 @@ class SPAGOptimizer(SPAGBase):
         alpha_max: per-tensor cap of ``"authors_code"`` mode.
         eps: added to the denominator (:math:`\lVert g\rVert^2` in paper mode, the per-tensor
             :math:`\lVert g_p\rVert` in authors'-code mode).
+        projection_iterations: ``1`` (default) is the paper's single projection. ``K > 1``
+            repeats it from the point reached, on the same safe batch and with the same trust
+            region each time, until the loss is at most ``tau + tolerance`` or K projections were
+            made (see :mod:`spag_optim.functional`): it keeps the constraint on the batch where one
+            linearised step undershoots. Each repeat costs a safety forward and backward and one
+            host read; the parameters after the utility step are kept (one copy of the trainable
+            parameters) so that a step whose closure fails part-way is retried from them. The
+            closure is rewound through its ``state_dict``/``load_state_dict``
+            (:func:`spag_optim.make_safety_closure` has them); a closure without them is simply
+            called again. ``mode="paper"`` only.
         skip_if_safe: read the safety loss once on the host and skip the safety backward when it
             is already below the trigger (paper mode; authors'-code mode always reads it). Under
             ``distributed`` the read is of the loss averaged over ranks, so all ranks agree.
@@ -108,7 +122,8 @@ class SPAGOptimizer(SPAGBase):
     def _extra_repr(self) -> str:
         return (
             f"tau={self.tau}, trust_region={self.trust_region!r}, rho={self.rho}, "
-            f"mode={self.mode!r}, tolerance={self.tolerance}, distributed={self.distributed!r}"
+            f"mode={self.mode!r}, tolerance={self.tolerance}, "
+            f"projection_iterations={self.projection_iterations}, distributed={self.distributed!r}"
         )
 
     def _before_inner_step(self, params: list[Tensor]) -> bool:
@@ -131,6 +146,7 @@ class SPAGOptimizer(SPAGBase):
     def _after_inner_step(self, params: list[Tensor], relative: bool) -> None:
         device = params[0].device
         reducer = self._reducer_for(params)
+        batch_position = self._closure_position()  # where a repeated projection rewinds to
         local_loss = self._safety_loss()
         loss = reducer.mean_loss(local_loss)  # what alpha (and every rank's decision) uses
         projections, nonfinite = self._counters(device)
@@ -143,15 +159,18 @@ class SPAGOptimizer(SPAGBase):
             self._warn_nonfinite_grads(int(seen))
             if not self._triggered(loss_value):
                 return
-        grads = self._backward(local_loss, params, reducer)
+        repeated = self.projection_iterations > 1
+        theta_plus = [p.detach().clone() for p in local_tensors(params)] if repeated else []
+        try:
+            alpha, finite, sq_norm = self._project(local_loss, loss, params, relative, reducer)
+            if theta_plus:
+                self._repeat_projection(params, relative, reducer, batch_position)
+        except BaseException:
+            if theta_plus:  # a retry starts again from theta+, as if nothing had failed
+                with torch.no_grad():
+                    torch._foreach_copy_(local_tensors(params), theta_plus)
+            raise
         with torch.no_grad():
-            local_params = local_tensors(params)
-            sq_norm = reducer.sq_norm(grads, device)
-            cap = self._cap(local_params, sq_norm, relative, reducer)
-            alpha, finite = F.projection_alpha(
-                loss, sq_norm, tau=self.tau, tolerance=self.tolerance, eps=self.eps, cap=cap
-            )
-            F.apply_projection_(local_params, grads, alpha)
             projected = alpha > 0
             projections.add_(projected.to(torch.int64))
             nonfinite.add_((~finite).to(torch.int64))
@@ -161,6 +180,43 @@ class SPAGOptimizer(SPAGBase):
             "alpha": alpha,
             "safety_grad_norm": sq_norm.sqrt(),
         }
+
+    def _project(
+        self, local_loss: Tensor, loss: Tensor, params: list[Tensor], relative: bool, reducer: Reducer
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One projection of Eq. 4 from the current parameters; returns alpha, finite, ||g||^2."""
+        grads = self._backward(local_loss, params, reducer)
+        with torch.no_grad():
+            local_params = local_tensors(params)
+            sq_norm = reducer.sq_norm(grads, params[0].device)
+            cap = self._cap(local_params, sq_norm, relative, reducer)
+            alpha, finite = F.projection_alpha(
+                loss, sq_norm, tau=self.tau, tolerance=self.tolerance, eps=self.eps, cap=cap
+            )
+            F.apply_projection_(local_params, grads, alpha)
+        return alpha, finite, sq_norm
+
+    def _closure_position(self) -> Any:
+        """The safety closure's position (None if it has none or the projection is not repeated)."""
+        saver = getattr(self.safety_closure, "state_dict", None)
+        return saver() if self.projection_iterations > 1 and callable(saver) else None
+
+    def _repeat_projection(
+        self, params: list[Tensor], relative: bool, reducer: Reducer, batch_position: Any
+    ) -> None:
+        """Projections 2..K of the repeated rule (:mod:`spag_optim.functional`) on the same safe
+        batch (the closure rewound to ``batch_position``), each with this step's trust region,
+        until the loss is at most tau + tolerance."""
+        for _ in range(self.projection_iterations - 1):
+            if batch_position is not None:
+                self.safety_closure.load_state_dict(batch_position)  # type: ignore[attr-defined]
+            local_loss = self._safety_loss()
+            loss = reducer.mean_loss(local_loss)
+            if F.repeated_projection_stops(float(loss), tau=self.tau, tolerance=self.tolerance):
+                return
+            alpha, _, _ = self._project(local_loss, loss, params, relative, reducer)
+            if not bool(alpha > 0):
+                return
 
     def _cap(
         self, params: list[Tensor], sq_norm: Tensor, relative: bool, reducer: Reducer

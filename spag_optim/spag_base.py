@@ -56,6 +56,7 @@ class SPAGBase(SafetyClosureOptimizer):
         alpha_max: float = 1.0,
         eps: float = 1e-8,
         skip_if_safe: bool = True,
+        projection_iterations: int = 1,
         distributed: Optional[str] = "auto",
         process_group: Any = None,
         grad_scaler: Optional["torch.amp.GradScaler"] = None,
@@ -65,6 +66,7 @@ class SPAGBase(SafetyClosureOptimizer):
         hyperparameters = check_hyperparameters(
             tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
             alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+            projection_iterations=projection_iterations,
         )
         check_distributed_mode(distributed)
         if grad_scaler is not None and not isinstance(grad_scaler, _GRAD_SCALER):
