@@ -20,10 +20,11 @@ for the host. A non-finite loss or gradient yields :math:`\alpha = 0` and a zero
 parameters stay at :math:`\theta^+`.
 
 Repeated projection (``projection_iterations`` :math:`K > 1`). One linearised projection lands
-on the tangent half-space, not on :math:`\{\ell \le \tau\}`: with curvature, or when the trust
-region shortens alpha, the loss after it is still above :math:`\tau`. The repeated rule applies
-Eq. 4 again at the point it reached, on the *same* safe batch, each time with the step's trust
-region:
+on the tangent half-space, not on :math:`\{\ell \le \tau\}`: where the loss is convex along the
+step (a refusal's negative log-likelihood near zero is), the linear prediction
+:math:`\ell - \alpha\lVert g\rVert^2 = \tau` is a lower bound, so the loss after the projection
+is still above :math:`\tau`. The repeated rule applies Eq. 4 again at the point it reached, on the
+*same* safe batch, each time with the step's trust region:
 
 .. math::
     \theta^{(0)} = \theta^+, \qquad
@@ -31,9 +32,9 @@ region:
     g_k = \nabla L_{safe}(\theta^{(k)}),\ \alpha_k \text{ of Eq. 4 at } \theta^{(k)}
 
 stopping at the first :math:`k` with :math:`L_{safe}(\theta^{(k)}) \le \tau + \text{tolerance}`
-(:func:`repeated_projection_stops`) or at :math:`k = K`. Uncapped, this is the Gauss-Newton
-(Newton-Raphson) iteration for the single equation :math:`L_{safe}(\theta) = \tau` along the
-steepest direction; :math:`K = 1` is the paper's rule, operation for operation.
+(:func:`repeated_projection_stops`) or at :math:`k = K`. Uncapped, each step is the minimum-norm
+Newton-Raphson step for the single equation :math:`L_{safe}(\theta) = \tau`; :math:`K = 1` is the
+paper's rule, operation for operation.
 
 Authors'-code mode reproduces the released implementation (see the README's table): the gradient
 of each parameter tensor is scaled by :math:`\min((\ell - \tau)/(\lVert g_p\rVert + \epsilon),
