@@ -117,3 +117,11 @@ def test_projection_iterations_is_refused_in_authors_code_mode():
     with pytest.raises(ValueError, match="mode='paper'"):
         SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.net(torch.ones(4)).sum(),
                       mode="authors_code", projection_iterations=2)
+
+
+def test_repeats_stop_at_tau_plus_tolerance_and_on_a_non_finite_loss():
+    from spag_optim.functional import repeated_projection_stops as stops
+
+    assert stops(0.01, tau=0.01, tolerance=0.0) and not stops(0.0101, tau=0.01, tolerance=0.0)
+    assert stops(0.015, tau=0.01, tolerance=0.01) and not stops(0.03, tau=0.01, tolerance=0.01)
+    assert stops(float("nan"), tau=0.01, tolerance=0.0) and stops(float("inf"), tau=0.01, tolerance=0.0)
