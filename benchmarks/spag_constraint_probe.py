@@ -45,9 +45,11 @@ from _demo.alignment import aligned_model  # noqa: E402
 from _demo.config import DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.encoding import encode  # noqa: E402
+from _demo.methods import PENALTY_LAMBDA  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 from lora_targets import DEFAULT_LORA_TARGETS  # noqa: E402
 from spag_optim import SafetyBatches, SPAGOptimizer  # noqa: E402
+from spag_optim.baselines import PenaltyOptimizer  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
 
 
@@ -78,7 +80,11 @@ class RecordingClosure:
 
 
 def step_record(opt, model, params, closure, before, util_grad, tau, whole_safe, heldout) -> dict[str, float]:
-    """What one step did (see the module docstring); ``p.grad`` holds alpha * g after the step."""
+    """What one step did (see the module docstring); ``p.grad`` holds alpha * g after the step.
+    For the penalty (``--penalty``) only the two losses after the step."""
+    losses = {"safe_set_loss": batch_loss(model, whole_safe), "heldout_refusal_loss": batch_loss(model, heldout)}
+    if not isinstance(opt, SPAGOptimizer):
+        return losses
     stats = {k: float(v) for k, v in opt.last_stats.items()}
     after = flat(params)
     scaled = flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
@@ -95,8 +101,7 @@ def step_record(opt, model, params, closure, before, util_grad, tau, whole_safe,
         "projection_length": float(scaled.norm()) if projected else 0.0,
         "linear_prediction": loss - alpha * g_norm**2,
         "loss_after": batch_loss(model, closure.last),
-        "safe_set_loss": batch_loss(model, whole_safe),
-        "heldout_refusal_loss": batch_loss(model, heldout),
+        **losses,
         "total_move": float((after - before).norm()),
     }
     if theta_plus is not None:
@@ -107,7 +112,7 @@ def step_record(opt, model, params, closure, before, util_grad, tau, whole_safe,
 
 
 def run(seed: int, attack: str, iterations: int, cache_dir: Path, selection: str = "dpp",
-        safe_ratio: float | None = None) -> dict[str, Any]:
+        safe_ratio: float | None = None, penalty: bool = False) -> dict[str, Any]:
     config = with_attack(replace(DemoConfig(), seed=seed), attack)
     if safe_ratio is not None:
         config = replace(config, safe_ratio=safe_ratio)
@@ -128,8 +133,11 @@ def run(seed: int, attack: str, iterations: int, cache_dir: Path, selection: str
     params = [p for p in model.parameters() if p.requires_grad]
     batches = SafetyBatches(encode(tok, safe), batch_size=config.safety_batch, collate_fn=collate, seed=seed)
     closure = RecordingClosure(model, batches)
-    opt = SPAGOptimizer(torch.optim.AdamW(params, lr=config.finetune_lr), closure, tau=config.tau,
-                        projection_iterations=iterations)
+    inner = torch.optim.AdamW(params, lr=config.finetune_lr)
+    if penalty:  # the demo's penalty row: lambda 1 at the same tau, on the same safe batches
+        opt = PenaltyOptimizer(inner, closure, tau=config.tau, lam=PENALTY_LAMBDA)
+    else:
+        opt = SPAGOptimizer(inner, closure, tau=config.tau, projection_iterations=iterations)
     rows = encode(tok, data.finetune)
     generator = torch.Generator().manual_seed(config.seed + 1)  # the demo's training order
     steps = []
@@ -146,7 +154,7 @@ def run(seed: int, attack: str, iterations: int, cache_dir: Path, selection: str
     model.eval()
     return {
         "seed": seed, "attack": attack, "projection_iterations": iterations, "tau": config.tau,
-        "selection": selection, "safe_ratio": config.safe_ratio,
+        "selection": selection, "safe_ratio": config.safe_ratio, "method": "penalty" if penalty else "spag",
         "aligned": aligned_stats, "steps": steps,
         "asr": evaluation.asr(model, tok, data.heldout_harmful),
         "utility": evaluation.utility(model, tok, data.heldout_problems),
@@ -162,17 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--projection-iterations", type=int, default=1)
     parser.add_argument("--selection", default="dpp", help="dpp_select method: dpp, random, top_relevance")
     parser.add_argument("--safe-ratio", type=float, default=None, help="safe rows / fine-tuning rows (demo: 0.03)")
+    parser.add_argument("--penalty", action="store_true", help="the demo's hinge penalty instead of SPAG")
     parser.add_argument("--cache-dir", type=Path, default=Path("spard_demo") / "cache")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = run(args.seed, args.attack, args.projection_iterations, args.cache_dir, args.selection,
-                 args.safe_ratio)
+                 args.safe_ratio, args.penalty)
     args.out.write_text(json.dumps(result) + "\n")
     s = result["steps"]
-    print(f"seed {args.seed} {args.attack} {args.selection} K={args.projection_iterations}: ASR {result['asr']:.2f} "
-          f"utility {result['utility']:.2f}; projected {sum(x['alpha'] > 0 for x in s)}/{len(s)}, "
-          f"capped {sum(x['capped'] for x in s)}; aligned {result['aligned']}")
+    print(f"seed {args.seed} {args.attack} {args.selection} {result['method']} K={args.projection_iterations}: "
+          f"ASR {result['asr']:.2f} utility {result['utility']:.2f}; projected "
+          f"{sum(x.get('alpha', 0) > 0 for x in s)}/{len(s)}, capped {sum(x.get('capped', 0) for x in s)}; "
+          f"aligned {result['aligned']}")
     return 0
 
 
