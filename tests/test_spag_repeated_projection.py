@@ -125,3 +125,19 @@ def test_repeats_stop_at_tau_plus_tolerance_and_on_a_non_finite_loss():
     assert stops(0.01, tau=0.01, tolerance=0.0) and not stops(0.0101, tau=0.01, tolerance=0.0)
     assert stops(0.015, tau=0.01, tolerance=0.01) and not stops(0.03, tau=0.01, tolerance=0.01)
     assert stops(float("nan"), tau=0.01, tolerance=0.0) and stops(float("inf"), tau=0.01, tolerance=0.0)
+
+
+def test_the_demo_method_spard_repeated_builds_spag_with_repeated_projections():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from _demo.config import SMOKE
+    from _demo.methods import METHODS, REPEATED_PROJECTIONS
+
+    param = torch.nn.Parameter(torch.ones(2))
+    method = METHODS["spard_repeated"]
+    opt = method.wrapper(torch.optim.AdamW([param]), lambda: (param**2).sum(), SMOKE, **method.options)
+    assert method.selection == METHODS["spard"].selection
+    assert isinstance(opt, SPAGOptimizer) and opt.tau == SMOKE.tau
+    assert opt.projection_iterations == REPEATED_PROJECTIONS > 1
