@@ -52,6 +52,8 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
         alpha_max: cap of the per-tensor factor.
         eps: added to the per-tensor norm :math:`\lVert g_p\rVert`.
         skip_if_safe: kept likewise; unused (this rule always reads the loss on the host).
+        projection_iterations: must be 1 (the released code has no repeated projection); kept so
+            that one configuration builds either rule.
         distributed: as :class:`~spag_optim.SPAGOptimizer`; sharded (FSDP2/DTensor) parameters
             are refused.
         process_group: the group the loss and gradient are averaged over (default: the world).
@@ -88,6 +90,7 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
         alpha_max: float = 1.0,
         eps: float = 1e-8,
         skip_if_safe: bool = True,
+        projection_iterations: int = 1,
         distributed: Optional[str] = "auto",
         process_group: Any = None,
         grad_scaler: Optional["torch.amp.GradScaler"] = None,
@@ -98,6 +101,7 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
         hyperparameters = check_hyperparameters(
             tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
             alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+            projection_iterations=projection_iterations,
         )
         check_distributed_mode(distributed)
         check_grad_scaler(grad_scaler)

@@ -1,13 +1,14 @@
 """SPAGConfig: SPAG's hyper-parameters as a config object to save with a run.
 
 Peft and TRL users keep a run's settings in a config (``LoraConfig``, ``SFTConfig``);
-:class:`SPAGConfig` is that for :class:`~spag_optim.SPAGOptimizer` (SPARD, ICML 2026,
+:class:`SPAGConfig` is that for SPAG (:func:`~spag_optim.make_spag` builds the rule its ``mode``
+names; SPARD, ICML 2026,
 Algorithm 1: tau, the trust region eta_safe and its ratio rho, ...). It is thin: its fields are the
 optimizer's hyper-parameters with the optimizer's defaults, checked by the optimizer's own
 validation, and it round-trips through a dict and a JSON file::
 
     config = SPAGConfig(tau=0.8, rho=1.0)
-    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters()), safety, **config.to_dict())
+    optimizer = make_spag(torch.optim.AdamW(model.parameters()), safety, **config.to_dict())
     config.to_json_file("run/spag_config.json")
 
 ``tau="calibrate"`` is accepted for :class:`~spag_optim.integrations.trainer.SPAGTrainer`, which
@@ -48,6 +49,7 @@ class SPAGConfig:
     alpha_max: float = 1.0
     eps: float = 1e-8
     skip_if_safe: bool = True
+    projection_iterations: int = 1
     distributed: Optional[str] = "auto"
 
     def __post_init__(self) -> None:

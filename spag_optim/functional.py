@@ -19,6 +19,23 @@ which is the Euclidean projection of :math:`\theta^+` onto the half-space
 for the host. A non-finite loss or gradient yields :math:`\alpha = 0` and a zeroed gradient, so the
 parameters stay at :math:`\theta^+`.
 
+Repeated projection (``projection_iterations`` :math:`K > 1`). One linearised projection lands
+on the tangent half-space, not on :math:`\{\ell \le \tau\}`: where the loss is convex along the
+step (a refusal's negative log-likelihood near zero is), the linear prediction
+:math:`\ell - \alpha\lVert g\rVert^2 = \tau` is a lower bound, so the loss after the projection
+is still above :math:`\tau`. The repeated rule applies Eq. 4 again at the point it reached, on the
+*same* safe batch, each time with the step's trust region:
+
+.. math::
+    \theta^{(0)} = \theta^+, \qquad
+    \theta^{(k+1)} = \theta^{(k)} - \alpha_k\, g_k, \quad
+    g_k = \nabla L_{safe}(\theta^{(k)}),\ \alpha_k \text{ of Eq. 4 at } \theta^{(k)}
+
+stopping at the first :math:`k` with :math:`L_{safe}(\theta^{(k)}) \le \tau + \text{tolerance}`
+(:func:`repeated_projection_stops`) or at :math:`k = K`. Uncapped, each step is the minimum-norm
+Newton-Raphson step for the single equation :math:`L_{safe}(\theta) = \tau`; :math:`K = 1` is the
+paper's rule, operation for operation.
+
 Authors'-code mode reproduces the released implementation (see the README's table): the gradient
 of each parameter tensor is scaled by :math:`\min((\ell - \tau)/(\lVert g_p\rVert + \epsilon),
 \alpha_{max})` and then handed to the inner optimizer's own step.
@@ -40,6 +57,7 @@ __all__ = [
     "projection_alpha",
     "trust_region_cap",
     "apply_projection_",
+    "repeated_projection_stops",
     "authors_code_scale_",
 ]
 
@@ -142,6 +160,13 @@ def apply_projection_(params: Sequence[Tensor], grads: Sequence[Tensor], alpha: 
     for (device, dtype), ([group_params, group_grads], _) in grouped.items():
         torch._foreach_mul_(group_grads, alpha.to(device=device, dtype=dtype))
         torch._foreach_sub_(group_params, group_grads)
+
+
+def repeated_projection_stops(loss: float, *, tau: float, tolerance: float) -> bool:
+    r"""Whether the repeated projection stops at a point whose safety loss is ``loss``: the
+    constraint :math:`\ell \le \tau + \text{tolerance}` holds there, or ``loss`` is not finite
+    (the point reached so far is kept; the step's first projection already reported the loss)."""
+    return not (math.isfinite(loss) and loss - tau > tolerance)
 
 
 def authors_code_scale_(

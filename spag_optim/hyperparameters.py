@@ -16,6 +16,7 @@ r"""SPAG's hyper-parameters: checked once, saved with the checkpoint, and sanity
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping
 
 from ._caller_warning import warn_at_caller
@@ -32,7 +33,7 @@ MODES = ("paper", "authors_code")
 RULES = {"paper": "SPAGOptimizer", "authors_code": "AuthorsCodeSPAG"}
 #: What the ``"spag"`` checkpoint entry saves under ``"hyperparameters"``.
 HYPERPARAMETERS = ("tau", "trust_region", "rho", "mode", "tolerance", "alpha_max", "eps",
-                   "skip_if_safe")
+                   "skip_if_safe", "projection_iterations")
 #: Steps at the start of training that :class:`TauCheck` looks at.
 FIRST_STEPS = 10
 #: A loss is "far above" tau when it is >= 2 tau and >= tau + MIN_EXCESS (nats).
@@ -41,7 +42,7 @@ MIN_EXCESS = 0.5
 
 def check_hyperparameters(
     *, tau: Any, trust_region: Any, rho: Any, mode: Any, tolerance: Any, alpha_max: Any, eps: Any,
-    skip_if_safe: Any,
+    skip_if_safe: Any, projection_iterations: Any = 1,
 ) -> dict[str, Any]:
     """The hyper-parameters as plain Python values, or a clear error naming the bad one."""
     if mode not in MODES:
@@ -55,6 +56,13 @@ def check_hyperparameters(
         trust_region = str(trust_region)
     elif trust_region is not None:
         trust_region = check_number("trust_region", trust_region, minimum=0.0, strict=True)
+    if (isinstance(projection_iterations, bool) or not isinstance(projection_iterations, numbers.Integral)
+            or projection_iterations < 1):
+        raise ValueError(f"projection_iterations must be an int >= 1 (1: the paper's single "
+                         f"projection), got {projection_iterations!r}")
+    if projection_iterations > 1 and mode != "paper":
+        raise ValueError("projection_iterations > 1 repeats the paper's projection (Eq. 4); "
+                         "mode='authors_code' has no such rule: use mode='paper' or leave it at 1")
     return {
         "tau": check_number("tau", tau, minimum=0.0),
         "trust_region": trust_region,
@@ -64,6 +72,7 @@ def check_hyperparameters(
         "alpha_max": check_number("alpha_max", alpha_max, minimum=0.0, strict=True),
         "eps": check_number("eps", eps, minimum=0.0),
         "skip_if_safe": check_bool("skip_if_safe", skip_if_safe),
+        "projection_iterations": int(projection_iterations),
     }
 
 

@@ -36,6 +36,10 @@ The trust region is :func:`spag_optim.functional.trust_region_cap`; the rank-ave
 gradient and the counters both rules share are :class:`spag_optim.safety_gradient.SafetyGradient`;
 the step template (retry-safe) is :class:`spag_optim.SafetyClosureOptimizer`.
 
+``projection_iterations=K`` repeats the projection on the same safe batch until the loss is at
+most tau (at most K times per step); the default 1 is the paper's rule (see
+:func:`spag_optim.functional.repeated_projection_stops`).
+
 Distributed training (DDP, FSDP2/DTensor; ``distributed=``) and fp16 loss scaling
 (``grad_scaler=``) are described in :mod:`spag_optim.distributed` and in :class:`SPAGOptimizer`;
 DeepSpeed ZeRO is rejected at construction (see :func:`spag_optim.distributed.reject_deepspeed`).
@@ -92,6 +96,16 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             the step size still uses ``loss - tau``.
         alpha_max: unused by this rule (the authors' per-tensor cap); saved with the checkpoint.
         eps: added to the denominator :math:`\lVert g\rVert^2`.
+        projection_iterations: ``1`` (default) is the paper's single projection. ``K > 1``
+            repeats it from the point reached, on the same safe batch and with the same trust
+            region each time, until the loss is at most ``tau + tolerance`` or K projections were
+            made (see :mod:`spag_optim.functional`): it keeps the constraint on the batch where one
+            linearised step undershoots. Each repeat costs a safety forward and backward and one
+            host read; the parameters after the utility step are kept (one copy of the trainable
+            parameters) so that a step whose closure fails part-way is retried from them. The
+            closure is rewound through its ``state_dict``/``load_state_dict``
+            (:func:`spag_optim.make_safety_closure` has them); a closure without them is simply
+            called again. ``mode="paper"`` only.
         skip_if_safe: read the safety loss once on the host and skip the safety backward when it
             is already below the trigger; ``False`` keeps the whole step on device. Under
             ``distributed`` the read is of the loss averaged over ranks, so all ranks agree.
@@ -145,6 +159,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         alpha_max: float = 1.0,
         eps: float = 1e-8,
         skip_if_safe: bool = True,
+        projection_iterations: int = 1,
         distributed: Optional[str] = "auto",
         process_group: Any = None,
         grad_scaler: Optional["torch.amp.GradScaler"] = None,
@@ -155,6 +170,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         hyperparameters = check_hyperparameters(
             tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
             alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+            projection_iterations=projection_iterations,
         )
         check_distributed_mode(distributed)
         check_grad_scaler(grad_scaler)
@@ -170,7 +186,8 @@ class SPAGOptimizer(SafetyClosureOptimizer):
     def _extra_repr(self) -> str:
         return (
             f"tau={self.tau}, trust_region={self.trust_region!r}, rho={self.rho}, "
-            f"mode={self.mode!r}, tolerance={self.tolerance}, distributed={self.distributed!r}"
+            f"mode={self.mode!r}, tolerance={self.tolerance}, "
+            f"projection_iterations={self.projection_iterations}, distributed={self.distributed!r}"
         )
 
     @property
@@ -205,6 +222,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         device, safety = params[0].device, self._safety_gradient
         reducer = safety.reducer_for(params, distributed=self.distributed,
                                      safety_closure=self.safety_closure, process_group=self.process_group)
+        batch_position = self._closure_position()  # where a repeated projection rewinds to
         local_loss = self._safety_loss()
         loss = reducer.mean_loss(local_loss)  # what alpha (and every rank's decision) uses
         projections, nonfinite = safety.counters(device)
@@ -217,16 +235,18 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             safety.warn_nonfinite(int(seen))
             if not self._triggered(loss_value):
                 return
-        grads = safety.backward(local_loss, params, reducer, grad_scaler=self.grad_scaler, optimizer=self,
-                                 host_reads=self.skip_if_safe)
+        repeated = self.projection_iterations > 1
+        theta_plus = [p.detach().clone() for p in local_tensors(params)] if repeated else []
+        try:
+            alpha, finite, sq_norm = self._project(local_loss, loss, params, relative, reducer)
+            if theta_plus:
+                self._repeat_projection(params, relative, reducer, batch_position)
+        except BaseException:
+            if theta_plus:  # a retry starts again from theta+, as if nothing had failed
+                with torch.no_grad():
+                    torch._foreach_copy_(local_tensors(params), theta_plus)
+            raise
         with torch.no_grad():
-            local_params = local_tensors(params)
-            sq_norm = reducer.sq_norm(grads, device)
-            cap = self._cap(local_params, sq_norm, relative, reducer)
-            alpha, finite = F.projection_alpha(
-                loss, sq_norm, tau=self.tau, tolerance=self.tolerance, eps=self.eps, cap=cap
-            )
-            F.apply_projection_(local_params, grads, alpha)
             projected = alpha > 0
             projections.add_(projected.to(torch.int64))
             nonfinite.add_((~finite).to(torch.int64))
@@ -250,6 +270,44 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))  # no safety backward: no norm
             return False
         return True
+
+    def _project(
+        self, local_loss: Tensor, loss: Tensor, params: list[Tensor], relative: bool, reducer: Reducer
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One projection of Eq. 4 from the current parameters; returns alpha, finite, ||g||^2."""
+        grads = self._safety_gradient.backward(local_loss, params, reducer, grad_scaler=self.grad_scaler,
+                                               optimizer=self, host_reads=self.skip_if_safe)
+        with torch.no_grad():
+            local_params = local_tensors(params)
+            sq_norm = reducer.sq_norm(grads, params[0].device)
+            cap = self._cap(local_params, sq_norm, relative, reducer)
+            alpha, finite = F.projection_alpha(
+                loss, sq_norm, tau=self.tau, tolerance=self.tolerance, eps=self.eps, cap=cap
+            )
+            F.apply_projection_(local_params, grads, alpha)
+        return alpha, finite, sq_norm
+
+    def _closure_position(self) -> Any:
+        """The safety closure's position (None if it has none or the projection is not repeated)."""
+        saver = getattr(self.safety_closure, "state_dict", None)
+        return saver() if self.projection_iterations > 1 and callable(saver) else None
+
+    def _repeat_projection(
+        self, params: list[Tensor], relative: bool, reducer: Reducer, batch_position: Any
+    ) -> None:
+        """Projections 2..K of the repeated rule (:mod:`spag_optim.functional`) on the same safe
+        batch (the closure rewound to ``batch_position``), each with this step's trust region,
+        until the loss is at most tau + tolerance."""
+        for _ in range(self.projection_iterations - 1):
+            if batch_position is not None:
+                self.safety_closure.load_state_dict(batch_position)  # type: ignore[attr-defined]
+            local_loss = self._safety_loss()
+            loss = reducer.mean_loss(local_loss)
+            if F.repeated_projection_stops(float(loss), tau=self.tau, tolerance=self.tolerance):
+                return
+            alpha, _, _ = self._project(local_loss, loss, params, relative, reducer)
+            if not bool(alpha > 0):
+                return
 
     def _cap(
         self, params: list[Tensor], sq_norm: Tensor, relative: bool, reducer: Reducer

@@ -68,3 +68,32 @@ def reference_authors_code_step(params, inner, safety_loss_fn, *, tau, tolerance
         p.grad = g * factor
     inner.step()
     return True
+
+
+def reference_repeated_step(params, inner, safety_loss_fn, *, tau, trust_region, rho, iterations):
+    """The repeated rule: the inner step, then up to ``iterations`` projections of Eq. 4, each
+    from the point the previous one reached, each capped by this step's trust region, stopping
+    once the loss is at most tau. Returns the first projection's alpha (0.0 if none)."""
+    theta = flat(params)
+    inner.step()
+    theta_plus = flat(params)
+    step_norm = math.sqrt(sum(float(x) ** 2 for x in (theta_plus - theta)))
+    current = theta_plus
+    first_alpha = 0.0
+    for k in range(iterations):
+        loss, grads = safety_loss_and_grad(params, safety_loss_fn)
+        if not loss > tau:
+            break
+        g = flat(grads)
+        g_sq = sum(float(x) * float(x) for x in g)
+        if g_sq == 0.0:
+            break
+        alpha = (loss - tau) / g_sq
+        if trust_region == "relative":
+            alpha = min(alpha, rho * step_norm / math.sqrt(g_sq))
+        elif trust_region is not None:
+            alpha = min(alpha, trust_region)
+        current = current - alpha * g
+        unflatten_into(current, params)
+        first_alpha = alpha if k == 0 else first_alpha
+    return first_alpha

@@ -115,7 +115,7 @@ def test_hyperparameters_round_trip_and_a_difference_warns():
     saved = opt.state_dict()
     assert saved["spag"]["hyperparameters"] == {
         "tau": 0.37, "trust_region": 0.25, "rho": 2.0, "mode": "paper", "tolerance": 0.1,
-        "alpha_max": 1.0, "eps": 1e-8, "skip_if_safe": False,
+        "alpha_max": 1.0, "eps": 1e-8, "skip_if_safe": False, "projection_iterations": 1,
     }
     _, same_opt = build(tau=0.37, trust_region=0.25, rho=2.0, tolerance=0.1, skip_if_safe=False)
     with warnings.catch_warnings():

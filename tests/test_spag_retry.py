@@ -45,13 +45,17 @@ FAILURES = {
 
 
 class FlakyClosure:
-    """The real safety closure; when ``fail`` is set, the next call draws its batch and fails."""
+    """The real safety closure; when ``fail`` is set, the call after ``calls_before_failure`` more
+    calls draws its batch and fails."""
 
     def __init__(self, closure):
-        self.closure, self.fail = closure, None
+        self.closure, self.fail, self.calls_before_failure = closure, None, 0
 
     def __call__(self):
         loss = self.closure()  # the batch is drawn before the failure, as in a real OOM
+        if self.fail is not None and self.calls_before_failure > 0:
+            self.calls_before_failure -= 1
+            return loss
         fail, self.fail = self.fail, None
         return loss if fail is None else FAILURES[fail](loss)
 
@@ -67,6 +71,7 @@ SPAG_KINDS = {
     "paper_no_cap_no_read": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, trust_region=None,
                                                            skip_if_safe=False),
     "authors_code": lambda inner, c: AuthorsCodeSPAG(inner, c, tau=0.0),
+    "paper_repeated": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, projection_iterations=3),
     "penalty": lambda inner, c: PenaltyOptimizer(inner, c, lam=0.5, tau=0.0),
     "safegrad": lambda inner, c: SafeGradOptimizer(inner, c),
     "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=2, finetune_steps=2, rho=0.3),
@@ -94,13 +99,13 @@ def utility_closure(model, opt, step):
     return closure
 
 
-def run(kind, fail_at=None, failure=None, steps=4):
+def run(kind, fail_at=None, failure=None, steps=4, calls_before_failure=0):
     model, opt, flaky = build(kind)
     losses = []
     for step in range(steps):
         closure = utility_closure(model, opt, step)
         if step == fail_at:
-            flaky.fail = failure
+            flaky.fail, flaky.calls_before_failure = failure, calls_before_failure
             with pytest.raises((RuntimeError, TypeError, ValueError)):
                 opt.step(closure)
         losses.append(float(opt.step(closure).detach()))  # the retry (or a normal step)
@@ -126,6 +131,15 @@ def assert_same_run(a, b):
 @pytest.mark.parametrize("kind", ["paper_relative", "paper_no_cap_no_read", "authors_code"])
 def test_a_retried_spag_step_equals_a_step_whose_closure_never_failed(kind, failure):
     assert_same_run(run(kind, fail_at=2, failure=failure), run(kind))
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+@pytest.mark.parametrize("calls_before_failure", [0, 1, 2])
+def test_a_repeated_projection_that_fails_part_way_is_retried_from_theta_plus(failure, calls_before_failure):
+    # tau = 0: every step makes all three projections; the failure hits the first call of the
+    # step's safety part, or the first or second repeat, after earlier projections moved the model.
+    assert_same_run(run("paper_repeated", fail_at=2, failure=failure,
+                        calls_before_failure=calls_before_failure), run("paper_repeated"))
 
 
 @pytest.mark.parametrize("failure", ["exception", "oom", "oom_in_backward", "none"])

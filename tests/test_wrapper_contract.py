@@ -23,12 +23,13 @@ from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 OPTIMIZERS = {
     "spag": (SPAGOptimizer, {"tau": 0.5}),
     "spag_authors_code": (AuthorsCodeSPAG, {"tau": 0.5}),
+    "spag_repeated": (SPAGOptimizer, {"tau": 0.5, "projection_iterations": 3}),
     "penalty": (PenaltyOptimizer, {"lam": 0.5, "tau": 0.1}),
     "safegrad": (SafeGradOptimizer, {}),
     "lisa": (LisaOptimizer, {"alignment_steps": 2, "finetune_steps": 3, "rho": 0.3}),
 }
 NAMES = sorted(OPTIMIZERS)
-SPAG = ["spag", "spag_authors_code"]
+SPAG = ["spag", "spag_authors_code", "spag_repeated"]
 
 
 def make(name, inner, closure, **overrides):
@@ -123,7 +124,8 @@ def test_load_state_dict_does_not_mutate_the_checkpoint_and_accepts_plain_optimi
 @pytest.mark.parametrize("name", NAMES)
 def test_add_param_group_is_optimized(name):
     # SPAG with tau = 0 projects on every step, so the new group is projected too.
-    overrides = {"spag": {"tau": 0.0, "trust_region": None}, "spag_authors_code": {"tau": 0.0}}
+    overrides = {"spag": {"tau": 0.0, "trust_region": None}, "spag_authors_code": {"tau": 0.0},
+                 "spag_repeated": {"tau": 0.0, "trust_region": None}}
     model, opt = build(name, **overrides.get(name, {}))
     extra = torch.nn.Parameter(torch.zeros(2))
     opt.add_param_group({"params": [extra], "lr": 0.1})

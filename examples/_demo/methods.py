@@ -6,7 +6,9 @@ the number of steps) is shared.
 ``spard`` passes no ``trust_region``, so it always shows the library's default. The ``*_trust``
 ablations pin each other trust-region choice explicitly (``"relative"`` with ``rho=0.5``, a
 fixed eta_safe, ``"lr"``, and none: paper Table 7's "w/o eta_safe"), so the table says which
-default the numbers support.
+default the numbers support. ``spard_repeated`` is spard with the projection repeated on the step's
+safe batch until the loss is at tau (``projection_iterations``, see
+``benchmarks/results/spag_constraint.md``).
 
 The paper's baselines (``spag_optim.baselines``) use the same safe subset as ``spard`` (the DPP
 selection, 3% of the fine-tuning set), so the table compares what each does with the same data.
@@ -40,11 +42,17 @@ from . import optimizers
 from .optimizers import Wrapper
 from .tokenizer import SAFETY_SYSTEM_PROMPT, chat_prompt
 
-__all__ = ["Method", "METHODS", "resolve_methods", "FIXED_ETA", "PENALTY_LAMBDA", "LISA"]
+__all__ = ["Method", "METHODS", "resolve_methods", "FIXED_ETA", "PENALTY_LAMBDA", "LISA", "REPEATED_PROJECTIONS"]
 
 #: eta_safe for ``spard_fixed_trust``: 10x the demo's LoRA learning rate, about half the step size
 #: SPAG takes uncapped on this model (so the cap binds on some steps but not all).
 FIXED_ETA = 0.01
+
+#: ``spard_repeated``: at most this many projections per step (``SPAGOptimizer``'s
+#: ``projection_iterations``), each from where the last landed, on the step's safe batch, until the
+#: loss is at tau. Chosen before any run as "enough for the iteration to converge" (it is Newton's
+#: method on one equation), not tuned on results.
+REPEATED_PROJECTIONS = 10
 
 #: ``penalty``'s lambda: 1 weighs the hinge like the task loss (the library default, untuned).
 PENALTY_LAMBDA = 1.0
@@ -145,6 +153,11 @@ METHODS: dict[str, Method] = {
     ),
     "spard_lr_trust": Method(
         "spard with trust_region='lr' (the paper's setting: eta_safe = learning rate)", "dpp", {"trust_region": "lr"}
+    ),
+    "spard_repeated": Method(
+        f"spard with projection_iterations={REPEATED_PROJECTIONS} (projection repeated until the loss is at tau)",
+        "dpp",
+        {"projection_iterations": REPEATED_PROJECTIONS},
     ),
     "spard_authors_code": Method(
         "spard with mode='authors_code', tolerance 0.1 (the released code's update)",
