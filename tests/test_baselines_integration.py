@@ -15,7 +15,7 @@ from spag_optim.baselines import (  # noqa: E402
     SafeInstrDataset,
 )
 from spag_optim.evaluation import KeywordRefusalJudge, format_table, summarize_scores  # noqa: E402
-from tiny_lm import tiny_causal_lm  # noqa: E402
+from helpers.tiny_lm import tiny_causal_lm  # noqa: E402
 
 VOCAB = 48
 

@@ -10,7 +10,7 @@ import torch
 from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
+from helpers.pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 
 BASELINES = {
     "penalty": lambda inner, closure: PenaltyOptimizer(inner, closure, lam=0.5, tau=0.1),

@@ -18,7 +18,7 @@ import torch
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, safe_dataset, train
+from helpers.pair_model import PairLoss, safe_dataset, train
 
 
 DEFENSES = {

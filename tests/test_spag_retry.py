@@ -14,7 +14,7 @@ import torch
 from spag_optim import SPAG_CLASSES, AuthorsCodeSPAG, SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, safe_dataset
+from helpers.pair_model import PairLoss, safe_dataset
 
 OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 

@@ -16,8 +16,8 @@ from spag_optim import AuthorsCodeSPAG, SafetyBatches, SPAGOptimizer, make_safet
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 from spag_optim.warnings import MissingCheckpointEntryWarning
 
-import pair_model
-from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
+from helpers import pair_model
+from helpers.pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 
 # name -> (class, the keyword arguments each test builds it with)
 OPTIMIZERS = {
