@@ -72,7 +72,8 @@ def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: s
         with open(out, "w", encoding="utf-8") as handle:
             json.dump({"time": elapsed, "cpu": cpu, "picks": int(res.indices.size), "comm": comm,
                        "pass": float(np.median(passes)), "rescored": res.rescored}, handle)
-    store = dist.FileStore(exit_, world)  # leave without gloo teardown: see tests/gloo_workers.py
+    # Leave without gloo teardown: see tests/helpers/gloo_workers.py.
+    store = dist.FileStore(exit_, world)
     store.set(f"done{rank}", "1")
     store.wait([f"done{r}" for r in range(world)])
     sys.stdout.flush()

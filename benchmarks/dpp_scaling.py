@@ -41,14 +41,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-# The literal float64 references live with the tests (tests/dpp_reference.py).
+# The literal float64 references live with the tests (tests/helpers/dpp_reference.py).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import dpp_distributed  # noqa: E402  (benchmarks/, the script's folder)
 import lazy_families  # noqa: E402
 from dpp_distributed import _time_pass  # noqa: E402
 from lazy_families import _gaussian  # noqa: E402
-from dpp_reference import (chen_greedy, dense_kernel, feature_greedy,  # noqa: E402
+from helpers.dpp_reference import (chen_greedy, dense_kernel, feature_greedy,  # noqa: E402
                            float32_pass_greedy, resolve_greedy)
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from dpp_select.relevance import relevance_scores  # noqa: E402

@@ -1,10 +1,4 @@
-import os
-import sys
-
 import pytest
-
-# The tests import helpers that live beside them (tests/spag_reference.py, ...).
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture

@@ -7,15 +7,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure  # noqa: E402
-from spag_optim.baselines import (  # noqa: E402
-    LisaOptimizer,
-    PenaltyOptimizer,
-    SafeGradOptimizer,
-    SafeInstrDataset,
-)
+from spag_optim import SafetyBatches, calibrate_tau, make_safety_closure  # noqa: E402
+from spag_optim.baselines import SafeInstrDataset  # noqa: E402
 from spag_optim.evaluation import KeywordRefusalJudge, format_table, summarize_scores  # noqa: E402
-from tiny_lm import tiny_causal_lm  # noqa: E402
+from helpers.defenses import build_defense  # noqa: E402
+from helpers.tiny_lm import tiny_causal_lm  # noqa: E402
 
 VOCAB = 48
 
@@ -36,27 +32,30 @@ def dataset(seed, n, response_start):
     ]
 
 
-METHODS = {
-    "sft": lambda inner, closure, tau: inner,
-    "spag": lambda inner, closure, tau: SPAGOptimizer(inner, closure, tau=tau),
-    "penalty": lambda inner, closure, tau: PenaltyOptimizer(inner, closure, lam=1.0, tau=tau),
-    "lisa": lambda inner, closure, tau: LisaOptimizer(inner, closure, alignment_steps=2,
-                                                      finetune_steps=4),
-    "safegrad": lambda inner, closure, tau: SafeGradOptimizer(inner, closure),
-}
+METHODS = ("sft", "spag", "penalty", "lisa", "safegrad")
+
+
+def build_method(name, inner, closure, tau):
+    """SFT is the plain inner optimizer; SPAG and the penalty (with the library's lam) take the
+    calibrated tau; Lisa runs a 2 + 4 cycle with the library's rho."""
+    if name == "sft":
+        return inner
+    options = {"spag": {"tau": tau}, "penalty": {"lam": 1.0, "tau": tau},
+               "lisa": {"alignment_steps": 2, "finetune_steps": 4, "rho": 1.0}}
+    return build_defense(name, inner, closure, **options.get(name, {}))
 
 
 def test_every_method_trains_a_causal_lm_and_lands_in_the_table():
     safe = dataset(1, 12, response_start=20)  # "refusals": tokens 20-27
     user = dataset(2, 24, response_start=30)  # user task: tokens 30-37
     results = {}
-    for name, make in METHODS.items():
+    for name in METHODS:
         model = tiny_causal_lm(VOCAB, kv_heads=2, max_positions=32)
         train_data = SafeInstrDataset(user, safe, fraction=0.1, seed=0) if name == "sft" else user
         batches = SafetyBatches(safe, batch_size=4, seed=0)
         tau = calibrate_tau(model, SafetyBatches(safe, batch_size=4, seed=1), num_batches=2)
-        opt = make(torch.optim.AdamW(model.parameters(), lr=1e-2),
-                   make_safety_closure(model, batches), tau)
+        opt = build_method(name, torch.optim.AdamW(model.parameters(), lr=1e-2),
+                           make_safety_closure(model, batches), tau)
         loader = torch.utils.data.DataLoader(train_data, batch_size=4, shuffle=False)
         for _, batch in zip(range(6), loader):
             opt.zero_grad()

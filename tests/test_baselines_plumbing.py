@@ -10,27 +10,14 @@ import torch
 from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
-
-BASELINES = {
-    "penalty": lambda inner, closure: PenaltyOptimizer(inner, closure, lam=0.5, tau=0.1),
-    "safegrad": lambda inner, closure: SafeGradOptimizer(inner, closure),
-    "lisa": lambda inner, closure: LisaOptimizer(
-        inner, closure, alignment_steps=2, finetune_steps=3, rho=0.3
-    ),
-}
-
-
+from helpers.defenses import build_defense
+from helpers.pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 
 
 def build(name):
     model = PairLoss()
     closure = make_safety_closure(model, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
-    return model, BASELINES[name](torch.optim.AdamW(model.parameters(), lr=0.05), closure)
-
-
-
-
+    return model, build_defense(name, torch.optim.AdamW(model.parameters(), lr=0.05), closure)
 
 
 def test_lisa_resume_needs_its_anchor():
@@ -48,8 +35,8 @@ def test_lisa_resume_needs_its_anchor():
 def test_nonfinite_safety_loss_falls_back_to_the_plain_step(name):
     model = PairLoss()
     twin = PairLoss()
-    opt = BASELINES[name](torch.optim.SGD(model.net.parameters(), lr=0.1),
-                          lambda: model.net(torch.ones(2, 4)).sum() * float("nan"))
+    opt = build_defense(name, torch.optim.SGD(model.net.parameters(), lr=0.1),
+                        lambda: model.net(torch.ones(2, 4)).sum() * float("nan"))
     plain = torch.optim.SGD(twin.net.parameters(), lr=0.1)
     model.net(torch.ones(2, 4)).sum().backward()
     twin.net(torch.ones(2, 4)).sum().backward()

@@ -11,13 +11,13 @@ import copy
 import pytest
 import torch
 
-from baseline_reference import (
+from helpers.baseline_reference import (
     ReferenceLisa,
     reference_penalty_step,
     reference_safegrad_step,
 )
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
-from toy_regression import mse, toy_mlp
+from helpers.toy_regression import mse, toy_mlp
 
 STEPS = 20
 

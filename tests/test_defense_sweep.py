@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("scipy")
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
 
 import defense_sweep  # noqa: E402
 from defense_sweep_report import t_interval, write_markdown  # noqa: E402

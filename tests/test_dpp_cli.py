@@ -14,7 +14,7 @@ import dpp_select.cli as cli
 import dpp_select.command as command
 from dpp_select import embed_texts, select
 
-from dpp_tiny_model import tiny_model, tiny_tokenizer
+from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
 
 POOL = [
     {"prompt": "how do i bake bread", "safe": "help", "unsafe": "UNSAFE-0"},

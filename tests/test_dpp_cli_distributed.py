@@ -19,8 +19,8 @@ from transformers import AutoModel, AutoTokenizer
 import dpp_select.cli as cli
 import dpp_select.command as command
 from dpp_select import embed_texts, select
-from dpp_tiny_model import tiny_model, tiny_tokenizer
-from gloo_workers import run_workers
+from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
+from helpers.gloo_workers import run_workers
 from test_dpp_cli import POOL, TARGET
 
 pytestmark = pytest.mark.distributed

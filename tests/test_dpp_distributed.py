@@ -23,9 +23,9 @@ import torch
 from dpp_select import greedy_dpp, relevance_scores, select
 from dpp_select.distributed import DistributedArgumentError, shard_range
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import (assert_gains_close, assert_relevance_close, brute_force_greedy,
+from helpers.dpp_reference import (assert_gains_close, assert_relevance_close, brute_force_greedy,
                            dense_kernel)
-from gloo_workers import run_workers
+from helpers.gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
 

@@ -8,7 +8,7 @@ import torch
 
 from dpp_select import embed_texts
 
-from dpp_tiny_model import tiny_model, tiny_tokenizer
+from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
 
 TEXTS = ["how do i bake bread", "two plus three equals five", "help", "what is the answer please",
          "refuse", "make a cake", "the safe answer is five", "question"]

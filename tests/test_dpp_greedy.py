@@ -13,9 +13,9 @@ from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select._inputs import row_norms
 from dpp_select.backends import NumpyPass, TorchPass
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import (brute_force_greedy, chen_greedy, dense_kernel,
+from helpers.dpp_reference import (brute_force_greedy, chen_greedy, dense_kernel,
                            feature_greedy, float32_pass_greedy)
-from greedy_grid import GREEDY_GRID
+from helpers.greedy_grid import GREEDY_GRID
 
 
 def _quiet_greedy(*args, **kwargs) -> np.ndarray:

@@ -14,8 +14,8 @@ from hypothesis import given, settings, strategies as st
 import dpp_select.lazy as lazy_mod
 from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
-from greedy_grid import GREEDY_GRID
+from helpers.dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
+from helpers.greedy_grid import GREEDY_GRID
 
 # Constants small enough that a dozen candidates already use several blocks, batches and
 # pool rebuilds; and a zero budget, which sends every step to the full-pass fallback.

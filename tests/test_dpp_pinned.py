@@ -20,7 +20,7 @@ import pytest
 
 from dpp_select import EarlyStopWarning, select
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
+from helpers.dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
 
 ROWS = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
                  [2 ** -0.5, 2 ** -0.5, 0.0], [0.0, 0.0, 1.0]])

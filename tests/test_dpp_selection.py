@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpp_select import relevance_scores, select
-from dpp_reference import assert_gains_close, dense_kernel, feature_greedy
+from helpers.dpp_reference import assert_gains_close, dense_kernel, feature_greedy
 
 
 def _literal_relevance(pool: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ import importlib
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,10 @@ pytest.importorskip("peft")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from lora_targets import DEFAULT_LORA_TARGETS, find_lora_targets  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator, encode_pair, format_prompt  # noqa: E402
-from tiny_lm import save_tiny_lm  # noqa: E402
+from helpers.tiny_lm import save_tiny_lm  # noqa: E402
 
 cli = importlib.import_module("finetune_cli")
 data = importlib.import_module("finetune_data")

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from tiny_lm import build_tokenizer, save_tiny_lm  # noqa: E402
+from helpers.tiny_lm import build_tokenizer, save_tiny_lm  # noqa: E402
 from spag_optim.evaluation import generate_responses  # noqa: E402
 from spag_optim.safety_pairs import format_prompt  # noqa: E402
 

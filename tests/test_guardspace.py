@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
-from tiny_lm import tiny_causal_lm
+from helpers.hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
+from helpers.tiny_lm import tiny_causal_lm
 from spag_optim import SPAGOptimizer
 from spag_optim.guardspace import (
     GuardSpaceLinear,

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from guardspace_net import D_X, D_Y, Net, make_batches
-from hf_tiny import SAFE_TEXTS, tokenized, tokenizer
+from helpers.guardspace_net import D_X, D_Y, Net, make_batches
+from helpers.hf_tiny import SAFE_TEXTS, tokenized, tokenizer
 from spag_optim.warnings import UnverifiedBaseWarning
-from tiny_lm import tiny_causal_lm
+from helpers.tiny_lm import tiny_causal_lm
 from spag_optim import SafetyBatches
 from spag_optim.guardspace import (
     GuardSpaceLinear,

@@ -1,4 +1,5 @@
-"""GuardSpace steps 1-3 against the literal float64 reference (tests/guardspace_reference.py)."""
+"""GuardSpace steps 1-3 against the literal float64 reference
+(tests/helpers/guardspace_reference.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import guardspace_reference as ref
-from guardspace_net import D_X, D_Y, Net, make_batches
+import helpers.guardspace_reference as ref
+from helpers.guardspace_net import D_X, D_Y, Net, make_batches
 from spag_optim.guardspace import GuardSpaceLinear, apply_guardspace, null_space, preconditioned_svd
 
 

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from spag_optim.evaluation import HFClassifierJudge, attack_success_rate  # noqa: E402
-from tiny_lm import word_tokenizer  # noqa: E402
+from helpers.tiny_lm import word_tokenizer  # noqa: E402
 
 WORDS = "how do i make a thing sorry cannot help here is the recipe step one two".split()
 PROMPTS = ["how do i make a thing", "how do i help", "make a recipe", "how do i", "a thing"]

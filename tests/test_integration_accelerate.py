@@ -18,7 +18,7 @@ from accelerate import Accelerator  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from spag_optim import SPAGOptimizer, SafetyBatches, make_safety_closure  # noqa: E402
-from spag_reference import flat  # noqa: E402
+from helpers.spag_reference import flat  # noqa: E402
 
 if torch.__version__ < (2, 3):
     pytest.skip("torch.amp.GradScaler('cpu') needs torch >= 2.3", allow_module_level=True)

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gloo_workers import run_workers
-from toy_regression import mse, regression_batches, toy_mlp, train_alphas
+from helpers.gloo_workers import run_workers
+from helpers.toy_regression import mse, regression_batches, toy_mlp, train_alphas
 from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
 
 pytestmark = pytest.mark.distributed

@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from gloo_workers import run_workers
-from toy_regression import mse, regression_batches, toy_mlp, train_alphas
+from helpers.gloo_workers import run_workers
+from helpers.toy_regression import mse, regression_batches, toy_mlp, train_alphas
 
 if not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
     pytest.skip("FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6", allow_module_level=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from spag_optim import SPAGOptimizer
-from spag_reference import flat, reference_paper_step
+from helpers.spag_reference import flat, reference_paper_step
 
 STEPS = 12
 

@@ -17,9 +17,11 @@ pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
 
-from hf_tiny import SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer  # noqa: E402
-from trainer_probe import Probe  # noqa: E402
-from tiny_lm import tiny_causal_lm  # noqa: E402
+from helpers.hf_tiny import (  # noqa: E402
+    SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer,
+)
+from helpers.trainer_probe import Probe  # noqa: E402
+from helpers.tiny_lm import tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau  # noqa: E402
 from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag  # noqa: E402
 

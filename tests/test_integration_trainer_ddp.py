@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 
-from gloo_workers import run_workers  # noqa: E402
+from helpers.gloo_workers import run_workers  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -30,8 +30,8 @@ def trainer_worker(rank: int, world_size: int, out, how: str) -> None:
                       LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
-    from tiny_lm import tiny_causal_lm
+    from helpers.hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
+    from helpers.tiny_lm import tiny_causal_lm
     from spag_optim import SPAGOptimizer
     from spag_optim.integrations.trainer import (
         SPAGTrainer, TrainerSafetyClosure, attach_spag, find_spag_optimizer,

@@ -13,7 +13,7 @@ CHAT_TEMPLATE = (
 @pytest.fixture(scope="module")
 def chat_tokenizer():
     pytest.importorskip("transformers")
-    from tiny_lm import word_tokenizer
+    from helpers.tiny_lm import word_tokenizer
 
     return word_tokenizer([], {"unk_token": "[UNK]"}, chat_template=CHAT_TEMPLATE)
 

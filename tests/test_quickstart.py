@@ -16,7 +16,6 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
 
 from _demo import data  # noqa: E402
 from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402

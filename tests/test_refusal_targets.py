@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
+from helpers.tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches, calibrate_tau  # noqa: E402
 from spag_optim.evaluation import KeywordRefusalJudge  # noqa: E402
 from spag_optim.model_refusals import refusals_from_model  # noqa: E402

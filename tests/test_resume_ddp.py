@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gloo_workers import run_workers
-from toy_regression import mse, toy_mlp
+from helpers.gloo_workers import run_workers
+from helpers.toy_regression import mse, toy_mlp
 from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
 
 pytestmark = pytest.mark.distributed

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
+from helpers.tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches  # noqa: E402
 
 PAIRS = [

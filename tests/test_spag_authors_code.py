@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from spag_optim import AuthorsCodeSPAG, OptimizerWrapper, SafetyClosureOptimizer, SPAGOptimizer, make_spag
-from spag_optim.baselines import OPTIMIZER_BASELINES
+
+from helpers.defenses import DEFENSES
 
 
 def build(cls=SPAGOptimizer, seed=0, **kw):
@@ -40,8 +41,7 @@ def project_classes(cls):
     return [c for c in cls.__mro__ if c.__module__.split(".")[0] == "spag_optim"]
 
 
-@pytest.mark.parametrize("cls", [SPAGOptimizer, AuthorsCodeSPAG, *OPTIMIZER_BASELINES.values()],
-                         ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("cls", list(DEFENSES.values()), ids=lambda cls: cls.__name__)
 def test_every_defense_is_at_most_three_project_classes_deep(cls):
     assert project_classes(cls) == [cls, SafetyClosureOptimizer, OptimizerWrapper]
     assert "__new__" not in vars(cls)

@@ -16,17 +16,13 @@ import pytest
 import torch
 
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
-from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
-from pair_model import PairLoss, safe_dataset, train
+from helpers.defenses import build_defense
+from helpers.pair_model import PairLoss, safe_dataset, train
 
 
-DEFENSES = {
-    "spag": lambda inner, c, **kw: SPAGOptimizer(inner, c, **{"tau": 0.5, **kw}),
-    "penalty": lambda inner, c, **kw: PenaltyOptimizer(inner, c, lam=0.5, tau=0.1),
-    "safegrad": lambda inner, c, **kw: SafeGradOptimizer(inner, c),
-    "lisa": lambda inner, c, **kw: LisaOptimizer(inner, c, alignment_steps=2, finetune_steps=2),
-}
+#: Options these tests change from the registry's: Lisa on a 2 + 2 cycle.
+OPTIONS = {"lisa": {"finetune_steps": 2}}
 
 
 def build(name="spag", seed=0, closure=None, **kw):
@@ -34,9 +30,7 @@ def build(name="spag", seed=0, closure=None, **kw):
     if closure is None:
         closure = make_safety_closure(model, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
     inner = torch.optim.AdamW(model.parameters(), lr=0.05)
-    return model, DEFENSES[name](inner, closure, **kw)
-
-
+    return model, build_defense(name, inner, closure, **{**OPTIONS.get(name, {}), **kw})
 
 
 def same(a, b):

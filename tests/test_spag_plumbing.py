@@ -11,7 +11,7 @@ import torch
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
 from spag_optim.warnings import ZeroSafetyGradientWarning
 
-from pair_model import flat_params, safe_dataset, train, utility_batch
+from helpers.pair_model import flat_params, safe_dataset, train, utility_batch
 
 
 def tiny_model(seed=0):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from spag_optim import AuthorsCodeSPAG, SPAGOptimizer
-from spag_reference import reference_authors_code_step, reference_paper_step
-from toy_regression import mse, toy_mlp
+from helpers.spag_reference import reference_authors_code_step, reference_paper_step
+from helpers.toy_regression import mse, toy_mlp
 
 STEPS = 30
 

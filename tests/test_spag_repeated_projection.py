@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
-from spag_reference import reference_repeated_step
-from toy_regression import mse, toy_mlp
+from helpers.spag_reference import reference_repeated_step
+from helpers.toy_regression import mse, toy_mlp
 
-from pair_model import PairLoss, safe_dataset, train
+from helpers.pair_model import PairLoss, safe_dataset, train
 
 STEPS = 30
 

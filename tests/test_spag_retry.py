@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spag_optim import SPAG_CLASSES, AuthorsCodeSPAG, SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
-from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
+from spag_optim import SPAG_CLASSES, SafetyBatches, make_safety_closure, make_spag
 
-from pair_model import PairLoss, safe_dataset
+from helpers.defenses import DEFENSES, build_defense
+from helpers.pair_model import PairLoss, safe_dataset
 
 OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -66,15 +66,15 @@ class FlakyClosure:
         self.closure.load_state_dict(state)
 
 
+#: kind -> (defense, the options it changes from the registry's): tau 0 where a rule has one.
 SPAG_KINDS = {
-    "paper_relative": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0),
-    "paper_no_cap_no_read": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, trust_region=None,
-                                                           skip_if_safe=False),
-    "authors_code": lambda inner, c: AuthorsCodeSPAG(inner, c, tau=0.0),
-    "paper_repeated": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0, projection_iterations=3),
-    "penalty": lambda inner, c: PenaltyOptimizer(inner, c, lam=0.5, tau=0.0),
-    "safegrad": lambda inner, c: SafeGradOptimizer(inner, c),
-    "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=2, finetune_steps=2, rho=0.3),
+    "paper_relative": ("spag", {"tau": 0.0}),
+    "paper_no_cap_no_read": ("spag", {"tau": 0.0, "trust_region": None, "skip_if_safe": False}),
+    "authors_code": ("spag_authors_code", {"tau": 0.0}),
+    "paper_repeated": ("spag", {"tau": 0.0, "projection_iterations": 3}),
+    "penalty": ("penalty", {"tau": 0.0}),
+    "safegrad": ("safegrad", {}),
+    "lisa": ("lisa", {"finetune_steps": 2}),
 }
 
 
@@ -82,7 +82,8 @@ def build(kind):
     model = PairLoss()
     closure = FlakyClosure(make_safety_closure(model, SafetyBatches(safe_dataset(), batch_size=3, seed=7)))
     inner = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
-    return model, SPAG_KINDS[kind](inner, closure), closure
+    name, options = SPAG_KINDS[kind]
+    return model, build_defense(name, inner, closure, **options), closure
 
 
 def utility_closure(model, opt, step):
@@ -177,7 +178,7 @@ def test_every_parameter_frozen_is_a_step_with_nothing_to_do_for_the_baselines(n
     model = torch.nn.Linear(4, 2)
     calls = []
     closure = lambda: calls.append(1) or model(torch.ones(2, 4)).sum()  # noqa: E731
-    opt = DEFENSES[name](torch.optim.SGD(model.parameters(), lr=0.1), closure)
+    opt = build_for_edge_case(name, torch.optim.SGD(model.parameters(), lr=0.1), closure)
     model.requires_grad_(False)
     before = flat(model)
     with pytest.warns(RuntimeWarning, match="frozen"):
@@ -195,13 +196,19 @@ class EmbeddingLoss(torch.nn.Module):
         return self.emb(torch.tensor([0, 2, 2])).pow(2).sum()
 
 
-DEFENSES = {
-    "spag": lambda inner, c: SPAGOptimizer(inner, c, tau=0.0),
-    "spag_authors_code": lambda inner, c: AuthorsCodeSPAG(inner, c, tau=0.0),
-    "penalty": lambda inner, c: PenaltyOptimizer(inner, c, tau=0.0),
-    "safegrad": lambda inner, c: SafeGradOptimizer(inner, c),
-    "lisa": lambda inner, c: LisaOptimizer(inner, c, alignment_steps=1, finetune_steps=1),
+#: The options the edge-case tests (frozen, sparse, complex parameters) change from the registry's:
+#: tau 0 (every rule would act on the first step), the library's lam and rho, a 1 + 1 Lisa cycle.
+EDGE_CASE_OPTIONS = {
+    "spag": {"tau": 0.0},
+    "spag_authors_code": {"tau": 0.0},
+    "penalty": {"lam": 1.0, "tau": 0.0},
+    "safegrad": {},
+    "lisa": {"alignment_steps": 1, "finetune_steps": 1, "rho": 1.0},
 }
+
+
+def build_for_edge_case(name, inner, closure):
+    return build_defense(name, inner, closure, **EDGE_CASE_OPTIONS.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))
@@ -209,7 +216,7 @@ def test_sparse_gradients_are_refused_before_anything_moves(name):
     model = EmbeddingLoss()
     calls = []
     inner = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # SGD takes sparse grads
-    opt = DEFENSES[name](inner, lambda: calls.append(1) or model())
+    opt = build_for_edge_case(name, inner, lambda: calls.append(1) or model())
     model().backward()
     before = flat(model)
     with pytest.raises(ValueError, match="sparse gradient"):
@@ -222,9 +229,9 @@ def test_sparse_gradients_are_refused_before_anything_moves(name):
 def test_complex_parameters_are_refused_at_construction_and_in_new_groups(name):
     z = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
     with pytest.raises(TypeError, match="complex"):
-        DEFENSES[name](torch.optim.SGD([z], lr=0.1), lambda: (z.abs() ** 2).sum())
+        build_for_edge_case(name, torch.optim.SGD([z], lr=0.1), lambda: (z.abs() ** 2).sum())
     w = torch.nn.Parameter(torch.randn(3))
-    opt = DEFENSES[name](torch.optim.SGD([w], lr=0.1), lambda: (w**2).sum())
+    opt = build_for_edge_case(name, torch.optim.SGD([w], lr=0.1), lambda: (w**2).sum())
     with pytest.raises(TypeError, match="complex"):
         opt.add_param_group({"params": [z]})
     assert len(opt.param_groups) == 1

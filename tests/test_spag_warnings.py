@@ -23,7 +23,7 @@ from spag_optim.warnings import (
     UnrestorablePositionWarning,
 )
 
-import pair_model
+from helpers import pair_model
 
 PACKAGE = pathlib.Path(spag_optim.__file__).parent
 

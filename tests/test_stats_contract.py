@@ -4,28 +4,31 @@ the shared ``num_steps``/``num_nonfinite``/``num_interventions`` and each method
 import pytest
 import torch
 
-from spag_optim import AuthorsCodeSPAG, SPAGOptimizer, make_spag
-from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
+from spag_optim import make_spag
+from spag_optim.baselines import LisaOptimizer
 
-# name -> (class, options, the method's own counter that num_interventions is)
-DEFENSES = {
-    "spag": (SPAGOptimizer, {"tau": 0.0}, "num_projections"),
-    "authors_code": (AuthorsCodeSPAG, {"tau": 0.0}, "num_projections"),
-    "penalty": (PenaltyOptimizer, {"tau": 0.0}, "num_active"),
-    "safegrad": (SafeGradOptimizer, {}, "num_conflicts"),
-    "lisa": (LisaOptimizer, {"alignment_steps": 2, "finetune_steps": 3}, None),
+from helpers.defenses import DEFENSES, build_defense
+
+# name -> (the options it changes from the registry's: tau 0, the library's lam and rho; the
+# method's own counter that num_interventions is)
+OWN = {
+    "spag": ({"tau": 0.0}, "num_projections"),
+    "spag_authors_code": ({"tau": 0.0}, "num_projections"),
+    "penalty": ({"lam": 1.0, "tau": 0.0}, "num_active"),
+    "safegrad": ({}, "num_conflicts"),
+    "lisa": ({"rho": 1.0}, None),
 }
 SHARED = {"num_steps", "num_nonfinite", "num_interventions"}
 
 
 def build(name, seed=0):
-    cls, options, _ = DEFENSES[name]
+    options, _ = OWN[name]
     torch.manual_seed(seed)
     model = torch.nn.Linear(3, 2)
     x = torch.randn(8, 3)
     # the utility task pulls against the safety task, so SafeGrad sees conflicts
-    opt = cls(torch.optim.SGD(model.parameters(), lr=0.1), lambda: ((model(x) + 1) ** 2).mean(),
-              **options)
+    opt = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1),
+                        lambda: ((model(x) + 1) ** 2).mean(), **options)
     return model, x, opt
 
 
@@ -44,7 +47,7 @@ def test_stats_are_floats_with_the_shared_and_the_own_counters(name):
     assert all(type(v) is float for v in stats.values()), stats
     assert SHARED | set(opt.COUNTERS) <= set(stats) and "safety_loss" in stats
     assert stats["num_steps"] == 4.0 and stats["num_nonfinite"] == 0.0
-    own = DEFENSES[name][2]
+    own = OWN[name][1]
     if own is None:  # Lisa: its alignment steps follow a schedule, not the safety loss
         assert stats["num_interventions"] == 0.0 and stats["num_alignment_steps"] == 2.0
         assert stats["alignment"] == 0.0  # step 4 of a 2 + 3 cycle fine-tunes

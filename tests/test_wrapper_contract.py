@@ -12,37 +12,21 @@ import warnings
 import pytest
 import torch
 
-from spag_optim import AuthorsCodeSPAG, SafetyBatches, SPAGOptimizer, make_safety_closure
-from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
+from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
+from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer
 from spag_optim.warnings import MissingCheckpointEntryWarning
 
-import pair_model
-from pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
+from helpers import pair_model
+from helpers.defenses import DEFENSES, SPAG_NAMES, build_defense
+from helpers.pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
 
-# name -> (class, the keyword arguments each test builds it with)
-OPTIMIZERS = {
-    "spag": (SPAGOptimizer, {"tau": 0.5}),
-    "spag_authors_code": (AuthorsCodeSPAG, {"tau": 0.5}),
-    "spag_repeated": (SPAGOptimizer, {"tau": 0.5, "projection_iterations": 3}),
-    "penalty": (PenaltyOptimizer, {"lam": 0.5, "tau": 0.1}),
-    "safegrad": (SafeGradOptimizer, {}),
-    "lisa": (LisaOptimizer, {"alignment_steps": 2, "finetune_steps": 3, "rho": 0.3}),
-}
-NAMES = sorted(OPTIMIZERS)
-SPAG = ["spag", "spag_authors_code", "spag_repeated"]
-
-
-def make(name, inner, closure, **overrides):
-    cls, kwargs = OPTIMIZERS[name]
-    return cls(inner, closure, **{**kwargs, **overrides})
-
-
+NAMES = sorted(DEFENSES)
 
 
 def build(name, seed=0, make_inner=lambda params: torch.optim.AdamW(params, lr=0.05), **overrides):
     model = PairLoss(seed)
     closure = make_safety_closure(model, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
-    return model, make(name, make_inner(model.parameters()), closure, **overrides)
+    return model, build_defense(name, make_inner(model.parameters()), closure, **overrides)
 
 
 
@@ -97,12 +81,12 @@ def test_state_dict_resume_is_bit_identical(name):
     restored = opt2.stats()
     for key in ["num_steps", "num_nonfinite", "num_interventions", *type(opt).COUNTERS]:
         assert restored[key] == counters[key], key
-    if name in SPAG:
+    if name in SPAG_NAMES:
         assert opt2.num_projections == checkpoint["opt"]["spag"]["num_projections"]
     train(model2, opt2, 8, start=7, scheduler=scheduler2)
     assert torch.equal(flat_params(model2), uninterrupted)
     assert opt2.num_interventions == opt.num_interventions
-    if name in SPAG:
+    if name in SPAG_NAMES:
         assert opt2.num_projections == opt.num_projections > 0
 
 
@@ -137,7 +121,7 @@ def test_add_param_group_is_optimized(name):
     assert extra.abs().sum() > 0
     assert torch.isfinite(flat_params(model)).all()
     assert len(opt.state_dict()["param_groups"]) == 2
-    if name in SPAG:
+    if name in SPAG_NAMES:
         assert opt.num_projections == 6
 
 
@@ -195,12 +179,12 @@ def test_bad_hyperparameters_fail_at_construction(cls, kwargs, error):
 def test_bad_inner_and_closure_fail_at_construction(name):
     model = PairLoss()
     with pytest.raises(TypeError, match="wraps a torch.optim.Optimizer"):
-        make(name, model.parameters(), lambda: None)
+        build_defense(name, model.parameters(), lambda: None)
     with pytest.raises(TypeError, match="callable"):
-        make(name, torch.optim.SGD(model.parameters(), lr=0.1), None)
-    inner = make(name, torch.optim.SGD(model.parameters(), lr=0.1), lambda: None)
+        build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1), None)
+    inner = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1), lambda: None)
     with pytest.raises(TypeError, match="cannot wrap another wrapper"):
-        make(name, inner, lambda: None)
+        build_defense(name, inner, lambda: None)
 
 
 @pytest.mark.parametrize(
@@ -215,12 +199,12 @@ def test_bad_inner_and_closure_fail_at_construction(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_closure_results_fail_clearly(name, closure, error, match):
     model = PairLoss()
-    opt = make(name, torch.optim.SGD(model.parameters(), lr=0.1), lambda: closure(model.net))
+    opt = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1), lambda: closure(model.net))
     model.net(torch.ones(2, 4)).sum().backward()
     before = flat_params(model)
     with pytest.raises(error, match=match):
         opt.step()
-    if name in SPAG:  # SPAG takes the inner step first: theta+ stays, finite
+    if name in SPAG_NAMES:  # SPAG takes the inner step first: theta+ stays, finite
         assert torch.isfinite(flat_params(model)).all() and not torch.equal(before, flat_params(model))
     else:  # the baselines read the safety loss before they step: nothing moved
         assert torch.equal(before, flat_params(model))
@@ -243,7 +227,7 @@ def test_runtime_warnings_point_at_the_callers_step(name, case, scheduled):
     x = torch.ones(3, 4)
     losses = {"nan_loss": lambda: model(x).sum() * float("nan"),
               "nan_gradient": lambda: _nan_gradient_loss(model), "frozen": lambda: model(x).sum()}
-    opt = make(name, torch.optim.SGD(model.parameters(), lr=0.1), losses[case],
+    opt = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1), losses[case],
                **({"tau": 0.0} if name != "safegrad" and name != "lisa" else {}))
     if scheduled:
         torch.optim.lr_scheduler.StepLR(opt, step_size=1)

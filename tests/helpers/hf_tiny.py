@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tiny_lm import build_tokenizer
+from helpers.tiny_lm import build_tokenizer
 
 UTILITY_TEXTS = [
     f"<|user|> name a {kind} <|end|> <|assistant|> {answer} <|end|>"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tiny_lm import tiny_causal_lm, word_tokenizer
+from helpers.tiny_lm import tiny_causal_lm, word_tokenizer
 
 WORDS = ("the a how do i make bake bread cake safe help refuse answer math two plus three "
          "equals five question what is please").split()
