@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .kernel import check_scalars, dpp_weights, make_pass, run_full_pass
+from .device_pass import full_pass_greedy
+from .kernel import check_scalars, dpp_weights, make_pass
 
 __all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "all_gather_tensor",
            "collective_device", "gather_quality", "shard_range", "sharded_greedy"]
@@ -176,7 +177,7 @@ def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, e
             f"{sum(sizes)} items")
     shard = Shard(group, sum(sizes[:dist.get_rank(group)]), max(f["base_max"] for f in facts),
                   xpass, w, norms)
-    return run_full_pass(xpass, norms, w, int(k), float(jitter), float(eps), shard)
+    return full_pass_greedy(xpass, norms, w, int(k), float(jitter), float(eps), shard)
 
 
 def agree_sizes(group: Any, n_pool: int, target_emb: Any, **arguments: Any) -> tuple[int, int]:
