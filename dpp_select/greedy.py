@@ -74,7 +74,7 @@ def greedy_dpp(*args: Any, **kwargs: Any) -> np.ndarray:
     With a ``process_group`` (``torch.distributed``), ``emb`` and ``quality`` are this rank's
     contiguous shard of the pool (shards in rank order, sizes may differ); every rank gets the
     same *global* indices, equal to one process's picks on the concatenated pool (see
-    ``distributed.py``; not combined with ``lazy`` yet).
+    ``distributed.py``); ``lazy`` combines with it (every rank must pass the same value).
     """
     return greedy_dpp_result(*args, **kwargs).indices
 
