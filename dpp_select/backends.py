@@ -168,6 +168,8 @@ class TorchPass:
         self._direct = self.device.type == "cuda"  # torch.mm(..., out_dtype=) exists there
         self._block = max(1, _UPCAST_BYTES // (self._pass_dtype.itemsize * self.d))
         self.unit = pass_error_unit(self.d, float64_pass=self._f64, half=self._half)
+        self._out: torch.Tensor | None = None  # the pass's result, reused by every call
+        self._columns: torch.Tensor | None = None  # the widening split pass's three columns
 
     def _unit_rows(self, norms: np.ndarray) -> torch.Tensor:
         """x_i / ||x_i|| computed in float64, stored in the pass dtype, block by block."""
@@ -181,23 +183,28 @@ class TorchPass:
         return out
 
     def project_device(self, a: np.ndarray) -> torch.Tensor:
-        """``X @ a`` on the device, in ``pass_dtype``, within ``unit * ||x_i|| * ||a||``."""
+        """``X @ a`` on the device, in ``pass_dtype``, within ``unit * ||x_i|| * ||a||``.
+
+        The result lives in a buffer that the next call overwrites (no O(N) allocation per
+        pick)."""
+        if self._out is None:
+            self._out = torch.empty(self.n, dtype=self._pass_dtype, device=self.device)
+        out = self._out
         if self._half is not None:
-            return self._half_project(a)
+            return self._half_project(a, out)
         a_dev = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self._pass_dtype)
         if self._x.dtype == self._pass_dtype:
-            return torch.mv(self._x, a_dev)
-        out = torch.empty(self.n, dtype=self._pass_dtype, device=self.device)
+            return torch.mv(self._x, a_dev, out=out)
         for lo in range(0, self.n, self._block):  # half storage widened for a float64 pass
             hi = min(self.n, lo + self._block)
             torch.mv(self._x[lo:hi].to(self._pass_dtype), a_dev, out=out[lo:hi])
         return out
 
-    def _half_project(self, a: np.ndarray) -> torch.Tensor:
-        """The split pass over half-precision storage (module docstring)."""
+    def _half_project(self, a: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+        """The split pass over half-precision storage (module docstring), into ``out``."""
         peak = float(np.max(np.abs(a)))
         if peak == 0.0:
-            return torch.zeros(self.n, dtype=torch.float32, device=self.device)
+            return out.zero_()
         shift = _SPLIT_TOP - math.frexp(peak)[1]  # 2^12 <= max|a| 2^shift < 2^13
         rest = torch.from_numpy(np.ldexp(np.asarray(a, dtype=np.float64), shift))
         parts = []
@@ -206,8 +213,10 @@ class TorchPass:
             rest = rest - parts[-1].to(torch.float64)  # exact in float64
         split = torch.stack(parts).to(self.device)
         columns = self._half_products(split)
-        v = (columns[:, 0] + columns[:, 1]) + columns[:, 2]
-        return torch.ldexp(v, torch.tensor(-shift, dtype=torch.int32, device=self.device))
+        torch.add(columns[:, 0], columns[:, 1], out=out)
+        out += columns[:, 2]
+        out *= 2.0**-shift  # exact: a power of two (underflow: see pass_error_unit)
+        return out
 
     def _half_products(self, split: torch.Tensor) -> torch.Tensor:
         """``X @ split.T`` with float32 accumulation and output, X read as stored."""
@@ -219,8 +228,9 @@ class TorchPass:
                                "%s (%s); the pass widens blocks of rows instead", self.device,
                                err)
                 self._direct = False
-        wide = split.to(torch.float32)
-        out = torch.empty(self.n, 3, dtype=torch.float32, device=self.device)
+        if self._columns is None:
+            self._columns = torch.empty(self.n, 3, dtype=torch.float32, device=self.device)
+        out, wide = self._columns, split.to(torch.float32)
         for lo in range(0, self.n, self._block):
             hi = min(self.n, lo + self._block)
             torch.mm(self._x[lo:hi].to(torch.float32), wide.T, out=out[lo:hi])

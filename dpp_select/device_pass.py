@@ -53,20 +53,32 @@ class _DeviceState:
         self.exact_gain = self.gain.clone()
         self.exact_step = torch.zeros(xpass.n, dtype=torch.int64, device=dev)
         self.basis = torch.zeros(k, xpass.d, dtype=torch.float64, device=dev)
+        # Work buffers, allocated once: no O(N) allocation (nor, on the CPU, its page faults and
+        # unmapping) per pick.
+        self.proj, self.e, self.tmp = (torch.empty_like(self.gain) for _ in range(3))
+        self.mask = torch.empty(xpass.n, dtype=torch.bool, device=dev)
 
     def fold(self, v: torch.Tensor, bound: float) -> float:
         """``kernel._fold_pass`` on the device: subtract the squares of the pass, add their
         error bound; return the best lower bound."""
-        proj = v.to(torch.float64) * self.scale  # f_i . a_t
-        e = self.w * bound  # |proj error| <= e
-        tmp = proj.abs()
+        proj, e, tmp = self.proj, self.e, self.tmp
+        torch.mul(v, self.scale, out=proj)  # f_i . a_t, float64 (v widened exactly)
+        torch.mul(self.w, bound, out=e)  # |proj error| <= e
+        torch.abs(proj, out=tmp)
         tmp *= 2.0
         tmp += e
         tmp *= e  # |proj^2 - exact^2| <= e (2|proj| + e)
         self.err += tmp
         proj *= proj
         self.gain -= proj
-        return float((self.gain - self.err).max())
+        torch.sub(self.gain, self.err, out=tmp)
+        return float(tmp.max())
+
+    def contenders(self, threshold: float) -> torch.Tensor:
+        """Indices whose upper bound (gain + err) reaches ``threshold``."""
+        torch.add(self.gain, self.err, out=self.tmp)
+        torch.ge(self.tmp, threshold, out=self.mask)
+        return torch.nonzero(self.mask).squeeze(1)
 
     def rescore(self, xpass: TorchPass, idx: torch.Tensor, t: int) -> torch.Tensor:
         """Exact float64 gains of candidates ``idx`` before step ``t`` (``kernel.rescore``):
@@ -112,7 +124,7 @@ def run_device_pass(xpass: TorchPass, norms: np.ndarray, w: np.ndarray, k: int, 
                                     xpass.unit * float(np.linalg.norm(a)))
             passes += 1
         threshold = pool.best_lower(best_lower) - margin
-        contenders = torch.nonzero(state.gain + state.err >= threshold).squeeze(1)
+        contenders = state.contenders(threshold)
         stale = contenders[state.err[contenders] > 0.0]
         if stale.numel():
             state.gain[stale] = state.rescore(xpass, stale, t)[stale]
