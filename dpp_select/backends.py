@@ -214,9 +214,8 @@ class TorchPass:
         split = torch.stack(parts).to(self.device)
         columns = self._half_products(split)
         torch.add(columns[:, 0], columns[:, 1], out=out)
-        out += columns[:, 2]
-        out *= 2.0**-shift  # exact: a power of two (underflow: see pass_error_unit)
-        return out
+        out.add_(columns[:, 2])
+        return out.mul_(2.0**-shift)  # exact: a power of two (underflow: see pass_error_unit)
 
     def _half_products(self, split: torch.Tensor) -> torch.Tensor:
         """``X @ split.T`` with float32 accumulation and output, X read as stored."""

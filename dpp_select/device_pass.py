@@ -65,12 +65,10 @@ class _DeviceState:
         torch.mul(v, self.scale, out=proj)  # f_i . a_t, float64 (v widened exactly)
         torch.mul(self.w, bound, out=e)  # |proj error| <= e
         torch.abs(proj, out=tmp)
-        tmp *= 2.0
-        tmp += e
-        tmp *= e  # |proj^2 - exact^2| <= e (2|proj| + e)
-        self.err += tmp
-        proj *= proj
-        self.gain -= proj
+        tmp.mul_(2.0).add_(e).mul_(e)  # |proj^2 - exact^2| <= e (2|proj| + e)
+        self.err.add_(tmp)
+        proj.mul_(proj)
+        self.gain.sub_(proj)
         torch.sub(self.gain, self.err, out=tmp)
         return float(tmp.max())
 

@@ -4,8 +4,8 @@ Every scenario runs on uneven contiguous shards. The sharded run must return, on
 picks and gains of ``greedy_dpp_result`` / ``select`` on the concatenated pool (which
 tests/test_dpp_greedy.py checks against brute-force determinants), including exact ties across
 ranks, k > d (the jitter-only regime, where every candidate goes through float64 re-scoring),
-beta 0 and 4, float32 and float64, the full-pass and the lazy greedy. A rank passing a different k, or an invalid shard, makes every
-rank raise the same error instead of hanging.
+beta 0 and 4, float32 and float64, the full-pass and the lazy greedy. A rank passing a different
+k, or an invalid shard, makes every rank raise the same error instead of hanging.
 
 Picks are compared exactly. Gains and relevance are not: a rank multiplies other blocks of rows
 than one process does, and the BLAS kernel chooses its summation order by block shape and CPU
