@@ -16,6 +16,8 @@ import torch
 __all__ = ["EmbeddingError", "is_torch", "check_embeddings", "row_norms"]
 
 _NORM_CHUNK_ELEMENTS = 1 << 17  # float64 entries converted at once (1 MiB: stays in cache)
+# On an accelerator each chunk costs a launch and a copy to the host: 128 MiB at once there.
+_DEVICE_NORM_CHUNK_ELEMENTS = 1 << 24
 _FLOAT_NUMPY = (np.float16, np.float32, np.float64)
 # Norms outside this range may have over- or underflowed in the sum of squares.
 _NORM_LOW, _NORM_HIGH = 2.0**-450, 2.0**450
@@ -54,7 +56,9 @@ def row_norms(x: np.ndarray | torch.Tensor) -> np.ndarray:
     entry, so every finite row has a finite, accurate norm.
     """
     n = x.shape[0]
-    rows = max(1, _NORM_CHUNK_ELEMENTS // max(1, x.shape[1]))
+    on_device = is_torch(x) and x.device.type != "cpu"
+    chunk = _DEVICE_NORM_CHUNK_ELEMENTS if on_device else _NORM_CHUNK_ELEMENTS
+    rows = max(1, chunk // max(1, x.shape[1]))
     out = np.empty(n, dtype=np.float64)
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         for lo in range(0, n, rows):

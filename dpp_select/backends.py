@@ -10,6 +10,14 @@ The bound is the classical one for a dot product of length d in precision u (any
 order, with or without FMA): gamma_d = d u / (1 - d u), plus one u for rounding ``a`` to float32
 and one for rounding float64 embeddings to float32 when the pass works on a float32 copy.
 
+float16/bfloat16 storage (torch backend) is multiplied as stored, without a float32 copy: ``a``
+is scaled by a power of two and split into three parts in the storage precision u_h (``a ~ p_1 +
+p_2 + p_3``, relative error u_h^3 per entry), ``X @ [p_1 p_2 p_3]`` accumulates in float32 (each
+product of two half-precision numbers is exact in float32), and the three columns are added in
+float32. ``pass_error_unit(d, False, half=dtype)`` bounds it (see there); the accumulation unit
+there is 2^-23, not 2^-24, so that it also covers tensor cores, whose float32 accumulation
+truncates instead of rounding (Fasi et al., "Numerical behavior of NVIDIA tensor cores", 2021).
+
 That bound assumes no overflow or underflow, so a backend only multiplies the embeddings as given
 when their row norms lie well inside the pass precision's range. Otherwise (and always when a
 float32 copy of float64 input is made anyway) it multiplies the unit rows x_i / ||x_i||, computed
@@ -20,6 +28,7 @@ in float64, and reports unit ``norms``: every finite input keeps exact picks, fr
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -30,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
+#: Unit roundoff and smallest subnormal spacing of the half-precision storage dtypes.
+_HALF = {torch.bfloat16: (2.0**-8, 2.0**-133), torch.float16: (2.0**-11, 2.0**-24)}
+_SPLIT_TOP = 13  # the split scales a so that 2^12 <= max|a| < 2^13 (float16 overflows at 2^16)
 # Rows upcast at a time when the torch backend stores float16/bfloat16 (bounds the temporary).
 _UPCAST_BYTES = 1 << 26
 
@@ -44,11 +56,30 @@ def _needs_unit_rows(norms: np.ndarray, float64_pass: bool) -> bool:
     return bool(norms.min() < low or norms.max() > high)
 
 
-def pass_error_unit(dim: int, float64_pass: bool) -> float:
-    """Relative error bound eta of one ``X @ a`` pass (see the module docstring)."""
+def _gamma(n: int, u: float) -> float:
+    return n * u / (1.0 - n * u)
+
+
+def pass_error_unit(dim: int, float64_pass: bool, half: torch.dtype | None = None) -> float:
+    """Relative error bound eta of one ``X @ a`` pass (see the module docstring).
+
+    Float32/float64 pass: gamma_d(u) + 2u. Half-precision storage ``half`` multiplied through
+    the three-part split of ``a`` (``TorchPass``), with u_h and mu the storage precision's unit
+    roundoff and smallest subnormal spacing, and a scaled so that ||a|| >= 2^12:
+    u_h^3 + 1.5 mu sqrt(d) 2^-12 (the split: each part rounded, subnormals included)
+    + gamma_d(2^-23) (1 + 3 u_h) (float32 accumulation of the three exact-product columns;
+    sum |p_1| + |p_2| + |p_3| <= (1 + 3 u_h) |a|) + gamma_2(2^-24) (1 + 3 u_h) (1 + gamma_d)
+    (adding the three columns). The factor 1.001 covers the second-order terms and underflow
+    of the final unscaling, which the norm range of ``_SAFE_NORMS`` keeps below 2^-100.
+    """
+    if half is not None:
+        u_h, mu = _HALF[half]
+        split = u_h**3 + 1.5 * mu * math.sqrt(dim) * 2.0**-(_SPLIT_TOP - 1)
+        accumulate = _gamma(dim, 2.0 * _U32) * (1.0 + 3.0 * u_h)
+        columns = _gamma(2, _U32) * (1.0 + 3.0 * u_h) * (1.0 + accumulate)
+        return (split + accumulate + columns) * 1.001
     u = _U64 if float64_pass else _U32
-    gamma = dim * u / (1.0 - dim * u)
-    return (gamma + 2.0 * u) * 1.001
+    return (_gamma(dim, u) + 2.0 * u) * 1.001
 
 
 class NumpyPass:
@@ -100,14 +131,17 @@ def _tf32_enabled(device: torch.device) -> bool:
 
 
 class TorchPass:
-    """``X @ a`` with torch on any device, X kept in its dtype.
+    """``X @ a`` with torch on any device, X kept in its dtype and the result left there.
 
-    float32 and float64 tensors are multiplied as stored. float16/bfloat16 tensors are upcast to
-    float32 a block of rows at a time (exact), so the float32 error bound still holds and the
-    picks are exact for the stored (rounded) embeddings; the rounding to half precision itself
-    (relative 2^-11 for float16, 2^-8 for bfloat16 per entry) is the only tolerance against the
-    original float32 embeddings. When TF32 is enabled for float32 products on a CUDA device,
-    the pass runs in float64 (blocks upcast the same way) because TF32 voids the float32 bound.
+    float32 and float64 tensors are multiplied as stored (``torch.mv``). float16/bfloat16
+    tensors are multiplied as stored too, through the three-part split of ``a`` (module
+    docstring): on CUDA one ``torch.mm(..., out_dtype=torch.float32)`` reads X once; elsewhere,
+    where that kernel does not exist, a bounded block of rows at a time is widened to float32
+    (exact) for the same products. The picks are exact for the stored (rounded) embeddings; the
+    rounding to half precision itself (relative 2^-11 for float16, 2^-8 for bfloat16 per entry)
+    is the only tolerance against the original float32 embeddings. When TF32 is enabled for
+    float32 products on a CUDA device, the pass runs in float64 (half-precision blocks widened
+    the same way) because TF32 voids the float32 bound.
     """
 
     def __init__(self, x: torch.Tensor, norms: np.ndarray,
@@ -129,9 +163,13 @@ class TorchPass:
         self._unit = _needs_unit_rows(norms, self._f64)
         if self._unit:
             self._x = self._unit_rows(norms)
-        self._upcast = self._x.dtype != self._pass_dtype
+            self._norms_dev = torch.from_numpy(norms).to(self.device)
+        self._half = self._x.dtype if self._x.dtype in _HALF and not self._f64 else None
+        self._direct = self.device.type == "cuda"  # torch.mm(..., out_dtype=) exists there
         self._block = max(1, _UPCAST_BYTES // (self._pass_dtype.itemsize * self.d))
-        self.unit = pass_error_unit(self.d, float64_pass=self._f64)
+        self.unit = pass_error_unit(self.d, float64_pass=self._f64, half=self._half)
+        self._out: torch.Tensor | None = None  # the pass's result, reused by every call
+        self._columns: torch.Tensor | None = None  # the widening split pass's three columns
 
     def _unit_rows(self, norms: np.ndarray) -> torch.Tensor:
         """x_i / ||x_i|| computed in float64, stored in the pass dtype, block by block."""
@@ -144,34 +182,80 @@ class TorchPass:
         self.norms = np.ones(self.n)
         return out
 
+    def project_device(self, a: np.ndarray) -> torch.Tensor:
+        """``X @ a`` on the device, in ``pass_dtype``, within ``unit * ||x_i|| * ||a||``.
+
+        The result lives in a buffer that the next call overwrites (no O(N) allocation per
+        pick)."""
+        if self._out is None:
+            self._out = torch.empty(self.n, dtype=self._pass_dtype, device=self.device)
+        out = self._out
+        if self._half is not None:
+            return self._half_project(a, out)
+        a_dev = torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self._pass_dtype)
+        if self._x.dtype == self._pass_dtype:
+            return torch.mv(self._x, a_dev, out=out)
+        for lo in range(0, self.n, self._block):  # half storage widened for a float64 pass
+            hi = min(self.n, lo + self._block)
+            torch.mv(self._x[lo:hi].to(self._pass_dtype), a_dev, out=out[lo:hi])
+        return out
+
+    def _half_project(self, a: np.ndarray, out: torch.Tensor) -> torch.Tensor:
+        """The split pass over half-precision storage (module docstring), into ``out``."""
+        peak = float(np.max(np.abs(a)))
+        if peak == 0.0:
+            return out.zero_()
+        shift = _SPLIT_TOP - math.frexp(peak)[1]  # 2^12 <= max|a| 2^shift < 2^13
+        rest = torch.from_numpy(np.ldexp(np.asarray(a, dtype=np.float64), shift))
+        parts = []
+        for _ in range(3):
+            parts.append(rest.to(self._half))
+            rest = rest - parts[-1].to(torch.float64)  # exact in float64
+        split = torch.stack(parts).to(self.device)
+        columns = self._half_products(split)
+        torch.add(columns[:, 0], columns[:, 1], out=out)
+        out.add_(columns[:, 2])
+        return out.mul_(2.0**-shift)  # exact: a power of two (underflow: see pass_error_unit)
+
+    def _half_products(self, split: torch.Tensor) -> torch.Tensor:
+        """``X @ split.T`` with float32 accumulation and output, X read as stored."""
+        if self._direct:
+            try:
+                return torch.mm(self._x, split.T, out_dtype=torch.float32)
+            except (RuntimeError, TypeError, NotImplementedError) as err:
+                logger.warning("torch.mm(..., out_dtype=torch.float32) is not available on "
+                               "%s (%s); the pass widens blocks of rows instead", self.device,
+                               err)
+                self._direct = False
+        if self._columns is None:
+            self._columns = torch.empty(self.n, 3, dtype=torch.float32, device=self.device)
+        out, wide = self._columns, split.to(torch.float32)
+        for lo in range(0, self.n, self._block):
+            hi = min(self.n, lo + self._block)
+            torch.mm(self._x[lo:hi].to(torch.float32), wide.T, out=out[lo:hi])
+        return out
+
     def project(self, a: np.ndarray, out: np.ndarray) -> None:
         """Write ``X @ a`` (in ``pass_dtype``) into the NumPy array ``out``."""
-        a_dev = torch.from_numpy(a).to(device=self.device, dtype=self._pass_dtype)
-        on_cpu = self.device.type == "cpu"
-        target = torch.from_numpy(out) if on_cpu else torch.empty(
-            self.n, dtype=self._pass_dtype, device=self.device
-        )
-        if not self._upcast:
-            torch.mv(self._x, a_dev, out=target)
-        else:
-            for lo in range(0, self.n, self._block):
-                hi = min(self.n, lo + self._block)
-                torch.mv(self._x[lo:hi].to(self._pass_dtype), a_dev, out=target[lo:hi])
-        if not on_cpu:
-            out[:] = target.cpu().numpy()
+        torch.from_numpy(out).copy_(self.project_device(a))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """The rows ``idx`` of the pass's matrix (unit rows when normalised), float64 on the
         CPU."""
         index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device)
-        rows = self._source.index_select(0, index).to(torch.float64).cpu().numpy()
-        return rows / self._norms[idx, None] if self._unit else rows
+        return self.device_rows(index).cpu().numpy()
+
+    def device_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows ``index`` (a device tensor) of the pass's matrix, float64 on the device."""
+        rows = self._source.index_select(0, index).to(torch.float64)
+        return rows / self._norms_dev[index, None] if self._unit else rows
 
     def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
         """``X[rows] @ basis.T`` in ``pass_dtype`` on the device, returned as NumPy.
 
         ``rows`` is an index array (gathered on the device) or a slice of at most a few
-        thousand rows (upcast whole when X is stored in half precision).
+        thousand rows (widened whole when X is stored in half precision). Each entry is within
+        the float32 (or float64) bound, which the split pass's ``unit`` exceeds.
         """
         if isinstance(rows, slice):
             block = self._x[rows]

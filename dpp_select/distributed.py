@@ -16,6 +16,10 @@ on it; per pick, three small collectives make the decisions that span ranks:
 3. the owner broadcasts [global index, f_choice] (8 (d + 1) bytes); every rank extends the same
    basis with it and updates the gains of its own rows.
 
+The lazy greedy (``lazy.py``) makes the same three collectives: each rank brings forward its own
+candidates until none left behind can reach its own best lower bound, so every candidate that
+can reach the largest one over the ranks (collective 1) has been brought forward.
+
 The traffic per pick, 8 (R + d + 2) bytes, does not grow with N. Two more collectives run once:
 an all-gather of every rank's arguments and local validation outcome before any work (so a bad
 input or a disagreeing rank raises the same error on every rank instead of leaving the others
@@ -32,7 +36,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .kernel import check_scalars, dpp_weights, make_pass, run_full_pass
+from .device_pass import full_pass_greedy
+from .kernel import check_scalars, dpp_weights, make_pass
+from .lazy import run_lazy
 
 __all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "all_gather_tensor",
            "collective_device", "gather_quality", "shard_range", "sharded_greedy"]
@@ -152,23 +158,20 @@ def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, e
                    backend: str, device: Any, group: Any, lazy: bool = False):
     """``greedy_dpp_result`` on this rank's shard; see the module docstring.
 
-    ``lazy=True`` is refused, after the agreement, with the same error on every rank: a rank
-    that raised alone would leave its peers waiting in a collective it never joins."""
+    ``lazy`` is part of the agreement: ranks that disagree on it raise the same error on every
+    rank (a rank running the other greedy would wait in collectives its peers never join)."""
     xpass = norms = w = None
     error = None
     try:
-        if lazy:
-            raise ValueError("lazy=True does not support process_group yet; use the default "
-                             "full-pass greedy (lazy=False) on a sharded pool")
         check_scalars(k, jitter, eps)
         xpass, norms = make_pass(emb, backend, device)
         w = dpp_weights(quality, xpass.n, beta)
     except (ValueError, TypeError) as err:
         error = err
-    local = {"k": k, "beta": beta, "jitter": jitter, "eps": eps,
+    local = {"k": k, "beta": beta, "jitter": jitter, "eps": eps, "lazy": lazy,
              "d": None if xpass is None else xpass.d, "n": 0 if xpass is None else xpass.n,
              "base_max": None if w is None else float((w * w + jitter).max())}
-    facts = agree(group, "greedy_dpp", local, error, ("k", "beta", "jitter", "eps", "d"))
+    facts = agree(group, "greedy_dpp", local, error, ("k", "beta", "jitter", "eps", "lazy", "d"))
     sizes = [f["n"] for f in facts]
     if k > sum(sizes):
         raise DistributedArgumentError(
@@ -176,7 +179,8 @@ def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, e
             f"{sum(sizes)} items")
     shard = Shard(group, sum(sizes[:dist.get_rank(group)]), max(f["base_max"] for f in facts),
                   xpass, w, norms)
-    return run_full_pass(xpass, norms, w, int(k), float(jitter), float(eps), shard)
+    run = run_lazy if lazy else full_pass_greedy
+    return run(xpass, norms, w, int(k), float(jitter), float(eps), shard)
 
 
 def agree_sizes(group: Any, n_pool: int, target_emb: Any, **arguments: Any) -> tuple[int, int]:

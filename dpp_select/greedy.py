@@ -1,8 +1,9 @@
 """Exact greedy MAP inference for the relevance-weighted DPP (SPARD Eq. 6; Chen et al. 2018).
 
 ``greedy_dpp`` and ``greedy_dpp_result`` check the arguments and choose the path: the full-pass
-greedy, the lazy greedy (``lazy.py``) or, with a ``process_group``, the greedy over a sharded
-pool (``distributed.py``). All three share the kernel in ``kernel.py``, whose docstring gives
+greedy (its bookkeeping on the device for the torch backend, ``device_pass.py``), the lazy greedy
+(``lazy.py``) or, with a ``process_group``, the greedy over a sharded pool (``distributed.py``).
+All share the kernel in ``kernel.py``, whose docstring gives
 the feature-space formulation, why the float32 passes stay exact, and the tie rule.
 """
 
@@ -13,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .device_pass import full_pass_greedy
 from .distributed import sharded_greedy
-from .kernel import (EarlyStopWarning, GreedyResult, check_scalars, dpp_weights, make_pass,
-                     run_full_pass)
+from .kernel import EarlyStopWarning, GreedyResult, check_scalars, dpp_weights, make_pass
 from .lazy import run_lazy
 
 __all__ = ["EarlyStopWarning", "GreedyResult", "greedy_dpp", "greedy_dpp_result", "dpp_weights"]
@@ -47,7 +48,7 @@ def greedy_dpp_result(
     w = dpp_weights(quality, xpass.n, beta)
     if lazy:
         return run_lazy(xpass, norms, w, int(k), float(jitter), float(eps))
-    return run_full_pass(xpass, norms, w, int(k), float(jitter), float(eps))
+    return full_pass_greedy(xpass, norms, w, int(k), float(jitter), float(eps))
 
 
 def greedy_dpp(*args: Any, **kwargs: Any) -> np.ndarray:
@@ -73,7 +74,7 @@ def greedy_dpp(*args: Any, **kwargs: Any) -> np.ndarray:
     With a ``process_group`` (``torch.distributed``), ``emb`` and ``quality`` are this rank's
     contiguous shard of the pool (shards in rank order, sizes may differ); every rank gets the
     same *global* indices, equal to one process's picks on the concatenated pool (see
-    ``distributed.py``; not combined with ``lazy`` yet).
+    ``distributed.py``); ``lazy`` combines with it (every rank must pass the same value).
     """
     return greedy_dpp_result(*args, **kwargs).indices
 

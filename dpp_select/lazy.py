@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernel import CHUNK, MARGIN, GreedyResult, extend_basis, finish, rescore
+from .kernel import CHUNK, MARGIN, GreedyResult, WholePool, extend_basis, finish, rescore
 
 __all__ = ["run_lazy"]
 
@@ -51,18 +51,22 @@ _BUDGET = 0.6  # lazy work allowed per step, as a share of that step's full pass
 _MAX_COOLDOWN = 64  # most full-pass steps between two lazy attempts
 
 
-def run_lazy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float
-             ) -> GreedyResult:
+def run_lazy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float,
+             pool: Any = None) -> GreedyResult:
     """Lazy greedy with the inputs of ``kernel.run_full_pass``; the same picks, gains and
-    stopping rule."""
-    return _LazyGreedy(xpass, norms, w, k, jitter).run(k, eps)
+    stopping rule. ``pool`` is ``kernel.WholePool`` or a ``distributed.Shard``: on a shard each
+    rank brings forward its own candidates until none left behind can reach its best lower
+    bound; the largest of those bounds over the ranks (never below any rank's own) decides the
+    contenders, so every candidate that can reach it has been brought forward."""
+    pool = WholePool() if pool is None else pool
+    return _LazyGreedy(xpass, norms, w, k, jitter, pool).run(k, eps)
 
 
 class _LazyGreedy:
-    def __init__(self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float
-                 ) -> None:
+    def __init__(self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float,
+                 shard: Any) -> None:
         n, d = xpass.n, xpass.d
-        self.xpass, self.n, self.w, self.jitter = xpass, n, w, jitter
+        self.xpass, self.n, self.w, self.jitter, self.shard = xpass, n, w, jitter, shard
         self.scale = w / norms  # f_i = scale_i * x_i
         base = w * w + jitter
         self.gain, self.err, self.ub = base.copy(), np.zeros(n), base.copy()
@@ -71,7 +75,7 @@ class _LazyGreedy:
         self.exact_gain, self.exact_step = base.copy(), np.zeros(n, dtype=np.int32)
         self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))
         self.bound = np.zeros(k)  # unit * ||a_s||: per-weight error of one projection
-        self.margin = MARGIN * float(base.max())
+        self.margin = MARGIN * shard.max_diagonal(base)
         self.pool, self.tau = np.arange(n), -math.inf
         self.pool_ub, self.pool_at = self.ub.copy(), self.at.copy()
         self.batch, self.best_lower = _FIRST_BATCH, -math.inf
@@ -92,31 +96,39 @@ class _LazyGreedy:
             elif cooldown:
                 cooldown -= 1
             if lazy:
-                threshold = self.best_lower - self.margin
+                threshold = self.shard.best_lower(self.best_lower) - self.margin
                 contenders = self.pool[self.pool_ub >= threshold]
             else:
                 contenders = self._full_step(t)
+                threshold = self.shard.best_lower(self.best_lower) - self.margin
+                contenders = contenders[self.ub[contenders] >= threshold]
             choice, best_gain = self._choose(contenders, t)
             if not best_gain >= eps:
                 break
-            f = self.xpass.rows(np.array([choice]))[0] * self.scale[choice]
+            f = self.shard.features(self.xpass, choice, self.scale)
             if not extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
                 break
-            self.basis_a[t] = self.basis_a[t]
             self.bound[t] = self.xpass.unit * float(np.linalg.norm(self.basis_a[t]))
             picks.append(choice)
             gains.append(best_gain)
-            self.gain[choice] = self.ub[choice] = -math.inf
-            self.err[choice] = 0.0
-            at_pool = int(np.searchsorted(self.pool, choice))
-            if at_pool < self.pool.size and self.pool[at_pool] == choice:
-                self.pool_ub[at_pool] = -math.inf
+            if 0 <= choice - self.shard.offset < self.n:
+                self._drop(choice - self.shard.offset)
             if t == 0:
                 self._rebuild(math.inf)
-        return finish(picks, gains, self.rescored, k, eps, self.work / self.n)
+        return finish(picks, gains, self.shard.total_rescored(self.rescored), k, eps,
+                      self.work / self.n)
+
+    def _drop(self, row: int) -> None:
+        """Remove the picked ``row`` (local index) from the candidates."""
+        self.gain[row] = self.ub[row] = -math.inf
+        self.err[row] = 0.0
+        at_pool = int(np.searchsorted(self.pool, row))
+        if at_pool < self.pool.size and self.pool[at_pool] == row:
+            self.pool_ub[at_pool] = -math.inf
 
     def _choose(self, contenders: np.ndarray, t: int) -> tuple[int, float]:
-        """Re-score the contenders in float64 where their bound is not exact; lowest index wins."""
+        """Re-score the contenders in float64 where their bound is not exact; the pool picks
+        (lowest global index within the margin of the best exact gain)."""
         stale = contenders[self.err[contenders] > 0.0]
         if stale.size:
             exact = rescore(self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain,
@@ -125,9 +137,8 @@ class _LazyGreedy:
             self.err[stale] = 0.0
             self.ub[stale] = np.minimum(self.ub[stale], exact)
             self.rescored += stale.size
-        values = self.gain[contenders]
-        best_gain = float(values.max())
-        return int(contenders[np.flatnonzero(values >= best_gain - self.margin)[0]]), best_gain
+        best_gain, choice = self.shard.pick(contenders, self.gain[contenders], self.margin)
+        return choice, best_gain
 
     def _fold(self, rows: np.ndarray | slice, proj: np.ndarray, first: int, t: int) -> None:
         """Bring ``rows`` from step ``at`` to ``t``; ``proj`` = X[rows] @ a_first..a_{t-1}.

@@ -4,8 +4,8 @@ Every scenario runs on uneven contiguous shards. The sharded run must return, on
 picks and gains of ``greedy_dpp_result`` / ``select`` on the concatenated pool (which
 tests/test_dpp_greedy.py checks against brute-force determinants), including exact ties across
 ranks, k > d (the jitter-only regime, where every candidate goes through float64 re-scoring),
-beta 0 and 4, float32 and float64. A rank passing a different k, or an invalid shard, makes every
-rank raise the same error instead of hanging.
+beta 0 and 4, float32 and float64, the full-pass and the lazy greedy. A rank passing a different
+k, or an invalid shard, makes every rank raise the same error instead of hanging.
 
 Picks are compared exactly. Gains and relevance are not: a rank multiplies other blocks of rows
 than one process does, and the BLAS kernel chooses its summation order by block shape and CPU
@@ -63,6 +63,11 @@ SCENARIOS = {
     "f64_beta0_ties": (np.float64, 0.0, 10, 1e-4, "greedy"),
     "f32_beta4_torch": (np.float32, 4.0, 9, 1e-6, "torch"),
     "f64_top_relevance": (np.float64, 4.0, 7, 1e-6, "top_relevance"),
+    # The lazy greedy on shards against the lazy greedy in one process.
+    "f32_beta4_lazy": (np.float32, 4.0, 14, 1e-4, "lazy"),
+    "f64_beta0_lazy": (np.float64, 0.0, 10, 1e-6, "lazy"),
+    "f32_beta4_lazy_torch": (np.float32, 4.0, 9, 1e-6, "lazy_torch"),
+    "f32_beta4_lazy_select": (np.float32, 4.0, 15, 1e-6, "lazy_select"),
 }
 
 
@@ -71,14 +76,15 @@ def run_scenario(name: str, world: int | None, rank: int = 0, group=None):
     x, targets, quality = pool(dtype)
     lo, hi = (0, N) if world is None else BOUNDS[world][rank:rank + 2]
     tlo, thi = (0, M) if world is None else TARGET_BOUNDS[world][rank:rank + 2]
-    if entry in ("greedy", "torch"):
-        emb = torch.from_numpy(x[lo:hi]) if entry == "torch" else x[lo:hi]
+    lazy = entry.startswith("lazy")
+    if entry in ("greedy", "torch", "lazy", "lazy_torch"):
+        emb = torch.from_numpy(x[lo:hi]) if entry.endswith("torch") else x[lo:hi]
         res = greedy_dpp_result(emb, k, quality=quality[lo:hi], beta=beta, jitter=jitter,
-                                process_group=group)
+                                lazy=lazy, process_group=group)
         return {"indices": res.indices, "gains": res.gains}
-    method = "dpp" if entry == "select" else entry
+    method = "dpp" if entry.endswith("select") else entry
     res = select(x[lo:hi], targets[tlo:thi], k=k, method=method, beta=beta, jitter=jitter,
-                 process_group=group)
+                 lazy=lazy, process_group=group)
     return {"indices": res.indices, "gains": res.gains, "quality": res.quality}
 
 
@@ -159,7 +165,7 @@ def test_sharded_picks_equal_brute_force_determinants(sharded, name):
     """The literal float64 reference: det(L_S+i) / det(L_S) of the whole pool's kernel."""
     dtype, beta, k, jitter, entry = SCENARIOS[name]
     x, targets, quality = pool(dtype)
-    if entry == "select":
+    if entry.endswith("select"):
         quality = relevance_scores(x, targets)
     expected = brute_force_greedy(dense_kernel(x, np.maximum(quality, 0.0) ** beta, jitter), k)
     np.testing.assert_array_equal(sharded[1][0][name]["indices"].numpy(), expected)
@@ -302,8 +308,8 @@ def contract_worker(rank: int, world: int, out) -> None:
                                               lazy=rank == 1, process_group=group)),
         "lazy_greedy": outcome(lambda: greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi],
                                                   lazy=rank == 1, process_group=group)),
-        "lazy_everywhere": outcome(lambda: greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi],
-                                                      lazy=True, process_group=group)),
+        "lazy_everywhere": str(greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi], lazy=True,
+                                          process_group=group).tolist()),
     }
     # The collectives are still aligned: a correct retry works.
     retry = select(x[lo:hi], targets[tlo:thi], ratio=1.0, process_group=group)
@@ -328,13 +334,21 @@ def test_replicated_targets_are_refused_on_every_rank(misused):
         assert "shard_range" in message
 
 
-@pytest.mark.parametrize("case", ["lazy_select", "lazy_greedy", "lazy_everywhere"])
-def test_lazy_on_any_rank_raises_the_same_error_on_every_rank(misused, case):
-    _, ranks = misused
+@pytest.mark.parametrize("case", ["lazy_select", "lazy_greedy"])
+def test_lazy_on_one_rank_only_raises_the_same_error_on_every_rank(misused, case):
+    world, ranks = misused
     messages = {results[case] for results in ranks}
     assert len(messages) == 1, messages
     message = messages.pop()
-    assert message.startswith("DistributedArgumentError: ") and "lazy" in message
+    assert message.startswith("DistributedArgumentError: ") and "disagree on lazy" in message
+    assert "rank 1: True" in message and "rank 0: False" in message
+
+
+def test_lazy_on_every_rank_selects_what_one_process_selects(misused):
+    x, _, quality = pool(np.float32)
+    whole = greedy_dpp(x, 5, quality=quality, lazy=True)
+    for results in misused[1]:
+        assert results["lazy_everywhere"] == str(whole.tolist())
 
 
 def test_collectives_stay_aligned_after_a_refused_call(misused):
