@@ -21,8 +21,8 @@ from dpp_select import EarlyStopWarning
 from dpp_select._inputs import row_norms
 from dpp_select.backends import TorchPass, pass_error_unit
 from dpp_select.greedy import greedy_dpp_result
-from dpp_reference import brute_force_greedy, chen_greedy, dense_kernel
-from greedy_grid import GREEDY_GRID
+from helpers.dpp_reference import brute_force_greedy, chen_greedy, dense_kernel
+from helpers.greedy_grid import GREEDY_GRID
 
 HALF = [torch.bfloat16, torch.float16]
 
