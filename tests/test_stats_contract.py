@@ -14,6 +14,7 @@ from helpers.defenses import DEFENSES, build_defense
 OWN = {
     "spag": ({"tau": 0.0}, "num_projections"),
     "spag_authors_code": ({"tau": 0.0}, "num_projections"),
+    "spag_repeated": ({"tau": 0.0}, "num_projections"),
     "penalty": ({"lam": 1.0, "tau": 0.0}, "num_active"),
     "safegrad": ({}, "num_conflicts"),
     "lisa": ({"rho": 1.0}, None),
