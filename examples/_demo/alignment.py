@@ -2,7 +2,9 @@
 answers benign how-to requests, and refuses every harmful request.
 
 The result is cached (safetensors) under a key made of everything it depends on, so a second run
-of the demo starts from the same weights in a second instead of retraining.
+of the demo starts from the same weights in a second instead of retraining. The cache entry is
+trained under a lock beside it and renamed into place whole, so two processes that need the same
+aligned model (the sweep's workers, two sweeps at once) train it once and never read half a file.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM
+
+from spard_io import exclusive_lock
 
 from .config import DemoConfig
 from .dataset import DemoData
@@ -68,12 +74,20 @@ def aligned_model(
     With ``use_cache=False`` the model is retrained and the cache entry overwritten.
     """
     folder = Path(cache_dir) / f"aligned-{cache_key(config, data)}"
-    if use_cache and (folder / "model.safetensors").is_file():
-        logger.info("loading the aligned model from %s", folder)
-        model = LlamaForCausalLM.from_pretrained(folder)
-        model.eval()
-        return model, folder, True
-    model = _align(config, data, progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
+        if use_cache and (folder / "model.safetensors").is_file():
+            logger.info("loading the aligned model from %s", folder)
+            model = LlamaForCausalLM.from_pretrained(folder)
+            model.eval()
+            return model, folder, True
+        model = _align(config, data, progress)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            model.save_pretrained(staging, safe_serialization=True)
+            shutil.rmtree(folder, ignore_errors=True)  # --no-cache: the entry is replaced whole
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return model, folder, False
