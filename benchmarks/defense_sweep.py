@@ -118,18 +118,20 @@ def cell_key(method: str, attack: str, seed: int, environment: str, smoke: bool 
     return f"{method}|{attack}|{seed}|{_config_hash(method, attack, seed, smoke)}|{environment}"
 
 
-@functools.lru_cache(maxsize=None)
 def _config_hash(method: str, attack: str, seed: int, smoke: bool) -> str:
     config = _config(attack, seed, smoke)
     payload = json.dumps(
-        {
-            "config": config.to_dict(),
-            "aligned": cache_key(config, make_demo_data(config)),
-            "method": _method_spec(METHODS[method]),
-        },
+        {"config": config.to_dict(), "aligned": _aligned_key(attack, seed, smoke), "method": _method_spec(METHODS[method])},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+@functools.lru_cache(maxsize=None)
+def _aligned_key(attack: str, seed: int, smoke: bool) -> str:
+    """The aligned model's cache key (builds the data once per attack and seed)."""
+    config = _config(attack, seed, smoke)
+    return cache_key(config, make_demo_data(config))
 
 
 @contextlib.contextmanager
