@@ -56,7 +56,6 @@ from transformers.utils import logging as hf_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))  # the demo's modules, examples/_demo
-sys.path.insert(0, str(ROOT / "benchmarks"))  # defense_sweep_report, imported when a run ends
 
 from _demo import evaluation  # noqa: E402
 from _demo.alignment import aligned_model, cache_key  # noqa: E402
@@ -68,13 +67,12 @@ from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 from spard_io import exclusive_lock, write_atomic  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from defense_sweep_report import load_state, write_report  # noqa: E402
+
 __all__ = [
-    "cell_key", "run_cell", "sweep", "parse_seeds", "load_state", "probe_environment", "REQUIRED_CELL_FIELDS", "main",
+    "cell_key", "run_cell", "sweep", "parse_seeds", "probe_environment", "main",
 ]
-
-#: What every stored cell must have for the report; a cell lacking one is an error, not a gap.
-REQUIRED_CELL_FIELDS = ("method", "attack", "seed", "asr", "utility", "base")
-
 
 def parse_seeds(spec: str) -> list[int]:
     """``"0-4"`` or ``"0,2,7"`` (or a mix) -> the seeds, in order, without duplicates."""
@@ -225,40 +223,6 @@ def _init_worker(threads: int) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def _bad_cell(key: str, cell: Any) -> str | None:
-    """Why the stored ``cell`` cannot be reported, or None."""
-    if not isinstance(cell, dict):
-        return f"cell {key!r} is a {type(cell).__name__}, not an object"
-    missing = [f for f in REQUIRED_CELL_FIELDS if f not in cell]
-    if missing:
-        return f"cell {key!r} lacks {missing}"
-    for name, value in (("asr", cell["asr"]), ("utility", cell["utility"])):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            return f"cell {key!r} has {name} {value!r}, not a number in [0, 1]"
-    return None
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """The results file at ``path``, validated (an empty state when there is none). Raises one
-    ValueError naming the file and what to do when it cannot be read or a cell is unusable."""
-    if not path.is_file():
-        return {"cells": {}, "runs": []}
-    fix = "restore it (git checkout) or move it away; it was not changed"
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({err}), perhaps truncated; {fix}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("cells"), dict):
-        raise ValueError(f"{path} is not a defense_sweep results file (no 'cells' object); {fix}")
-    if not isinstance(state.setdefault("runs", []), list):
-        raise ValueError(f"{path}: 'runs' is not a list; {fix}")
-    for key, cell in state["cells"].items():
-        problem = _bad_cell(key, cell)
-        if problem:
-            raise ValueError(f"{path}: {problem}; delete that cell to recompute it, or {fix}")
-    return state
-
-
 def _merge(path: Path, cells: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
     """Under the lock: re-read ``path``, add ``cells`` and this ``run``'s record, write atomically.
     Cells another process stored meanwhile are kept; returns the merged state."""
@@ -390,9 +354,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # Imported here, so a long run reports with the report code of when it ends.
-    from defense_sweep_report import write_report
-
     for written in write_report(args.out / "defense_sweep.json", args.out / args.report_name):
         print(f"wrote {written}")
     return 0
