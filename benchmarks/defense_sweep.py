@@ -63,6 +63,7 @@ from _demo.attack import run_attack  # noqa: E402
 from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key, numeric_environment  # noqa: E402
+from _demo.intervals import parse_seeds  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 from spard_io import exclusive_lock, write_atomic  # noqa: E402
@@ -71,24 +72,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from defense_sweep_report import load_state, write_report  # noqa: E402
 
 __all__ = [
-    "cell_key", "run_cell", "sweep", "parse_seeds", "probe_environment", "main",
+    "cell_key", "run_cell", "sweep", "probe_environment", "main",
 ]
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-4"`` or ``"0,2,7"`` (or a mix) -> the seeds, in order, without duplicates."""
-    seeds: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        lo, dash, hi = part.partition("-")
-        try:
-            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-        except ValueError:
-            raise ValueError(f"bad --seeds {spec!r}; write e.g. '0-4' or '0,1,5'") from None
-    if not seeds:
-        raise ValueError("--seeds is empty; write e.g. '0-4'")
-    return list(dict.fromkeys(seeds))
-
 
 def _config(attack: str, seed: int, smoke: bool) -> DemoConfig:
     return with_attack(replace(SMOKE if smoke else DemoConfig(), seed=seed), attack)

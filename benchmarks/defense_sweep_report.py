@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from scipy import stats
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+from _demo.intervals import t_interval, verdict  # noqa: E402
 
-__all__ = ["load_state", "t_interval", "verdict", "write_markdown", "write_plot", "write_report", "REFERENCE", "BASELINE", "main"]
+__all__ = ["load_state", "write_markdown", "write_plot", "write_report", "REFERENCE", "BASELINE", "main"]
 
 #: The method every other one is compared with, paired by seed, and the undefended baseline.
 REFERENCE = "spard"
@@ -75,31 +75,6 @@ def load_state(path: Path) -> dict[str, Any]:
         if problem:
             raise ValueError(f"{path}: {problem}; delete that cell to recompute it, or {fix}")
     return state
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width) of the Student-t confidence interval of the mean of ``values``:
-    mean +- t((1 + confidence) / 2, n - 1) * s / sqrt(n), s the sample standard deviation
-    (n - 1 in the denominator). The half-width is NaN for a single value (no spread to estimate)."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("t_interval needs at least one value")
-    mean = statistics.fmean(values)
-    if n == 1:
-        return mean, math.nan
-    s = statistics.stdev(values)
-    return mean, float(stats.t.ppf((1 + confidence) / 2, n - 1)) * s / math.sqrt(n)
-
-
-def verdict(differences: Sequence[float]) -> str:
-    """``lower``/``higher`` when the 95% interval of the paired ``differences`` excludes 0, ``tie``
-    when it contains 0, ``n<2`` when there is no interval yet."""
-    if len(differences) < 2:
-        return "n<2"
-    mean, half = t_interval(differences)
-    if half == 0.0 and mean == 0.0 or abs(mean) <= half:
-        return "tie"
-    return "lower" if mean < 0 else "higher"
 
 
 def _fmt(values: Sequence[float], digits: int = 2) -> str:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import defense_sweep  # noqa: E402
 import defense_sweep_report as report  # noqa: E402
-from defense_sweep_report import t_interval, write_markdown  # noqa: E402
+from defense_sweep_report import write_markdown  # noqa: E402
 
 EXAMPLES = BENCHMARKS.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -34,6 +34,7 @@ from _demo.alignment import aligned_model  # noqa: E402
 from _demo.config import SMOKE, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key  # noqa: E402
+from _demo.intervals import parse_seeds, t_interval, verdict  # noqa: E402
 
 #: Two-sided 95% Student-t quantiles t(0.975, df) from a printed table.
 T975 = {1: 12.7062047, 2: 4.3026527, 4: 2.7764451, 9: 2.2621572}
@@ -58,11 +59,11 @@ def test_t_interval_of_identical_values_is_zero_wide_and_of_one_value_undefined(
 
 
 def test_seeds_parse_ranges_and_lists_and_refuse_garbage():
-    assert defense_sweep.parse_seeds("0-4") == [0, 1, 2, 3, 4]
-    assert defense_sweep.parse_seeds("3, 0-1,3") == [3, 0, 1]
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3, 0-1,3") == [3, 0, 1]
     for bad in ("", "a-b", "1-"):
         with pytest.raises(ValueError, match="seeds"):
-            defense_sweep.parse_seeds(bad)
+            parse_seeds(bad)
 
 
 def test_the_resumption_key_changes_with_attack_seed_and_environment_but_not_the_method_list():
@@ -281,8 +282,8 @@ def test_the_worst_case_leaves_out_attacks_that_cost_more_than_a_tenth_of_sfts_u
 
 
 def test_verdicts_need_an_interval_that_excludes_zero():
-    assert report.verdict([-0.5, -0.4, -0.6]) == "lower"
-    assert report.verdict([0.5, 0.4, 0.6]) == "higher"
-    assert report.verdict([-0.5, 0.4, 0.0]) == "tie"
-    assert report.verdict([0.0, 0.0]) == "tie"
-    assert report.verdict([0.3]) == "n<2"
+    assert verdict([-0.5, -0.4, -0.6]) == "lower"
+    assert verdict([0.5, 0.4, 0.6]) == "higher"
+    assert verdict([-0.5, 0.4, 0.0]) == "tie"
+    assert verdict([0.0, 0.0]) == "tie"
+    assert verdict([0.3]) == "n<2"
