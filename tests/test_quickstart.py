@@ -180,6 +180,40 @@ def test_a_different_seed_gets_its_own_cache_entry(first_run, tmp_path):
     assert other["config"]["cache"][0] not in first["config"]["cache"]
 
 
+def test_the_shipped_aligned_models_cover_the_default_seeds_and_match_their_checksums():
+    """If the default config or the vocabulary changes, the shipped models no longer match its key:
+    this fails until they are retrained (``python examples/quickstart.py --no-cache``, then copy)."""
+    from _demo.alignment import SHIPPED, cache_key, verify_shipped
+
+    listed = {line.split()[1] for line in (SHIPPED / "SHA256SUMS").read_text().splitlines()}
+    folders = sorted(p for p in SHIPPED.iterdir() if p.is_dir())
+    assert listed == {f"{f.name}/{p.name}" for f in folders for p in f.iterdir()}
+    for seed in quickstart.parse_seeds(quickstart.parse_args([]).seeds):
+        config = replace(DemoConfig(), seed=seed)
+        assert (SHIPPED / f"aligned-{cache_key(config, make_demo_data(config))}") in folders, seed
+    for folder in folders:
+        verify_shipped(folder)
+
+
+def test_a_shipped_model_is_loaded_without_training_and_a_tampered_one_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from _demo import alignment
+
+    config = replace(DemoConfig(), seed=0)
+    d = make_demo_data(config)
+    model, folder, loaded = alignment.aligned_model(config, d, tmp_path / "cache", shipped=True, progress=False)
+    assert loaded and folder.parent == alignment.SHIPPED
+    assert not (tmp_path / "cache").exists()  # nothing trained, nothing cached
+    copy = tmp_path / "shipped"
+    shutil.copytree(alignment.SHIPPED, copy)
+    weights = copy / folder.name / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(alignment, "SHIPPED", copy)
+    with pytest.raises(ValueError, match="model.safetensors does not match its SHA-256.*--no-cache"):
+        alignment.aligned_model(config, d, tmp_path / "cache", shipped=True, progress=False)
+
+
 def test_results_png_is_written_when_matplotlib_imports(first_run):
     pytest.importorskip("matplotlib")
     out, _ = first_run
