@@ -209,7 +209,8 @@ def _legacy_table(index, methods: Sequence[str], attacks: Sequence[str]) -> list
 
 def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] = ()) -> Path:
     """``defense_sweep.md`` from whatever ``cells`` exist (see the module docstring)."""
-    methods = _order(cells, "method", (BASELINE, REFERENCE))
+    current = [c for c in cells if _label(c) != LEGACY]
+    methods = _order(current, "method", (BASELINE, REFERENCE))  # the comparisons' rows: no legacy-only method
     attacks = _order(cells, "attack", ("standard", "strong", "heavy"))
     index = _index(cells)
     envs = sorted({_label(c) for c in cells} - {LEGACY}, key=lambda e: (e != "native", e))
@@ -244,7 +245,8 @@ def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] =
                       f"ASR: negative means `{REFERENCE}` is safer; refusal: positive means `{REFERENCE}` is safer.", "",
                       *_versus_reference(index, methods, attacks, e)]
     if any(_label(c) == LEGACY for c in cells):
-        lines += ["", "## Legacy cells (environment not recorded; not compared)", "", *_legacy_table(index, methods, attacks)]
+        legacy_methods = _order([c for c in cells if _label(c) == LEGACY], "method", (BASELINE, REFERENCE))
+        lines += ["", "## Legacy cells (environment not recorded; not compared)", "", *_legacy_table(index, legacy_methods, attacks)]
     lines.append("")
     path.write_text("\n".join(lines))
     return path
