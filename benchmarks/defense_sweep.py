@@ -1,44 +1,55 @@
-"""Every demo defense under every attack preset over several seeds, with confidence intervals.
+"""Every demo defense under every attack preset over many seeds and numeric environments.
 
-One seed of the offline demo (``examples/quickstart.py``) cannot tell the defenses apart: under
-the standard attack most of them keep ASR near 0, and under stronger attacks the ranking of two
-methods can flip from one seed to the next. This sweep runs the grid methods x attacks x seeds
-(default: every method of the demo's ``METHODS``, the three presets of ``ATTACKS``, seeds 0-4) and
-reports each method's mean and 95% confidence interval over seeds.
+One seed of the offline demo (``examples/quickstart.py``) cannot tell the defenses apart, and one
+machine cannot either: the same seed gives a different aligned model under other vector kernels
+(issue "Evidence a user can reproduce"), so a machine is in effect another draw of stage 1. This
+sweep runs the grid methods x attacks x seeds x environments (default: every method of the demo's
+``METHODS``, the three presets of ``ATTACKS``, seeds 0-4, the default kernels) and records per
+cell ASR, utility and the graded refusal probability (``_demo/evaluation.py``), the per-prompt
+verdicts, the full config and the environment (``_demo/environment.py``): what a re-run needs.
 
-    python benchmarks/defense_sweep.py                      # the full default grid
-    python benchmarks/defense_sweep.py --methods sft,spard --attacks heavy --seeds 0-2 --workers 2
+    python benchmarks/defense_sweep.py                      # the default grid
+    python benchmarks/defense_sweep.py --methods sft,spard --attacks heavy --seeds 0-19 \
+        --environments default,avx2 --workers 2             # both kernel settings, one worker each
 
-Resumable: every finished cell is written at once (atomically) to
-``benchmarks/results/defense_sweep.json`` under the key ``method|attack|seed|config-hash``, and a
-cell whose key is already there is never recomputed. The config hash covers the attack's full
-``DemoConfig`` and the aligned model's cache key (its settings and vocabulary), so a method added
-to ``METHODS`` later only adds cells, while a changed setting makes new cells instead of mixing
-old and new numbers. Then it writes ``defense_sweep.md`` (the table) and ``defense_sweep.png``.
+``--environments`` takes ``default`` (no ``ATEN_CPU_CAPABILITY``) and kernel names such as
+``avx2``; each gets its own worker pool started with that setting, its own aligned-model cache
+(``CACHE_DIR/<environment key>``), and ``--workers`` is split between them, so with the cells in
+seed-major order both environments advance evenly.
+
+Resumable and safe to run twice at once: every finished cell is merged into
+``OUT/defense_sweep.json`` under an exclusive lock on ``defense_sweep.json.lock`` (re-read, merge,
+atomic write), under the key ``method|attack|seed|config-hash|environment-key``; a cell whose key
+is already there is never recomputed. The config hash covers the attack's full ``DemoConfig``, the
+aligned model's cache key and the method's definition (its options included), so a changed
+setting makes new cells instead of reusing stale ones. The file is validated before anything runs;
+one it cannot read is reported and never overwritten. Then it writes ``defense_sweep.md`` and
+``defense_sweep.png`` (``defense_sweep_report.py``, which also runs alone on a partial file).
 
 The interval: a seed redraws the data, the aligned model's weights and the training order, so the
-seeds are independent replications of the whole pipeline. With n = 5 such runs and an unknown
-spread, the 95% interval of the mean is Student's t: mean +- t(0.975, n-1) * s / sqrt(n), s the
-sample standard deviation. It covers seed-to-seed variation only; the evaluation sets are fixed
-per seed (72 held-out harmful prompts, 200 problems). Differences between methods are paired by
-seed (same aligned model and data), so the table of differences uses the t interval of the
-per-seed differences, which is narrower than comparing two marginal intervals.
+seeds are independent replications of the whole pipeline; the 95% interval of the mean is
+Student's t over seeds. Differences between methods are paired by seed and environment (same
+aligned model and data). See ``defense_sweep_report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import queue
+import subprocess
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -51,49 +62,97 @@ from _demo.alignment import aligned_model, cache_key  # noqa: E402
 from _demo.attack import run_attack  # noqa: E402
 from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
-from _demo.methods import METHODS, resolve_methods  # noqa: E402
+from _demo.environment import environment_key, numeric_environment  # noqa: E402
+from _demo.intervals import parse_seeds  # noqa: E402
+from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
+from spard_io import exclusive_lock, write_atomic  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from defense_sweep_report import write_markdown, write_plot  # noqa: E402
+from defense_sweep_report import load_state, write_report  # noqa: E402
 
-__all__ = ["cell_key", "run_cell", "sweep", "parse_seeds", "main"]
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-4"`` or ``"0,2,7"`` (or a mix) -> the seeds, in order, without duplicates."""
-    seeds: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        lo, dash, hi = part.partition("-")
-        try:
-            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-        except ValueError:
-            raise ValueError(f"bad --seeds {spec!r}; write e.g. '0-4' or '0,1,5'") from None
-    if not seeds:
-        raise ValueError("--seeds is empty; write e.g. '0-4'")
-    return list(dict.fromkeys(seeds))
-
+__all__ = [
+    "cell_key", "run_cell", "sweep", "probe_environment", "main",
+]
 
 def _config(attack: str, seed: int, smoke: bool) -> DemoConfig:
     return with_attack(replace(SMOKE if smoke else DemoConfig(), seed=seed), attack)
 
 
-def cell_key(method: str, attack: str, seed: int, smoke: bool = False) -> str:
-    """The resumption key: method, attack, seed and a hash of everything the cell's data and
-    aligned model depend on."""
-    return f"{method}|{attack}|{seed}|{_config_hash(attack, seed, smoke)}"
+def _method_spec(method: Method) -> dict[str, Any]:
+    """Everything that defines ``method``: a changed option (e.g. ``FIXED_ETA``) changes the key."""
+
+    def name(fn: Any) -> str | None:
+        return None if fn is None else getattr(fn, "__qualname__", type(fn).__qualname__)
+
+    return {
+        "selection": method.selection,
+        "options": json.loads(json.dumps(method.options, sort_keys=True, default=repr)),
+        "wrapper": name(method.wrapper),
+        "mix_safe": method.mix_safe,
+        "eval_prompt": name(method.eval_prompt),
+        "adapter": method.adapter,
+    }
 
 
-@functools.lru_cache(maxsize=None)
-def _config_hash(attack: str, seed: int, smoke: bool) -> str:
+def cell_key(method: str, attack: str, seed: int, environment: str, smoke: bool = False) -> str:
+    """The resumption key: method, attack, seed, a hash of everything the cell's data, aligned
+    model and method depend on, and the environment key (:func:`probe_environment`)."""
+    return f"{method}|{attack}|{seed}|{_config_hash(method, attack, seed, smoke)}|{environment}"
+
+
+def _config_hash(method: str, attack: str, seed: int, smoke: bool) -> str:
     config = _config(attack, seed, smoke)
-    payload = json.dumps({"config": config.to_dict(), "aligned": cache_key(config, make_demo_data(config))}, sort_keys=True)
+    payload = json.dumps(
+        {"config": config.to_dict(), "aligned": _aligned_key(attack, seed, smoke), "method": _method_spec(METHODS[method])},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
-# Per process: (attack, seed, smoke) -> data, aligned model, base metrics and the safe-data selector.
+@functools.lru_cache(maxsize=None)
+def _aligned_key(attack: str, seed: int, smoke: bool) -> str:
+    """The aligned model's cache key (builds the data once per attack and seed)."""
+    config = _config(attack, seed, smoke)
+    return cache_key(config, make_demo_data(config))
+
+
+@contextlib.contextmanager
+def _kernels(label: str) -> Iterator[None]:
+    """``ATEN_CPU_CAPABILITY`` set to ``label`` (unset for ``native``) while processes start."""
+    before = os.environ.pop("ATEN_CPU_CAPABILITY", None)
+    if label != "native":
+        os.environ["ATEN_CPU_CAPABILITY"] = label
+    try:
+        yield
+    finally:
+        os.environ.pop("ATEN_CPU_CAPABILITY", None)
+        if before is not None:
+            os.environ["ATEN_CPU_CAPABILITY"] = before
+
+
+def probe_environment(label: str, threads: int) -> dict[str, Any]:
+    """The environment a worker started for ``label`` computes in, measured in a fresh process (the
+    kernel setting is read once per process, so this one cannot switch)."""
+    code = (
+        "import json, sys, torch; sys.path.insert(0, sys.argv[1]); torch.set_num_threads(int(sys.argv[2]));"
+        "from _demo.environment import numeric_environment; print(json.dumps(numeric_environment()))"
+    )
+    with _kernels(label):
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(ROOT / "examples"), str(threads)], capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise ValueError(f"environment {label!r} does not start: {done.stderr.strip().splitlines()[-1:]}")
+    environment = json.loads(done.stdout)
+    if label != "native" and environment["capability"].lower() != label.lower():
+        raise ValueError(
+            f"environment {label!r}: ATEN_CPU_CAPABILITY={label} gives capability {environment['capability']!r}; "
+            "use a kernel this CPU has (e.g. avx2), or native"
+        )
+    return environment
+
+# Per worker process: (attack, seed, smoke) -> data, aligned model, base metrics and the safe-data selector.
 _CONTEXTS: dict[tuple[str, int, bool], dict[str, Any]] = {}
 
 
@@ -104,10 +163,7 @@ def _context(attack: str, seed: int, smoke: bool, cache_dir: Path) -> dict[str, 
         data = make_demo_data(config)
         aligned, _, _ = aligned_model(config, data, cache_dir, progress=False)
         tok = data.tokenizer
-        base = {
-            "asr": evaluation.asr(aligned, tok, data.heldout_harmful),
-            "utility": evaluation.utility(aligned, tok, data.heldout_problems),
-        }
+        base = evaluation.evaluate(aligned, tok, data.heldout_harmful, data.heldout_problems)
         selector = SafeSelector(
             aligned, tok, data.safe_pool, data.finetune, ratio=config.safe_ratio, beta=config.beta, seed=seed
         )
@@ -116,32 +172,29 @@ def _context(attack: str, seed: int, smoke: bool, cache_dir: Path) -> dict[str, 
 
 
 def run_cell(method: str, attack: str, seed: int, *, smoke: bool = False, cache_dir: Path) -> dict[str, Any]:
-    """One cell of the grid: the demo's stage 2 for one method, attack and seed, evaluated."""
+    """One cell of the grid: the demo's stage 2 for one method, attack and seed, evaluated in this
+    process's environment, with what a re-run needs (config, method, environment, verdicts)."""
     started = time.perf_counter()
     ctx = _context(attack, seed, smoke, Path(cache_dir))
     config, data, m = ctx["config"], ctx["data"], METHODS[method]
     tok = data.tokenizer
     safe = ctx["selector"].select(m.selection) if m.selection is not None else None
     outcome = run_attack(ctx["aligned"], tok, data.finetune, m, safe, config, desc=method, progress=False)
+    scores = evaluation.evaluate(outcome.model, tok, data.heldout_harmful, data.heldout_problems, m.eval_prompt)
     return {
         "method": method,
         "attack": attack,
         "seed": seed,
-        "asr": evaluation.asr(outcome.model, tok, data.heldout_harmful, m.eval_prompt),
-        "utility": evaluation.utility(outcome.model, tok, data.heldout_problems, m.eval_prompt),
+        **scores,
         "projections": int(outcome.projections),
         "seconds": float(outcome.seconds),
         "cell_seconds": time.perf_counter() - started,
         "base": ctx["base"],
         "safety_losses": [float(f"{x:.5g}") for x in outcome.safety_losses],
+        "config": config.to_dict(),
+        "method_spec": _method_spec(m),
+        "environment": numeric_environment(),
     }
-
-
-def _align(args: tuple[int, bool, str]) -> int:
-    seed, smoke, cache_dir = args
-    config = _config(next(iter(ATTACKS)), seed, smoke)  # stage 1 does not depend on the attack
-    aligned_model(config, make_demo_data(config), Path(cache_dir), progress=False)
-    return seed
 
 
 def _work(args: tuple[str, str, str, int, bool, str]) -> tuple[str, dict[str, Any]]:
@@ -155,19 +208,31 @@ def _init_worker(threads: int) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    os.replace(tmp, path)  # a crash mid-write never loses the cells already finished
+def _merge(path: Path, cells: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    """Under the lock: re-read ``path``, add ``cells`` and this ``run``'s record, write atomically.
+    Cells another process stored meanwhile are kept; returns the merged state."""
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        state = load_state(path)
+        state["cells"].update(cells)
+        state["runs"] = [r for r in state["runs"] if r.get("id") != run["id"]] + [dict(run)]
+        state.pop("wall_seconds", None)  # superseded by the per-run records
+        payload = (json.dumps(state, indent=1) + "\n").encode()
+        write_atomic(path, lambda handle: handle.write(payload))
+    return state
 
-
-def load_state(path: Path) -> dict[str, Any]:
-    if path.is_file():
-        state = json.loads(path.read_text())
-        if "cells" not in state:
-            raise ValueError(f"{path} is not a defense_sweep results file (no 'cells'); move it away")
-        return state
-    return {"cells": {}, "wall_seconds": 0.0, "runs": []}
+def _todo(methods, attacks, seeds, environments, smoke, cache_dir, cells) -> dict[str, list[tuple]]:
+    """Per environment label, the missing cells as ``_work`` arguments, seed-major."""
+    todo: dict[str, list[tuple]] = {}
+    for label, env_key in environments.items():
+        folder = str(Path(cache_dir) / env_key)  # an aligned model belongs to its environment
+        todo[label] = [
+            (key, m, a, s, smoke, folder)
+            for s in seeds
+            for a in attacks
+            for m in methods
+            if (key := cell_key(m, a, s, env_key, smoke)) not in cells
+        ]
+    return todo
 
 
 def sweep(
@@ -177,55 +242,53 @@ def sweep(
     *,
     out: Path,
     cache_dir: Path,
+    environments: Sequence[str] = ("native",),
     smoke: bool = False,
     workers: int = 1,
     threads: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every missing cell, streaming each to ``out/defense_sweep.json``; returns the state."""
+    """Run every missing cell, merging each into ``out/defense_sweep.json`` as it finishes;
+    returns the state. ``workers`` are split evenly between the ``environments``."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "defense_sweep.json"
-    state = load_state(path)
-    prior_wall = state.get("wall_seconds", 0.0)
-    started = time.perf_counter()
-    todo = []
-    for seed in seeds:
-        for attack in attacks:
-            for method in methods:
-                key = cell_key(method, attack, seed, smoke)
-                if key not in state["cells"]:
-                    todo.append((key, method, attack, seed, smoke, str(cache_dir)))
-    total = len(methods) * len(attacks) * len(seeds)
-    done = total - len(todo)
-    _progress(progress, f"{done}/{total} cells already done, {len(todo)} to run")
-    if not todo:
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        state = load_state(path)  # validated before anything runs
+    envs = {label: environment_key(probe_environment(label, threads)) for label in environments}
+    todo = _todo(methods, attacks, seeds, envs, smoke, cache_dir, state["cells"])
+    total = len(methods) * len(attacks) * len(seeds) * len(envs)
+    remaining = sum(map(len, todo.values()))
+    _progress(progress, f"{total - remaining}/{total} cells already done, {remaining} to run ({', '.join(envs.values())})")
+    if not remaining:
         return state
-    # This run's record is saved with every cell, so an interrupted run still shows its time.
-    run = {"cells": 0, "wall_seconds": 0.0, "workers": workers}
-    state.setdefault("runs", []).append(run)
-    # Spawned workers: each starts clean (one torch thread, its own per-seed context), like a rerun.
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _init_worker, (threads,)) as pool:
-        # Stage 1 first, one seed per worker, so two workers never train the same aligned model.
-        need = sorted({t[3] for t in todo})
-        for seed in pool.imap_unordered(_align, [(s, smoke, str(cache_dir)) for s in need]):
-            _progress(progress, f"aligned model for seed {seed} ready ({time.perf_counter() - started:.0f}s)")
-        cells_started = time.perf_counter()
-        for i, (key, cell) in enumerate(pool.imap_unordered(_work, todo), start=1):
+    started = time.perf_counter()
+    run = {"id": uuid.uuid4().hex, "cells": 0, "wall_seconds": 0.0, "workers": workers, "environments": list(envs.values())}
+    results: queue.Queue = queue.Queue()
+    per_env = max(1, workers // len(envs))
+    # Spawned workers start clean (their own kernels, one torch thread, their own per-seed context).
+    context = multiprocessing.get_context("spawn")
+    with contextlib.ExitStack() as stack:
+        for label, tasks in todo.items():
+            if not tasks:
+                continue
+            with _kernels(label):  # the workers inherit the setting when they start, here
+                pool = stack.enter_context(context.Pool(min(per_env, len(tasks)), _init_worker, (threads,)))
+            for task in tasks:
+                pool.apply_async(_work, (task,), callback=results.put, error_callback=results.put)
+        for i in range(1, remaining + 1):
+            item = results.get()
+            if isinstance(item, BaseException):
+                raise item
+            key, cell = item
             elapsed = time.perf_counter() - started
-            state["cells"][key] = cell
-            state["wall_seconds"] = prior_wall + elapsed
             run.update(cells=i, wall_seconds=elapsed)
-            _save(path, state)
-            # Cells run in seed order, so this rate mixes the attacks' costs (a rough estimate).
-            eta = (time.perf_counter() - cells_started) / i * (len(todo) - i)
+            state = _merge(path, {key: cell}, run)
             _progress(
                 progress,
-                f"[{done + i}/{total}] {cell['method']} {cell['attack']} seed {cell['seed']}: ASR {cell['asr']:.2f} "
-                f"utility {cell['utility']:.2f} ({cell['cell_seconds']:.0f}s); elapsed {elapsed:.0f}s, eta {eta:.0f}s",
+                f"[{i}/{remaining}] {cell['method']} {cell['attack']} seed {cell['seed']} {cell['environment']['label']}: "
+                f"ASR {cell['asr']:.2f} refusal {cell['refusal_prob']:.2f} utility {cell['utility']:.2f} "
+                f"({cell['cell_seconds']:.0f}s); elapsed {elapsed:.0f}s, eta {elapsed / i * (remaining - i):.0f}s",
             )
-    run["wall_seconds"] = time.perf_counter() - started
-    state["wall_seconds"] = prior_wall + run["wall_seconds"]
-    _save(path, state)
     return state
 
 
@@ -234,21 +297,29 @@ def _progress(enabled: bool, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default="all", help="'all' or a comma-separated subset of: " + ", ".join(METHODS))
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated presets: " + ", ".join(ATTACKS))
     parser.add_argument("--seeds", default="0-4", help="e.g. '0-4' or '0,1,5'")
+    parser.add_argument(
+        "--environments", default="native",
+        help="comma-separated kernel settings: 'native' (ATEN_CPU_CAPABILITY unset) and/or e.g. 'avx2'",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--cache-dir", type=Path, default=Path("spard_demo") / "cache", help="aligned-model cache")
-    parser.add_argument("--workers", type=int, default=1, help="processes running cells in parallel")
+    parser.add_argument("--workers", type=int, default=1, help="processes running cells in parallel (all environments)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes for tests: seconds, not results")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--report-name", default="defense_sweep", help="file stem of the Markdown table and plot (the JSON is shared)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     try:
         methods = resolve_methods(args.methods)
         seeds = parse_seeds(args.seeds)
@@ -256,22 +327,20 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [a for a in attacks if a not in ATTACKS]
         if unknown or not attacks:
             raise ValueError(f"unknown or no attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+        environments = list(dict.fromkeys(e.strip().lower() for e in args.environments.split(",") if e.strip()))
+        if not environments:
+            raise ValueError("--environments is empty; write e.g. 'native' or 'native,avx2'")
         if args.workers < 1 or args.threads < 1:
             raise ValueError("--workers and --threads must be at least 1")
+        sweep(
+            methods, attacks, seeds, out=args.out, cache_dir=args.cache_dir, environments=environments,
+            smoke=args.smoke, workers=args.workers, threads=args.threads, progress=not args.no_progress,
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    state = sweep(
-        methods, attacks, seeds, out=args.out, cache_dir=args.cache_dir, smoke=args.smoke,
-        workers=args.workers, threads=args.threads, progress=not args.no_progress,
-    )
-    keys = [cell_key(m, a, s, args.smoke) for s in seeds for a in attacks for m in methods]
-    cells = [state["cells"][k] for k in keys]
-    command = " ".join(["python benchmarks/defense_sweep.py", *(sys.argv[1:] if argv is None else argv)])
-    md = write_markdown(args.out / f"{args.report_name}.md", cells, methods, attacks, seeds, state["runs"], command)
-    print(f"wrote {args.out / 'defense_sweep.json'} and {md}")
-    png = write_plot(args.out / f"{args.report_name}.png", cells, methods, attacks)
-    print(f"wrote {png}" if png else "matplotlib is not installed: skipped defense_sweep.png")
+    for written in write_report(args.out / "defense_sweep.json", args.out / args.report_name):
+        print(f"wrote {written}")
     return 0
 
 

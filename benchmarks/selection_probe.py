@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import defense_sweep as ds  # noqa: E402  (also puts examples/ on the path)
-from defense_sweep_report import t_interval  # noqa: E402
+from _demo.intervals import parse_seeds, t_interval  # noqa: E402
 
 import dpp_select  # noqa: E402
 from _demo import data as D  # noqa: E402
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    seeds = ds.parse_seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     per_seed = {s: probe(args.attack, s, args.train, args.cache_dir) for s in seeds}
     fields = list(next(iter(per_seed.values()))["dpp"])
     lines = [

@@ -1,5 +1,5 @@
-"""What :mod:`spag_optim` and :mod:`dpp_select` share: strict JSON Lines reading, atomic writes and
-the distribution's version.
+"""What :mod:`spag_optim` and :mod:`dpp_select` share: strict JSON Lines reading, atomic writes, a
+file lock for read-merge-write across processes, and the distribution's version.
 
 Both packages read the same SPARD JSONL files (pools, fine-tuning sets, evaluation sets) and must
 fail the same way on a malformed line, yet neither may import the other. This package is the one
@@ -8,7 +8,8 @@ home of that reading; it imports nothing from either.
 
 from .atomic import write_atomic
 from .jsonl import JSONLError, count_jsonl_rows, read_jsonl, write_jsonl
+from .lock import exclusive_lock
 from .version import distribution_version
 
-__all__ = ["JSONLError", "count_jsonl_rows", "distribution_version", "read_jsonl", "write_atomic",
-           "write_jsonl"]
+__all__ = ["JSONLError", "count_jsonl_rows", "distribution_version", "exclusive_lock", "read_jsonl",
+           "write_atomic", "write_jsonl"]

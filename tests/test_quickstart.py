@@ -1,6 +1,7 @@
 """End-to-end and unit tests of examples/quickstart.py at its ``--smoke`` size (seconds, not
-results): the results.json schema, determinism for a seed, the aligned-model cache, --methods, and
-the baselines' plumbing (Lisa's skipped forward passes, SafeInstr's mix, PTST's test prompt)."""
+results): the results.json schema with per-seed rows, the verdicts, determinism for a seed, the
+aligned-model cache and the shipped aligned models, --methods, and the baselines' plumbing (Lisa's
+skipped forward passes, SafeInstr's mix, PTST's test prompt)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.encoding import encode, with_bos  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
-from _demo.report import format_table, write_plot  # noqa: E402
+from _demo.report import format_table, summarize, write_plot  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
 
 
@@ -47,7 +48,11 @@ BASELINES = ("penalty", "safeinstr", "lisa", "safegrad", "ptst")
 
 
 def _strip(methods: dict) -> dict:
-    return {n: {k: v for k, v in r.items() if k != "seconds"} for n, r in methods.items()}
+    return {
+        n: {k: ([{f: x for f, x in row.items() if f != "seconds"} for row in v] if k == "seeds" else v)
+            for k, v in r.items()}
+        for n, r in methods.items()
+    }
 
 
 def _without_seconds(results: dict) -> dict:
@@ -58,34 +63,63 @@ def _without_seconds(results: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
-    """One smoke run with an empty cache and two methods (one with SPAG, one without)."""
+    """One smoke run with an empty cache, two seeds and two methods (one with SPAG, one without)."""
     out = tmp_path_factory.mktemp("first")
-    return out, _run(out, "--methods", "sft,spard_no_trust", "--seed", "3")
+    return out, _run(out, "--methods", "sft,spard_no_trust", "--seeds", "3,5")
 
 
-def test_results_json_has_exactly_the_documented_schema(first_run):
+SUMMARY = {"asr", "asr_ci", "utility", "utility_ci", "refusal_prob", "refusal_prob_ci", "vs_sft", "vs_spard", "seeds"}
+
+
+def test_results_json_has_exactly_the_documented_schema_with_a_row_per_seed(first_run):
     out, results = first_run
     assert set(results) == {"attacks", "methods", "base", "config"}
-    assert list(results["attacks"]) == ["standard", "strong"]  # the default: side by side
+    assert list(results["attacks"]) == ["standard", "strong"]  # the default: both attacks
     for attack, res in results["attacks"].items():
         assert set(res) == {"config", "base", "methods"}
-        assert res["config"] == with_attack(replace(SMOKE, seed=3), attack).to_dict()
+        expected = {k: v for k, v in with_attack(SMOKE, attack).to_dict().items() if k != "seed"} | {"seeds": [3, 5]}
+        assert res["config"] == expected
         assert list(res["methods"]) == ["sft", "spard_no_trust"]
         for name, r in res["methods"].items():
-            assert set(r) == {"asr", "utility", "projections", "seconds"}, name
-            assert isinstance(r["asr"], float) and 0.0 <= r["asr"] <= 1.0
-            assert isinstance(r["utility"], float) and 0.0 <= r["utility"] <= 1.0
-            assert isinstance(r["projections"], int) and r["projections"] >= 0
-            assert isinstance(r["seconds"], float) and r["seconds"] > 0.0
-        assert set(res["base"]) == {"asr", "utility"}
-        assert res["methods"]["sft"]["projections"] == 0  # no SPAG, nothing to project
+            assert set(r) == SUMMARY, name
+            assert [row["seed"] for row in r["seeds"]] == [3, 5]
+            for row in r["seeds"]:
+                assert set(row) == {"seed", "asr", "utility", "refusal_prob", "projections", "seconds"}
+                assert 0.0 <= row["asr"] <= 1.0 and 0.0 <= row["utility"] <= 1.0 and 0.0 <= row["refusal_prob"] <= 1.0
+                assert isinstance(row["projections"], int) and row["seconds"] > 0.0
+            assert r["asr"] == pytest.approx(sum(row["asr"] for row in r["seeds"]) / 2)
+            assert r["asr_ci"] is not None and r["asr_ci"] >= 0.0  # two seeds: an interval
+            assert r["vs_spard"] is None  # spard did not run
+        assert res["methods"]["sft"]["vs_sft"] is None
+        assert res["methods"]["spard_no_trust"]["vs_sft"] in ("lower", "higher", "tie")
+        assert all(row["projections"] == 0 for row in res["methods"]["sft"]["seeds"])  # no SPAG
+        assert set(res["base"]) == {"asr", "utility", "refusal_prob", "seeds"}
     # The top level keeps the first attack's numbers, as before there were several attacks.
     assert results["methods"] == results["attacks"]["standard"]["methods"]
     assert results["base"] == results["attacks"]["standard"]["base"]
     config = results["config"]
-    assert config["seed"] == 3 and config["methods"] == ["sft", "spard_no_trust"]
+    assert config["seeds"] == [3, 5] and config["methods"] == ["sft", "spard_no_trust"]
     assert config["attacks"] == ["standard", "strong"]
-    assert config["cached"] is False
+    assert config["cached"] == [False, False]
+
+
+def test_the_default_run_is_several_seeds_of_a_compact_set_of_methods():
+    args = quickstart.parse_args([])
+    assert resolve_methods(args.methods) == ["sft", "penalty", "spard"]
+    assert len(quickstart.parse_seeds(args.seeds)) >= 5
+    assert args.attacks == "standard,strong"
+
+
+def test_the_verdicts_are_paired_by_seed():
+    """A difference that is the same sign on every seed decides; one that is not stays a tie,
+    even where the marginal means differ a lot."""
+    def rows(asrs):
+        return [{"seed": s, "asr": a, "utility": 1.0, "refusal_prob": 1 - a} for s, a in enumerate(asrs)]
+
+    got = summarize({"sft": rows([1.0, 1.0, 1.0]), "spard": rows([0.0, 0.1, 0.0]), "penalty": rows([0.0, 1.0, 0.0])})
+    assert got["spard"]["vs_sft"] == "lower" and got["sft"]["vs_spard"] == "higher"
+    assert got["penalty"]["vs_sft"] == "tie" and got["penalty"]["vs_spard"] == "tie"
+    assert got["spard"]["vs_spard"] is None
 
 
 def test_attack_presets_standard_is_the_default_run_and_the_others_are_stronger():
@@ -118,32 +152,65 @@ def test_an_unknown_attack_is_refused_with_the_presets(capsys):
 
 def test_first_run_caches_the_aligned_model_as_safetensors(first_run):
     out, results = first_run
-    folder = Path(results["config"]["cache"])
+    folder = Path(results["config"]["cache"][0])
     assert folder.parent == out / "cache"
     assert (folder / "model.safetensors").is_file()
 
 
 def test_second_run_loads_the_cache_and_reproduces_every_number(first_run, tmp_path):
     out, first = first_run
-    second = _run(tmp_path, "--methods", "sft,spard_no_trust", "--seed", "3", "--cache-dir", str(out / "cache"))
-    assert second["config"]["cached"] is True
+    second = _run(tmp_path, "--methods", "sft,spard_no_trust", "--seeds", "3,5", "--cache-dir", str(out / "cache"))
+    assert second["config"]["cached"] == [True, True]
     assert _without_seconds(second) == _without_seconds(first)
 
 
 def test_no_cache_retrains_to_the_same_weights(first_run, tmp_path):
     out, first = first_run
-    again = _run(tmp_path, "--methods", "sft", "--seed", "3", "--cache-dir", str(out / "cache"), "--no-cache")
-    assert again["config"]["cached"] is False
-    assert again["base"] == first["base"]
-    assert again["methods"]["sft"]["asr"] == first["methods"]["sft"]["asr"]
-    assert again["methods"]["sft"]["utility"] == first["methods"]["sft"]["utility"]
+    again = _run(tmp_path, "--methods", "sft", "--seeds", "3", "--cache-dir", str(out / "cache"), "--no-cache")
+    assert again["config"]["cached"] == [False]
+    assert again["base"]["seeds"][0] == first["base"]["seeds"][0]
+    assert _strip(again["methods"])["sft"]["seeds"][0] == _strip(first["methods"])["sft"]["seeds"][0]
 
 
 def test_a_different_seed_gets_its_own_cache_entry(first_run, tmp_path):
     out, first = first_run
     other = _run(tmp_path, "--methods", "sft", "--seed", "4", "--cache-dir", str(out / "cache"))
-    assert other["config"]["cached"] is False
-    assert other["config"]["cache"] != first["config"]["cache"]
+    assert other["config"]["cached"] == [False]
+    assert other["config"]["cache"][0] not in first["config"]["cache"]
+
+
+def test_the_shipped_aligned_models_cover_the_default_seeds_and_match_their_checksums():
+    """If the default config or the vocabulary changes, the shipped models no longer match its key:
+    this fails until they are retrained (``python examples/quickstart.py --no-cache``, then copy)."""
+    from _demo.alignment import SHIPPED, cache_key, verify_shipped
+
+    listed = {line.split()[1] for line in (SHIPPED / "SHA256SUMS").read_text().splitlines()}
+    folders = sorted(p for p in SHIPPED.iterdir() if p.is_dir())
+    assert listed == {f"{f.name}/{p.name}" for f in folders for p in f.iterdir()}
+    for seed in quickstart.parse_seeds(quickstart.parse_args([]).seeds):
+        config = replace(DemoConfig(), seed=seed)
+        assert (SHIPPED / f"aligned-{cache_key(config, make_demo_data(config))}") in folders, seed
+    for folder in folders:
+        verify_shipped(folder)
+
+
+def test_a_shipped_model_is_loaded_without_training_and_a_tampered_one_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from _demo import alignment
+
+    config = replace(DemoConfig(), seed=0)
+    d = make_demo_data(config)
+    model, folder, loaded = alignment.aligned_model(config, d, tmp_path / "cache", shipped=True, progress=False)
+    assert loaded and folder.parent == alignment.SHIPPED
+    assert not (tmp_path / "cache").exists()  # nothing trained, nothing cached
+    copy = tmp_path / "shipped"
+    shutil.copytree(alignment.SHIPPED, copy)
+    weights = copy / folder.name / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(alignment, "SHIPPED", copy)
+    with pytest.raises(ValueError, match="model.safetensors does not match its SHA-256.*--no-cache"):
+        alignment.aligned_model(config, d, tmp_path / "cache", shipped=True, progress=False)
 
 
 def test_results_png_is_written_when_matplotlib_imports(first_run):
@@ -154,9 +221,8 @@ def test_results_png_is_written_when_matplotlib_imports(first_run):
 
 def test_plot_is_skipped_with_a_message_without_matplotlib(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    base = {"asr": 0.0, "utility": 1.0}
-    methods = {"sft": {"asr": 1.0, "utility": 1.0, "projections": 0, "seconds": 1.0}}
-    attacks = {"standard": {"config": {}, "base": base, "methods": methods}}
+    rows = [{"seed": 0, "asr": 1.0, "utility": 1.0, "refusal_prob": 0.0}]
+    attacks = {"standard": {"config": {}, "base": summarize({"b": rows})["b"], "methods": summarize({"sft": rows})}}
     assert write_plot(tmp_path, attacks, {"standard": {"sft": []}}, tau=0.01) is None
     assert not (tmp_path / "results.png").exists()
 
@@ -214,17 +280,20 @@ def test_encoding_puts_the_loss_on_the_response_only():
     assert row["labels"][: len(prompt_ids)] == [-100] * len(prompt_ids)
 
 
-def test_table_lists_base_and_every_method_with_the_attacks_side_by_side():
-    base = {"asr": 0.0, "utility": 0.9}
-    attacks = {
-        a: {"config": {}, "base": base,
-            "methods": {n: {"asr": asr, "utility": 0.8, "projections": 3, "seconds": 1.5} for n in ("sft", "spard")}}
-        for a, asr in (("standard", 0.25), ("strong", 0.75))
-    }
-    lines = format_table(attacks).splitlines()
-    assert "attack: standard" in lines[0] and lines[0].index("standard") < lines[0].index("strong")
-    assert [line.split()[0] for line in lines[2:]] == ["aligned", "sft", "spard"]
-    assert lines[3].split()[1:] == ["0.25", "0.80", "3", "1.5", "0.75", "0.80", "3", "1.5"]
+def test_table_gives_mean_interval_refusal_and_verdicts_in_words_per_attack():
+    def rows(asrs):
+        return [{"seed": s, "asr": a, "utility": 0.8, "refusal_prob": 1 - a} for s, a in enumerate(asrs)]
+
+    methods = summarize({"sft": rows([1.0, 1.0, 1.0]), "spard": rows([0.0, 0.25, 0.5])})
+    base = summarize({"b": rows([0.0, 0.0, 0.0])})["b"]
+    text = format_table({a: {"config": {}, "base": base, "methods": methods} for a in ("standard", "strong")})
+    lines = text.splitlines()
+    assert lines[0].startswith("attack: standard (3 seeds") and any(x.startswith("attack: strong") for x in lines)
+    spard = next(x for x in lines if x.strip().startswith("spard"))
+    assert spard.split()[1:4] == ["0.25", "±", f"{methods['spard']['asr_ci']:.2f}"]
+    assert spard.endswith("safer than sft")
+    sft = next(x for x in lines if x.strip().startswith("sft"))
+    assert sft.endswith("less safe than spard")
 
 
 def test_an_attack_is_bit_identical_for_a_seed_and_differs_for_another():
@@ -258,17 +327,20 @@ def test_an_attack_is_bit_identical_for_a_seed_and_differs_for_another():
 def baselines_run(tmp_path_factory):
     """One smoke run of every baseline (and sft, to compare against)."""
     out = tmp_path_factory.mktemp("baselines")
-    return _run(out, "--methods", ",".join(("sft",) + BASELINES))
+    return _run(out, "--methods", ",".join(("sft",) + BASELINES), "--seeds", "0")
 
 
 def test_every_baseline_runs_and_is_reported_with_the_same_schema(baselines_run):
     assert list(baselines_run["methods"]) == ["sft", *BASELINES]
     for name, r in baselines_run["methods"].items():
-        assert set(r) == {"asr", "utility", "projections", "seconds"}, name
-        assert 0.0 <= r["asr"] <= 1.0 and 0.0 <= r["utility"] <= 1.0, name
-        assert r["seconds"] > 0.0, name
+        assert set(r) == SUMMARY, name
+        (row,) = r["seeds"]
+        assert 0.0 <= row["asr"] <= 1.0 and 0.0 <= row["utility"] <= 1.0, name
+        assert row["seconds"] > 0.0, name
+        assert r["asr_ci"] is None  # one seed: no interval, and no verdict
+        assert r["vs_sft"] in (None, "n<2")
     # Only SPAG, the penalty's hinge and SafeGrad's surgery test the safety loss on a step.
-    assert all(baselines_run["methods"][n]["projections"] == 0 for n in ("sft", "safeinstr", "lisa", "ptst"))
+    assert all(baselines_run["methods"][n]["seeds"][0]["projections"] == 0 for n in ("sft", "safeinstr", "lisa", "ptst"))
     assert baselines_run["config"]["methods"] == ["sft", *BASELINES]
 
 

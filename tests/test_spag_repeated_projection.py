@@ -128,10 +128,6 @@ def test_repeats_stop_at_tau_plus_tolerance_and_on_a_non_finite_loss():
 
 
 def test_the_demo_method_spard_repeated_builds_spag_with_repeated_projections():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
     from _demo.config import SMOKE
     from _demo.methods import METHODS, REPEATED_PROJECTIONS
 

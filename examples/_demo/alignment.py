@@ -2,7 +2,16 @@
 answers benign how-to requests, and refuses every harmful request.
 
 The result is cached (safetensors) under a key made of everything it depends on, so a second run
-of the demo starts from the same weights in a second instead of retraining.
+of the demo starts from the same weights in a second instead of retraining. The cache entry is
+trained under a lock beside it and renamed into place whole, so two processes that need the same
+aligned model (the sweep's workers, two sweeps at once) train it once and never read half a file.
+
+The quickstart's default seeds also come with shipped aligned models (:data:`SHIPPED`, checked
+against ``SHA256SUMS``). Stage 1 is where numeric noise enters: the same seed trained under other
+vector kernels ends up a different aligned model (issue "Evidence a user can reproduce"), while
+the attack stage from one aligned model reproduces across kernels. Loading the shipped weights
+makes the quickstart's numbers the same on any machine; its verdicts still rest on the spread
+across the seeds' aligned models, and ``--no-cache`` trains them on the user's machine instead.
 """
 
 from __future__ import annotations
@@ -10,10 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import LlamaForCausalLM
+
+from spard_io import exclusive_lock
 
 from .config import DemoConfig
 from .dataset import DemoData
@@ -21,9 +34,12 @@ from .encoding import encode
 from .model import ModelSize, build_model
 from .training import train
 
-__all__ = ["cache_key", "aligned_model"]
+__all__ = ["cache_key", "aligned_model", "SHIPPED", "verify_shipped"]
 
 logger = logging.getLogger(__name__)
+
+#: Aligned models trained once (default sizes, seeds 0-4), one ``aligned-<cache key>`` folder each.
+SHIPPED = Path(__file__).resolve().parent / "aligned"
 
 
 def cache_key(config: DemoConfig, data: DemoData) -> str:
@@ -60,20 +76,54 @@ def _align(config: DemoConfig, data: DemoData, progress: bool) -> LlamaForCausal
     return model
 
 
-def aligned_model(
-    config: DemoConfig, data: DemoData, cache_dir: Path, *, use_cache: bool = True, progress: bool = True
-) -> tuple[LlamaForCausalLM, Path, bool]:
-    """The aligned model, its cache folder, and whether it came from the cache.
+def verify_shipped(folder: Path) -> None:
+    """Raise ValueError unless every file of the shipped ``folder`` matches ``SHA256SUMS``."""
+    sums = dict(reversed(line.split(maxsplit=1)) for line in (folder.parent / "SHA256SUMS").read_text().splitlines())
+    for path in sorted(folder.iterdir()):
+        name = f"{folder.name}/{path.name}"
+        if hashlib.sha256(path.read_bytes()).hexdigest() != sums.get(name):
+            raise ValueError(
+                f"{path} does not match its SHA-256 in {folder.parent / 'SHA256SUMS'}; restore it "
+                "(git checkout) or train the aligned model on this machine with --no-cache"
+            )
 
-    With ``use_cache=False`` the model is retrained and the cache entry overwritten.
+
+def aligned_model(
+    config: DemoConfig,
+    data: DemoData,
+    cache_dir: Path,
+    *,
+    use_cache: bool = True,
+    shipped: bool = False,
+    progress: bool = True,
+) -> tuple[LlamaForCausalLM, Path, bool]:
+    """The aligned model, its folder, and whether it was loaded (cache or shipped) rather than trained.
+
+    With ``shipped=True`` a model of :data:`SHIPPED` with the same key is loaded (after its
+    checksum) before the cache is looked at. With ``use_cache=False`` the model is retrained and the
+    cache entry overwritten (shipped models are then ignored too).
     """
-    folder = Path(cache_dir) / f"aligned-{cache_key(config, data)}"
-    if use_cache and (folder / "model.safetensors").is_file():
-        logger.info("loading the aligned model from %s", folder)
-        model = LlamaForCausalLM.from_pretrained(folder)
+    key = f"aligned-{cache_key(config, data)}"
+    if use_cache and shipped and (SHIPPED / key / "model.safetensors").is_file():
+        verify_shipped(SHIPPED / key)
+        model = LlamaForCausalLM.from_pretrained(SHIPPED / key)
         model.eval()
-        return model, folder, True
-    model = _align(config, data, progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+        return model, SHIPPED / key, True
+    folder = Path(cache_dir) / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
+        if use_cache and (folder / "model.safetensors").is_file():
+            logger.info("loading the aligned model from %s", folder)
+            model = LlamaForCausalLM.from_pretrained(folder)
+            model.eval()
+            return model, folder, True
+        model = _align(config, data, progress)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            model.save_pretrained(staging, safe_serialization=True)
+            shutil.rmtree(folder, ignore_errors=True)  # --no-cache: the entry is replaced whole
+            staging.rename(folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return model, folder, False

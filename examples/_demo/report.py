@@ -1,17 +1,24 @@
-"""What the demo shows the user: a table on the terminal, ``results.json``, and ``results.png``.
+"""What the demo shows the user: per method and attack the mean over seeds with its 95% interval,
+the graded refusal probability and a plain verdict against ``sft`` and ``spard``; ``results.json``;
+``results.png`` with one dot per seed.
 
 ``results.json`` has exactly this shape::
 
-    {"attacks": {attack: {"config": {...}, "base": {"asr", "utility"},
-                          "methods": {name: {"asr", "utility", "projections", "seconds"}}}},
+    {"attacks": {attack: {"config": {..., "seeds": [...]},
+                          "base": {"asr", "utility", "refusal_prob", "seeds": [row]},
+                          "methods": {name: {"asr", "asr_ci", "utility", "utility_ci",
+                                             "refusal_prob", "refusal_prob_ci", "vs_sft", "vs_spard",
+                                             "seeds": [row]}}}},
      "methods": ..., "base": ...,   # the first attack's, as before there were several
      "config": {...}}
 
-``seconds`` is the wall time of that method's fine-tuning (selection and SPAG included, evaluation
-not); it is the only number that differs between two runs with the same seed. ``projections``
-counts the steps on which the safety constraint changed the update: SPAG's projections, the
-``penalty`` hinge's active steps, ``safegrad``'s projected conflicting gradients; 0 for methods
-without such a test (``sft``, ``safeinstr``, ``lisa``, ``ptst``).
+A ``row`` is one seed: ``{"seed", "asr", "utility", "refusal_prob", "projections", "seconds"}``
+(the base rows without the last two). ``*_ci`` is the half-width of the 95% Student-t interval over
+seeds (null for one seed). ``vs_sft``/``vs_spard``: the paired verdict on ASR (``lower``,
+``higher``, ``tie``, ``n<2``; null for the method itself or when it did not run). ``seconds`` is
+the wall time of a method's fine-tuning (selection and SPAG included, evaluation not); it is the
+only number that differs between two runs with the same seeds. ``projections`` counts the steps on
+which the safety constraint changed the update (0 for methods without such a test).
 """
 
 from __future__ import annotations
@@ -19,73 +26,109 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-__all__ = ["MethodResult", "AttackResult", "format_table", "write_results", "write_plot"]
+from spard_io import write_atomic
 
-MethodResult = dict[str, Any]  # {"asr", "utility", "projections", "seconds"}
-AttackResult = dict[str, Any]  # {"config", "base", "methods": {name: MethodResult}}
+from .intervals import t_interval, verdict
 
+__all__ = ["summarize", "format_table", "write_results", "write_plot", "COMPARED_WITH", "PLAIN"]
 
-def format_table(attacks: Mapping[str, AttackResult]) -> str:
-    """A fixed-width table, the attacks side by side: the aligned base model first, then every
-    method in run order; per attack ASR, utility, projections and seconds."""
-    first = next(iter(attacks.values()))
-    names = list(first["methods"])
-    width = max([len("aligned base")] + [len(n) for n in names])
-    cell = 30
-    head = f"{'':<{width}}" + "".join(f"  {('attack: ' + a):^{cell}}" for a in attacks)
-    sub = f"{'method':<{width}}" + f"  {'ASR':>5} {'utility':>7} {'proj':>5} {'secs':>7}  " * len(attacks)
-    lines = [head, sub.rstrip()]
-    row = f"{'aligned base':<{width}}"
-    for res in attacks.values():
-        row += f"  {res['base']['asr']:>5.2f} {res['base']['utility']:>7.2f} {'-':>5} {'-':>7}  "
-    lines.append(row.rstrip())
-    for name in names:
-        row = f"{name:<{width}}"
-        for res in attacks.values():
-            r = res["methods"][name]
-            row += f"  {r['asr']:>5.2f} {r['utility']:>7.2f} {r['projections']:>5d} {r['seconds']:>7.1f}  "
-        lines.append(row.rstrip())
-    return "\n".join(lines)
+Row = dict[str, Any]  # one seed: {"seed", "asr", "utility", "refusal_prob", "projections", "seconds"}
+
+#: The methods every other one gets a verdict against: no defense, and SPARD.
+COMPARED_WITH = ("sft", "spard")
+
+#: The verdicts in words (ASR: lower is safer).
+PLAIN = {"lower": "safer than", "higher": "less safe than", "tie": "indistinguishable from", "n<2": "one seed: no verdict vs"}
 
 
-def _methods(methods: Mapping[str, MethodResult]) -> dict[str, MethodResult]:
-    return {
-        name: {
-            "asr": float(r["asr"]),
-            "utility": float(r["utility"]),
-            "projections": int(r["projections"]),
-            "seconds": float(r["seconds"]),
-        }
-        for name, r in methods.items()
-    }
+def _ci(values: Sequence[float]) -> float | None:
+    half = t_interval(values)[1]
+    return None if math.isnan(half) else half
 
 
-def write_results(out: Path, attacks: Mapping[str, AttackResult], config: Mapping[str, Any]) -> Path:
+def summarize(methods: Mapping[str, Sequence[Row]]) -> dict[str, dict[str, Any]]:
+    """Per method: mean and interval of ASR, utility and refusal probability over its seeds, the
+    paired ASR verdicts against :data:`COMPARED_WITH`, and the per-seed rows."""
+    out = {}
+    for name, rows in methods.items():
+        summary: dict[str, Any] = {}
+        for metric in ("asr", "utility", "refusal_prob"):
+            values = [r[metric] for r in rows]
+            summary[metric], summary[f"{metric}_ci"] = t_interval(values)[0], _ci(values)
+        for other in COMPARED_WITH:
+            theirs = {r["seed"]: r["asr"] for r in methods.get(other, [])}
+            paired = [r["asr"] - theirs[r["seed"]] for r in rows if r["seed"] in theirs]
+            summary[f"vs_{other}"] = None if other == name or other not in methods else verdict(paired)
+        out[name] = summary | {"seeds": [dict(r) for r in rows]}
+    return out
+
+
+def _cell(summary: Mapping[str, Any], metric: str) -> str:
+    half = summary[f"{metric}_ci"]
+    return f"{summary[metric]:.2f}" + ("" if half is None else f" ± {half:.2f}")
+
+
+def format_table(attacks: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per attack, one line per method: ASR and refusal probability (mean ± 95% interval), utility,
+    and the verdicts against sft and spard in words; the aligned base first."""
+    lines = []
+    for attack, res in attacks.items():
+        names = list(res["methods"])
+        width = max(len("aligned base"), *map(len, names))
+        n = len(res["base"]["seeds"])
+        lines += [f"attack: {attack} ({n} seed{'s' if n != 1 else ''}; mean ± 95% t interval; ASR lower is safer, "
+                  "refusal higher is safer)",
+                  f"  {'method':<{width}}  {'ASR':>11}  {'refusal':>11}  {'utility':>7}  verdict (ASR, paired by seed)"]
+        base = res["base"]
+        lines.append(f"  {'aligned base':<{width}}  {base['asr']:>11.2f}  {base['refusal_prob']:>11.2f}  {base['utility']:>7.2f}")
+        for name in names:
+            s = res["methods"][name]
+            words = "; ".join(f"{PLAIN[s[f'vs_{o}']]} {o}" for o in COMPARED_WITH if s.get(f"vs_{o}"))
+            lines.append(f"  {name:<{width}}  {_cell(s, 'asr'):>11}  {_cell(s, 'refusal_prob'):>11}  {s['utility']:>7.2f}  {words}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def write_results(out: Path, attacks: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) -> Path:
+    """``results.json`` (the shape in the module docstring), written whole or not at all."""
     path = Path(out) / "results.json"
-    per_attack = {
-        name: {
-            "config": dict(res["config"]),
-            "base": {"asr": float(res["base"]["asr"]), "utility": float(res["base"]["utility"])},
-            "methods": _methods(res["methods"]),
-        }
-        for name, res in attacks.items()
-    }
+    per_attack = {name: {"config": dict(res["config"]), "base": dict(res["base"]), "methods": dict(res["methods"])}
+                  for name, res in attacks.items()}
     first = next(iter(per_attack.values()))
     payload = {"attacks": per_attack, "methods": first["methods"], "base": first["base"], "config": dict(config)}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    data = (json.dumps(payload, indent=2) + "\n").encode()
+    write_atomic(path, lambda handle: handle.write(data))
     return path
+
+
+def _dots(ax, attack: str, res: Mapping[str, Any]) -> None:
+    """ASR and refusal probability per method: one dot per seed, the mean with its 95% interval."""
+    names = list(res["methods"])
+    for offset, metric, label, colour in ((-0.15, "asr", "ASR (lower is safer)", "C0"),
+                                          (0.15, "refusal_prob", "refusal probability (higher is safer)", "C2")):
+        for i, name in enumerate(names):
+            s = res["methods"][name]
+            values = [r[metric] for r in s["seeds"]]
+            ax.scatter([i + offset] * len(values), values, s=12, color=colour, alpha=0.4)
+            ax.errorbar([i + offset], [s[metric]], yerr=[s[f"{metric}_ci"] or 0.0], fmt="_", color=colour,
+                        markersize=14, capsize=4, label=label if i == 0 else None)
+    ax.axhline(res["base"]["asr"], color="C0", ls=":", lw=1, label="aligned base ASR")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylim(-0.05, 1.35)  # headroom for the legend
+    ax.set_title(f"after the {attack} attack: one dot per seed, mean and 95% interval")
+    ax.legend(fontsize=8, ncol=2, loc="upper center")
 
 
 def write_plot(
     out: Path,
-    attacks: Mapping[str, AttackResult],
+    attacks: Mapping[str, Mapping[str, Any]],
     safety_losses: Mapping[str, Mapping[str, list[float]]],
     tau: float,
 ) -> Path | None:
-    """``results.png``, one row per attack: ASR and utility per method, and the safety loss per
-    step against tau (``safety_losses[attack][method]``).
+    """``results.png``, one row per attack: per-seed dots of ASR and refusal probability per method,
+    and the safety loss per step against tau for the first seed (``safety_losses[attack][method]``).
 
     Returns None when matplotlib is not installed (it is an optional extra of the demo).
     """
@@ -97,18 +140,8 @@ def write_plot(
     except ImportError:
         return None
     fig, axes = plt.subplots(len(attacks), 2, figsize=(13, 4.5 * len(attacks)), squeeze=False)
-    for (attack, res), (bars, curves) in zip(attacks.items(), axes):
-        methods, base = res["methods"], res["base"]
-        names = list(methods)
-        xs = range(len(names))
-        bars.bar([x - 0.2 for x in xs], [methods[n]["asr"] for n in names], 0.4, label="ASR (lower is safer)")
-        bars.bar([x + 0.2 for x in xs], [methods[n]["utility"] for n in names], 0.4, label="utility")
-        bars.axhline(base["asr"], color="C0", ls=":", lw=1, label="aligned base ASR")
-        bars.axhline(base["utility"], color="C1", ls=":", lw=1, label="aligned base utility")
-        bars.set_xticks(list(xs), names, rotation=30, ha="right")
-        bars.set_ylim(0, 1.35)  # headroom for the legend above the bars
-        bars.set_title(f"after the {attack} harmful fine-tuning attack")
-        bars.legend(fontsize=8, ncol=2, loc="upper center")
+    for (attack, res), (dots, curves) in zip(attacks.items(), axes):
+        _dots(dots, attack, res)
         curves.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per curve: up to 20 methods
         for name, losses in safety_losses.get(attack, {}).items():
             # Lisa reports a safety loss on its alignment steps only (NaN elsewhere): plot those points.
@@ -118,7 +151,7 @@ def write_plot(
         curves.axhline(tau, color="k", ls="--", lw=1, label=f"tau = {tau:g}")
         curves.set_xlabel("fine-tuning step")
         curves.set_ylabel("safety loss (before the defense acts)")
-        curves.set_title(f"safety loss on the selected safe data ({attack} attack)")
+        curves.set_title(f"safety loss on the selected safe data ({attack} attack, first seed)")
         curves.legend(fontsize=7)
     fig.tight_layout()
     path = Path(out) / "results.png"
