@@ -47,9 +47,10 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -72,8 +73,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from defense_sweep_report import load_state, write_report  # noqa: E402
 
 __all__ = [
-    "cell_key", "run_cell", "sweep", "probe_environment", "main",
+    "cell_key",
+    "run_cell",
+    "sweep",
+    "probe_environment",
+    "main",
 ]
+
 
 def _config(attack: str, seed: int, smoke: bool) -> DemoConfig:
     return with_attack(replace(SMOKE if smoke else DemoConfig(), seed=seed), attack)
@@ -104,13 +110,17 @@ def cell_key(method: str, attack: str, seed: int, environment: str, smoke: bool 
 def _config_hash(method: str, attack: str, seed: int, smoke: bool) -> str:
     config = _config(attack, seed, smoke)
     payload = json.dumps(
-        {"config": config.to_dict(), "aligned": _aligned_key(attack, seed, smoke), "method": _method_spec(METHODS[method])},
+        {
+            "config": config.to_dict(),
+            "aligned": _aligned_key(attack, seed, smoke),
+            "method": _method_spec(METHODS[method]),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _aligned_key(attack: str, seed: int, smoke: bool) -> str:
     """The aligned model's cache key (builds the data once per attack and seed)."""
     config = _config(attack, seed, smoke)
@@ -140,10 +150,14 @@ def probe_environment(label: str, threads: int) -> dict[str, Any]:
     )
     with _kernels(label):
         done = subprocess.run(
-            [sys.executable, "-c", code, str(ROOT / "examples"), str(threads)], capture_output=True, text=True
+            [sys.executable, "-c", code, str(ROOT / "examples"), str(threads)],
+            capture_output=True,
+            text=True,
         )
     if done.returncode != 0:
-        raise ValueError(f"environment {label!r} does not start: {done.stderr.strip().splitlines()[-1:]}")
+        raise ValueError(
+            f"environment {label!r} does not start: {done.stderr.strip().splitlines()[-1:]}"
+        )
     environment = json.loads(done.stdout)
     if label != "native" and environment["capability"].lower() != label.lower():
         raise ValueError(
@@ -151,6 +165,7 @@ def probe_environment(label: str, threads: int) -> dict[str, Any]:
             "use a kernel this CPU has (e.g. avx2), or native"
         )
     return environment
+
 
 # Per worker process: (attack, seed, smoke) -> data, aligned model, base metrics and the safe-data selector.
 _CONTEXTS: dict[tuple[str, int, bool], dict[str, Any]] = {}
@@ -165,13 +180,27 @@ def _context(attack: str, seed: int, smoke: bool, cache_dir: Path) -> dict[str, 
         tok = data.tokenizer
         base = evaluation.evaluate(aligned, tok, data.heldout_harmful, data.heldout_problems)
         selector = SafeSelector(
-            aligned, tok, data.safe_pool, data.finetune, ratio=config.safe_ratio, beta=config.beta, seed=seed
+            aligned,
+            tok,
+            data.safe_pool,
+            data.finetune,
+            ratio=config.safe_ratio,
+            beta=config.beta,
+            seed=seed,
         )
-        _CONTEXTS[key] = {"config": config, "data": data, "aligned": aligned, "base": base, "selector": selector}
+        _CONTEXTS[key] = {
+            "config": config,
+            "data": data,
+            "aligned": aligned,
+            "base": base,
+            "selector": selector,
+        }
     return _CONTEXTS[key]
 
 
-def run_cell(method: str, attack: str, seed: int, *, smoke: bool = False, cache_dir: Path) -> dict[str, Any]:
+def run_cell(
+    method: str, attack: str, seed: int, *, smoke: bool = False, cache_dir: Path
+) -> dict[str, Any]:
     """One cell of the grid: the demo's stage 2 for one method, attack and seed, evaluated in this
     process's environment, with what a re-run needs (config, method, environment, verdicts)."""
     started = time.perf_counter()
@@ -179,8 +208,12 @@ def run_cell(method: str, attack: str, seed: int, *, smoke: bool = False, cache_
     config, data, m = ctx["config"], ctx["data"], METHODS[method]
     tok = data.tokenizer
     safe = ctx["selector"].select(m.selection) if m.selection is not None else None
-    outcome = run_attack(ctx["aligned"], tok, data.finetune, m, safe, config, desc=method, progress=False)
-    scores = evaluation.evaluate(outcome.model, tok, data.heldout_harmful, data.heldout_problems, m.eval_prompt)
+    outcome = run_attack(
+        ctx["aligned"], tok, data.finetune, m, safe, config, desc=method, progress=False
+    )
+    scores = evaluation.evaluate(
+        outcome.model, tok, data.heldout_harmful, data.heldout_problems, m.eval_prompt
+    )
     return {
         "method": method,
         "attack": attack,
@@ -220,6 +253,7 @@ def _merge(path: Path, cells: dict[str, dict[str, Any]], run: dict[str, Any]) ->
         write_atomic(path, lambda handle: handle.write(payload))
     return state
 
+
 def _todo(methods, attacks, seeds, environments, smoke, cache_dir, cells) -> dict[str, list[tuple]]:
     """Per environment label, the missing cells as ``_work`` arguments, seed-major."""
     todo: dict[str, list[tuple]] = {}
@@ -258,11 +292,20 @@ def sweep(
     todo = _todo(methods, attacks, seeds, envs, smoke, cache_dir, state["cells"])
     total = len(methods) * len(attacks) * len(seeds) * len(envs)
     remaining = sum(map(len, todo.values()))
-    _progress(progress, f"{total - remaining}/{total} cells already done, {remaining} to run ({', '.join(envs.values())})")
+    _progress(
+        progress,
+        f"{total - remaining}/{total} cells already done, {remaining} to run ({', '.join(envs.values())})",
+    )
     if not remaining:
         return state
     started = time.perf_counter()
-    run = {"id": uuid.uuid4().hex, "cells": 0, "wall_seconds": 0.0, "workers": workers, "environments": list(envs.values())}
+    run = {
+        "id": uuid.uuid4().hex,
+        "cells": 0,
+        "wall_seconds": 0.0,
+        "workers": workers,
+        "environments": list(envs.values()),
+    }
     results: queue.Queue = queue.Queue()
     per_env = max(1, workers // len(envs))
     # Spawned workers start clean (their own kernels, one torch thread, their own per-seed context).
@@ -272,7 +315,9 @@ def sweep(
             if not tasks:
                 continue
             with _kernels(label):  # the workers inherit the setting when they start, here
-                pool = stack.enter_context(context.Pool(min(per_env, len(tasks)), _init_worker, (threads,)))
+                pool = stack.enter_context(
+                    context.Pool(min(per_env, len(tasks)), _init_worker, (threads,))
+                )
             for task in tasks:
                 pool.apply_async(_work, (task,), callback=results.put, error_callback=results.put)
         for i in range(1, remaining + 1):
@@ -299,21 +344,41 @@ def _progress(enabled: bool, line: str) -> None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default="all", help="'all' or a comma-separated subset of: " + ", ".join(METHODS))
-    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated presets: " + ", ".join(ATTACKS))
+    parser.add_argument(
+        "--methods",
+        default="all",
+        help="'all' or a comma-separated subset of: " + ", ".join(METHODS),
+    )
+    parser.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        help="comma-separated presets: " + ", ".join(ATTACKS),
+    )
     parser.add_argument("--seeds", default="0-4", help="e.g. '0-4' or '0,1,5'")
     parser.add_argument(
-        "--environments", default="native",
+        "--environments",
+        default="native",
         help="comma-separated kernel settings: 'native' (ATEN_CPU_CAPABILITY unset) and/or e.g. 'avx2'",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--cache-dir", type=Path, default=Path("spard_demo") / "cache", help="aligned-model cache")
-    parser.add_argument("--workers", type=int, default=1, help="processes running cells in parallel (all environments)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path("spard_demo") / "cache", help="aligned-model cache"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running cells in parallel (all environments)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for tests: seconds, not results")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes for tests: seconds, not results"
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
-        "--report-name", default="defense_sweep", help="file stem of the Markdown table and plot (the JSON is shared)"
+        "--report-name",
+        default="defense_sweep",
+        help="file stem of the Markdown table and plot (the JSON is shared)",
     )
     return parser.parse_args(argv)
 
@@ -327,14 +392,24 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [a for a in attacks if a not in ATTACKS]
         if unknown or not attacks:
             raise ValueError(f"unknown or no attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
-        environments = list(dict.fromkeys(e.strip().lower() for e in args.environments.split(",") if e.strip()))
+        environments = list(
+            dict.fromkeys(e.strip().lower() for e in args.environments.split(",") if e.strip())
+        )
         if not environments:
             raise ValueError("--environments is empty; write e.g. 'native' or 'native,avx2'")
         if args.workers < 1 or args.threads < 1:
             raise ValueError("--workers and --threads must be at least 1")
         sweep(
-            methods, attacks, seeds, out=args.out, cache_dir=args.cache_dir, environments=environments,
-            smoke=args.smoke, workers=args.workers, threads=args.threads, progress=not args.no_progress,
+            methods,
+            attacks,
+            seeds,
+            out=args.out,
+            cache_dir=args.cache_dir,
+            environments=environments,
+            smoke=args.smoke,
+            workers=args.workers,
+            threads=args.threads,
+            progress=not args.no_progress,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -22,13 +22,22 @@ import json
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from _demo.intervals import t_interval, verdict  # noqa: E402
 
-__all__ = ["load_state", "write_markdown", "write_plot", "write_report", "REFERENCE", "BASELINE", "main"]
+__all__ = [
+    "load_state",
+    "write_markdown",
+    "write_plot",
+    "write_report",
+    "REFERENCE",
+    "BASELINE",
+    "main",
+]
 
 #: The method every other one is compared with, paired by seed, and the undefended baseline.
 REFERENCE = "spard"
@@ -51,7 +60,11 @@ def _bad_cell(key: str, cell: Any) -> str | None:
     if missing:
         return f"cell {key!r} lacks {missing}"
     for name, value in (("asr", cell["asr"]), ("utility", cell["utility"])):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0.0 <= value <= 1.0
+        ):
             return f"cell {key!r} has {name} {value!r}, not a number in [0, 1]"
     return None
 
@@ -104,9 +117,15 @@ def _values(by_seed: Mapping[int, Mapping[str, Any]], metric: str) -> list[float
     return [c[metric] for _, c in sorted(by_seed.items()) if metric in c]
 
 
-def _paired(a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]], metric: str) -> list[float]:
+def _paired(
+    a: Mapping[int, Mapping[str, Any]], b: Mapping[int, Mapping[str, Any]], metric: str
+) -> list[float]:
     """a - b per seed present in both (with the metric)."""
-    return [a[s][metric] - b[s][metric] for s in sorted(set(a) & set(b)) if metric in a[s] and metric in b[s]]
+    return [
+        a[s][metric] - b[s][metric]
+        for s in sorted(set(a) & set(b))
+        if metric in a[s] and metric in b[s]
+    ]
 
 
 def _order(cells: Cells, key: str, preferred: Sequence[str] = ()) -> list[str]:
@@ -139,31 +158,49 @@ def _side_by_side(index, methods: Sequence[str], attack: str, envs: Sequence[str
     """Per method: each environment's ASR, refusal probability and utility, the paired difference
     between the first two environments, and each environment's verdict against sft and spard."""
     a, b = envs[0], envs[-1]
-    head = ["method"] + [f"{e} {name}" for _, name in (*METRICS, ("utility", "utility")) for e in envs]
-    head += [f"ΔASR {b}−{a}", f"Δrefusal {b}−{a}", f"vs {BASELINE} ({'/'.join(envs)})", f"vs {REFERENCE} ({'/'.join(envs)})", "agree"]
+    head = ["method"] + [
+        f"{e} {name}" for _, name in (*METRICS, ("utility", "utility")) for e in envs
+    ]
+    head += [
+        f"ΔASR {b}−{a}",
+        f"Δrefusal {b}−{a}",
+        f"vs {BASELINE} ({'/'.join(envs)})",
+        f"vs {REFERENCE} ({'/'.join(envs)})",
+        "agree",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for m in methods:
         row = [f"`{m}`"]
         for metric in ("asr", "refusal_prob", "utility"):
             row += [_fmt(_values(index.get((e, m, attack), {}), metric)) for e in envs]
         for metric in ("asr", "refusal_prob"):
-            row.append(_fmt(_paired(index.get((b, m, attack), {}), index.get((a, m, attack), {}), metric)))
+            row.append(
+                _fmt(_paired(index.get((b, m, attack), {}), index.get((a, m, attack), {}), metric))
+            )
         verdicts = []
         for other in (BASELINE, REFERENCE):
             per_env = [
-                "-" if m == other else verdict(_paired(index.get((e, m, attack), {}), index.get((e, other, attack), {}), "asr"))
+                "-"
+                if m == other
+                else verdict(
+                    _paired(index.get((e, m, attack), {}), index.get((e, other, attack), {}), "asr")
+                )
                 for e in envs
             ]
             verdicts.append(per_env)
             row.append("/".join(per_env))
         flat = [v for per_env in verdicts for v in per_env if v != "-"]
         pending = any(v == "n<2" for v in flat)
-        row.append("pending" if pending else ("yes" if all(p[0] == p[-1] for p in verdicts) else "**no**"))
+        row.append(
+            "pending" if pending else ("yes" if all(p[0] == p[-1] for p in verdicts) else "**no**")
+        )
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
-def _worst_case(index, methods: Sequence[str], attacks: Sequence[str], env: str) -> dict[str, tuple[list[float], int]]:
+def _worst_case(
+    index, methods: Sequence[str], attacks: Sequence[str], env: str
+) -> dict[str, tuple[list[float], int]]:
     """Per method: the per-seed worst ASR over the attacks whose utility is within UTILITY_BOUND of
     sft's (same seed and attack), over the seeds that have every attack for the method and sft;
     and how many of those seeds had no such attack (left out)."""
@@ -174,7 +211,11 @@ def _worst_case(index, methods: Sequence[str], attacks: Sequence[str], env: str)
         complete = set.intersection(*(set(c) for c in cells + refs)) if attacks else set()
         worst, skipped = [], 0
         for s in sorted(complete):
-            eligible = [c[s]["asr"] for c, r in zip(cells, refs) if c[s]["utility"] >= (1 - UTILITY_BOUND) * r[s]["utility"]]
+            eligible = [
+                c[s]["asr"]
+                for c, r in zip(cells, refs)
+                if c[s]["utility"] >= (1 - UTILITY_BOUND) * r[s]["utility"]
+            ]
             if eligible:
                 worst.append(max(eligible))
             else:
@@ -203,14 +244,22 @@ def _legacy_table(index, methods: Sequence[str], attacks: Sequence[str]) -> list
     for m in methods:
         cells = [index.get((LEGACY, m, a), {}) for a in attacks]
         if any(cells):
-            lines.append("| " + " | ".join([f"`{m}`"] + [_fmt(_values(c, k)) for c in cells for k in ("asr", "utility")]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [f"`{m}`"] + [_fmt(_values(c, k)) for c in cells for k in ("asr", "utility")]
+                )
+                + " |"
+            )
     return lines
 
 
 def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] = ()) -> Path:
     """``defense_sweep.md`` from whatever ``cells`` exist (see the module docstring)."""
     current = [c for c in cells if _label(c) != LEGACY]
-    methods = _order(current, "method", (BASELINE, REFERENCE))  # the comparisons' rows: no legacy-only method
+    methods = _order(
+        current, "method", (BASELINE, REFERENCE)
+    )  # the comparisons' rows: no legacy-only method
     attacks = _order(cells, "attack", ("standard", "strong", "heavy"))
     index = _index(cells)
     envs = sorted({_label(c) for c in cells} - {LEGACY}, key=lambda e: (e != "native", e))
@@ -227,26 +276,63 @@ def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] =
         "Environments:",
         *_environments(cells),
         "",
-        "Runs: " + ("; ".join(f"{r['cells']} cells in {r['wall_seconds'] / 60:.1f} min ({r['workers']} workers)" for r in runs) or "-") + ".",
+        "Runs: "
+        + (
+            "; ".join(
+                f"{r['cells']} cells in {r['wall_seconds'] / 60:.1f} min ({r['workers']} workers)"
+                for r in runs
+            )
+            or "-"
+        )
+        + ".",
     ]
     if envs:
         for attack in attacks:
-            lines += ["", f"## {attack} attack: environments side by side", "", *_side_by_side(index, methods, attack, envs)]
-        lines += ["", f"## Worst case over the attack presets (ASR; utility within {UTILITY_BOUND:.0%} of `{BASELINE}`'s)", "",
-                  "Per seed the highest ASR over the presets that keep utility within the bound, then the "
-                  "interval over seeds that have every preset; `left out`: seeds where no preset kept utility.", "",
-                  "| method | " + " | ".join(f"{e} worst ASR | {e} left out" for e in envs) + " |",
-                  "|" + " --- |" * (1 + 2 * len(envs))]
+            lines += [
+                "",
+                f"## {attack} attack: environments side by side",
+                "",
+                *_side_by_side(index, methods, attack, envs),
+            ]
+        lines += [
+            "",
+            f"## Worst case over the attack presets (ASR; utility within {UTILITY_BOUND:.0%} of `{BASELINE}`'s)",
+            "",
+            "Per seed the highest ASR over the presets that keep utility within the bound, then the "
+            "interval over seeds that have every preset; `left out`: seeds where no preset kept utility.",
+            "",
+            "| method | " + " | ".join(f"{e} worst ASR | {e} left out" for e in envs) + " |",
+            "|" + " --- |" * (1 + 2 * len(envs)),
+        ]
         worst = {e: _worst_case(index, methods, attacks, e) for e in envs}
         for m in methods:
-            lines.append("| " + " | ".join([f"`{m}`"] + [x for e in envs for x in (_fmt(worst[e][m][0]), str(worst[e][m][1]))]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [f"`{m}`"]
+                    + [x for e in envs for x in (_fmt(worst[e][m][0]), str(worst[e][m][1]))]
+                )
+                + " |"
+            )
         for e in envs:
-            lines += ["", f"## `{REFERENCE}` minus each method, paired by seed ({e})", "",
-                      f"ASR: negative means `{REFERENCE}` is safer; refusal: positive means `{REFERENCE}` is safer.", "",
-                      *_versus_reference(index, methods, attacks, e)]
+            lines += [
+                "",
+                f"## `{REFERENCE}` minus each method, paired by seed ({e})",
+                "",
+                f"ASR: negative means `{REFERENCE}` is safer; refusal: positive means `{REFERENCE}` is safer.",
+                "",
+                *_versus_reference(index, methods, attacks, e),
+            ]
     if any(_label(c) == LEGACY for c in cells):
-        legacy_methods = _order([c for c in cells if _label(c) == LEGACY], "method", (BASELINE, REFERENCE))
-        lines += ["", "## Legacy cells (environment not recorded; not compared)", "", *_legacy_table(index, legacy_methods, attacks)]
+        legacy_methods = _order(
+            [c for c in cells if _label(c) == LEGACY], "method", (BASELINE, REFERENCE)
+        )
+        lines += [
+            "",
+            "## Legacy cells (environment not recorded; not compared)",
+            "",
+            *_legacy_table(index, legacy_methods, attacks),
+        ]
     lines.append("")
     path.write_text("\n".join(lines))
     return path
@@ -279,8 +365,15 @@ def write_plot(path: Path, cells: Cells) -> Path | None:
                     continue
                 x = i - 0.4 + width * (j + 0.5)
                 mean, half = t_interval(values)
-                ax.errorbar([x], [mean], yerr=[0.0 if math.isnan(half) else half], fmt="o", color=f"C{j}", capsize=3,
-                            label=env if i == 0 else None)
+                ax.errorbar(
+                    [x],
+                    [mean],
+                    yerr=[0.0 if math.isnan(half) else half],
+                    fmt="o",
+                    color=f"C{j}",
+                    capsize=3,
+                    label=env if i == 0 else None,
+                )
                 ax.scatter([x] * len(values), values, s=6, color=f"C{j}", alpha=0.35)
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(-0.05, 1.1)
@@ -306,7 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     default = Path(__file__).resolve().parent / "results"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=default / "defense_sweep.json")
-    parser.add_argument("--stem", type=Path, default=default / "defense_sweep", help="path of the .md/.png, no suffix")
+    parser.add_argument(
+        "--stem",
+        type=Path,
+        default=default / "defense_sweep",
+        help="path of the .md/.png, no suffix",
+    )
     args = parser.parse_args(argv)
     try:
         load_state(args.results)

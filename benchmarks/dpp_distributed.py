@@ -43,13 +43,19 @@ def _time_pass(x: np.ndarray, repeats: int = 9) -> list[float]:
     return times
 
 
-def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: str, exit_: str,
-                       out: str) -> None:
+def distributed_worker(
+    rank: int, world: int, rows: int, d: int, k: int, init: str, exit_: str, out: str
+) -> None:
     """One rank of the weak-scaling run: ``rows`` rows of its own, k sharded picks, then the
     per-pick collectives alone (the same three, timed in a loop), and a float32 pass."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=600))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=600),
+    )
     x = _gaussian(rows, d, seed=100 + rank)
     quality = np.random.default_rng(rank).uniform(0.5, 1.0, rows)
     group = dist.group.WORLD
@@ -70,8 +76,17 @@ def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: s
     passes = _time_pass(x)
     if rank == 0:
         with open(out, "w", encoding="utf-8") as handle:
-            json.dump({"time": elapsed, "cpu": cpu, "picks": int(res.indices.size), "comm": comm,
-                       "pass": float(np.median(passes)), "rescored": res.rescored}, handle)
+            json.dump(
+                {
+                    "time": elapsed,
+                    "cpu": cpu,
+                    "picks": int(res.indices.size),
+                    "comm": comm,
+                    "pass": float(np.median(passes)),
+                    "rescored": res.rescored,
+                },
+                handle,
+            )
     # Leave without gloo teardown: see tests/helpers/gloo_workers.py.
     store = dist.FileStore(exit_, world)
     store.set(f"done{rank}", "1")
@@ -83,6 +98,7 @@ def distributed_worker(rank: int, world: int, rows: int, d: int, k: int, init: s
 def bookkeeping_cell(rows: int, d: int, k: int) -> float:
     """Seconds per pick of ``kernel.run_full_pass`` without its pass (``X @ a`` replaced by zeros): the
     O(N) float64 work on the host that each pick adds to the pass."""
+
     class ZeroPass(NumpyPass):
         def project(self, a: np.ndarray, out: np.ndarray) -> None:
             out[:] = 0.0
@@ -101,9 +117,12 @@ def bookkeeping_cell(rows: int, d: int, k: int) -> float:
 def distributed_cell(world: int, rows: int, d: int, k: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        tmp_mp.spawn(distributed_worker, nprocs=world, join=True,
-                     args=(world, rows, d, k, os.path.join(tmp, "init"),
-                           os.path.join(tmp, "exit"), out))
+        tmp_mp.spawn(
+            distributed_worker,
+            nprocs=world,
+            join=True,
+            args=(world, rows, d, k, os.path.join(tmp, "init"), os.path.join(tmp, "exit"), out),
+        )
         with open(out, encoding="utf-8") as handle:
             return {"world": world, **json.load(handle)}
 
@@ -151,36 +170,46 @@ def section(quick: bool, in_child) -> list[str]:
     """The section's lines; ``in_child`` runs a cell in a fresh process."""
     rows, d, k = (20_000, 256, 50) if quick else (100_000, 256, 100)
     cells = [distributed_cell(world, rows, d, k) for world in (1, 2, 3)]
-    lines = ["## Distributed (gloo on CPU, weak scaling)", "",
-             "Kept in its own file: `python benchmarks/dpp_scaling.py --sections distributed "
-             "--out benchmarks/results/dpp_distributed.md`.", "",
-             f"{rows:,} rows per rank, d = {d}, k = {k}, float32, beta 4, jitter 1e-6, "
-             "`process_group=` on every run (R = 1 included), one thread per rank. Time per "
-             "pick = selection time / k; collectives = the three per-pick collectives timed "
-             "alone (200 rounds); CPU = rank 0's process time (compute, whatever the load; "
-             "gloo waits block); pass = median of one float32 `X @ v` over rank 0's rows, "
-             "timed right after the selection while the other ranks time theirs (the same "
-             "contention), so pick / pass is the overhead of the sharded pick over the pass "
-             "it cannot avoid. This machine has 2 cores shared with other jobs, and R = 3 ranks "
-             "share 2 cores: absolute times measure the load, the ratio is the figure to read.",
-             "",
-             "| ranks | N | time per pick (ms) | rank 0 CPU per pick (ms) | pass (ms) | "
-             "pick / pass | collectives per pick (ms) | bytes per pick | re-scored |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Distributed (gloo on CPU, weak scaling)",
+        "",
+        "Kept in its own file: `python benchmarks/dpp_scaling.py --sections distributed "
+        "--out benchmarks/results/dpp_distributed.md`.",
+        "",
+        f"{rows:,} rows per rank, d = {d}, k = {k}, float32, beta 4, jitter 1e-6, "
+        "`process_group=` on every run (R = 1 included), one thread per rank. Time per "
+        "pick = selection time / k; collectives = the three per-pick collectives timed "
+        "alone (200 rounds); CPU = rank 0's process time (compute, whatever the load; "
+        "gloo waits block); pass = median of one float32 `X @ v` over rank 0's rows, "
+        "timed right after the selection while the other ranks time theirs (the same "
+        "contention), so pick / pass is the overhead of the sharded pick over the pass "
+        "it cannot avoid. This machine has 2 cores shared with other jobs, and R = 3 ranks "
+        "share 2 cores: absolute times measure the load, the ratio is the figure to read.",
+        "",
+        "| ranks | N | time per pick (ms) | rank 0 CPU per pick (ms) | pass (ms) | "
+        "pick / pass | collectives per pick (ms) | bytes per pick | re-scored |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in cells:
-        lines.append(f"| {r['world']} | {r['world'] * rows:,} | {r['time'] / k * 1e3:.2f} | "
-                     f"{r['cpu'] / k * 1e3:.2f} | "
-                     f"{r['pass'] * 1e3:.2f} | {r['time'] / k / r['pass']:.2f} | "
-                     f"{r['comm'] * 1e3:.3f} | "
-                     f"{_pick_bytes(r['world'], d):,} | {r['rescored']} |")
+        lines.append(
+            f"| {r['world']} | {r['world'] * rows:,} | {r['time'] / k * 1e3:.2f} | "
+            f"{r['cpu'] / k * 1e3:.2f} | "
+            f"{r['pass'] * 1e3:.2f} | {r['time'] / k / r['pass']:.2f} | "
+            f"{r['comm'] * 1e3:.3f} | "
+            f"{_pick_bytes(r['world'], d):,} | {r['rescored']} |"
+        )
         print(lines[-1], flush=True)
     book_rows = 200_000 if quick else 1_000_000
     ns_per_row = in_child(bookkeeping_cell, book_rows, 64, 20) / book_rows * 1e9
-    lines += ["", f"Bytes per pick: 8 (all-reduce of the best lower bound) + 8 R (all-gather of "
-              f"the ranks' best gains) + 8 (d + 1) (broadcast of the chosen row) = "
-              f"{_pick_bytes(8, 4096):,} for R = 8, d = 4096, whatever N. Host bookkeeping per "
-              f"row and pick (the float64 gain and error-bound updates, timed on {book_rows:,} "
-              f"rows with the pass replaced by a zero vector, CPU time, best of 3 runs of 20 "
-              f"picks): "
-              f"{ns_per_row:.1f} ns.", ""]
+    lines += [
+        "",
+        f"Bytes per pick: 8 (all-reduce of the best lower bound) + 8 R (all-gather of "
+        f"the ranks' best gains) + 8 (d + 1) (broadcast of the chosen row) = "
+        f"{_pick_bytes(8, 4096):,} for R = 8, d = 4096, whatever N. Host bookkeeping per "
+        f"row and pick (the float64 gain and error-bound updates, timed on {book_rows:,} "
+        f"rows with the pass replaced by a zero vector, CPU time, best of 3 runs of 20 "
+        f"picks): "
+        f"{ns_per_row:.1f} ns.",
+        "",
+    ]
     return lines + _projection(ns_per_row)

@@ -47,8 +47,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from spard_io import write_atomic  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                       "dpp_host_work.md")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "dpp_host_work.md")
 
 
 def pools(small: int, large: int, d: int, seed: int = 0) -> dict[int, tuple]:
@@ -64,8 +63,9 @@ def host_seconds(emb: torch.Tensor, q: np.ndarray, k: int) -> tuple[float, int, 
     Python function, which excludes the C calls: tensor operations, NumPy), the number of C
     calls, and the picks."""
     profiler = cProfile.Profile()
-    res = profiler.runcall(greedy_dpp_result, emb, k, quality=q, beta=1.0, jitter=1e-9,
-                           backend="torch")
+    res = profiler.runcall(
+        greedy_dpp_result, emb, k, quality=q, beta=1.0, jitter=1e-9, backend="torch"
+    )
     stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tottime, ...)
     python = sum(v[2] for key, v in stats.items() if key[0] != "~")
     c_calls = sum(v[1] for key, v in stats.items() if key[0] == "~")
@@ -101,34 +101,49 @@ def per_pick(emb: torch.Tensor, q: np.ndarray, k: int, repeats: int = 5) -> dict
         full, one = host_seconds(emb, q, k), host_seconds(emb, q, 1)
         diffs.append((full[0] - one[0]) / (k - 1))
         ops.append((full[1] - one[1]) / (k - 1))
-    return {"host_per_pick": float(np.median(diffs)), "ops_per_pick": float(np.median(ops)),
-            "opcodes_per_pick": (opcodes(emb, q, k) - opcodes(emb, q, 1)) / (k - 1),
-            "picks": full[2]}
+    return {
+        "host_per_pick": float(np.median(diffs)),
+        "ops_per_pick": float(np.median(ops)),
+        "opcodes_per_pick": (opcodes(emb, q, k) - opcodes(emb, q, 1)) / (k - 1),
+        "picks": full[2],
+    }
 
 
 def measure(small: int, large: int, d: int, k: int) -> dict:
     """Both sizes, their picks checked equal; the ratio large / small of host time per pick."""
     cells = {n: per_pick(emb, q, k) for n, (emb, q) in pools(small, large, d).items()}
     if not np.array_equal(cells[small]["picks"], cells[large]["picks"]):
-        raise RuntimeError("the two pools selected different items; the non-contending rows "
-                           "contended (raise d or lower their weight)")
+        raise RuntimeError(
+            "the two pools selected different items; the non-contending rows "
+            "contended (raise d or lower their weight)"
+        )
     few, many = cells[small], cells[large]
-    return {"small": small, "large": large, "d": d, "k": k,
-            "host_small": few["host_per_pick"], "host_large": many["host_per_pick"],
-            "ops_small": few["ops_per_pick"], "ops_large": many["ops_per_pick"],
-            "opcodes_small": few["opcodes_per_pick"], "opcodes_large": many["opcodes_per_pick"],
-            "ratio": many["host_per_pick"] / few["host_per_pick"]}
+    return {
+        "small": small,
+        "large": large,
+        "d": d,
+        "k": k,
+        "host_small": few["host_per_pick"],
+        "host_large": many["host_per_pick"],
+        "ops_small": few["ops_per_pick"],
+        "ops_large": many["ops_per_pick"],
+        "opcodes_small": few["opcodes_per_pick"],
+        "opcodes_large": many["opcodes_per_pick"],
+        "ratio": many["host_per_pick"] / few["host_per_pick"],
+    }
 
 
 def markdown(r: dict) -> list[str]:
     verdict = "within" if r["ratio"] <= 1.2 else "NOT within"
     return [
         "| N | Python time per pick | Python opcodes per pick | C calls (tensor operations "
-        "included) per pick |", "|---|---|---|---|",
+        "included) per pick |",
+        "|---|---|---|---|",
         f"| {r['small']:,} | {r['host_small'] * 1e6:.0f} us | {r['opcodes_small']:.1f} | "
         f"{r['ops_small']:.1f} |",
         f"| {r['large']:,} | {r['host_large'] * 1e6:.0f} us | {r['opcodes_large']:.1f} | "
-        f"{r['ops_large']:.1f} |", "",
+        f"{r['ops_large']:.1f} |",
+        "",
         f"Ratio N={r['large']:,} / N={r['small']:,}: **{r['ratio']:.3f}** ({verdict} the 1.2x "
         f"acceptance bound); d = {r['d']}, k = {r['k']}, identical picks at both sizes.",
     ]
@@ -145,14 +160,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps the runs comparable
     load = os.getloadavg()[0]
     r = measure(args.small, args.large, args.d, args.k)
-    lines = ["# Host-side work per pick, torch backend (CPU)", "",
-             f"Finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
-             f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average "
-             f"{load:.1f} at start, {os.getloadavg()[0]:.1f} at end), torch {torch.__version__}, "
-             "one torch thread. How it is measured: see the docstring of "
-             "`benchmarks/dpp_host_work.py` (cProfile's own time of the Python functions, "
-             "which excludes the tensor operations; setup cancelled; identical picks at both "
-             "sizes).", ""] + markdown(r)
+    lines = [
+        "# Host-side work per pick, torch backend (CPU)",
+        "",
+        f"Finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average "
+        f"{load:.1f} at start, {os.getloadavg()[0]:.1f} at end), torch {torch.__version__}, "
+        "one torch thread. How it is measured: see the docstring of "
+        "`benchmarks/dpp_host_work.py` (cProfile's own time of the Python functions, "
+        "which excludes the tensor operations; setup cancelled; identical picks at both "
+        "sizes).",
+        "",
+    ] + markdown(r)
     write_atomic(args.out, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(markdown(r)))
 

@@ -47,11 +47,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dpp_distributed  # noqa: E402  (benchmarks/, the script's folder)
 import lazy_families  # noqa: E402
 from dpp_distributed import _time_pass  # noqa: E402
-from lazy_families import _gaussian  # noqa: E402
-from helpers.dpp_reference import (chen_greedy, dense_kernel, feature_greedy,  # noqa: E402
-                           float32_pass_greedy, resolve_greedy)
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from dpp_select.relevance import relevance_scores  # noqa: E402
+from lazy_families import _gaussian  # noqa: E402
+
+from helpers.dpp_reference import (
+    chen_greedy,
+    dense_kernel,
+    feature_greedy,  # noqa: E402
+    float32_pass_greedy,
+    resolve_greedy,
+)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "dpp_scaling.md")
 
@@ -66,8 +72,10 @@ def llm_like(n: int, d: int, m: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     mean = rng.normal(size=d)
     mean[:2] *= 30.0
     mean *= 10.0 / np.linalg.norm(mean)
+
     def make(k: int) -> np.ndarray:
         return (mean + 2.0 * rng.normal(size=(k, d)) / np.sqrt(d)).astype(np.float32)
+
     return make(n), make(m)
 
 
@@ -85,9 +93,17 @@ def grid_cell(n: int, d: int, k: int) -> dict:
     elapsed = time.perf_counter() - t
     extra = _peak_rss() - rss_before
     t_pass = float(np.median(passes + _time_pass(x)))  # before and after: the machine is shared
-    return {"n": n, "d": d, "k": k, "time": elapsed, "pass": t_pass,
-            "roofline": elapsed / (k * t_pass), "extra": extra, "x_bytes": x.nbytes,
-            "rescored": res.rescored}
+    return {
+        "n": n,
+        "d": d,
+        "k": k,
+        "time": elapsed,
+        "pass": t_pass,
+        "roofline": elapsed / (k * t_pass),
+        "extra": extra,
+        "x_bytes": x.nbytes,
+        "rescored": res.rescored,
+    }
 
 
 def _first_difference(a: np.ndarray, b: np.ndarray) -> str:
@@ -114,10 +130,18 @@ def refs_cell(n: int, d: int, k: int, data: str) -> dict:
     ours, t_ours = _timed(greedy_dpp_result, x, k, quality=quality, beta=4.0, jitter=jitter)
     chen, t_chen = _timed(lambda: chen_greedy(dense_kernel(x, w, jitter), k))
     resolve, t_resolve = _timed(lambda: resolve_greedy(dense_kernel(x, w, jitter), k))
-    return {"n": n, "d": d, "k": k, "data": data, "ours": t_ours, "chen": t_chen,
-            "resolve": t_resolve, "same_chen": bool(np.array_equal(ours.indices, chen)),
-            "same_resolve": bool(np.array_equal(ours.indices, resolve)),
-            "rescored": ours.rescored}
+    return {
+        "n": n,
+        "d": d,
+        "k": k,
+        "data": data,
+        "ours": t_ours,
+        "chen": t_chen,
+        "resolve": t_resolve,
+        "same_chen": bool(np.array_equal(ours.indices, chen)),
+        "same_resolve": bool(np.array_equal(ours.indices, resolve)),
+        "rescored": ours.rescored,
+    }
 
 
 def llm_cell() -> dict:
@@ -136,29 +160,51 @@ def llm_cell() -> dict:
         ws = np.maximum(qs, 0.0) ** 4
         exact_s = feature_greedy(xs, ws, k, jitter)
         ours_s = greedy_dpp_result(xs, k, quality=qs, beta=4.0, jitter=jitter)
-        seeds.append((seed, bool(np.array_equal(ours_s.indices, exact_s)), ours_s.rescored,
-                      _first_difference(float32_pass_greedy(xs, ws, k, jitter), exact_s)))
+        seeds.append(
+            (
+                seed,
+                bool(np.array_equal(ours_s.indices, exact_s)),
+                ours_s.rescored,
+                _first_difference(float32_pass_greedy(xs, ws, k, jitter), exact_s),
+            )
+        )
     # The instance of tests/test_dpp_greedy.py (float64 relevance, 1000 targets), on which the
     # plain float32 pass does change the picks.
     rng = np.random.default_rng(1)
     mean = rng.normal(size=d)
     mean[:2] *= 30.0
     mean *= 10.0 / np.linalg.norm(mean)
-    xt, tt = ((mean + 2.0 * rng.normal(size=(m, d)) / np.sqrt(d)).astype(np.float32)
-              for m in (n, 1000))
+    xt, tt = (
+        (mean + 2.0 * rng.normal(size=(m, d)) / np.sqrt(d)).astype(np.float32) for m in (n, 1000)
+    )
     xn = (xt / np.linalg.norm(xt, axis=1, keepdims=True)).astype(np.float64)
     tn = (tt / np.linalg.norm(tt, axis=1, keepdims=True)).astype(np.float64)
     qt = (xn @ tn.T).max(axis=1)
     exact_t = feature_greedy(xt, qt**4, k, jitter)
     ours_t = greedy_dpp_result(xt, k, quality=qt, beta=4.0, jitter=jitter)
-    seeds.append(("test", bool(np.array_equal(ours_t.indices, exact_t)), ours_t.rescored,
-                  _first_difference(float32_pass_greedy(xt, qt**4, k, jitter), exact_t)))
-    return {"q_share_085": float(np.mean(quality > 0.85)), "q_median": float(np.median(quality)),
-            "same_exact": bool(np.array_equal(ours.indices, exact)),
-            "same_chen": bool(np.array_equal(ours.indices, chen)),
-            "naive_diverges": _first_difference(naive, exact),
-            "rescored": ours.rescored, "steps": k, "n": n, "seeds": seeds,
-            "t_ours": t_ours, "t_exact": t_exact, "t_naive": t_naive, "t_chen": t_chen}
+    seeds.append(
+        (
+            "test",
+            bool(np.array_equal(ours_t.indices, exact_t)),
+            ours_t.rescored,
+            _first_difference(float32_pass_greedy(xt, qt**4, k, jitter), exact_t),
+        )
+    )
+    return {
+        "q_share_085": float(np.mean(quality > 0.85)),
+        "q_median": float(np.median(quality)),
+        "same_exact": bool(np.array_equal(ours.indices, exact)),
+        "same_chen": bool(np.array_equal(ours.indices, chen)),
+        "naive_diverges": _first_difference(naive, exact),
+        "rescored": ours.rescored,
+        "steps": k,
+        "n": n,
+        "seeds": seeds,
+        "t_ours": t_ours,
+        "t_exact": t_exact,
+        "t_naive": t_naive,
+        "t_chen": t_chen,
+    }
 
 
 def gpu_cell(n: int, d: int, k: int) -> dict:
@@ -168,7 +214,7 @@ def gpu_cell(n: int, d: int, k: int) -> dict:
     x = torch.empty((n, d), dtype=torch.bfloat16, device=dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     for lo in range(0, n, 65536):
-        x[lo:lo + 65536] = torch.randn((min(n, lo + 65536) - lo, d), generator=gen, device=dev)
+        x[lo : lo + 65536] = torch.randn((min(n, lo + 65536) - lo, d), generator=gen, device=dev)
     quality = torch.rand(n, generator=gen, device=dev).double().cpu().numpy() * 0.5 + 0.5
     big = torch.empty(1 << 30, dtype=torch.uint8, device=dev)
     torch.cuda.synchronize()
@@ -186,9 +232,18 @@ def gpu_cell(n: int, d: int, k: int) -> dict:
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - t
     step_bw = x.numel() * x.element_size() / (elapsed / k)
-    return {"n": n, "d": d, "k": k, "time": elapsed, "copy_bw": copy_bw, "step_bw": step_bw,
-            "fraction": step_bw / copy_bw, "name": torch.cuda.get_device_name(),
-            "extra_gpu": torch.cuda.max_memory_allocated() - base, "rescored": res.rescored}
+    return {
+        "n": n,
+        "d": d,
+        "k": k,
+        "time": elapsed,
+        "copy_bw": copy_bw,
+        "step_bw": step_bw,
+        "fraction": step_bw / copy_bw,
+        "name": torch.cuda.get_device_name(),
+        "extra_gpu": torch.cuda.max_memory_allocated() - base,
+        "rescored": res.rescored,
+    }
 
 
 def _in_child(fn, *args) -> dict:
@@ -220,13 +275,18 @@ def _section_grid(quick: bool) -> list[str]:
     lines: list[str] = []
     ns = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
     ks = [100] if quick else [100, 1000]
-    lines += ["## Grid (numpy backend, float32, beta 4, jitter 1e-6, isotropic data)", "",
-              "Roofline ratio = time / (k x median time of one float32 `X @ v` over the "
-              "same matrix, same process, 9 passes timed before and 9 after the selection). "
-              "Extra memory = growth of the process's peak RSS during selection (beyond X "
-              "and everything allocated before).", "",
-              "| N | d | k | time (s) | one pass (ms) | roofline ratio | extra peak memory "
-              "| extra / X | re-scored |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Grid (numpy backend, float32, beta 4, jitter 1e-6, isotropic data)",
+        "",
+        "Roofline ratio = time / (k x median time of one float32 `X @ v` over the "
+        "same matrix, same process, 9 passes timed before and 9 after the selection). "
+        "Extra memory = growth of the process's peak RSS during selection (beyond X "
+        "and everything allocated before).",
+        "",
+        "| N | d | k | time (s) | one pass (ms) | roofline ratio | extra peak memory "
+        "| extra / X | re-scored |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for n in ns:
         for d in (384, 1024):
             for k in ks:
@@ -234,7 +294,8 @@ def _section_grid(quick: bool) -> list[str]:
                 lines.append(
                     f"| {n:,} | {d} | {k} | {r['time']:.2f} | {r['pass'] * 1e3:.2f} | "
                     f"{r['roofline']:.2f} | {_fmt_bytes(r['extra'])} | "
-                    f"{r['extra'] / r['x_bytes']:.3f} | {r['rescored']} |")
+                    f"{r['extra'] / r['x_bytes']:.3f} | {r['rescored']} |"
+                )
                 print(lines[-1], flush=True)
     lines += ["", GRID_NOTE]
     return lines
@@ -245,19 +306,24 @@ def _section_refs(quick: bool) -> list[str]:
     cells = [(10_000, 384, 100, "gaussian"), (8_000, 256, 240, "llm")]
     if not quick:
         cells.append((20_000, 256, 600, "llm"))
-    lines += ["## References (full N x N kernel, float64)", "",
-              "Chen = incremental Cholesky greedy (Chen et al. 2018); re-solve = the "
-              "authors' approach (Cholesky of L_S and a triangular solve over all "
-              "candidates every step). Reference times include building the kernel.", "",
-              "| N | d | k | data | ours (s) | Chen (s) | re-solve (s) | re-solve / ours "
-              "| Chen / ours | same as Chen | same as re-solve |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## References (full N x N kernel, float64)",
+        "",
+        "Chen = incremental Cholesky greedy (Chen et al. 2018); re-solve = the "
+        "authors' approach (Cholesky of L_S and a triangular solve over all "
+        "candidates every step). Reference times include building the kernel.",
+        "",
+        "| N | d | k | data | ours (s) | Chen (s) | re-solve (s) | re-solve / ours "
+        "| Chen / ours | same as Chen | same as re-solve |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for cell in cells:
         r = _in_child(refs_cell, *cell)
         lines.append(
             f"| {r['n']:,} | {r['d']} | {r['k']} | {r['data']} | {r['ours']:.2f} | "
             f"{r['chen']:.2f} | {r['resolve']:.1f} | {r['resolve'] / r['ours']:.0f}x | "
-            f"{r['chen'] / r['ours']:.1f}x | {r['same_chen']} | {r['same_resolve']} |")
+            f"{r['chen'] / r['ours']:.1f}x | {r['same_chen']} | {r['same_resolve']} |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -265,24 +331,29 @@ def _section_refs(quick: bool) -> list[str]:
 def _section_llm(quick: bool) -> list[str]:
     lines: list[str] = []
     r = _in_child(llm_cell)
-    lines += ["## LLM-like embeddings: exactness of the float32 pass", "",
-              f"N={r['n']:,}, d=256, k={r['steps']}, beta 4, jitter 1e-6; share of q > 0.85: "
-              f"{r['q_share_085']:.3f} (median q {r['q_median']:.3f}).", "",
-              f"- picks equal the exact float64 feature-space greedy: **{r['same_exact']}**; "
-              f"equal Chen et al. on the float64 kernel: **{r['same_chen']}**",
-              f"- candidates re-scored in float64 because their error bound reached the "
-              f"best lower bound: {r['rescored']} over {r['steps']} steps "
-              f"({r['rescored'] / r['steps']:.1f} per step, "
-              f"{r['rescored'] / (r['steps'] * r['n']):.2e} of the candidate-steps)",
-              f"- a plain float32-pass greedy without re-scoring first differs from the exact "
-              f"picks at: {r['naive_diverges']}",
-              f"- time: ours {r['t_ours']:.2f} s, exact float64 greedy {r['t_exact']:.2f} s, "
-              f"plain float32 {r['t_naive']:.2f} s, Chen {r['t_chen']:.2f} s", "",
-              "More draws of the same kind of data (seed 1 is the one above; \"test\" is the "
-              "instance in tests/test_dpp_greedy.py, with float64 relevance and 1000 targets):",
-              "",
-              "| seed | ours == exact float64 | re-scored | plain float32 first differs |",
-              "|---|---|---|---|"]
+    lines += [
+        "## LLM-like embeddings: exactness of the float32 pass",
+        "",
+        f"N={r['n']:,}, d=256, k={r['steps']}, beta 4, jitter 1e-6; share of q > 0.85: "
+        f"{r['q_share_085']:.3f} (median q {r['q_median']:.3f}).",
+        "",
+        f"- picks equal the exact float64 feature-space greedy: **{r['same_exact']}**; "
+        f"equal Chen et al. on the float64 kernel: **{r['same_chen']}**",
+        f"- candidates re-scored in float64 because their error bound reached the "
+        f"best lower bound: {r['rescored']} over {r['steps']} steps "
+        f"({r['rescored'] / r['steps']:.1f} per step, "
+        f"{r['rescored'] / (r['steps'] * r['n']):.2e} of the candidate-steps)",
+        f"- a plain float32-pass greedy without re-scoring first differs from the exact "
+        f"picks at: {r['naive_diverges']}",
+        f"- time: ours {r['t_ours']:.2f} s, exact float64 greedy {r['t_exact']:.2f} s, "
+        f"plain float32 {r['t_naive']:.2f} s, Chen {r['t_chen']:.2f} s",
+        "",
+        'More draws of the same kind of data (seed 1 is the one above; "test" is the '
+        "instance in tests/test_dpp_greedy.py, with float64 relevance and 1000 targets):",
+        "",
+        "| seed | ours == exact float64 | re-scored | plain float32 first differs |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {s} | {same} | {resc} | {diff} |" for s, same, resc, diff in r["seeds"]]
     lines.append("")
     print("\n".join(lines[-16:]), flush=True)
@@ -290,27 +361,32 @@ def _section_llm(quick: bool) -> list[str]:
 
 
 def _section_lazy(quick: bool) -> list[str]:
-    lines = ["## Lazy greedy (`lazy=True`) against the full-pass greedy", "",
-             "Same process, numpy backend, d = 384, k = 200, beta 4, jitter 1e-6; each mode run "
-             "twice, interleaved (lazy, full, lazy, full), best time of each. Work = float32 "
-             "multiply-adds with X relative to the full-pass greedy (k - 1 passes). Same = "
-             "identical picks and bit-identical gains. Families: see benchmarks/lazy_families.py.",
-             "", "| family | N | q 5-95% | full (s) | lazy (s) | lazy / full | work | re-scored "
-             "full / lazy | same |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Lazy greedy (`lazy=True`) against the full-pass greedy",
+        "",
+        "Same process, numpy backend, d = 384, k = 200, beta 4, jitter 1e-6; each mode run "
+        "twice, interleaved (lazy, full, lazy, full), best time of each. Work = float32 "
+        "multiply-adds with X relative to the full-pass greedy (k - 1 passes). Same = "
+        "identical picks and bit-identical gains. Families: see benchmarks/lazy_families.py.",
+        "",
+        "| family | N | q 5-95% | full (s) | lazy (s) | lazy / full | work | re-scored "
+        "full / lazy | same |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     texts = TEXT_ARGS.get("texts")
     for family in ("isotropic", "clustered", "narrow", "text"):
         if family == "text" and not texts:
             lines.append("| text | - | - | - | - | skipped: pass --texts | - | - | - |")
             print(lines[-1], flush=True)
             continue
-        for n in ([20_000] if quick else [100_000, 1_000_000]):
-            r = _in_child(lazy_families.lazy_cell, family, n, texts,
-                          TEXT_ARGS.get("targets"))
+        for n in [20_000] if quick else [100_000, 1_000_000]:
+            r = _in_child(lazy_families.lazy_cell, family, n, texts, TEXT_ARGS.get("targets"))
             name = f"{family} ({r['note']})" if r["note"] else family
             lines.append(
                 f"| {name} | {n:,} | {r['q'][0]:.2f}-{r['q'][1]:.2f} | {r['full']:.2f} | "
                 f"{r['lazy']:.2f} | {r['lazy'] / r['full']:.2f}x | {r['work']:.2f} | "
-                f"{r['resc'][0]} / {r['resc'][1]} | {r['same']} |")
+                f"{r['resc'][0]} / {r['resc'][1]} | {r['same']} |"
+            )
             print(lines[-1], flush=True)
     return lines + [""]
 
@@ -326,11 +402,14 @@ def _section_gpu(quick: bool) -> list[str]:
     lines += ["## GPU (torch backend, bfloat16 storage)", ""]
     if has_cuda:
         r = _in_child(gpu_cell, 1_000_000, 4096, 100)
-        lines += [f"{r['name']}: N={r['n']:,}, d={r['d']}, k={r['k']}: {r['time']:.2f} s, "
-                  f"{r['step_bw'] / 1e9:.0f} GB/s of embeddings read per step = "
-                  f"{r['fraction']:.2f} of the measured copy bandwidth "
-                  f"({r['copy_bw'] / 1e9:.0f} GB/s); extra GPU memory "
-                  f"{_fmt_bytes(r['extra_gpu'])}; re-scored {r['rescored']}.", ""]
+        lines += [
+            f"{r['name']}: N={r['n']:,}, d={r['d']}, k={r['k']}: {r['time']:.2f} s, "
+            f"{r['step_bw'] / 1e9:.0f} GB/s of embeddings read per step = "
+            f"{r['fraction']:.2f} of the measured copy bandwidth "
+            f"({r['copy_bw'] / 1e9:.0f} GB/s); extra GPU memory "
+            f"{_fmt_bytes(r['extra_gpu'])}; re-scored {r['rescored']}.",
+            "",
+        ]
     else:
         lines += ["Not run: no CUDA device was available for this run.", ""]
     return lines
@@ -343,14 +422,23 @@ def _section_distributed(quick: bool) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N only (development)")
-    parser.add_argument("--sections", default="grid,refs,llm,gpu",
-                        help="comma-separated sections to run; empty: only collect the file")
+    parser.add_argument(
+        "--sections",
+        default="grid,refs,llm,gpu",
+        help="comma-separated sections to run; empty: only collect the file",
+    )
     parser.add_argument("--out", default=RESULTS)
-    parser.add_argument("--texts", default=None,
-                        help="comma-separated JSONL pool files (prompt, safe) for the lazy "
-                             "section's real-text family; skipped when absent")
-    parser.add_argument("--target-texts", default=None,
-                        help="JSONL file of fine-tuning prompts for that family's relevance")
+    parser.add_argument(
+        "--texts",
+        default=None,
+        help="comma-separated JSONL pool files (prompt, safe) for the lazy "
+        "section's real-text family; skipped when absent",
+    )
+    parser.add_argument(
+        "--target-texts",
+        default=None,
+        help="JSONL file of fine-tuning prompts for that family's relevance",
+    )
     args = parser.parse_args(argv)
     TEXT_ARGS.update(texts=args.texts, targets=args.target_texts)
     sections = [s for s in args.sections.split(",") if s]
@@ -360,21 +448,31 @@ def main(argv: list[str] | None = None) -> None:
     for section in sections:
         started = os.getloadavg()[0]
         lines = globals()[f"_section_{section}"](args.quick)
-        lines.insert(2, f"Finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-                     f"`--sections {section}{' --quick' if args.quick else ''}`, "
-                     f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
-                     "load average "
-                     f"{started:.1f} at start, {os.getloadavg()[0]:.1f} at end (shared "
-                     "machine).\n")
+        lines.insert(
+            2,
+            f"Finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"`--sections {section}{' --quick' if args.quick else ''}`, "
+            f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; "
+            "load average "
+            f"{started:.1f} at start, {os.getloadavg()[0]:.1f} at end (shared "
+            "machine).\n",
+        )
         with open(f"{args.out}.{section}.tmp", "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
-    header = ["# dpp_select scaling benchmark", "",
-              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
-              f"numpy {np.__version__}. Regenerate with `python benchmarks/dpp_scaling.py` "
-              "(each section can be rerun alone with `--sections`; this file collects the "
-              "latest run of each).", ""]
-    parts = [open(f"{args.out}.{s}.tmp", encoding="utf-8").read() for s in SECTIONS
-             if os.path.isfile(f"{args.out}.{s}.tmp")]
+    header = [
+        "# dpp_select scaling benchmark",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
+        f"numpy {np.__version__}. Regenerate with `python benchmarks/dpp_scaling.py` "
+        "(each section can be rerun alone with `--sections`; this file collects the "
+        "latest run of each).",
+        "",
+    ]
+    parts = [
+        open(f"{args.out}.{s}.tmp", encoding="utf-8").read()
+        for s in SECTIONS
+        if os.path.isfile(f"{args.out}.{s}.tmp")
+    ]
     with open(args.out, "w", encoding="utf-8") as handle:
         handle.write("\n".join(header) + "\n" + "\n".join(parts))
     print(f"wrote {args.out}")

@@ -23,8 +23,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from spag_optim.guardspace import find_targets
 
 #: Llama-2-7B's shapes (its config.json).
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, vocab_size=32000)
+LLAMA2_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+)
 #: Linears that read the same tensor in a Llama block (the library finds these from a forward pass).
 SHARED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 BYTES = 2  # fp16
@@ -85,6 +91,8 @@ def main() -> str:
 if __name__ == "__main__":
     text = main()
     print(text)
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "guardspace_memory.md")
+    out = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", "guardspace_memory.md"
+    )
     with open(out, "w") as f:
         f.write(text)

@@ -41,7 +41,7 @@ def _gaussian(n: int, d: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     step = max(1, (1 << 22) // d)
     for lo in range(0, n, step):
-        rng.standard_normal(out=x[lo:lo + step], dtype=np.float32)
+        rng.standard_normal(out=x[lo : lo + step], dtype=np.float32)
     return x
 
 
@@ -63,9 +63,9 @@ def clustered(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     label = rng.integers(0, 50, n)
     step = 1 << 16
     for lo in range(0, n, step):
-        block = x[lo:lo + step]
+        block = x[lo : lo + step]
         block *= 2.0 / math.sqrt(DIM)
-        block += (mean + centres[label[lo:lo + step]]).astype(np.float32)
+        block += (mean + centres[label[lo : lo + step]]).astype(np.float32)
     return x, rng.uniform(0.5, 1.0, n)
 
 
@@ -75,8 +75,8 @@ def narrow(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = _gaussian(n, DIM, seed + 3)
     step = 1 << 16
     for lo in range(0, n, step):
-        x[lo:lo + step] *= 2.0 / math.sqrt(DIM)
-        x[lo:lo + step] += mean
+        x[lo : lo + step] *= 2.0 / math.sqrt(DIM)
+        x[lo : lo + step] += mean
     return x, rng.uniform(0.84, 0.90, n)
 
 
@@ -119,8 +119,9 @@ def encode(texts: list[str], seed: int = 0) -> np.ndarray:
     return _group_embeddings(texts, _projection(seed)).sum(axis=1)
 
 
-def text_family(n: int, pool_paths: str, target_paths: str | None, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray, int]:
+def text_family(
+    n: int, pool_paths: str, target_paths: str | None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, int]:
     """N texts by feature dropout over the pool; q against the targets (uniform if none)."""
     proj = _projection(seed)
     base = _group_embeddings(read_texts(pool_paths, ("prompt", "safe")), proj)
@@ -161,8 +162,18 @@ def lazy_cell(family: str, n: int, texts: str | None, targets: str | None) -> di
         elapsed = time.perf_counter() - start
         runs[lazy].append((elapsed, res))
     full, lazy = min(runs[False], key=lambda r: r[0]), min(runs[True], key=lambda r: r[0])
-    return {"family": family, "n": n, "k": k, "note": note, "q": q,
-            "full": full[0], "lazy": lazy[0], "work": lazy[1].passes / full[1].passes,
-            "same": bool(np.array_equal(full[1].indices, lazy[1].indices)
-                         and np.array_equal(full[1].gains, lazy[1].gains)),
-            "resc": (full[1].rescored, lazy[1].rescored)}
+    return {
+        "family": family,
+        "n": n,
+        "k": k,
+        "note": note,
+        "q": q,
+        "full": full[0],
+        "lazy": lazy[0],
+        "work": lazy[1].passes / full[1].passes,
+        "same": bool(
+            np.array_equal(full[1].indices, lazy[1].indices)
+            and np.array_equal(full[1].gains, lazy[1].gains)
+        ),
+        "resc": (full[1].rescored, lazy[1].rescored),
+    }

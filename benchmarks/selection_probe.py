@@ -25,15 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import defense_sweep as ds  # noqa: E402  (also puts examples/ on the path)
-from _demo.intervals import parse_seeds, t_interval  # noqa: E402
-
 import dpp_select  # noqa: E402
 from _demo import data as D  # noqa: E402
 from _demo import evaluation  # noqa: E402
 from _demo.attack import run_attack  # noqa: E402
 from _demo.encoding import encode  # noqa: E402
-from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
+from _demo.intervals import parse_seeds, t_interval  # noqa: E402
 from _demo.methods import METHODS  # noqa: E402
+from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
 
 CHOICES = ("dpp", "random", "top_relevance", "dpp_centered")
 
@@ -41,10 +40,16 @@ CHOICES = ("dpp", "random", "top_relevance", "dpp_centered")
 def _picks(ctx) -> dict[str, list[int]]:
     sel, config = ctx["selector"], ctx["config"]
     pool, target = sel._pool_emb, sel._target_emb
-    out = {m: dpp_select.select(pool, target, k=sel.k, method=m, beta=config.beta, seed=config.seed).indices
-           for m in CHOICES[:3]}
+    out = {
+        m: dpp_select.select(
+            pool, target, k=sel.k, method=m, beta=config.beta, seed=config.seed
+        ).indices
+        for m in CHOICES[:3]
+    }
     mean = np.concatenate([pool, target]).mean(axis=0)
-    out["dpp_centered"] = dpp_select.select(pool - mean, target - mean, k=sel.k, beta=config.beta).indices
+    out["dpp_centered"] = dpp_select.select(
+        pool - mean, target - mean, k=sel.k, beta=config.beta
+    ).indices
     return {m: [int(i) for i in idx] for m, idx in out.items()}
 
 
@@ -62,10 +67,14 @@ def probe(attack: str, seed: int, train: bool, cache_dir: Path) -> dict[str, dic
     attack_cats = {category[t] for t in D.harmful_splits(seed * 1000).attack}
     relevance = dpp_select.relevance_scores(sel._pool_emb, sel._target_emb)
     pool = data.safe_pool
-    task = [next(t for t in sorted(category, key=len, reverse=True) if t in ex.prompt) for ex in pool]
+    task = [
+        next(t for t in sorted(category, key=len, reverse=True) if t in ex.prompt) for ex in pool
+    ]
     questions = [ex for ex in pool if ex.prompt.endswith("?")]
     instructions = [ex for ex in pool if not ex.prompt.endswith("?")]
-    held_instr = D.harmful_examples(D.harmful_splits(seed * 1000).held_out, (D.INSTRUCTION,), comply=False)
+    held_instr = D.harmful_examples(
+        D.harmful_splits(seed * 1000).held_out, (D.INSTRUCTION,), comply=False
+    )
     rows = {}
     for name, idx in _picks(ctx).items():
         chosen = [pool[i] for i in idx]
@@ -77,7 +86,16 @@ def probe(attack: str, seed: int, train: bool, cache_dir: Path) -> dict[str, dic
             "relevance": float(relevance[idx].mean()),
         }
         if train:
-            o = run_attack(ctx["aligned"], tok, data.finetune, METHODS["spard"], chosen, config, desc=name, progress=False)
+            o = run_attack(
+                ctx["aligned"],
+                tok,
+                data.finetune,
+                METHODS["spard"],
+                chosen,
+                config,
+                desc=name,
+                progress=False,
+            )
             r |= {
                 "asr_question": evaluation.asr(o.model, tok, data.heldout_harmful),
                 "asr_instruction": evaluation.asr(o.model, tok, held_instr),
@@ -93,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attack", default="heavy", choices=list(ds.ATTACKS))
     parser.add_argument("--seeds", default="0-4")
-    parser.add_argument("--train", action="store_true", help="also run SPAG on each choice (minutes)")
+    parser.add_argument(
+        "--train", action="store_true", help="also run SPAG on each choice (minutes)"
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("spard_demo") / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)

@@ -79,10 +79,15 @@ class RecordingClosure:
         self.batches.load_state_dict(state["batches"])
 
 
-def step_record(opt, model, params, closure, before, util_grad, tau, whole_safe, heldout) -> dict[str, float]:
+def step_record(
+    opt, model, params, closure, before, util_grad, tau, whole_safe, heldout
+) -> dict[str, float]:
     """What one step did (see the module docstring); ``p.grad`` holds alpha * g after the step.
     For the penalty (``--penalty``) only the two losses after the step."""
-    losses = {"safe_set_loss": batch_loss(model, whole_safe), "heldout_refusal_loss": batch_loss(model, heldout)}
+    losses = {
+        "safe_set_loss": batch_loss(model, whole_safe),
+        "heldout_refusal_loss": batch_loss(model, heldout),
+    }
     if not isinstance(opt, SPAGOptimizer):
         return losses
     stats = {k: float(v) for k, v in opt.last_stats.items()}
@@ -111,27 +116,50 @@ def step_record(opt, model, params, closure, before, util_grad, tau, whole_safe,
     return record
 
 
-def run(seed: int, attack: str, iterations: int, cache_dir: Path, selection: str = "dpp",
-        safe_ratio: float | None = None, penalty: bool = False) -> dict[str, Any]:
+def run(
+    seed: int,
+    attack: str,
+    iterations: int,
+    cache_dir: Path,
+    selection: str = "dpp",
+    safe_ratio: float | None = None,
+    penalty: bool = False,
+) -> dict[str, Any]:
     config = with_attack(replace(DemoConfig(), seed=seed), attack)
     if safe_ratio is not None:
         config = replace(config, safe_ratio=safe_ratio)
     data = make_demo_data(config)
     tok = data.tokenizer
     aligned, _, _ = aligned_model(config, data, cache_dir, progress=False)
-    selector = SafeSelector(aligned, tok, data.safe_pool, data.finetune, ratio=config.safe_ratio,
-                            beta=config.beta, seed=seed)
+    selector = SafeSelector(
+        aligned,
+        tok,
+        data.safe_pool,
+        data.finetune,
+        ratio=config.safe_ratio,
+        beta=config.beta,
+        seed=seed,
+    )
     safe = selector.select(selection)
     collate = PaddingCollator(tok.pad_token_id)
     whole_safe, heldout = collate(encode(tok, safe)), collate(encode(tok, data.heldout_harmful))
-    aligned_stats = {"safe_set_loss": batch_loss(aligned, whole_safe),
-                     "heldout_refusal_loss": batch_loss(aligned, heldout), "safe_rows": len(safe)}
+    aligned_stats = {
+        "safe_set_loss": batch_loss(aligned, whole_safe),
+        "heldout_refusal_loss": batch_loss(aligned, heldout),
+        "safe_rows": len(safe),
+    }
     torch.manual_seed(config.seed)
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules=list(DEFAULT_LORA_TARGETS))
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(DEFAULT_LORA_TARGETS),
+    )
     model = get_peft_model(copy.deepcopy(aligned), lora)
     params = [p for p in model.parameters() if p.requires_grad]
-    batches = SafetyBatches(encode(tok, safe), batch_size=config.safety_batch, collate_fn=collate, seed=seed)
+    batches = SafetyBatches(
+        encode(tok, safe), batch_size=config.safety_batch, collate_fn=collate, seed=seed
+    )
     closure = RecordingClosure(model, batches)
     inner = torch.optim.AdamW(params, lr=config.finetune_lr)
     if penalty:  # the demo's penalty row: lambda 1 at the same tau, on the same safe batches
@@ -145,21 +173,35 @@ def run(seed: int, attack: str, iterations: int, cache_dir: Path, selection: str
     for _ in range(config.finetune_epochs):
         order = torch.randperm(len(rows), generator=generator).tolist()
         for start in range(0, len(rows), config.finetune_batch):
-            model(**collate([rows[i] for i in order[start:start + config.finetune_batch]])).loss.backward()
+            model(
+                **collate([rows[i] for i in order[start : start + config.finetune_batch]])
+            ).loss.backward()
             before, util_grad = flat(params), flat([p.grad for p in params])
             opt.step()
-            steps.append(step_record(opt, model, params, closure, before, util_grad, config.tau,
-                                     whole_safe, heldout))
+            steps.append(
+                step_record(
+                    opt, model, params, closure, before, util_grad, config.tau, whole_safe, heldout
+                )
+            )
             opt.zero_grad(set_to_none=True)
     model.eval()
     return {
-        "seed": seed, "attack": attack, "projection_iterations": iterations, "tau": config.tau,
-        "selection": selection, "safe_ratio": config.safe_ratio, "method": "penalty" if penalty else "spag",
-        "aligned": aligned_stats, "steps": steps,
+        "seed": seed,
+        "attack": attack,
+        "projection_iterations": iterations,
+        "tau": config.tau,
+        "selection": selection,
+        "safe_ratio": config.safe_ratio,
+        "method": "penalty" if penalty else "spag",
+        "aligned": aligned_stats,
+        "steps": steps,
         "asr": evaluation.asr(model, tok, data.heldout_harmful),
         "utility": evaluation.utility(model, tok, data.heldout_problems),
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "capability": os.environ.get("ATEN_CPU_CAPABILITY", "default")},
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "capability": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
+        },
     }
 
 
@@ -168,21 +210,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attack", default="standard")
     parser.add_argument("--projection-iterations", type=int, default=1)
-    parser.add_argument("--selection", default="dpp", help="dpp_select method: dpp, random, top_relevance")
-    parser.add_argument("--safe-ratio", type=float, default=None, help="safe rows / fine-tuning rows (demo: 0.03)")
-    parser.add_argument("--penalty", action="store_true", help="the demo's hinge penalty instead of SPAG")
+    parser.add_argument(
+        "--selection", default="dpp", help="dpp_select method: dpp, random, top_relevance"
+    )
+    parser.add_argument(
+        "--safe-ratio", type=float, default=None, help="safe rows / fine-tuning rows (demo: 0.03)"
+    )
+    parser.add_argument(
+        "--penalty", action="store_true", help="the demo's hinge penalty instead of SPAG"
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("spard_demo") / "cache")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = run(args.seed, args.attack, args.projection_iterations, args.cache_dir, args.selection,
-                 args.safe_ratio, args.penalty)
+    result = run(
+        args.seed,
+        args.attack,
+        args.projection_iterations,
+        args.cache_dir,
+        args.selection,
+        args.safe_ratio,
+        args.penalty,
+    )
     args.out.write_text(json.dumps(result) + "\n")
     s = result["steps"]
-    print(f"seed {args.seed} {args.attack} {args.selection} {result['method']} K={args.projection_iterations}: "
-          f"ASR {result['asr']:.2f} utility {result['utility']:.2f}; projected "
-          f"{sum(x.get('alpha', 0) > 0 for x in s)}/{len(s)}, capped {sum(x.get('capped', 0) for x in s)}; "
-          f"aligned {result['aligned']}")
+    print(
+        f"seed {args.seed} {args.attack} {args.selection} {result['method']} K={args.projection_iterations}: "
+        f"ASR {result['asr']:.2f} utility {result['utility']:.2f}; projected "
+        f"{sum(x.get('alpha', 0) > 0 for x in s)}/{len(s)}, capped {sum(x.get('capped', 0) for x in s)}; "
+        f"aligned {result['aligned']}"
+    )
     return 0
 
 

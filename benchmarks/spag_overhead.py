@@ -33,8 +33,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def build(device, seed=0):
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=2048, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
     )
     return LlamaForCausalLM(config).to(device)
 
@@ -53,8 +58,9 @@ def trainable(model, training):
 
     from lora_targets import DEFAULT_LORA_TARGETS
 
-    return get_peft_model(model, LoraConfig(r=32, lora_alpha=4,
-                                            target_modules=list(DEFAULT_LORA_TARGETS)))
+    return get_peft_model(
+        model, LoraConfig(r=32, lora_alpha=4, target_modules=list(DEFAULT_LORA_TARGETS))
+    )
 
 
 def sync(device):
@@ -89,7 +95,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "spag_overhead.md"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "spag_overhead.md")
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     configs = [
@@ -103,7 +111,9 @@ def main(argv=None):
         util, safe = batch(device, 1, length), batch(device, 2, length)
         for label, kwargs in configs:
             base_model = trainable(build(device), training)
-            inner = torch.optim.AdamW([p for p in base_model.parameters() if p.requires_grad], lr=1e-4)
+            inner = torch.optim.AdamW(
+                [p for p in base_model.parameters() if p.requires_grad], lr=1e-4
+            )
             base_model(**util).loss.backward()
 
             def baseline():  # the work any projection needs: inner step, safety forward + backward
@@ -113,23 +123,38 @@ def main(argv=None):
                 loss.backward()
 
             model = trainable(build(device), training)
-            opt = SPAGOptimizer(torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4),
-                                lambda: model(**safe).loss, tau=0.0, **kwargs)  # tau 0: always project
+            opt = SPAGOptimizer(
+                torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4),
+                lambda: model(**safe).loss,
+                tau=0.0,
+                **kwargs,
+            )  # tau 0: always project
             model(**util).loss.backward()
             t_base, t_spag, ratio = paired_ratio(baseline, opt.step, device, args.steps)
             assert opt.num_projections > 0
             n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            rows.append((f"{training}, 8x{length} tokens, {n_train/1e6:.2f}M trainable", label, t_base, t_spag, ratio - 1.0))
+            rows.append(
+                (
+                    f"{training}, 8x{length} tokens, {n_train / 1e6:.2f}M trainable",
+                    label,
+                    t_base,
+                    t_spag,
+                    ratio - 1.0,
+                )
+            )
     params = sum(p.numel() for p in model.parameters())
     lines = [
-        f"# SPAG overhead ({device.type}, {torch.get_num_threads()} threads, {params/1e6:.1f}M-parameter Llama)",
+        f"# SPAG overhead ({device.type}, {torch.get_num_threads()} threads, {params / 1e6:.1f}M-parameter Llama)",
         "",
         "Baseline: inner AdamW step + safety forward + safety backward, done by hand. Overhead is the",
         f"median over {args.steps} interleaved (baseline, SPAG) pairs of SPAG/baseline - 1 (tau = 0, every step projects).",
         "",
         "| training | trust region | baseline (ms) | SPAG step (ms) | overhead |",
         "| --- | --- | ---: | ---: | ---: |",
-    ] + [f"| {setup} | {label} | {b*1e3:.1f} | {t*1e3:.1f} | {ratio*100:+.2f}% |" for setup, label, b, t, ratio in rows]
+    ] + [
+        f"| {setup} | {label} | {b * 1e3:.1f} | {t * 1e3:.1f} | {ratio * 100:+.2f}% |"
+        for setup, label, b, t, ratio in rows
+    ]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:

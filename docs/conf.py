@@ -19,8 +19,13 @@ release = "0.1.0"
 
 # mathml: formulas as MathML written at build time (readable offline, no MathJax);
 # attribute_docstrings: must follow napoleon, whose listener it wraps.
-extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "attribute_docstrings",
-              "mathml"]
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "attribute_docstrings",
+    "mathml",
+]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}  # guide pages are Markdown (MyST)
 html_math_renderer = "mathml"
 exclude_patterns = ["_build", "_generated", "_ext"]  # generated pages are included, not built alone

@@ -8,13 +8,21 @@ mean-pooled hidden-state embeddings they work on.
 
 from spard_io import distribution_version
 
+from .diagnostics import SelectionSummary
 from .embed import embed_texts
 from .greedy import EarlyStopWarning, greedy_dpp
 from .relevance import relevance_scores
-from .diagnostics import SelectionSummary
 from .selection import LowRelevanceWarning, SelectionResult, select
 
 __version__ = distribution_version()
 
-__all__ = ["EarlyStopWarning", "LowRelevanceWarning", "SelectionResult", "SelectionSummary",
-           "embed_texts", "greedy_dpp", "relevance_scores", "select"]
+__all__ = [
+    "EarlyStopWarning",
+    "LowRelevanceWarning",
+    "SelectionResult",
+    "SelectionSummary",
+    "embed_texts",
+    "greedy_dpp",
+    "relevance_scores",
+    "select",
+]

@@ -13,6 +13,7 @@ import logging
 import os
 
 import numpy as np
+
 from spard_io import write_atomic
 
 __all__ = ["cache_path", "load_cached", "save_cached"]
@@ -32,8 +33,13 @@ def _model_fingerprint(model_path: str) -> list[tuple[str, int, int]]:
 def cache_path(cache_dir: str, model_path: str, texts: list[str], max_length: int) -> str:
     """Where the embeddings of ``texts`` under this model and ``max_length`` are cached."""
     h = hashlib.sha256()
-    meta = {"model": os.path.abspath(model_path), "files": _model_fingerprint(model_path),
-            "max_length": max_length, "pooling": "mean-last-hidden", "version": 1}
+    meta = {
+        "model": os.path.abspath(model_path),
+        "files": _model_fingerprint(model_path),
+        "max_length": max_length,
+        "pooling": "mean-last-hidden",
+        "version": 1,
+    }
     h.update(json.dumps(meta, sort_keys=True).encode())
     for text in texts:
         h.update(len(text.encode()).to_bytes(8, "little"))
@@ -61,8 +67,11 @@ def load_cached(path: str, rows: int) -> np.ndarray | None:
         return None
     cached, problem = _problem(path, rows)
     if problem is not None:
-        logger.warning("embedding cache entry %s is %s; treating it as a miss and embedding "
-                       "again", path, problem)
+        logger.warning(
+            "embedding cache entry %s is %s; treating it as a miss and embedding again",
+            path,
+            problem,
+        )
         return None
     logger.info("embeddings from cache %s", path)
     return cached
@@ -74,5 +83,6 @@ def save_cached(path: str, emb: np.ndarray) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomic(path, lambda handle: np.save(handle, emb, allow_pickle=False))
     except OSError as err:
-        logger.warning("could not write the embedding cache entry %s (%s); continuing without "
-                       "it", path, err)
+        logger.warning(
+            "could not write the embedding cache entry %s (%s); continuing without it", path, err
+        )

@@ -8,7 +8,7 @@ themselves go through :func:`spard_io.write_atomic`.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["check_output", "check_distinct"]
 
@@ -33,13 +33,12 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
-def check_distinct(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]]
-                   ) -> None:
+def check_distinct(outputs: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, str]]) -> None:
     """Raise ``ValueError`` when an output ``(option, path)`` names the same file as another
     output or an input (compared after resolving links, and by inode for hard links)."""
     paths = list(outputs) + list(inputs)
     for i, (opt_a, a) in enumerate(outputs):
-        for opt_b, b in paths[i + 1:]:
+        for opt_b, b in paths[i + 1 :]:
             if _same(a, b):
                 raise ValueError(
                     f"{opt_a} and {opt_b} are the same file ({a}); writing one would destroy "

@@ -74,7 +74,7 @@ def pass_error_unit(dim: int, float64_pass: bool, half: torch.dtype | None = Non
     """
     if half is not None:
         u_h, mu = _HALF[half]
-        split = u_h**3 + 1.5 * mu * math.sqrt(dim) * 2.0**-(_SPLIT_TOP - 1)
+        split = u_h**3 + 1.5 * mu * math.sqrt(dim) * 2.0 ** -(_SPLIT_TOP - 1)
         accumulate = _gamma(dim, 2.0 * _U32) * (1.0 + 3.0 * u_h)
         columns = _gamma(2, _U32) * (1.0 + 3.0 * u_h) * (1.0 + accumulate)
         return (split + accumulate + columns) * 1.001
@@ -125,8 +125,7 @@ class NumpyPass:
 def _tf32_enabled(device: torch.device) -> bool:
     """Whether float32 products on ``device`` may use TF32 (10-bit mantissa)."""
     return device.type == "cuda" and (
-        torch.backends.cuda.matmul.allow_tf32
-        or torch.get_float32_matmul_precision() != "highest"
+        torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
     )
 
 
@@ -144,8 +143,9 @@ class TorchPass:
     the same way) because TF32 voids the float32 bound.
     """
 
-    def __init__(self, x: torch.Tensor, norms: np.ndarray,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self, x: torch.Tensor, norms: np.ndarray, device: torch.device | str | None = None
+    ) -> None:
         self._x = x if device is None else x.to(device)
         self.device = self._x.device
         self.n, self.d = self._x.shape
@@ -223,9 +223,12 @@ class TorchPass:
             try:
                 return torch.mm(self._x, split.T, out_dtype=torch.float32)
             except (RuntimeError, TypeError, NotImplementedError) as err:
-                logger.warning("torch.mm(..., out_dtype=torch.float32) is not available on "
-                               "%s (%s); the pass widens blocks of rows instead", self.device,
-                               err)
+                logger.warning(
+                    "torch.mm(..., out_dtype=torch.float32) is not available on "
+                    "%s (%s); the pass widens blocks of rows instead",
+                    self.device,
+                    err,
+                )
                 self._direct = False
         if self._columns is None:
             self._columns = torch.empty(self.n, 3, dtype=torch.float32, device=self.device)

@@ -20,9 +20,10 @@ import argparse
 import logging
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
 from spard_io import read_jsonl, write_atomic, write_jsonl
 
 from .cli_sharded import run_sharded, wants_distributed
@@ -37,10 +38,14 @@ def _run(args: argparse.Namespace) -> None:
     pool_fields = fields(args.pool_fields, args.allow_unsafe_field, "--pool-fields")
     target_fields = fields(args.target_fields, args.allow_unsafe_field, "--target-fields")
     keep = None if args.keep_fields is None else fields(args.keep_fields, True, "--keep-fields")
-    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []),
-                           chosen_by=chosen_by(pool_fields, keep))
-    target_rows = read_jsonl(args.target, required=target_fields,
-                             chosen_by=chosen_by(target_fields, None, "--target-fields"))
+    pool_rows = read_jsonl(
+        args.pool, required=pool_fields + (keep or []), chosen_by=chosen_by(pool_fields, keep)
+    )
+    target_rows = read_jsonl(
+        args.target,
+        required=target_fields,
+        chosen_by=chosen_by(target_fields, None, "--target-fields"),
+    )
     if not pool_rows:
         raise ValueError(f"{args.pool}: the pool holds no rows")
     if not target_rows:
@@ -51,8 +56,17 @@ def _run(args: argparse.Namespace) -> None:
     target_emb = embed(texts(target_rows, target_fields), args.target, args, loaded)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio, method=args.method,
-                        beta=args.beta, seed=args.seed, jitter=args.jitter, lazy=args.lazy)
+        result = select(
+            pool_emb,
+            target_emb,
+            k=args.k,
+            ratio=args.ratio,
+            method=args.method,
+            beta=args.beta,
+            seed=args.seed,
+            jitter=args.jitter,
+            lazy=args.lazy,
+        )
     rows = (pool_rows[i] for i in result.indices)
     if keep is not None:
         rows = ({f: row[f] for f in keep} for row in rows)
@@ -63,8 +77,9 @@ def _run(args: argparse.Namespace) -> None:
     try:
         write_atomic(indices_out, lambda h: np.save(h, result.indices, allow_pickle=False))
     except OSError as err:
-        raise OSError(f"--indices-out {indices_out}: could not write ({err.strerror or err})"
-                      ) from None
+        raise OSError(
+            f"--indices-out {indices_out}: could not write ({err.strerror or err})"
+        ) from None
     report(result, len(pool_rows), args, indices_out, caught)
 
 

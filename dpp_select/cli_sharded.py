@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
 
 from .command import check_args, chosen_by, embed, fields, report, texts
@@ -35,9 +36,11 @@ def _process_group(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if dist.is_initialized():
         return False
     if not all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
-        parser.error("--distributed needs the environment a launcher sets (RANK, WORLD_SIZE, "
-                     "MASTER_ADDR); start with: torchrun --nproc-per-node R --no-python "
-                     "dpp-select ...")
+        parser.error(
+            "--distributed needs the environment a launcher sets (RANK, WORLD_SIZE, "
+            "MASTER_ADDR); start with: torchrun --nproc-per-node R --no-python "
+            "dpp-select ..."
+        )
     cuda = args.device is not None and args.device.startswith("cuda")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -56,20 +59,33 @@ def _read_and_embed(args: argparse.Namespace, world: int) -> tuple:
     keep = None if args.keep_fields is None else fields(args.keep_fields, True, "--keep-fields")
     n_pool, n_target = count_jsonl_rows(args.pool), count_jsonl_rows(args.target)
     if n_pool < world:
-        raise ValueError(f"{args.pool}: {n_pool} pool rows cannot be shared among {world} "
-                         "ranks; run in one process")
+        raise ValueError(
+            f"{args.pool}: {n_pool} pool rows cannot be shared among {world} "
+            "ranks; run in one process"
+        )
     if not n_target:
         raise ValueError(f"{args.target}: the fine-tuning set holds no rows")
     lo, hi = shard_range(n_pool, dist.group.WORLD)
     tlo, thi = shard_range(n_target, dist.group.WORLD)
-    pool_rows = read_jsonl(args.pool, required=pool_fields + (keep or []), span=(lo, hi),
-                           chosen_by=chosen_by(pool_fields, keep))
-    target_rows = read_jsonl(args.target, required=target_fields, span=(tlo, thi),
-                             chosen_by=chosen_by(target_fields, None, "--target-fields"))
+    pool_rows = read_jsonl(
+        args.pool,
+        required=pool_fields + (keep or []),
+        span=(lo, hi),
+        chosen_by=chosen_by(pool_fields, keep),
+    )
+    target_rows = read_jsonl(
+        args.target,
+        required=target_fields,
+        span=(tlo, thi),
+        chosen_by=chosen_by(target_fields, None, "--target-fields"),
+    )
     loaded: dict = {}
     pool_emb = embed(texts(pool_rows, pool_fields), args.pool, args, loaded, lo)
-    target_emb = (embed(texts(target_rows, target_fields), args.target, args, loaded, tlo)
-                  if target_rows else np.empty((0, pool_emb.shape[1]), dtype=np.float32))
+    target_emb = (
+        embed(texts(target_rows, target_fields), args.target, args, loaded, tlo)
+        if target_rows
+        else np.empty((0, pool_emb.shape[1]), dtype=np.float32)
+    )
     if keep is not None:  # after embedding: the kept fields need not include the embedded ones
         pool_rows = [{f: row[f] for f in keep} for row in pool_rows]
     return indices_out, n_pool, lo, pool_rows, pool_emb, target_emb
@@ -90,21 +106,29 @@ def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             indices_out, n_pool, lo, pool_rows, pool_emb, target_emb = shard
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = select(pool_emb, target_emb, k=args.k, ratio=args.ratio,
-                                method=args.method, beta=args.beta, seed=args.seed,
-                                jitter=args.jitter, process_group=group)
+                result = select(
+                    pool_emb,
+                    target_emb,
+                    k=args.k,
+                    ratio=args.ratio,
+                    method=args.method,
+                    beta=args.beta,
+                    seed=args.seed,
+                    jitter=args.jitter,
+                    process_group=group,
+                )
         except ValueError as err:
             parser.exit(2, f"dpp-select: error: {' '.join(str(err).split())}\n")
-        mine = {int(i): pool_rows[int(i) - lo] for i in result.indices
-                if lo <= i < lo + len(pool_rows)}
+        mine = {
+            int(i): pool_rows[int(i) - lo] for i in result.indices if lo <= i < lo + len(pool_rows)
+        }
         parts: list | None = [None] * world if dist.get_rank() == 0 else None
         dist.gather_object(mine, parts, dst=0)
         if parts is not None:
             rows = {i: row for part in parts for i, row in part.items()}
             try:
                 write_jsonl(args.out, (rows[int(i)] for i in result.indices))
-                write_atomic(indices_out,
-                             lambda h: np.save(h, result.indices, allow_pickle=False))
+                write_atomic(indices_out, lambda h: np.save(h, result.indices, allow_pickle=False))
             except OSError as err:
                 parser.exit(2, f"dpp-select: error: could not write the outputs ({err})\n")
             report(result, n_pool, args, indices_out, caught, where=f" on {world} ranks")

@@ -12,9 +12,11 @@ import math
 import os
 import sys
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
 from spard_io import distribution_version
 
 from ._cache import cache_path, load_cached, save_cached
@@ -22,8 +24,16 @@ from ._files import check_distinct, check_output
 from .embed import EmptyTextError, embed_texts
 from .selection import METHODS
 
-__all__ = ["DESCRIPTION", "build_parser", "check_args", "chosen_by", "embed", "fields", "report",
-           "texts"]
+__all__ = [
+    "DESCRIPTION",
+    "build_parser",
+    "check_args",
+    "chosen_by",
+    "embed",
+    "fields",
+    "report",
+    "texts",
+]
 
 #: The command's one-line description (``--help``).
 DESCRIPTION = "``dpp-select``: pick a safe subset of a JSONL pool for a JSONL fine-tuning set."
@@ -33,51 +43,106 @@ _UNSAFE = "unsafe"
 def build_parser() -> argparse.ArgumentParser:
     """The command's options, each with its help text."""
     p = argparse.ArgumentParser(prog="dpp-select", description=DESCRIPTION)
-    p.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}",
-                   help="print the installed spard version and exit")
+    _add_file_options(p)
+    _add_selection_options(p)
+    _add_run_options(p)
+    return p
+
+
+def _add_file_options(p: argparse.ArgumentParser) -> None:
+    """What is read and written, and which fields."""
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {distribution_version()}",
+        help="print the installed spard version and exit",
+    )
     p.add_argument("--pool", required=True, help="candidate pool JSONL (e.g. SPARD safety data)")
     p.add_argument("--target", required=True, help="fine-tuning set JSONL (e.g. GSM8K)")
     p.add_argument("--model", required=True, help="local path of a Hugging Face model")
     p.add_argument("--out", required=True, help="output JSONL of the selected pool rows")
-    p.add_argument("--indices-out", help="output .npy of the selected indices, written at "
-                   "exactly this path (default: OUT with .indices.npy)")
-    p.add_argument("--pool-fields", default="prompt",
-                   help="comma-separated pool fields to embed, joined by a blank line "
-                   "(default: prompt; e.g. prompt,safe)")
-    p.add_argument("--target-fields", default="prompt",
-                   help="comma-separated fine-tuning fields to embed (default: prompt)")
-    p.add_argument("--keep-fields", help="comma-separated pool fields the output rows keep "
-                   "(default: all; e.g. prompt,safe)")
-    p.add_argument("--allow-unsafe-field", action="store_true",
-                   help="permit embedding a field named 'unsafe' (off by default)")
+    p.add_argument(
+        "--indices-out",
+        help="output .npy of the selected indices, written at "
+        "exactly this path (default: OUT with .indices.npy)",
+    )
+    p.add_argument(
+        "--pool-fields",
+        default="prompt",
+        help="comma-separated pool fields to embed, joined by a blank line "
+        "(default: prompt; e.g. prompt,safe)",
+    )
+    p.add_argument(
+        "--target-fields",
+        default="prompt",
+        help="comma-separated fine-tuning fields to embed (default: prompt)",
+    )
+    p.add_argument(
+        "--keep-fields",
+        help="comma-separated pool fields the output rows keep (default: all; e.g. prompt,safe)",
+    )
+    p.add_argument(
+        "--allow-unsafe-field",
+        action="store_true",
+        help="permit embedding a field named 'unsafe' (off by default)",
+    )
+
+
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    """How many items and by which rule."""
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--k", type=int, help="number of items to select")
-    size.add_argument("--ratio", type=float,
-                      help="select ceil(RATIO x fine-tuning set size) items (SPARD: 0.03)")
-    p.add_argument("--method", default="dpp", choices=METHODS, metavar="METHOD",
-                   help="selection rule: dpp (SPARD's relevance-weighted DPP, the default), "
-                   "dpp_diversity_only (beta 0), top_relevance (the k most relevant), random, "
-                   "high_relevance / low_relevance (k drawn from the more / less relevant half "
-                   "of the pool)")
+    size.add_argument(
+        "--ratio", type=float, help="select ceil(RATIO x fine-tuning set size) items (SPARD: 0.03)"
+    )
+    p.add_argument(
+        "--method",
+        default="dpp",
+        choices=METHODS,
+        metavar="METHOD",
+        help="selection rule: dpp (SPARD's relevance-weighted DPP, the default), "
+        "dpp_diversity_only (beta 0), top_relevance (the k most relevant), random, "
+        "high_relevance / low_relevance (k drawn from the more / less relevant half "
+        "of the pool)",
+    )
     p.add_argument("--beta", type=float, default=4.0, help="relevance exponent (default 4)")
-    p.add_argument("--jitter", default="1e-6",
-                   help="kernel jitter: a number >= 0 (default 1e-6, the authors' constant) or "
-                   "'relative' (1e-6 x the median w^2)")
-    p.add_argument("--lazy", action="store_true",
-                   help="exact lazy greedy: the same picks, usually far less work on large pools")
+    p.add_argument(
+        "--jitter",
+        default="1e-6",
+        help="kernel jitter: a number >= 0 (default 1e-6, the authors' constant) or "
+        "'relative' (1e-6 x the median w^2)",
+    )
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="exact lazy greedy: the same picks, usually far less work on large pools",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random baselines")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="texts per forward pass when embedding (default 32)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """How the texts are embedded, cached and shared over processes."""
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="texts per forward pass when embedding (default 32)",
+    )
     p.add_argument("--max-length", type=int, default=512, help="tokens per text")
     p.add_argument("--device", default=None, help="torch device for the model (default cpu)")
-    p.add_argument("--cache-dir", default=os.path.join(".cache", "dpp_select"),
-                   help="embedding cache folder (default .cache/dpp_select)")
+    p.add_argument(
+        "--cache-dir",
+        default=os.path.join(".cache", "dpp_select"),
+        help="embedding cache folder (default .cache/dpp_select)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--distributed", action="store_true",
-                   help="shard reading, embedding and selection over the processes of a "
-                   "launcher (implied under torchrun with more than one process)")
-    return p
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="shard reading, embedding and selection over the processes of a "
+        "launcher (implied under torchrun with more than one process)",
+    )
 
 
 def fields(spec: str, allow_unsafe: bool, option: str) -> list[str]:
@@ -85,8 +150,9 @@ def fields(spec: str, allow_unsafe: bool, option: str) -> list[str]:
     if not fields:
         raise ValueError(f"{option}: no field names in {spec!r}")
     if _UNSAFE in fields and not allow_unsafe:
-        raise ValueError("refusing to embed the 'unsafe' field; pass --allow-unsafe-field if "
-                         "you really mean to")
+        raise ValueError(
+            "refusing to embed the 'unsafe' field; pass --allow-unsafe-field if you really mean to"
+        )
     return fields
 
 
@@ -110,8 +176,9 @@ def _check_device(spec: str | None) -> None:
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device {spec!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
-                         ) from None
+        raise ValueError(
+            f"--device {spec!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {spec}: CUDA is not available here; use --device cpu")
@@ -140,13 +207,16 @@ def check_args(args: argparse.Namespace) -> str:
     indices_out = args.indices_out or os.path.splitext(args.out)[0] + ".indices.npy"
     check_output(args.out, "--out")
     check_output(indices_out, "--indices-out")
-    check_distinct([("--out", args.out), ("--indices-out", indices_out)],
-                   [("--pool", args.pool), ("--target", args.target)])
+    check_distinct(
+        [("--out", args.out), ("--indices-out", indices_out)],
+        [("--pool", args.pool), ("--target", args.target)],
+    )
     return indices_out
 
 
-def chosen_by(fields: list[str], keep: list[str] | None, option: str = "--pool-fields"
-               ) -> dict[str, str]:
+def chosen_by(
+    fields: list[str], keep: list[str] | None, option: str = "--pool-fields"
+) -> dict[str, str]:
     """The option that asked for each required field, named when a row lacks it."""
     chosen = {field: "--keep-fields" for field in keep or []}
     chosen.update({field: option for field in fields})
@@ -168,12 +238,15 @@ def _load_model(args: argparse.Namespace, loaded: dict) -> None:
         loaded["model"] = AutoModel.from_pretrained(args.model).to(args.device or "cpu")
     except Exception as err:  # transformers raises many types for a folder that is not a model
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(f"--model {args.model}: cannot load a model and tokenizer from this "
-                         f"folder ({type(err).__name__}: {first})") from None
+        raise ValueError(
+            f"--model {args.model}: cannot load a model and tokenizer from this "
+            f"folder ({type(err).__name__}: {first})"
+        ) from None
 
 
-def embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict,
-           first_row: int = 0) -> np.ndarray:
+def embed(
+    texts: list[str], source: str, args: argparse.Namespace, loaded: dict, first_row: int = 0
+) -> np.ndarray:
     """Embeddings of the texts read from ``source`` (named in errors), cached when allowed.
 
     ``texts`` are the file's rows from ``first_row`` on (a rank's share): errors name rows by
@@ -187,9 +260,15 @@ def embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict,
     if not loaded:
         _load_model(args, loaded)
     try:
-        emb = embed_texts(texts, loaded["model"], loaded["tokenizer"],
-                          batch_size=args.batch_size, max_length=args.max_length,
-                          device=args.device, progress=not args.no_progress)
+        emb = embed_texts(
+            texts,
+            loaded["model"],
+            loaded["tokenizer"],
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     except EmptyTextError as err:  # say which file, and which rows of it
         rows = EmptyTextError([first_row + row for row in err.rows])
         raise ValueError(f"{source}: {rows} (0-based row numbers)") from None
@@ -198,13 +277,19 @@ def embed(texts: list[str], source: str, args: argparse.Namespace, loaded: dict,
     return emb
 
 
-def report(result: Any, n_pool: int, args: argparse.Namespace, indices_out: str,
-            caught: Sequence[warnings.WarningMessage], where: str = "") -> None:
+def report(
+    result: Any,
+    n_pool: int,
+    args: argparse.Namespace,
+    indices_out: str,
+    caught: Sequence[warnings.WarningMessage],
+    where: str = "",
+) -> None:
     """What was selected and written, the selection diagnostics, and any warnings."""
-    print(f"selected {result.indices.size} of {n_pool} pool items with {args.method}{where} "
-          f"-> {args.out}, {indices_out}")
+    print(
+        f"selected {result.indices.size} of {n_pool} pool items with {args.method}{where} "
+        f"-> {args.out}, {indices_out}"
+    )
     print(result.summary.format())
     for caught_warning in caught:
         print(f"dpp-select: warning: {caught_warning.message}", file=sys.stderr)
-
-

@@ -33,8 +33,15 @@ __all__ = ["full_pass_greedy", "run_device_pass"]
 _RESCORE_BLOCK = 256  # rows gathered at once when re-scoring in float64
 
 
-def full_pass_greedy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float,
-                     eps: float, pool: Any = None) -> GreedyResult:
+def full_pass_greedy(
+    xpass: Any,
+    norms: np.ndarray,
+    w: np.ndarray,
+    k: int,
+    jitter: float,
+    eps: float,
+    pool: Any = None,
+) -> GreedyResult:
     """The full-pass greedy for ``xpass``: on the device for the torch backend, else NumPy."""
     run = run_device_pass if isinstance(xpass, TorchPass) else run_full_pass
     return run(xpass, norms, w, k, jitter, eps, pool)
@@ -43,8 +50,9 @@ def full_pass_greedy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitte
 class _DeviceState:
     """The O(N) state of the greedy on the device, and the float64 basis there."""
 
-    def __init__(self, xpass: TorchPass, scale: np.ndarray, w: np.ndarray, base: np.ndarray,
-                 k: int) -> None:
+    def __init__(
+        self, xpass: TorchPass, scale: np.ndarray, w: np.ndarray, base: np.ndarray, k: int
+    ) -> None:
         dev = xpass.device
         self.scale = torch.from_numpy(scale).to(dev)
         self.w = torch.from_numpy(w).to(dev)
@@ -85,8 +93,8 @@ class _DeviceState:
         order = torch.argsort(-steps, stable=True)
         idx, first_steps = idx[order], steps[order].cpu().numpy()
         for start in range(0, idx.numel(), _RESCORE_BLOCK):
-            block = idx[start:start + _RESCORE_BLOCK]
-            first = int(first_steps[start:start + _RESCORE_BLOCK].min())
+            block = idx[start : start + _RESCORE_BLOCK]
+            first = int(first_steps[start : start + _RESCORE_BLOCK].min())
             if first == t:
                 continue
             proj = (xpass.device_rows(block) @ self.basis[first:t].T) * self.scale[block, None]
@@ -97,8 +105,15 @@ class _DeviceState:
         return self.exact_gain
 
 
-def run_device_pass(xpass: TorchPass, norms: np.ndarray, w: np.ndarray, k: int, jitter: float,
-                    eps: float, pool: Any = None) -> GreedyResult:
+def run_device_pass(
+    xpass: TorchPass,
+    norms: np.ndarray,
+    w: np.ndarray,
+    k: int,
+    jitter: float,
+    eps: float,
+    pool: Any = None,
+) -> GreedyResult:
     """``kernel.run_full_pass`` with the O(N) work on ``xpass``'s device (module docstring).
 
     ``pool`` is ``kernel.WholePool`` for one process or ``distributed.Shard`` for this rank's
@@ -118,8 +133,7 @@ def run_device_pass(xpass: TorchPass, norms: np.ndarray, w: np.ndarray, k: int, 
             best_lower = float(state.gain.max())
         else:
             a = basis_a[t - 1]
-            best_lower = state.fold(xpass.project_device(a),
-                                    xpass.unit * float(np.linalg.norm(a)))
+            best_lower = state.fold(xpass.project_device(a), xpass.unit * float(np.linalg.norm(a)))
             passes += 1
         threshold = pool.best_lower(best_lower) - margin
         contenders = state.contenders(threshold)
@@ -128,8 +142,9 @@ def run_device_pass(xpass: TorchPass, norms: np.ndarray, w: np.ndarray, k: int, 
             state.gain[stale] = state.rescore(xpass, stale, t)[stale]
             state.err[stale] = 0.0
         rescored += stale.numel()
-        best_gain, choice = pool.pick(contenders.cpu().numpy(),
-                                      state.gain[contenders].cpu().numpy(), margin)
+        best_gain, choice = pool.pick(
+            contenders.cpu().numpy(), state.gain[contenders].cpu().numpy(), margin
+        )
         if not best_gain >= eps:
             break
         f = pool.features(xpass, choice, scale)

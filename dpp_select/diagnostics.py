@@ -28,8 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QUANTILES", "SelectionSummary", "summarize_selection", "relative_jitter",
-           "DISTINCT_SHARE", "JITTER_SHARE_WARN", "RELATIVE_JITTER"]
+__all__ = [
+    "QUANTILES",
+    "SelectionSummary",
+    "summarize_selection",
+    "relative_jitter",
+    "DISTINCT_SHARE",
+    "JITTER_SHARE_WARN",
+    "RELATIVE_JITTER",
+]
 
 #: Probabilities of the quantiles reported for q and w (linear interpolation, numpy's default).
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -87,8 +94,11 @@ class SelectionSummary:
         """Whether the jitter, rather than relevance and diversity, weighs on the picks."""
         if self.jitter_share is None:
             return False
-        return (self.jitter_share > JITTER_SHARE_WARN or bool(self.jitter_scale_picks)
-                or self.picks > self.dim)
+        return (
+            self.jitter_share > JITTER_SHARE_WARN
+            or bool(self.jitter_scale_picks)
+            or self.picks > self.dim
+        )
 
     def advice(self) -> str | None:
         """What to do about the regime, or None when relevance and diversity decide the picks."""
@@ -97,8 +107,11 @@ class SelectionSummary:
         parts = []
         if self.jitter_share > JITTER_SHARE_WARN:
             q50, w50 = self.quality_quantiles[0.5], self.weight_quantiles[0.5]
-            share = (f"{100 * self.jitter_share:.3g}% of the median w^2"
-                     if math.isfinite(self.jitter_share) else "above the median w^2, which is 0")
+            share = (
+                f"{100 * self.jitter_share:.3g}% of the median w^2"
+                if math.isfinite(self.jitter_share)
+                else "above the median w^2, which is 0"
+            )
             parts.append(
                 f"relevance is low for the DPP: median q {q50:.3g}, median w = q^{self.beta:g} "
                 f"{w50:.3g}, and the jitter {self.jitter:.3g} is {share}, so it weighs on the "
@@ -110,40 +123,55 @@ class SelectionSummary:
         if self.jitter_scale_picks:
             parts.append(self._jitter_scale_advice())
         if self.picks > self.dim:
-            parts.append(f"k={self.picks} exceeds the embedding dimension {self.dim}, so the "
-                         f"picks after the first {self.dim} are decided by the jitter whatever "
-                         "the weights: select fewer items or use larger embeddings")
+            parts.append(
+                f"k={self.picks} exceeds the embedding dimension {self.dim}, so the "
+                f"picks after the first {self.dim} are decided by the jitter whatever "
+                "the weights: select fewer items or use larger embeddings"
+            )
         return "; ".join(parts)
 
     def _jitter_scale_advice(self) -> str:
         """Why picks were decided at jitter scale, and what to do, whatever the cause."""
-        text = (f"{self.jitter_scale_picks} of {self.picks} picks were decided at jitter scale "
-                "(the jitter is at least 1% of their gain)")
+        text = (
+            f"{self.jitter_scale_picks} of {self.picks} picks were decided at jitter scale "
+            "(the jitter is at least 1% of their gain)"
+        )
         if self.jitter_share > JITTER_SHARE_WARN or self.picks > self.dim:
             return f"{text}, which the advice on the relevance or the dimension here addresses"
         duplicates = self.picks - self.distinct_picks
         if duplicates:
-            return (f"{text}: {duplicates} picks are near-duplicates of earlier ones (only "
-                    f"{self.distinct_picks} of {self.picks} picks are distinct), so the jitter "
-                    "chose among copies; deduplicate the pool, or ask for at most "
-                    f"{self.distinct_picks} items")
-        return (f"{text}: their relevance-diversity gain is within 100 x the jitter; lower the "
-                "jitter (e.g. --jitter relative) or ask for fewer items")
+            return (
+                f"{text}: {duplicates} picks are near-duplicates of earlier ones (only "
+                f"{self.distinct_picks} of {self.picks} picks are distinct), so the jitter "
+                "chose among copies; deduplicate the pool, or ask for at most "
+                f"{self.distinct_picks} items"
+            )
+        return (
+            f"{text}: their relevance-diversity gain is within 100 x the jitter; lower the "
+            "jitter (e.g. --jitter relative) or ask for fewer items"
+        )
 
     def format(self) -> str:
         """A few lines for people: quantiles of q and w, and the jitter's weight."""
+
         def row(values: dict[float, float]) -> str:
             return "  ".join(f"{_label(p)} {v:.3g}" for p, v in values.items())
 
-        lines = [f"relevance q: {row(self.quality_quantiles)}",
-                 f"weights w = max(q,0)^{self.beta:g}: {row(self.weight_quantiles)}"
-                 f"  (w = 0: {self.zero_weights})"]
+        lines = [
+            f"relevance q: {row(self.quality_quantiles)}",
+            f"weights w = max(q,0)^{self.beta:g}: {row(self.weight_quantiles)}"
+            f"  (w = 0: {self.zero_weights})",
+        ]
         if self.jitter is not None:
             share = "inf" if math.isinf(self.jitter_share) else f"{self.jitter_share:.3g}"
-            lines.append(f"jitter {self.jitter:.3g} = {share} x median w^2; picks decided at "
-                         f"jitter scale: {self.jitter_scale_picks} of {self.picks}")
-            lines.append(f"diversity: {self.distinct_picks} of {self.picks} picks distinct "
-                         "(not near-duplicates of earlier picks)")
+            lines.append(
+                f"jitter {self.jitter:.3g} = {share} x median w^2; picks decided at "
+                f"jitter scale: {self.jitter_scale_picks} of {self.picks}"
+            )
+            lines.append(
+                f"diversity: {self.distinct_picks} of {self.picks} picks distinct "
+                "(not near-duplicates of earlier picks)"
+            )
         return "\n".join(lines)
 
 
@@ -151,9 +179,16 @@ def _label(p: float) -> str:
     return {0.0: "min", 0.5: "median", 1.0: "max"}.get(p, f"p{round(100 * p):02d}")
 
 
-def summarize_selection(method: str, quality: np.ndarray, beta: float, picks: int, dim: int,
-                        gains: np.ndarray | None = None, jitter: float | None = None,
-                        indices: np.ndarray | None = None) -> SelectionSummary:
+def summarize_selection(
+    method: str,
+    quality: np.ndarray,
+    beta: float,
+    picks: int,
+    dim: int,
+    gains: np.ndarray | None = None,
+    jitter: float | None = None,
+    indices: np.ndarray | None = None,
+) -> SelectionSummary:
     """The :class:`SelectionSummary` of a selection (``gains``, ``jitter`` and the picks'
     ``indices`` for the DPP)."""
     q = np.asarray(quality, dtype=np.float64)
@@ -169,5 +204,6 @@ def summarize_selection(method: str, quality: np.ndarray, beta: float, picks: in
     at_jitter = int(np.count_nonzero(JITTER_SHARE_WARN * gains <= jitter))
     diagonal = w[np.asarray(indices, dtype=np.int64)] ** 2 + jitter  # L_ii of each pick
     distinct = int(np.count_nonzero(gains >= DISTINCT_SHARE * diagonal))
-    return SelectionSummary(method, float(beta), picks, dim, qq, wq, zero, float(jitter),
-                            share, at_jitter, distinct)
+    return SelectionSummary(
+        method, float(beta), picks, dim, qq, wq, zero, float(jitter), share, at_jitter, distinct
+    )

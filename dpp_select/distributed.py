@@ -30,7 +30,8 @@ collective fail within the process group's timeout.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,14 +41,24 @@ from .device_pass import full_pass_greedy
 from .kernel import check_scalars, dpp_weights, make_pass
 from .lazy import run_lazy
 
-__all__ = ["DistributedArgumentError", "Shard", "agree", "agree_sizes", "all_gather_tensor",
-           "collective_device", "gather_quality", "shard_range", "sharded_greedy"]
+__all__ = [
+    "DistributedArgumentError",
+    "Shard",
+    "agree",
+    "agree_sizes",
+    "all_gather_tensor",
+    "collective_device",
+    "gather_quality",
+    "shard_range",
+    "sharded_greedy",
+]
 
 #: ``torch.distributed``'s all-gather into one tensor (``all_gather_into_tensor`` is deprecated,
 #: renamed, from torch 2.13 on; None on a torch built without distributed support, where this
 #: module is still imported by ``import dpp_select`` but no process group can exist).
-all_gather_tensor = (getattr(dist, "all_gather_single", None)
-                     or getattr(dist, "all_gather_into_tensor", None))
+all_gather_tensor = getattr(dist, "all_gather_single", None) or getattr(
+    dist, "all_gather_into_tensor", None
+)
 
 
 class DistributedArgumentError(ValueError):
@@ -72,8 +83,9 @@ def collective_device(group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def agree(group: Any, name: str, local: dict, error: BaseException | None,
-          same: Sequence[str]) -> list[dict]:
+def agree(
+    group: Any, name: str, local: dict, error: BaseException | None, same: Sequence[str]
+) -> list[dict]:
     """All-gather every rank's ``local`` facts and validation outcome; raise the same error on
     every rank when one rank failed or when the ranks' values of the keys in ``same`` differ.
     Returns the gathered facts, in rank order."""
@@ -90,7 +102,8 @@ def agree(group: Any, name: str, local: dict, error: BaseException | None,
             shown = ", ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
             raise DistributedArgumentError(
                 f"{name}: the ranks disagree on {key} ({shown}); every rank must pass the "
-                "same arguments and embeddings of the same dimension")
+                "same arguments and embeddings of the same dimension"
+            )
     return facts
 
 
@@ -98,8 +111,9 @@ class Shard:
     """This rank's block of the pool, as ``kernel.run_full_pass`` sees it (the ``WholePool``
     interface)."""
 
-    def __init__(self, group: Any, offset: int, base_max: float, xpass: Any, w: np.ndarray,
-                 norms: np.ndarray) -> None:
+    def __init__(
+        self, group: Any, offset: int, base_max: float, xpass: Any, w: np.ndarray, norms: np.ndarray
+    ) -> None:
         self.group = group
         self.offset = offset  # global index of this rank's first row
         self.base_max = base_max  # largest L_ii over all ranks
@@ -123,8 +137,7 @@ class Shard:
         dist.all_reduce(self._lower, op=dist.ReduceOp.MAX, group=self.group)
         return float(self._lower.item())
 
-    def pick(self, contenders: np.ndarray, values: np.ndarray, margin: float
-             ) -> tuple[float, int]:
+    def pick(self, contenders: np.ndarray, values: np.ndarray, margin: float) -> tuple[float, int]:
         """All-gather the ranks' best exact gains; the lowest rank within ``margin`` of the
         best owns the pick and broadcasts [global index, f_choice]. Returns (best, index)."""
         self._mine.fill_(float(values.max()) if values.size else -np.inf)
@@ -154,8 +167,18 @@ class Shard:
         return int(value.item())
 
 
-def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, eps: float,
-                   backend: str, device: Any, group: Any, lazy: bool = False):
+def sharded_greedy(
+    emb: Any,
+    k: int,
+    quality: Any,
+    beta: float,
+    jitter: float,
+    eps: float,
+    backend: str,
+    device: Any,
+    group: Any,
+    lazy: bool = False,
+):
     """``greedy_dpp_result`` on this rank's shard; see the module docstring.
 
     ``lazy`` is part of the agreement: ranks that disagree on it raise the same error on every
@@ -168,17 +191,31 @@ def sharded_greedy(emb: Any, k: int, quality: Any, beta: float, jitter: float, e
         w = dpp_weights(quality, xpass.n, beta)
     except (ValueError, TypeError) as err:
         error = err
-    local = {"k": k, "beta": beta, "jitter": jitter, "eps": eps, "lazy": lazy,
-             "d": None if xpass is None else xpass.d, "n": 0 if xpass is None else xpass.n,
-             "base_max": None if w is None else float((w * w + jitter).max())}
+    local = {
+        "k": k,
+        "beta": beta,
+        "jitter": jitter,
+        "eps": eps,
+        "lazy": lazy,
+        "d": None if xpass is None else xpass.d,
+        "n": 0 if xpass is None else xpass.n,
+        "base_max": None if w is None else float((w * w + jitter).max()),
+    }
     facts = agree(group, "greedy_dpp", local, error, ("k", "beta", "jitter", "eps", "lazy", "d"))
     sizes = [f["n"] for f in facts]
     if k > sum(sizes):
         raise DistributedArgumentError(
             f"k={k} exceeds the pool size N={sum(sizes)} (all ranks); ask for at most "
-            f"{sum(sizes)} items")
-    shard = Shard(group, sum(sizes[:dist.get_rank(group)]), max(f["base_max"] for f in facts),
-                  xpass, w, norms)
+            f"{sum(sizes)} items"
+        )
+    shard = Shard(
+        group,
+        sum(sizes[: dist.get_rank(group)]),
+        max(f["base_max"] for f in facts),
+        xpass,
+        w,
+        norms,
+    )
     run = run_lazy if lazy else full_pass_greedy
     return run(xpass, norms, w, int(k), float(jitter), float(eps), shard)
 
@@ -191,17 +228,21 @@ def agree_sizes(group: Any, n_pool: int, target_emb: Any, **arguments: Any) -> t
     it R times (``ratio=`` would select R times too many items) and multiply the relevance work
     by R, so identical non-empty target blocks on every rank are refused on every rank.
     """
-    local = {"n": n_pool, "m": len(target_emb), "targets": _fingerprint(target_emb),
-             **arguments}
+    local = {"n": n_pool, "m": len(target_emb), "targets": _fingerprint(target_emb), **arguments}
     facts = agree(group, "select", local, None, tuple(arguments))
     m = facts[0]["m"]
-    if (len(facts) > 1 and m > 0 and facts[0]["targets"] is not None
-            and all(f["targets"] == facts[0]["targets"] for f in facts)):
+    if (
+        len(facts) > 1
+        and m > 0
+        and facts[0]["targets"] is not None
+        and all(f["targets"] == facts[0]["targets"] for f in facts)
+    ):
         raise DistributedArgumentError(
             f"select: every rank passed the same {m} target rows, but the fine-tuning set is "
             "sharded like the pool (ratio= would count it once per rank); pass each rank its "
             "own block: lo, hi = dpp_select.distributed.shard_range(len(targets), "
-            "process_group), then target_emb=targets[lo:hi]")
+            "process_group), then target_emb=targets[lo:hi]"
+        )
     return sum(f["n"] for f in facts), sum(f["m"] for f in facts)
 
 

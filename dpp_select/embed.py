@@ -8,7 +8,8 @@ gradients, mean-pooled over the attention mask and returned in the caller's orde
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +21,12 @@ __all__ = ["EmptyTextError", "embed_texts"]
 logger = logging.getLogger(__name__)
 
 
-def _encode_with_sentence_transformer(model: Any, texts: list[str], batch_size: int,
-                                      progress: bool) -> np.ndarray:
-    out = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                       convert_to_numpy=True)
+def _encode_with_sentence_transformer(
+    model: Any, texts: list[str], batch_size: int, progress: bool
+) -> np.ndarray:
+    out = model.encode(
+        texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True
+    )
     return np.asarray(out, dtype=np.float32)
 
 
@@ -33,8 +36,10 @@ class EmptyTextError(ValueError):
 
     def __init__(self, rows: Sequence[int]) -> None:
         self.rows = [int(r) for r in rows]
-        super().__init__(f"texts {self.rows[:10]} produce no tokens; drop them or use a "
-                         "tokenizer that adds a BOS token")
+        super().__init__(
+            f"texts {self.rows[:10]} produce no tokens; drop them or use a "
+            "tokenizer that adds a BOS token"
+        )
 
 
 def _share(texts: list[str], process_group: Any) -> tuple[list[str], int]:
@@ -43,8 +48,9 @@ def _share(texts: list[str], process_group: Any) -> tuple[list[str], int]:
         return texts, 0
     world = torch.distributed.get_world_size(process_group)
     if len(texts) < world:  # the same decision on every rank
-        raise ValueError(f"{len(texts)} texts cannot be shared among {world} ranks; embed "
-                         "them in one process")
+        raise ValueError(
+            f"{len(texts)} texts cannot be shared among {world} ranks; embed them in one process"
+        )
     lo, hi = shard_range(len(texts), process_group)
     return texts[lo:hi], lo
 
@@ -86,8 +92,10 @@ def embed_texts(
     _check_texts(texts, batch_size, max_length)
     if tokenizer is None:
         if not callable(getattr(model, "encode", None)):
-            raise ValueError("pass the model's tokenizer, or a model with an encode() method "
-                             "(sentence-transformers)")
+            raise ValueError(
+                "pass the model's tokenizer, or a model with an encode() method "
+                "(sentence-transformers)"
+            )
         return _encode_with_sentence_transformer(model, texts, batch_size, progress)
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(x) for x in ids])
@@ -102,8 +110,15 @@ def embed_texts(
     return out
 
 
-def _mean_hidden_states(model: Any, ids: list, lengths: np.ndarray, batch_size: int,
-                        pad_id: int, device: Any, progress: bool) -> np.ndarray:
+def _mean_hidden_states(
+    model: Any,
+    ids: list,
+    lengths: np.ndarray,
+    batch_size: int,
+    pad_id: int,
+    device: Any,
+    progress: bool,
+) -> np.ndarray:
     """Mean-pooled final hidden states of the tokenized texts, in their order, as float32."""
     from tqdm.auto import tqdm
 
@@ -116,7 +131,7 @@ def _mean_hidden_states(model: Any, ids: list, lengths: np.ndarray, batch_size: 
         with torch.inference_mode():
             bar = tqdm(total=n, desc="embedding", disable=not progress, unit="text")
             for start in range(0, n, batch_size):
-                batch = order[start:start + batch_size]
+                batch = order[start : start + batch_size]
                 width = int(lengths[batch].max())
                 input_ids = torch.full((batch.size, width), pad_id, dtype=torch.long)
                 mask = torch.zeros((batch.size, width), dtype=torch.long)
@@ -124,8 +139,7 @@ def _mean_hidden_states(model: Any, ids: list, lengths: np.ndarray, batch_size: 
                     input_ids[row, : lengths[i]] = torch.tensor(ids[i], dtype=torch.long)
                     mask[row, : lengths[i]] = 1
                 input_ids, mask = input_ids.to(device), mask.to(device)
-                result = model(input_ids=input_ids, attention_mask=mask,
-                               output_hidden_states=True)
+                result = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
                 hidden = result.hidden_states[-1].to(torch.float32)
                 weights = mask.unsqueeze(-1).to(torch.float32)
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1)

@@ -38,13 +38,15 @@ def greedy_dpp_result(
     if not isinstance(lazy, bool):
         raise ValueError(f"lazy must be True or False, got {lazy!r}")
     if process_group is not None:
-        return sharded_greedy(emb, k, quality, beta, jitter, eps, backend, device, process_group,
-                              lazy)
+        return sharded_greedy(
+            emb, k, quality, beta, jitter, eps, backend, device, process_group, lazy
+        )
     xpass, norms = make_pass(emb, backend, device)
     check_scalars(k, jitter, eps)
     if k > xpass.n:
-        raise ValueError(f"k={k} exceeds the pool size N={xpass.n}; ask for at most {xpass.n} "
-                         "items")
+        raise ValueError(
+            f"k={k} exceeds the pool size N={xpass.n}; ask for at most {xpass.n} items"
+        )
     w = dpp_weights(quality, xpass.n, beta)
     if lazy:
         return run_lazy(xpass, norms, w, int(k), float(jitter), float(eps))
@@ -81,4 +83,5 @@ def greedy_dpp(*args: Any, **kwargs: Any) -> np.ndarray:
 
 # The parameters are stated once, on greedy_dpp_result; help() and the docs show them here too.
 greedy_dpp.__signature__ = inspect.signature(greedy_dpp_result).replace(
-    return_annotation="np.ndarray")
+    return_annotation="np.ndarray"
+)

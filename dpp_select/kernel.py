@@ -37,8 +37,20 @@ import torch
 from ._inputs import check_embeddings, is_torch
 from .backends import NumpyPass, TorchPass
 
-__all__ = ["CHUNK", "MARGIN", "EarlyStopWarning", "GreedyResult", "WholePool", "check_scalars",
-           "dpp_weights", "extend_basis", "finish", "make_pass", "rescore", "run_full_pass"]
+__all__ = [
+    "CHUNK",
+    "MARGIN",
+    "EarlyStopWarning",
+    "GreedyResult",
+    "WholePool",
+    "check_scalars",
+    "dpp_weights",
+    "extend_basis",
+    "finish",
+    "make_pass",
+    "rescore",
+    "run_full_pass",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +88,9 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
     number is undefined; such items keep weight 0 for beta > 0 (only the jitter can select them)
     and weight 1 for beta = 0, where quality is ignored by definition (0^0 = 1).
     """
-    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
-                                      and beta >= 0):
+    if isinstance(beta, bool) or not (
+        isinstance(beta, numbers.Real) and math.isfinite(beta) and beta >= 0
+    ):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     if quality is None:
         return np.ones(n, dtype=np.float64)
@@ -94,7 +107,9 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
             "every relevance score is <= 0, so every weight max(q, 0)^beta is 0 and the kernel "
             "is jitter x I: all candidates tie and the picks are simply pool indices 0, 1, 2, "
             "...; check that the pool and the targets were embedded with the same model, or use "
-            "beta=0 (diversity only)", UserWarning, stacklevel=3,
+            "beta=0 (diversity only)",
+            UserWarning,
+            stacklevel=3,
         )
     return np.power(np.maximum(q, 0.0), float(beta))
 
@@ -145,8 +160,7 @@ class WholePool:
     def best_lower(self, value: float) -> float:
         return value
 
-    def pick(self, contenders: np.ndarray, values: np.ndarray, margin: float
-             ) -> tuple[float, int]:
+    def pick(self, contenders: np.ndarray, values: np.ndarray, margin: float) -> tuple[float, int]:
         """Best exact gain and its (lowest) index; gains within ``margin`` of it are ties."""
         best = float(values.max())
         return best, int(contenders[np.flatnonzero(values >= best - margin)[0]])
@@ -159,8 +173,15 @@ class WholePool:
         return count
 
 
-def run_full_pass(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float,
-                  eps: float, pool: Any = None) -> GreedyResult:
+def run_full_pass(
+    xpass: Any,
+    norms: np.ndarray,
+    w: np.ndarray,
+    k: int,
+    jitter: float,
+    eps: float,
+    pool: Any = None,
+) -> GreedyResult:
     """The full-pass greedy: one float32 pass over the pool per pick (module docstring).
 
     ``pool`` is :class:`WholePool` for one process, or ``distributed.Shard`` for this rank's
@@ -196,10 +217,14 @@ def run_full_pass(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: 
             best_lower = _fold_pass(v, scale, w, bound, gain, err, chunks, (t1, t2, t3), ub_max)
         threshold = pool.best_lower(best_lower) - margin
         # (A shard of a distributed pool may hold no contender at all.)
-        contenders = np.concatenate([np.empty(0, dtype=np.intp)] + [
-            lo + np.flatnonzero(gain[lo:hi] + err[lo:hi] >= threshold)
-            for c, (lo, hi) in enumerate(chunks) if ub_max[c] >= threshold
-        ])
+        contenders = np.concatenate(
+            [np.empty(0, dtype=np.intp)]
+            + [
+                lo + np.flatnonzero(gain[lo:hi] + err[lo:hi] >= threshold)
+                for c, (lo, hi) in enumerate(chunks)
+                if ub_max[c] >= threshold
+            ]
+        )
         stale = contenders[err[contenders] > 0.0]
         if stale.size:
             gain[stale] = rescore(xpass, stale, t, basis_a, scale, exact_gain, exact_step)
@@ -220,9 +245,17 @@ def run_full_pass(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: 
     return finish(picks, gains, pool.total_rescored(rescored), k, eps, float(passes))
 
 
-def _fold_pass(v: np.ndarray, scale: np.ndarray, w: np.ndarray, bound: float, gain: np.ndarray,
-               err: np.ndarray, chunks: list[tuple[int, int]], temps: tuple, ub_max: np.ndarray
-               ) -> float:
+def _fold_pass(
+    v: np.ndarray,
+    scale: np.ndarray,
+    w: np.ndarray,
+    bound: float,
+    gain: np.ndarray,
+    err: np.ndarray,
+    chunks: list[tuple[int, int]],
+    temps: tuple,
+    ub_max: np.ndarray,
+) -> float:
     """Subtract the squares of one float32 pass ``v`` = X a_t from the gains, chunk by chunk,
     adding their rigorous error bound to ``err``; set each chunk's largest upper bound in
     ``ub_max`` and return the best lower bound."""
@@ -248,8 +281,9 @@ def _fold_pass(v: np.ndarray, scale: np.ndarray, w: np.ndarray, bound: float, ga
     return best_lower
 
 
-def finish(picks: list[int], gains: list[float], rescored: int, k: int, eps: float,
-            passes: float) -> GreedyResult:
+def finish(
+    picks: list[int], gains: list[float], rescored: int, k: int, eps: float, passes: float
+) -> GreedyResult:
     """Warn when fewer than ``k`` items were picked and package the result."""
     stopped = len(picks) < k
     if stopped:
@@ -261,12 +295,14 @@ def finish(picks: list[int], gains: list[float], rescored: int, k: int, eps: flo
         )
         warnings.warn(message, EarlyStopWarning, stacklevel=4)  # once: not also logged
     logger.debug("greedy DPP: %d picks, %d float64 re-scorings", len(picks), rescored)
-    return GreedyResult(np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped,
-                        passes)
+    return GreedyResult(
+        np.asarray(picks, dtype=np.int64), np.asarray(gains), rescored, stopped, passes
+    )
 
 
-def extend_basis(f: np.ndarray, jitter: float, basis_a: np.ndarray, basis_b: np.ndarray,
-                  t: int) -> bool:
+def extend_basis(
+    f: np.ndarray, jitter: float, basis_a: np.ndarray, basis_b: np.ndarray, t: int
+) -> bool:
     """Append the normalised residual of phi_choice = [f ; sqrt(jitter) e_t] to the basis.
 
     Classical Gram-Schmidt, repeated once only when the first pass cancelled more than half of
@@ -301,8 +337,15 @@ def extend_basis(f: np.ndarray, jitter: float, basis_a: np.ndarray, basis_b: np.
     return True
 
 
-def rescore(xpass: Any, idx: np.ndarray, t: int, basis_a: np.ndarray, scale: np.ndarray,
-             exact_gain: np.ndarray, exact_step: np.ndarray) -> np.ndarray:
+def rescore(
+    xpass: Any,
+    idx: np.ndarray,
+    t: int,
+    basis_a: np.ndarray,
+    scale: np.ndarray,
+    exact_gain: np.ndarray,
+    exact_step: np.ndarray,
+) -> np.ndarray:
     """Exact float64 gains of candidates ``idx`` before step ``t``.
 
     Each candidate's gain is brought forward from the step at which it was last exact, using
@@ -312,7 +355,7 @@ def rescore(xpass: Any, idx: np.ndarray, t: int, basis_a: np.ndarray, scale: np.
     """
     order = idx[np.argsort(-exact_step[idx], kind="stable")]
     for start in range(0, order.size, _RESCORE_BLOCK):
-        block = order[start:start + _RESCORE_BLOCK]
+        block = order[start : start + _RESCORE_BLOCK]
         first = int(exact_step[block].min())
         if first == t:
             continue

@@ -51,8 +51,15 @@ _BUDGET = 0.6  # lazy work allowed per step, as a share of that step's full pass
 _MAX_COOLDOWN = 64  # most full-pass steps between two lazy attempts
 
 
-def run_lazy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, eps: float,
-             pool: Any = None) -> GreedyResult:
+def run_lazy(
+    xpass: Any,
+    norms: np.ndarray,
+    w: np.ndarray,
+    k: int,
+    jitter: float,
+    eps: float,
+    pool: Any = None,
+) -> GreedyResult:
     """Lazy greedy with the inputs of ``kernel.run_full_pass``; the same picks, gains and
     stopping rule. ``pool`` is ``kernel.WholePool`` or a ``distributed.Shard``: on a shard each
     rank brings forward its own candidates until none left behind can reach its best lower
@@ -63,8 +70,9 @@ def run_lazy(xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float
 
 
 class _LazyGreedy:
-    def __init__(self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float,
-                 shard: Any) -> None:
+    def __init__(
+        self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, shard: Any
+    ) -> None:
         n, d = xpass.n, xpass.d
         self.xpass, self.n, self.w, self.jitter, self.shard = xpass, n, w, jitter, shard
         self.scale = w / norms  # f_i = scale_i * x_i
@@ -115,8 +123,9 @@ class _LazyGreedy:
                 self._drop(choice - self.shard.offset)
             if t == 0:
                 self._rebuild(math.inf)
-        return finish(picks, gains, self.shard.total_rescored(self.rescored), k, eps,
-                      self.work / self.n)
+        return finish(
+            picks, gains, self.shard.total_rescored(self.rescored), k, eps, self.work / self.n
+        )
 
     def _drop(self, row: int) -> None:
         """Remove the picked ``row`` (local index) from the candidates."""
@@ -131,8 +140,9 @@ class _LazyGreedy:
         (lowest global index within the margin of the best exact gain)."""
         stale = contenders[self.err[contenders] > 0.0]
         if stale.size:
-            exact = rescore(self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain,
-                             self.exact_step)
+            exact = rescore(
+                self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain, self.exact_step
+            )
             self.gain[stale] = exact
             self.err[stale] = 0.0
             self.ub[stale] = np.minimum(self.ub[stale], exact)
@@ -170,16 +180,16 @@ class _LazyGreedy:
             v = np.empty(self.n, dtype=self.xpass.pass_dtype)
             self.xpass.project(self.basis_a[t - 1], v)
         rows_per_chunk = CHUNK if width <= 1 else max(256, CHUNK // width)
-        chunks = [(lo, min(self.n, lo + rows_per_chunk))
-                  for lo in range(0, self.n, rows_per_chunk)]
+        chunks = [(lo, min(self.n, lo + rows_per_chunk)) for lo in range(0, self.n, rows_per_chunk)]
         lower, upper = np.empty(len(chunks)), np.empty(len(chunks))
         for c, (lo, hi) in enumerate(chunks):
             rows = slice(lo, hi)
             if v is not None:
                 self._fold(rows, v[lo:hi, None], t - 1, t)
             elif width > 1:
-                self._fold(rows, self.xpass.project_rows(rows, self.basis_a[self.floor:t]),
-                           self.floor, t)
+                self._fold(
+                    rows, self.xpass.project_rows(rows, self.basis_a[self.floor : t]), self.floor, t
+                )
             lower[c] = (self.gain[rows] - self.err[rows]).max()
             upper[c] = self.ub[rows].max()
         self.work += self.n * width
@@ -188,8 +198,13 @@ class _LazyGreedy:
         self.best_lower = float(lower.max())
         threshold = self.best_lower - self.margin
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
-        return np.concatenate([lo + np.flatnonzero(self.ub[lo:hi] >= threshold)
-                               for c, (lo, hi) in enumerate(chunks) if upper[c] >= threshold])
+        return np.concatenate(
+            [
+                lo + np.flatnonzero(self.ub[lo:hi] >= threshold)
+                for c, (lo, hi) in enumerate(chunks)
+                if upper[c] >= threshold
+            ]
+        )
 
     def _lazy_step(self, t: int) -> bool:
         """Bring forward the pool's best bounds until none left behind can win; False: too dear."""
@@ -233,7 +248,7 @@ class _LazyGreedy:
         pos = pos[np.argsort(-self.pool_at[pos], kind="stable")]
         rows = self.pool[pos]
         for start in range(0, rows.size, _BLOCK):
-            block = rows[start:start + _BLOCK]
+            block = rows[start : start + _BLOCK]
             first = int(self.at[block[-1]])  # smallest in the block
             self._fold(block, self.xpass.project_rows(block, self.basis_a[first:t]), first, t)
             self.work += block.size * (t - first)

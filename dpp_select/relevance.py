@@ -10,14 +10,14 @@ bounded rounds with the collectives of ``distributed.py``.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ._inputs import check_embeddings, is_torch
-from .distributed import (DistributedArgumentError, agree, all_gather_tensor,
-                          collective_device)
+from .distributed import DistributedArgumentError, agree, all_gather_tensor, collective_device
 
 __all__ = ["relevance_scores"]
 
@@ -32,8 +32,9 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x if is_torch(x) else torch.from_numpy(np.ascontiguousarray(x))
 
 
-def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = None,
-                     process_group: Any = None) -> np.ndarray:
+def relevance_scores(
+    pool_emb: Any, target_emb: Any, chunk_size: int | None = None, process_group: Any = None
+) -> np.ndarray:
     """Max cosine similarity of each pool row to any target row, as a float64 NumPy (N,) array.
 
     ``chunk_size`` is the number of pool rows per block (default: sized so one block of the
@@ -52,14 +53,23 @@ def relevance_scores(pool_emb: Any, target_emb: Any, chunk_size: int | None = No
     # float64 when either side is float64, else float32 (half precision is widened per block).
     dtype = torch.float64 if torch.float64 in (x.dtype, z.dtype) else torch.float32
     z = normalised_targets(z, target_norms, x.device, dtype)
-    return max_cosine(x, pool_norms, [z], z.shape[0], dtype, chunk_size,
-                      unit_rows(pool_norms.min(), pool_norms.max(), dtype))
+    return max_cosine(
+        x,
+        pool_norms,
+        [z],
+        z.shape[0],
+        dtype,
+        chunk_size,
+        unit_rows(pool_norms.min(), pool_norms.max(), dtype),
+    )
 
 
 def check_chunk_size(chunk_size: Any) -> None:
-    if chunk_size is not None and (isinstance(chunk_size, bool)
-                                   or not isinstance(chunk_size, numbers.Integral)
-                                   or chunk_size < 1):
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or chunk_size < 1
+    ):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
@@ -70,16 +80,23 @@ def unit_rows(low: float, high: float, dtype: torch.dtype) -> bool:
     return bool(low < safe_low or high > safe_high)
 
 
-def normalised_targets(z: torch.Tensor, norms: np.ndarray, device: torch.device,
-                       dtype: torch.dtype) -> torch.Tensor:
+def normalised_targets(
+    z: torch.Tensor, norms: np.ndarray, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Target rows divided by their norms (in float64), in ``dtype`` on ``device``."""
     z = z.to(device=device, dtype=torch.float64)
     return (z / torch.from_numpy(norms).to(device)[:, None]).to(dtype)
 
 
-def max_cosine(x: torch.Tensor, pool_norms: np.ndarray, targets: Iterable[torch.Tensor],
-               num_targets: int, dtype: torch.dtype, chunk_size: int | None, unit: bool
-               ) -> np.ndarray:
+def max_cosine(
+    x: torch.Tensor,
+    pool_norms: np.ndarray,
+    targets: Iterable[torch.Tensor],
+    num_targets: int,
+    dtype: torch.dtype,
+    chunk_size: int | None,
+    unit: bool,
+) -> np.ndarray:
     """q_i for the pool rows ``x`` against normalised target blocks (``num_targets`` rows in
     all), each target block visited once and cut into column blocks; ``unit``: see
     :func:`unit_rows`."""
@@ -98,7 +115,7 @@ def max_cosine(x: torch.Tensor, pool_norms: np.ndarray, targets: Iterable[torch.
             else:
                 block = x[lo:hi].to(dtype)
             for c0 in range(0, z.shape[0], col_block):
-                sims = block @ z[c0:c0 + col_block].T
+                sims = block @ z[c0 : c0 + col_block].T
                 torch.maximum(best[lo:hi], sims.amax(dim=1), out=best[lo:hi])
     out = best.to(torch.float64).cpu().numpy()
     if not unit:
@@ -106,8 +123,9 @@ def max_cosine(x: torch.Tensor, pool_norms: np.ndarray, targets: Iterable[torch.
     return np.clip(out, -1.0, 1.0)
 
 
-def _sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, group: Any
-                       ) -> np.ndarray:
+def _sharded_relevance(
+    pool_emb: Any, target_emb: Any, chunk_size: int | None, group: Any
+) -> np.ndarray:
     """``relevance_scores`` of this rank's pool rows against every rank's target rows.
 
     The normalised targets are all-gathered in rounds of at most about 64 MiB per rank, so no
@@ -121,16 +139,20 @@ def _sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, g
             target = torch.empty((0, pool.shape[1]), dtype=_as_tensor(pool).dtype)
             target_norms = np.empty(0)
         else:
-            target, target_norms = check_embeddings(target_emb, "target embeddings",
-                                                    dim=pool.shape[1])
+            target, target_norms = check_embeddings(
+                target_emb, "target embeddings", dim=pool.shape[1]
+            )
         check_chunk_size(chunk_size)
     except (ValueError, TypeError) as err:
         error = err
     x = None if pool is None else _as_tensor(pool)
     z = None if target is None else _as_tensor(target)
-    local = {"d": None if x is None else x.shape[1], "m": 0 if z is None else z.shape[0],
-             "f64": x is not None and torch.float64 in (x.dtype, z.dtype),
-             "norms": None if x is None else (float(pool_norms.min()), float(pool_norms.max()))}
+    local = {
+        "d": None if x is None else x.shape[1],
+        "m": 0 if z is None else z.shape[0],
+        "f64": x is not None and torch.float64 in (x.dtype, z.dtype),
+        "norms": None if x is None else (float(pool_norms.min()), float(pool_norms.max())),
+    }
     facts = agree(group, "relevance_scores", local, error, ("d",))
     counts = [f["m"] for f in facts]
     if sum(counts) == 0:
@@ -144,12 +166,14 @@ def _sharded_relevance(pool_emb: Any, target_emb: Any, chunk_size: int | None, g
     def rounds():
         for lo in range(0, max(counts), per_round):
             send = torch.zeros((per_round, d), dtype=dtype, device=comm)
-            mine = z[lo:lo + per_round]
+            mine = z[lo : lo + per_round]
             send[: mine.shape[0]] = mine
             recv = torch.empty((world * per_round, d), dtype=dtype, device=comm)
             all_gather_tensor(recv, send, group=group)
-            valid = [recv[r * per_round: r * per_round + min(per_round, max(0, m - lo))]
-                     for r, m in enumerate(counts)]
+            valid = [
+                recv[r * per_round : r * per_round + min(per_round, max(0, m - lo))]
+                for r, m in enumerate(counts)
+            ]
             yield torch.cat(valid).to(x.device)
 
     unit = unit_rows(min(f["norms"][0] for f in facts), max(f["norms"][1] for f in facts), dtype)

@@ -15,16 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from .diagnostics import (RELATIVE_JITTER, SelectionSummary, relative_jitter,
-                          summarize_selection)
+from .diagnostics import RELATIVE_JITTER, SelectionSummary, relative_jitter, summarize_selection
 from .distributed import agree_sizes, gather_quality
 from .greedy import greedy_dpp_result
 from .relevance import relevance_scores
 
 __all__ = ["METHODS", "LowRelevanceWarning", "SelectionResult", "resolve_k", "select"]
 
-METHODS = ("dpp", "dpp_diversity_only", "random", "top_relevance", "low_relevance",
-           "high_relevance")
+METHODS = (
+    "dpp",
+    "dpp_diversity_only",
+    "random",
+    "top_relevance",
+    "low_relevance",
+    "high_relevance",
+)
 #: The keywords ``select`` passes unchanged to the DPP's greedy (their defaults are its own).
 _GREEDY_OPTIONS = ("backend", "device", "lazy")
 
@@ -60,18 +65,22 @@ def resolve_k(k: int | None, ratio: float | None, n_pool: int, n_target: int) ->
     """The number of items to select: ``k``, or ``ceil(ratio x n_target)``; checked against the
     pool size ``n_pool``."""
     if (k is None) == (ratio is None):
-        raise ValueError("give exactly one of k (number of items) or ratio (fraction of the "
-                         "fine-tuning set size)")
+        raise ValueError(
+            "give exactly one of k (number of items) or ratio (fraction of the "
+            "fine-tuning set size)"
+        )
     if ratio is not None:
-        if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real) and 0 < ratio
-                                           and math.isfinite(ratio)):
+        if isinstance(ratio, bool) or not (
+            isinstance(ratio, numbers.Real) and 0 < ratio and math.isfinite(ratio)
+        ):
             raise ValueError(f"ratio must be a positive number, got {ratio!r}")
         k = max(1, math.ceil(ratio * n_target - 1e-9))  # 0.03 * 8000 is 240.00000000000003
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k > n_pool:
-        raise ValueError(f"k={k} exceeds the pool size N={n_pool}; lower k or ratio, or use a "
-                         "larger pool")
+        raise ValueError(
+            f"k={k} exceeds the pool size N={n_pool}; lower k or ratio, or use a larger pool"
+        )
     return int(k)
 
 
@@ -131,7 +140,7 @@ def select(
         **greedy_options: ``backend``, ``device`` and ``lazy``, passed unchanged with their
             defaults to :func:`~dpp_select.greedy.greedy_dpp` (see there). ``lazy=True`` runs
             the exact lazy greedy: the same picks and gains, usually a fraction of the work on
-            large pools (one process only).
+            large pools (also with ``process_group``).
 
     Returns:
         A :class:`SelectionResult`. When the jitter exceeds 1% of the median w^2 or of a
@@ -150,21 +159,33 @@ def select(
     """
     unknown = sorted(set(greedy_options) - set(_GREEDY_OPTIONS))
     if unknown:
-        raise TypeError(f"select() got unexpected keyword argument(s) {unknown}; besides its own "
-                        f"it takes only {', '.join(_GREEDY_OPTIONS)} (passed to greedy_dpp)")
+        raise TypeError(
+            f"select() got unexpected keyword argument(s) {unknown}; besides its own "
+            f"it takes only {', '.join(_GREEDY_OPTIONS)} (passed to greedy_dpp)"
+        )
     if process_group is not None:
-        n_pool, n_target = agree_sizes(process_group, len(pool_emb), target_emb,
-                                       method=method, k=k, ratio=ratio, beta=beta, seed=seed,
-                                       jitter=jitter, eps=eps,
-                                       lazy=greedy_options.get("lazy", False))
+        n_pool, n_target = agree_sizes(
+            process_group,
+            len(pool_emb),
+            target_emb,
+            method=method,
+            k=k,
+            ratio=ratio,
+            beta=beta,
+            seed=seed,
+            jitter=jitter,
+            eps=eps,
+            lazy=greedy_options.get("lazy", False),
+        )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     quality = relevance_scores(pool_emb, target_emb, process_group=process_group)
     if process_group is None:
         n_pool, n_target = quality.size, len(target_emb)
     k = resolve_k(k, ratio, n_pool, n_target)
-    if isinstance(beta, bool) or not (isinstance(beta, numbers.Real) and math.isfinite(beta)
-                                      and beta >= 0):
+    if isinstance(beta, bool) or not (
+        isinstance(beta, numbers.Real) and math.isfinite(beta) and beta >= 0
+    ):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
     dim = int(np.shape(pool_emb)[1])
     # Every q on every rank (N floats, small next to the embeddings): the relative jitter, the
@@ -172,20 +193,75 @@ def select(
     q = quality if process_group is None else gather_quality(quality, process_group)
     if method in ("dpp", "dpp_diversity_only"):
         b = 0.0 if method == "dpp_diversity_only" else beta
-        if isinstance(jitter, str):
-            if jitter != "relative":
-                raise ValueError(f"jitter must be a number >= 0 or 'relative', got {jitter!r}")
-            w = np.power(np.maximum(q, 0.0), b)
-            jitter = relative_jitter(w)
-            eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
-        res = greedy_dpp_result(pool_emb, k, quality=quality, beta=b, jitter=jitter, eps=eps,
-                                process_group=process_group, **greedy_options)
-        summary = summarize_selection(method, q, b, int(res.indices.size), dim, res.gains,
-                                      float(jitter), res.indices)
-        if summary.low_relevance:
-            warnings.warn(summary.advice(), LowRelevanceWarning, stacklevel=2)
-        return SelectionResult(res.indices, quality, method, k, b, seed, res.gains, res.rescored,
-                               summary)
+        return _select_dpp(
+            pool_emb,
+            quality,
+            q,
+            k,
+            method,
+            b,
+            seed,
+            jitter,
+            eps,
+            dim,
+            process_group,
+            greedy_options,
+        )
+    return _select_baseline(quality, q, k, n_pool, method, beta, seed, dim)
+
+
+def _select_dpp(
+    pool_emb: Any,
+    quality: np.ndarray,
+    q: np.ndarray,
+    k: int,
+    method: str,
+    b: float,
+    seed: int,
+    jitter: float | str,
+    eps: float,
+    dim: int,
+    process_group: Any,
+    greedy_options: dict,
+) -> SelectionResult:
+    """The DPP methods: the exact greedy on weights max(q, 0)^b, then the summary and warning."""
+    if isinstance(jitter, str):
+        if jitter != "relative":
+            raise ValueError(f"jitter must be a number >= 0 or 'relative', got {jitter!r}")
+        w = np.power(np.maximum(q, 0.0), b)
+        jitter = relative_jitter(w)
+        eps = eps * jitter / RELATIVE_JITTER  # the same unit: the median positive w^2
+    res = greedy_dpp_result(
+        pool_emb,
+        k,
+        quality=quality,
+        beta=b,
+        jitter=jitter,
+        eps=eps,
+        process_group=process_group,
+        **greedy_options,
+    )
+    summary = summarize_selection(
+        method, q, b, int(res.indices.size), dim, res.gains, float(jitter), res.indices
+    )
+    if summary.low_relevance:
+        warnings.warn(summary.advice(), LowRelevanceWarning, stacklevel=3)
+    return SelectionResult(
+        res.indices, quality, method, k, b, seed, res.gains, res.rescored, summary
+    )
+
+
+def _select_baseline(
+    quality: np.ndarray,
+    q: np.ndarray,
+    k: int,
+    n_pool: int,
+    method: str,
+    beta: float,
+    seed: int,
+    dim: int,
+) -> SelectionResult:
+    """The paper's baselines: by relevance rank, uniformly, or from one half of the pool."""
     rng = np.random.default_rng(seed)
     by_relevance = np.argsort(-q, kind="stable")
     if method == "top_relevance":

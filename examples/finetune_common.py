@@ -26,8 +26,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from torch import nn
 from finetune_cli import LIBRARY_DEFAULT
 from finetune_data import encode_rows, load_task_rows, sample_attack_rows, select_safe_rows
 from lora_targets import find_lora_targets
-from spag_optim import SPAGOptimizer, SafetyBatches, calibrate_tau, make_safety_closure
+from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure
 from spag_optim.evaluation import (
     KeywordRefusalJudge,
     attack_success_rate,
@@ -94,14 +95,20 @@ def add_lora(model: nn.Module, args: argparse.Namespace) -> nn.Module:
 
     targets = args.lora_targets or find_lora_targets(model)
     config = LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
-        target_modules=list(targets), task_type="CAUSAL_LM",
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(targets),
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
 
 def add_guardspace(
-    model: nn.Module, safe_pairs: Sequence[tuple[str, str]], tokenizer: Any, args: argparse.Namespace,
+    model: nn.Module,
+    safe_pairs: Sequence[tuple[str, str]],
+    tokenizer: Any,
+    args: argparse.Namespace,
 ) -> nn.Module:
     """GuardSpace (arXiv 2510.14301) in place of LoRA: the selected safe rows (prompt and refusal)
     are both the safety calibration data and the null-space data, so after training every adapted
@@ -114,10 +121,19 @@ def add_guardspace(
         batch = collator(safe_rows[start : start + size])
         batches.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]})
     targets = args.lora_targets or find_lora_targets(model)
-    report = apply_guardspace(model, batches, batches, rank=args.lora_r, target_modules=list(targets),
-                              null_energy=args.guardspace_null_energy, progress=False)
+    report = apply_guardspace(
+        model,
+        batches,
+        batches,
+        rank=args.lora_r,
+        target_modules=list(targets),
+        null_energy=args.guardspace_null_energy,
+        progress=False,
+    )
     dims = [r.null_dim for r in report.values()]
-    print(f"GuardSpace: {len(report)} layers, rank {args.lora_r}, null-space dims {min(dims)}-{max(dims)}")
+    print(
+        f"GuardSpace: {len(report)} layers, rank {args.lora_r}, null-space dims {min(dims)}-{max(dims)}"
+    )
     return model
 
 
@@ -168,8 +184,9 @@ def prepare(args: argparse.Namespace, *, for_trainer: bool = False) -> Prepared:
     if not args.no_defense:
         pool = [(r["prompt"], r["response"]) for r in load_spard_pairs(args.safe_pool, "safe")]
     # Shared loaders: the GSM8K one checks every reference has a '#### N' answer, naming the line.
-    eval_harmful = load_attack_prompts(args.eval_harmful)[: args.eval_limit] \
-        if args.eval_harmful else []
+    eval_harmful = (
+        load_attack_prompts(args.eval_harmful)[: args.eval_limit] if args.eval_harmful else []
+    )
     eval_utility = load_gsm8k(args.eval_utility)[: args.eval_limit] if args.eval_utility else []
 
     device = resolve_device(args.device)
@@ -191,8 +208,10 @@ def prepare(args: argparse.Namespace, *, for_trainer: bool = False) -> Prepared:
         picked = select_safe_rows(model, tokenizer, pool, finetune, args, device)
         safe_pairs = [pool[i] for i in picked]
         info["safe_selected"] = len(safe_pairs)
-        print(f"selected {len(safe_pairs)} safe examples of {len(pool)} with the DPP "
-              f"(beta {args.beta})")
+        print(
+            f"selected {len(safe_pairs)} safe examples of {len(pool)} with the DPP "
+            f"(beta {args.beta})"
+        )
 
     if args.no_defense or args.defense == "spard":
         model = add_lora(model, args)
@@ -205,8 +224,9 @@ def prepare(args: argparse.Namespace, *, for_trainer: bool = False) -> Prepared:
     optimizer: torch.optim.Optimizer = inner
     if not args.no_defense and args.defense != "guardspace":
         # Chat template, labels on the refusal only (the paper's safety loss), padded batches.
-        pairs_kwargs = dict(batch_size=args.safe_batch_size, seed=args.seed,
-                            max_length=args.max_length)
+        pairs_kwargs = dict(
+            batch_size=args.safe_batch_size, seed=args.seed, max_length=args.max_length
+        )
         if for_trainer:
             from spag_optim.integrations.trainer import TrainerSafetyClosure
 
@@ -229,14 +249,25 @@ def prepare(args: argparse.Namespace, *, for_trainer: bool = False) -> Prepared:
         spag = SPAGOptimizer(inner, closure, **kwargs)
         optimizer = spag
     model.train()
-    return Prepared(args=args, model=model, tokenizer=tokenizer, device=device,
-                    train_rows=train_rows, collator=collator, optimizer=optimizer, spag=spag,
-                    eval_harmful=eval_harmful, eval_utility=eval_utility, info=info)
+    return Prepared(
+        args=args,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        train_rows=train_rows,
+        collator=collator,
+        optimizer=optimizer,
+        spag=spag,
+        eval_harmful=eval_harmful,
+        eval_utility=eval_utility,
+        info=info,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
+
 
 def evaluate(prep: Prepared) -> dict[str, Any]:
     """ASR on ``--eval-harmful`` and GSM8K accuracy on ``--eval-utility`` (greedy decoding).
@@ -248,20 +279,31 @@ def evaluate(prep: Prepared) -> dict[str, Any]:
         prompts = prep.eval_harmful
         # A refusal shows in its first words: 64 new tokens are plenty (fewer if asked).
         responses = generate_responses(
-            prep.model, prep.tokenizer, prompts, max_new_tokens=min(64, args.max_new_tokens),
-            batch_size=args.eval_batch_size, device=prep.device)
+            prep.model,
+            prep.tokenizer,
+            prompts,
+            max_new_tokens=min(64, args.max_new_tokens),
+            batch_size=args.eval_batch_size,
+            device=prep.device,
+        )
         scores = KeywordRefusalJudge().score(prompts, responses)
         metrics["asr"] = attack_success_rate(scores)
         metrics["n_eval_harmful"] = len(prompts)
     if prep.eval_utility:
         rows = prep.eval_utility
         responses = generate_responses(
-            prep.model, prep.tokenizer, [r["prompt"] for r in rows],
-            max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, device=prep.device)
+            prep.model,
+            prep.tokenizer,
+            [r["prompt"] for r in rows],
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.eval_batch_size,
+            device=prep.device,
+        )
         # Strictly the number after '####' (no last-number fallback): the model must answer in
         # the format it was fine-tuned on.
-        metrics["accuracy"] = gsm8k_accuracy(responses, [r["target"] for r in rows],
-                                             fallback_last_number=False)
+        metrics["accuracy"] = gsm8k_accuracy(
+            responses, [r["target"] for r in rows], fallback_last_number=False
+        )
         metrics["n_eval_utility"] = len(rows)
     return metrics
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,9 +90,23 @@ def select_safe_rows(
         return [format_prompt(tokenizer, p) + a for p, a in pairs]
 
     batch = args.eval_batch_size
-    pool_emb = embed_texts(texts(pool), model, tokenizer, batch_size=batch,
-                           max_length=args.max_length, device=device, progress=False)
-    target_emb = embed_texts(texts(finetune), model, tokenizer, batch_size=batch,
-                             max_length=args.max_length, device=device, progress=False)
+    pool_emb = embed_texts(
+        texts(pool),
+        model,
+        tokenizer,
+        batch_size=batch,
+        max_length=args.max_length,
+        device=device,
+        progress=False,
+    )
+    target_emb = embed_texts(
+        texts(finetune),
+        model,
+        tokenizer,
+        batch_size=batch,
+        max_length=args.max_length,
+        device=device,
+        progress=False,
+    )
     result = select(pool_emb, target_emb, k=k, method="dpp", beta=args.beta, seed=args.seed)
     return [int(i) for i in result.indices]

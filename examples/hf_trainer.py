@@ -15,7 +15,8 @@ model, device and GradScaler, and logs SPAG's statistics in the Trainer's logs).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from finetune_cli import parse_args
 from finetune_common import Prepared, finish, prepare

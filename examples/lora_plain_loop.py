@@ -13,7 +13,8 @@ the loop is the optimizer: ``SPAGOptimizer`` runs its safety closure inside ``st
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +27,10 @@ def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:
     args, model, optimizer = prep.args, prep.model, prep.optimizer
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(
-        prep.train_rows, batch_size=args.batch_size, shuffle=True, generator=generator,
+        prep.train_rows,
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=generator,
         collate_fn=prep.collator,
     )
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -46,8 +50,9 @@ def train(prep: Prepared) -> tuple[int, list[dict[str, float]]]:
             if prep.spag is not None:
                 stats = spag_stats(prep.spag)
                 history.append(stats)
-                line.update(safety_loss=round(stats["safety_loss"], 4),
-                            projected=bool(stats["projected"]))
+                line.update(
+                    safety_loss=round(stats["safety_loss"], 4), projected=bool(stats["projected"])
+                )
             if step % log_every == 0 or step == total:
                 print(line)
             if step == total:

@@ -4,7 +4,7 @@ the demo and the benchmarks.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -65,20 +65,39 @@ DEFAULT_METHODS = ("sft", "penalty", "spard")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--methods", default=",".join(DEFAULT_METHODS), help="'all' or a comma-separated subset of: " + ", ".join(METHODS)
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="'all' or a comma-separated subset of: " + ", ".join(METHODS),
     )
     parser.add_argument(
-        "--attacks", "--attack", default="standard,strong",
+        "--attacks",
+        "--attack",
+        default="standard,strong",
         help="comma-separated attack presets, shown one after the other: " + ", ".join(ATTACKS),
     )
-    parser.add_argument("--seeds", "--seed", default="0-4", help="seeds, e.g. '0-4' or '0,3' (each: data, weights, order)")
+    parser.add_argument(
+        "--seeds",
+        "--seed",
+        default="0-4",
+        help="seeds, e.g. '0-4' or '0,3' (each: data, weights, order)",
+    )
     parser.add_argument("--out", type=Path, default=Path("spard_demo"), help="output folder")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="aligned-model cache (default OUT/cache)")
-    parser.add_argument("--no-cache", action="store_true", help="train the aligned models here (no cache, no shipped ones)")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes for tests: seconds, not results")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="aligned-model cache (default OUT/cache)"
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="train the aligned models here (no cache, no shipped ones)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes for tests: seconds, not results"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads (default 1: the model's matrices are so small that more threads "
         "mostly add synchronisation, and on a busy machine they fight over the cores)",
     )
@@ -91,14 +110,24 @@ def run_methods(names, aligned, data, config: DemoConfig, progress: bool) -> tup
     selector = None
     if any(METHODS[n].selection is not None for n in names):
         selector = SafeSelector(
-            aligned, tok, data.safe_pool, data.finetune, ratio=config.safe_ratio, beta=config.beta, seed=config.seed,
+            aligned,
+            tok,
+            data.safe_pool,
+            data.finetune,
+            ratio=config.safe_ratio,
+            beta=config.beta,
+            seed=config.seed,
         )
     rows, curves = {}, {}
     for name in names:
         method = METHODS[name]
         safe = selector.select(method.selection) if method.selection is not None else None
-        outcome = run_attack(aligned, tok, data.finetune, method, safe, config, desc=name, progress=progress)
-        scores = evaluation.evaluate(outcome.model, tok, data.heldout_harmful, data.heldout_problems, method.eval_prompt)
+        outcome = run_attack(
+            aligned, tok, data.finetune, method, safe, config, desc=name, progress=progress
+        )
+        scores = evaluation.evaluate(
+            outcome.model, tok, data.heldout_harmful, data.heldout_problems, method.eval_prompt
+        )
         rows[name] = {
             "seed": config.seed,
             **{k: scores[k] for k in ("asr", "utility", "refusal_prob")},
@@ -121,23 +150,42 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]]:
     return names, attacks, parse_seeds(args.seeds)
 
 
-def run_seed(seed, names, attacks, base_config, cache_dir, args) -> tuple[dict, dict, dict, Path, bool]:
+def run_seed(
+    seed, names, attacks, base_config, cache_dir, args
+) -> tuple[dict, dict, dict, Path, bool]:
     """Stage 1 and every (attack, method) for one seed: base row, rows[attack][method], curves[attack]."""
     config = replace(base_config, seed=seed)
     data = make_demo_data(with_attack(config, attacks[0]))
     t0 = time.perf_counter()
     aligned, folder, loaded = aligned_model(
-        config, data, cache_dir, use_cache=not args.no_cache, shipped=True, progress=not args.no_progress
+        config,
+        data,
+        cache_dir,
+        use_cache=not args.no_cache,
+        shipped=True,
+        progress=not args.no_progress,
     )
-    scores = evaluation.evaluate(aligned, data.tokenizer, data.heldout_harmful, data.heldout_problems)
+    scores = evaluation.evaluate(
+        aligned, data.tokenizer, data.heldout_harmful, data.heldout_problems
+    )
     base = {"seed": seed, **{k: scores[k] for k in ("asr", "utility", "refusal_prob")}}
     source = "shipped" if folder.parent == SHIPPED else "cached" if loaded else "trained"
-    print(f"seed {seed}: aligned model {source} ({time.perf_counter() - t0:.1f}s), base ASR {base['asr']:.2f}")
+    print(
+        f"seed {seed}: aligned model {source} ({time.perf_counter() - t0:.1f}s), base ASR {base['asr']:.2f}"
+    )
     rows, curves = {}, {}
     for attack in attacks:
         attack_config = with_attack(config, attack)
-        rows[attack], curves[attack] = run_methods(names, aligned, make_demo_data(attack_config), attack_config, not args.no_progress)
-        print("  " + attack + ": " + ", ".join(f"{n} {r['asr']:.2f}" for n, r in rows[attack].items()) + " (ASR)")
+        rows[attack], curves[attack] = run_methods(
+            names, aligned, make_demo_data(attack_config), attack_config, not args.no_progress
+        )
+        print(
+            "  "
+            + attack
+            + ": "
+            + ", ".join(f"{n} {r['asr']:.2f}" for n, r in rows[attack].items())
+            + " (ASR)"
+        )
     return base, rows, curves, folder, loaded
 
 
@@ -157,10 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cache_dir = args.cache_dir if args.cache_dir is not None else args.out / "cache"
     started = time.perf_counter()
-    print(f"methods {', '.join(names)}; attacks {', '.join(attacks)}; seeds {', '.join(map(str, seeds))}")
-    bases, rows, curves, folders, loaded = [], {a: {n: [] for n in names} for a in attacks}, {}, [], []
+    print(
+        f"methods {', '.join(names)}; attacks {', '.join(attacks)}; seeds {', '.join(map(str, seeds))}"
+    )
+    bases, rows, curves, folders, loaded = (
+        [],
+        {a: {n: [] for n in names} for a in attacks},
+        {},
+        [],
+        [],
+    )
     for seed in seeds:
-        base, per_attack, seed_curves, folder, was_loaded = run_seed(seed, names, attacks, base_config, cache_dir, args)
+        base, per_attack, seed_curves, folder, was_loaded = run_seed(
+            seed, names, attacks, base_config, cache_dir, args
+        )
         bases.append(base)
         folders.append(str(folder))
         loaded.append(was_loaded)
@@ -171,12 +229,24 @@ def main(argv: list[str] | None = None) -> int:
     base_summary = summarize({"base": bases})["base"]
     base_summary = {k: base_summary[k] for k in ("asr", "utility", "refusal_prob", "seeds")}
     results = {
-        a: {"config": {k: v for k, v in with_attack(base_config, a).to_dict().items() if k != "seed"} | {"seeds": seeds},
-            "base": base_summary, "methods": summarize(rows[a])}
+        a: {
+            "config": {
+                k: v for k, v in with_attack(base_config, a).to_dict().items() if k != "seed"
+            }
+            | {"seeds": seeds},
+            "base": base_summary,
+            "methods": summarize(rows[a]),
+        }
         for a in attacks
     }
     print("\n" + format_table(results))
-    run_config = base_config.to_dict() | {"seeds": seeds, "methods": names, "attacks": attacks, "cache": folders, "cached": loaded}
+    run_config = base_config.to_dict() | {
+        "seeds": seeds,
+        "methods": names,
+        "attacks": attacks,
+        "cache": folders,
+        "cached": loaded,
+    }
     run_config.pop("seed")
     print(f"\nwrote {write_results(args.out, results, run_config)}")
     picture = write_plot(args.out, results, curves, base_config.tau)

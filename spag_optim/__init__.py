@@ -9,15 +9,15 @@ class; :func:`make_spag` builds either from ``mode=``. Every warning is a
 
 from spard_io import distribution_version
 
-from .optimizer import SPAGOptimizer
+from . import warnings
 from .authors_code import AuthorsCodeSPAG
 from .config import SPAGConfig
 from .factory import SPAG_CLASSES, make_spag
+from .optimizer import SPAGOptimizer
 from .safety_data import SafetyBatches, SafetyClosure, calibrate_tau, make_safety_closure
 from .safety_wrapper import SafetyClosureOptimizer
-from .wrapper import OptimizerWrapper
-from . import warnings
 from .warnings import SPAGWarning
+from .wrapper import OptimizerWrapper
 
 __version__ = distribution_version()
 

@@ -21,7 +21,9 @@ from .warnings import SPAGWarning
 
 __all__ = ["warn_at_caller"]
 
-_INTERNAL = tuple(os.path.dirname(module.__file__) + os.sep for module in (sys.modules[__package__], torch))
+_INTERNAL = tuple(
+    os.path.dirname(module.__file__) + os.sep for module in (sys.modules[__package__], torch)
+)
 
 
 def warn_at_caller(message: str, category: type[SPAGWarning]) -> None:

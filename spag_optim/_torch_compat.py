@@ -14,7 +14,8 @@ buy nothing. ``DTensor`` is used only through its public API (``torch.distribute
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,7 +71,7 @@ def grad_scaler_scale(scaler: Any) -> Tensor:
     return scale
 
 
-def grad_scaler_found_inf(scaler: Any, optimizer: torch.optim.Optimizer) -> Optional[Tensor]:
+def grad_scaler_found_inf(scaler: Any, optimizer: torch.optim.Optimizer) -> Tensor | None:
     """The ``found_inf`` tensor ``scaler`` recorded for ``optimizer`` in this iteration, or None.
 
     Reads ``GradScaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]`` (first device).

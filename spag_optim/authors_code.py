@@ -19,14 +19,21 @@ It takes the same arguments and saves the same checkpoint entry (``trust_region`
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import functional as F
 from .distributed import check_distributed_mode, reject_deepspeed
-from .hyperparameters import check_hyperparameters, check_mode, checked_saved, hyperparameters_of, restore
+from .hyperparameters import (
+    check_hyperparameters,
+    check_mode,
+    checked_saved,
+    hyperparameters_of,
+    restore,
+)
 from .safety_gradient import SafetyGradient, check_grad_scaler, host_stats
 from .safety_wrapper import SafetyClosureOptimizer
 
@@ -91,16 +98,22 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
         eps: float = 1e-8,
         skip_if_safe: bool = True,
         projection_iterations: int = 1,
-        distributed: Optional[str] = "auto",
+        distributed: str | None = "auto",
         process_group: Any = None,
-        grad_scaler: Optional["torch.amp.GradScaler"] = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         check_mode(mode, "authors_code")
         reject_deepspeed(inner, safety_closure)
         super().__init__(inner, safety_closure)
         hyperparameters = check_hyperparameters(
-            tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
-            alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+            tau=tau,
+            trust_region=trust_region,
+            rho=rho,
+            mode=mode,
+            tolerance=tolerance,
+            alpha_max=alpha_max,
+            eps=eps,
+            skip_if_safe=skip_if_safe,
             projection_iterations=projection_iterations,
         )
         check_distributed_mode(distributed)
@@ -126,20 +139,38 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
     # -- the rule ---------------------------------------------------------------------------------
     def _after_inner_step(self, params: list[Tensor], prepared: None) -> None:
         safety = self._safety_gradient
-        reducer = safety.reducer_for(params, distributed=self.distributed,
-                                     safety_closure=self.safety_closure, process_group=self.process_group)
+        reducer = safety.reducer_for(
+            params,
+            distributed=self.distributed,
+            safety_closure=self.safety_closure,
+            process_group=self.process_group,
+        )
         loss = self._safety_loss()
         loss_value = float(reducer.mean_loss(loss))
         if not math.isfinite(loss_value):
-            self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
-                                 "parameters kept the inner optimizer's update")
+            self._skip_nonfinite(
+                "loss",
+                loss_value,
+                "this step's projection was skipped and the "
+                "parameters kept the inner optimizer's update",
+            )
             self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))
             return
-        if not safety.triggered(loss_value, tau=self.tau, tolerance=self.tolerance, step=self._num_steps):
-            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))  # no safety backward: no norm
+        if not safety.triggered(
+            loss_value, tau=self.tau, tolerance=self.tolerance, step=self._num_steps
+        ):
+            self.last_stats = host_stats(
+                loss_value, False, 0.0, float("nan")
+            )  # no safety backward: no norm
             return
-        grads = safety.backward(loss, params, reducer, grad_scaler=self.grad_scaler, optimizer=self,
-                                 host_reads=self.skip_if_safe)
+        grads = safety.backward(
+            loss,
+            params,
+            reducer,
+            grad_scaler=self.grad_scaler,
+            optimizer=self,
+            host_reads=self.skip_if_safe,
+        )
         with torch.no_grad():
             grad_norm = float(reducer.sq_norm(grads, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
@@ -159,8 +190,11 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
 
     # -- state dict -------------------------------------------------------------------------------
     def _wrapper_state(self) -> dict[str, Any]:
-        return {**super()._wrapper_state(), **self._safety_gradient.state_dict(),
-                "hyperparameters": hyperparameters_of(self)}
+        return {
+            **super()._wrapper_state(),
+            **self._safety_gradient.state_dict(),
+            "hyperparameters": hyperparameters_of(self),
+        }
 
     def _check_wrapper_state(self, state: Any) -> None:
         super()._check_wrapper_state(state)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Optional, Union
+from collections.abc import Mapping
+from typing import Any
 
 from spard_io import write_atomic
 
@@ -41,8 +42,8 @@ class SPAGConfig:
     :class:`~spag_optim.SPAGOptimizer` for each field; ``tau`` may also be ``"calibrate"``.
     Invalid values raise at construction, with the optimizer's own messages."""
 
-    tau: Union[float, str] = 0.2
-    trust_region: Union[float, str, None] = "relative"
+    tau: float | str = 0.2
+    trust_region: float | str | None = "relative"
     rho: float = 1.0
     mode: str = "paper"
     tolerance: float = 0.0
@@ -50,7 +51,7 @@ class SPAGConfig:
     eps: float = 1e-8
     skip_if_safe: bool = True
     projection_iterations: int = 1
-    distributed: Optional[str] = "auto"
+    distributed: str | None = "auto"
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -66,24 +67,26 @@ class SPAGConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SPAGConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> SPAGConfig:
         """The config from :meth:`to_dict`'s dict (or any subset of the fields)."""
         if not isinstance(values, Mapping):
             raise TypeError(f"SPAGConfig.from_dict takes a dict, got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown SPAG hyper-parameter(s) {unknown}; the fields are "
-                             f"{sorted(names)} (process_group and grad_scaler are not config)")
+            raise ValueError(
+                f"unknown SPAG hyper-parameter(s) {unknown}; the fields are "
+                f"{sorted(names)} (process_group and grad_scaler are not config)"
+            )
         return cls(**values)
 
-    def to_json_file(self, path: Union[str, os.PathLike]) -> None:
+    def to_json_file(self, path: str | os.PathLike) -> None:
         """Write the config as JSON to ``path``, atomically."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
     @classmethod
-    def from_json_file(cls, path: Union[str, os.PathLike]) -> "SPAGConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> SPAGConfig:
         """The config :meth:`to_json_file` wrote."""
         with open(path, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))

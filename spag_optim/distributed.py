@@ -42,7 +42,8 @@ The reductions are device-side collectives: they add no host synchronisation of 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,8 +93,8 @@ def check_distributed_mode(mode: Any) -> None:
 
 
 def resolve_distributed(
-    mode: Optional[str], params: Sequence[Tensor], safety_closure: Callable[[], Tensor], group: Any
-) -> Optional[str]:
+    mode: str | None, params: Sequence[Tensor], safety_closure: Callable[[], Tensor], group: Any
+) -> str | None:
     """The concrete mode for ``mode`` (see the module docstring); checked on the first step."""
     if mode is None:
         return None
@@ -108,7 +109,7 @@ def resolve_distributed(
     if mode != "auto":
         return mode
     if any(is_dtensor(p) for p in params):
-        resolved: Optional[str] = "sharded"
+        resolved: str | None = "sharded"
     elif dist.get_world_size(group) == 1:
         resolved = None
     else:
@@ -128,12 +129,12 @@ class Reducer:
     utility step (same layout as the parameters) are reduced the same way.
     """
 
-    def __init__(self, mode: Optional[str], params: Sequence[Tensor], group: Any = None) -> None:
+    def __init__(self, mode: str | None, params: Sequence[Tensor], group: Any = None) -> None:
         self.mode = mode
         self.group = group
         self.world_size = dist.get_world_size(group) if mode is not None else 1
         # For "sharded": per parameter, a key (mesh, sharded mesh dims); plain tensors get None.
-        self._layout: list[Optional[tuple[Any, tuple[int, ...]]]] = []
+        self._layout: list[tuple[Any, tuple[int, ...]] | None] = []
         if mode == "sharded":
             for p in params:
                 if not is_dtensor(p):
@@ -173,7 +174,9 @@ class Reducer:
         """
         if not self.reduces_grads or not grads:
             return
-        works = [dist.all_reduce(g, op=dist.ReduceOp.SUM, group=self.group, async_op=True) for g in grads]
+        works = [
+            dist.all_reduce(g, op=dist.ReduceOp.SUM, group=self.group, async_op=True) for g in grads
+        ]
         for work in works:
             work.wait()
         torch._foreach_div_(list(grads), float(self.world_size))

@@ -13,7 +13,8 @@ and a resumed run can rebuild the rule a checkpoint was saved with::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,8 +31,13 @@ SPAG_RULES = {"paper": SPAGOptimizer, "authors_code": AuthorsCodeSPAG}
 SPAG_CLASSES = tuple(SPAG_RULES.values())
 
 
-def make_spag(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], *,
-              mode: str = "paper", **kwargs: Any) -> Union[SPAGOptimizer, AuthorsCodeSPAG]:
+def make_spag(
+    inner: torch.optim.Optimizer,
+    safety_closure: Callable[[], Tensor],
+    *,
+    mode: str = "paper",
+    **kwargs: Any,
+) -> SPAGOptimizer | AuthorsCodeSPAG:
     """The SPAG optimizer of rule ``mode`` (``"paper"`` or ``"authors_code"``).
 
     Args:

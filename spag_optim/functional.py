@@ -44,7 +44,7 @@ of each parameter tensor is scaled by :math:`\min((\ell - \tau)/(\lVert g_p\rVer
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -79,7 +79,7 @@ def global_sq_norm(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
         return torch.zeros((), dtype=acc, device=device)
     partials = []
     grouped = group_by_device_and_dtype([tensors])
-    for (group_device, group_dtype), ([group], _) in grouped.items():
+    for (_, group_dtype), ([group], _) in grouped.items():
         norms = torch._foreach_norm(group, 2, dtype=accumulation_dtype(group_dtype))
         partials.append(torch.stack(norms).to(device=device, dtype=acc).square().sum())
     return torch.stack(partials).sum()

@@ -17,23 +17,42 @@ r"""SPAG's hyper-parameters: checked once, saved with the checkpoint, and sanity
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._caller_warning import warn_at_caller
 from .safety_wrapper import check_bool, check_number
 from .warnings import ReplacedHyperparameterWarning, TauTooLowWarning
 
 __all__ = [
-    "FIRST_STEPS", "HYPERPARAMETERS", "MIN_EXCESS", "MODES", "RULES", "TauCheck", "check_hyperparameters",
-    "check_mode", "checked_saved", "hyperparameters_of", "restore",
+    "FIRST_STEPS",
+    "HYPERPARAMETERS",
+    "MIN_EXCESS",
+    "MODES",
+    "RULES",
+    "TauCheck",
+    "check_hyperparameters",
+    "check_mode",
+    "checked_saved",
+    "hyperparameters_of",
+    "restore",
 ]
 
 MODES = ("paper", "authors_code")
 #: The class that implements each mode (by name: the classes import this module).
 RULES = {"paper": "SPAGOptimizer", "authors_code": "AuthorsCodeSPAG"}
 #: What the ``"spag"`` checkpoint entry saves under ``"hyperparameters"``.
-HYPERPARAMETERS = ("tau", "trust_region", "rho", "mode", "tolerance", "alpha_max", "eps",
-                   "skip_if_safe", "projection_iterations")
+HYPERPARAMETERS = (
+    "tau",
+    "trust_region",
+    "rho",
+    "mode",
+    "tolerance",
+    "alpha_max",
+    "eps",
+    "skip_if_safe",
+    "projection_iterations",
+)
 #: Steps at the start of training that :class:`TauCheck` looks at.
 FIRST_STEPS = 10
 #: A loss is "far above" tau when it is >= 2 tau and >= tau + MIN_EXCESS (nats).
@@ -41,8 +60,16 @@ MIN_EXCESS = 0.5
 
 
 def check_hyperparameters(
-    *, tau: Any, trust_region: Any, rho: Any, mode: Any, tolerance: Any, alpha_max: Any, eps: Any,
-    skip_if_safe: Any, projection_iterations: Any = 1,
+    *,
+    tau: Any,
+    trust_region: Any,
+    rho: Any,
+    mode: Any,
+    tolerance: Any,
+    alpha_max: Any,
+    eps: Any,
+    skip_if_safe: Any,
+    projection_iterations: Any = 1,
 ) -> dict[str, Any]:
     """The hyper-parameters as plain Python values, or a clear error naming the bad one."""
     if mode not in MODES:
@@ -56,13 +83,20 @@ def check_hyperparameters(
         trust_region = str(trust_region)
     elif trust_region is not None:
         trust_region = check_number("trust_region", trust_region, minimum=0.0, strict=True)
-    if (isinstance(projection_iterations, bool) or not isinstance(projection_iterations, numbers.Integral)
-            or projection_iterations < 1):
-        raise ValueError(f"projection_iterations must be an int >= 1 (1: the paper's single "
-                         f"projection), got {projection_iterations!r}")
+    if (
+        isinstance(projection_iterations, bool)
+        or not isinstance(projection_iterations, numbers.Integral)
+        or projection_iterations < 1
+    ):
+        raise ValueError(
+            f"projection_iterations must be an int >= 1 (1: the paper's single "
+            f"projection), got {projection_iterations!r}"
+        )
     if projection_iterations > 1 and mode != "paper":
-        raise ValueError("projection_iterations > 1 repeats the paper's projection (Eq. 4); "
-                         "mode='authors_code' has no such rule: use mode='paper' or leave it at 1")
+        raise ValueError(
+            "projection_iterations > 1 repeats the paper's projection (Eq. 4); "
+            "mode='authors_code' has no such rule: use mode='paper' or leave it at 1"
+        )
     return {
         "tau": check_number("tau", tau, minimum=0.0),
         "trust_region": trust_region,
@@ -98,14 +132,17 @@ def checked_saved(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
     """``current`` updated with the checkpoint's ``saved`` values, all checked (raises if bad,
     or if they are the other rule's: an optimizer never changes its class)."""
     if not isinstance(saved, Mapping):
-        raise ValueError(f"the checkpoint's SPAG hyper-parameters are a {type(saved).__name__}, "
-                         "not a dict; nothing was loaded")
+        raise ValueError(
+            f"the checkpoint's SPAG hyper-parameters are a {type(saved).__name__}, "
+            "not a dict; nothing was loaded"
+        )
     merged = {**current, **{k: v for k, v in saved.items() if k in current}}
     try:
         checked = check_hyperparameters(**merged)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"the checkpoint's SPAG hyper-parameters are invalid ({error}); nothing "
-                         "was loaded") from None
+        raise ValueError(
+            f"the checkpoint's SPAG hyper-parameters are invalid ({error}); nothing was loaded"
+        ) from None
     mode = checked["mode"]
     if mode != current["mode"]:
         raise ValueError(
@@ -121,8 +158,11 @@ def checked_saved(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
 def restore(current: Mapping[str, Any], saved: Any) -> dict[str, Any]:
     """The checkpoint's values (checked), warning about each that differs from ``current``."""
     loaded = checked_saved(current, saved)
-    changed = [f"{k}={loaded[k]!r} (constructed with {current[k]!r})"
-               for k in loaded if loaded[k] != current[k]]
+    changed = [
+        f"{k}={loaded[k]!r} (constructed with {current[k]!r})"
+        for k in loaded
+        if loaded[k] != current[k]
+    ]
     if changed:
         warn_at_caller(
             "SPAGOptimizer.load_state_dict: the checkpoint's hyper-parameters replace the "

@@ -12,7 +12,8 @@ only where a judge says they refuse; the model then produces its targets by cons
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -32,10 +33,10 @@ def refusals_from_model(
     tokenizer: Any,
     prompts: Sequence[str],
     *,
-    judge: Optional[Judge] = None,
+    judge: Judge | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 16,
-    render: Optional[Callable[[str], str]] = None,
+    render: Callable[[str], str] | None = None,
     device: torch.device | str | None = None,
 ) -> list[tuple[str, str]]:
     """(prompt, refusal) pairs of the prompts the aligned ``model`` refuses, in its own words.
@@ -67,11 +68,21 @@ def refusals_from_model(
             use the dataset's refusals and set tau yourself).
     """
     judge = KeywordRefusalJudge() if judge is None else judge
-    responses = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, render=render, device=device)
+    responses = generate_responses(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        render=render,
+        device=device,
+    )
     scores = judge.score(prompts, responses)
-    pairs = [(prompt, response.strip()) for prompt, response, score in zip(prompts, responses, scores)
-             if score <= REFUSAL_SCORE and response.strip()]
+    pairs = [
+        (prompt, response.strip())
+        for prompt, response, score in zip(prompts, responses, scores)
+        if score <= REFUSAL_SCORE and response.strip()
+    ]
     if not pairs:
         raise ValueError(
             f"the model refused none of the {len(prompts)} prompts (judge: {type(judge).__name__}), "

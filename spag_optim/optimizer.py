@@ -56,14 +56,21 @@ the counters, when the caller logs.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import functional as F
 from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed
-from .hyperparameters import check_hyperparameters, check_mode, checked_saved, hyperparameters_of, restore
+from .hyperparameters import (
+    check_hyperparameters,
+    check_mode,
+    checked_saved,
+    hyperparameters_of,
+    restore,
+)
 from .safety_gradient import SafetyGradient, check_grad_scaler, host_stats
 from .safety_wrapper import SafetyClosureOptimizer
 
@@ -160,16 +167,22 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         eps: float = 1e-8,
         skip_if_safe: bool = True,
         projection_iterations: int = 1,
-        distributed: Optional[str] = "auto",
+        distributed: str | None = "auto",
         process_group: Any = None,
-        grad_scaler: Optional["torch.amp.GradScaler"] = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         check_mode(mode, "paper")
         reject_deepspeed(inner, safety_closure)
         super().__init__(inner, safety_closure)
         hyperparameters = check_hyperparameters(
-            tau=tau, trust_region=trust_region, rho=rho, mode=mode, tolerance=tolerance,
-            alpha_max=alpha_max, eps=eps, skip_if_safe=skip_if_safe,
+            tau=tau,
+            trust_region=trust_region,
+            rho=rho,
+            mode=mode,
+            tolerance=tolerance,
+            alpha_max=alpha_max,
+            eps=eps,
+            skip_if_safe=skip_if_safe,
             projection_iterations=projection_iterations,
         )
         check_distributed_mode(distributed)
@@ -181,7 +194,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         self.grad_scaler = grad_scaler
         self._safety_gradient = SafetyGradient("paper", sharded=True)
         self._snapshot: list[Tensor] = []
-        self._step_norm: Optional[Tensor] = None
+        self._step_norm: Tensor | None = None
 
     def _extra_repr(self) -> str:
         return (
@@ -214,14 +227,20 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             s.shape != p.shape or s.dtype != p.dtype or s.device != p.device
             for s, p in zip(self._snapshot, params)
         ):
-            self._snapshot = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+            self._snapshot = [
+                torch.empty_like(p, memory_format=torch.preserve_format) for p in params
+            ]
         with torch.no_grad():
             torch._foreach_copy_(self._snapshot, params)
 
     def _after_inner_step(self, params: list[Tensor], relative: bool) -> None:
         device, safety = params[0].device, self._safety_gradient
-        reducer = safety.reducer_for(params, distributed=self.distributed,
-                                     safety_closure=self.safety_closure, process_group=self.process_group)
+        reducer = safety.reducer_for(
+            params,
+            distributed=self.distributed,
+            safety_closure=self.safety_closure,
+            process_group=self.process_group,
+        )
         batch_position = self._closure_position()  # where a repeated projection rewinds to
         local_loss = self._safety_loss()
         loss = reducer.mean_loss(local_loss)  # what alpha (and every rank's decision) uses
@@ -261,22 +280,40 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         """The host-side decision on the (rank-averaged) safety loss: project only when it is
         finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
         if not math.isfinite(loss_value):
-            self._skip_nonfinite("loss", loss_value, "this step's projection was skipped and the "
-                                 "parameters kept the inner optimizer's update")
+            self._skip_nonfinite(
+                "loss",
+                loss_value,
+                "this step's projection was skipped and the "
+                "parameters kept the inner optimizer's update",
+            )
             self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))
             return False
-        if not self._safety_gradient.triggered(loss_value, tau=self.tau, tolerance=self.tolerance,
-                                               step=self._num_steps):
-            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))  # no safety backward: no norm
+        if not self._safety_gradient.triggered(
+            loss_value, tau=self.tau, tolerance=self.tolerance, step=self._num_steps
+        ):
+            self.last_stats = host_stats(
+                loss_value, False, 0.0, float("nan")
+            )  # no safety backward: no norm
             return False
         return True
 
     def _project(
-        self, local_loss: Tensor, loss: Tensor, params: list[Tensor], relative: bool, reducer: Reducer
+        self,
+        local_loss: Tensor,
+        loss: Tensor,
+        params: list[Tensor],
+        relative: bool,
+        reducer: Reducer,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One projection of Eq. 4 from the current parameters; returns alpha, finite, ||g||^2."""
-        grads = self._safety_gradient.backward(local_loss, params, reducer, grad_scaler=self.grad_scaler,
-                                               optimizer=self, host_reads=self.skip_if_safe)
+        grads = self._safety_gradient.backward(
+            local_loss,
+            params,
+            reducer,
+            grad_scaler=self.grad_scaler,
+            optimizer=self,
+            host_reads=self.skip_if_safe,
+        )
         with torch.no_grad():
             local_params = local_tensors(params)
             sq_norm = reducer.sq_norm(grads, params[0].device)
@@ -317,8 +354,11 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             torch._foreach_sub_(self._snapshot, params)
             self._step_norm = reducer.sq_norm(self._snapshot, sq_norm.device).sqrt()
         return F.trust_region_cap(
-            "relative" if relative else self.trust_region, sq_norm, rho=self.rho,
-            step_norm=self._step_norm, lr=self.param_groups[0]["lr"],
+            "relative" if relative else self.trust_region,
+            sq_norm,
+            rho=self.rho,
+            step_norm=self._step_norm,
+            lr=self.param_groups[0]["lr"],
         )
 
     def _frozen_stats(self) -> dict[str, Any]:
@@ -326,8 +366,11 @@ class SPAGOptimizer(SafetyClosureOptimizer):
 
     # -- state dict -------------------------------------------------------------------------------
     def _wrapper_state(self) -> dict[str, Any]:
-        return {**super()._wrapper_state(), **self._safety_gradient.state_dict(),
-                "hyperparameters": hyperparameters_of(self)}
+        return {
+            **super()._wrapper_state(),
+            **self._safety_gradient.state_dict(),
+            "hyperparameters": hyperparameters_of(self),
+        }
 
     def _check_wrapper_state(self, state: Any) -> None:
         super()._check_wrapper_state(state)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,10 +25,17 @@ from ._caller_warning import warn_at_caller
 from .safety_pairs import PaddingCollator, check_rows_fit, padded_pairs
 from .warnings import RefusalsNotProducedWarning, UnrestorablePositionWarning
 
-__all__ = ["SafetyBatches", "SafetyClosure", "make_safety_closure", "calibrate_tau", "model_loss",
-           "move_to_device",
-           "check_batches_fit_model", "measures_refusal_nll",
-           "PRODUCED_NLL_MAX"]
+__all__ = [
+    "SafetyBatches",
+    "SafetyClosure",
+    "make_safety_closure",
+    "calibrate_tau",
+    "model_loss",
+    "move_to_device",
+    "check_batches_fit_model",
+    "measures_refusal_nll",
+    "PRODUCED_NLL_MAX",
+]
 
 
 LossFn = Callable[[torch.nn.Module, Any], Tensor]
@@ -72,13 +80,17 @@ class SafetyBatches:
         data: Sequence[Any] | Dataset | DataLoader,
         *,
         batch_size: int = 8,
-        collate_fn: Optional[Callable[[list], Any]] = None,
+        collate_fn: Callable[[list], Any] | None = None,
         seed: int = 0,
         shuffle: bool = True,
         drop_last: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         batch_size = int(batch_size)
         self.loader = data if isinstance(data, DataLoader) else None
@@ -117,8 +129,8 @@ class SafetyBatches:
         self.device = device
         self.epoch = 0
         self.position = 0
-        self._order: Optional[list[int]] = None
-        self._loader_iter: Optional[Iterator] = None
+        self._order: list[int] | None = None
+        self._loader_iter: Iterator | None = None
 
     @classmethod
     def from_pairs(
@@ -128,12 +140,12 @@ class SafetyBatches:
         *,
         batch_size: int = 8,
         seed: int = 0,
-        max_length: Optional[int] = None,
-        render: Optional[Callable[[str], str]] = None,
+        max_length: int | None = None,
+        render: Callable[[str], str] | None = None,
         shuffle: bool = True,
         drop_last: bool = False,
         device: torch.device | str | None = None,
-    ) -> "SafetyBatches":
+    ) -> SafetyBatches:
         """Batches of (harmful prompt, refusal) pairs, ready for :func:`make_safety_closure`.
 
         Each pair is labelled on the refusal only: the safety loss ``model(**batch).loss`` is the
@@ -170,8 +182,15 @@ class SafetyBatches:
             closure = make_safety_closure(model, safe)
         """
         rows, collate_fn = padded_pairs(pairs, tokenizer, max_length, render)
-        return cls(rows, batch_size=batch_size, collate_fn=collate_fn, seed=seed, shuffle=shuffle,
-                   drop_last=drop_last, device=device)
+        return cls(
+            rows,
+            batch_size=batch_size,
+            collate_fn=collate_fn,
+            seed=seed,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            device=device,
+        )
 
     def _epoch_order(self) -> list[int]:
         n = len(self.data)  # type: ignore[arg-type]
@@ -180,7 +199,7 @@ class SafetyBatches:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return torch.randperm(n, generator=generator).tolist()
 
-    def __iter__(self) -> "SafetyBatches":
+    def __iter__(self) -> SafetyBatches:
         return self
 
     def __next__(self) -> Any:
@@ -247,8 +266,10 @@ class SafetyBatches:
         """Restore the position; the seed given at construction is kept."""
         self.check_state_dict(state)
         if self.loader is not None:
-            warn_at_caller("SafetyBatches over a DataLoader cannot restore its position; restarting it",
-                           UnrestorablePositionWarning)
+            warn_at_caller(
+                "SafetyBatches over a DataLoader cannot restore its position; restarting it",
+                UnrestorablePositionWarning,
+            )
             return
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None
@@ -259,7 +280,9 @@ def _holds_token_lists(example: Any) -> bool:
     ``(features, label)`` are batched fine by the default collate)."""
     values = example.values() if isinstance(example, Mapping) else [example]
     return any(
-        isinstance(v, list) and len(v) > 0 and isinstance(v[0], numbers.Integral)
+        isinstance(v, list)
+        and len(v) > 0
+        and isinstance(v[0], numbers.Integral)
         and not isinstance(v[0], bool)
         for v in values
     )
@@ -284,13 +307,13 @@ def model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
     return loss
 
 
-def _model_device(model: torch.nn.Module) -> Optional[torch.device]:
+def _model_device(model: torch.nn.Module) -> torch.device | None:
     for p in model.parameters():
         return p.device
     return None
 
 
-def _max_positions(model: torch.nn.Module) -> Optional[int]:
+def _max_positions(model: torch.nn.Module) -> int | None:
     """The model's ``config.max_position_embeddings`` (through a DDP wrapper), None if it has none."""
     config = getattr(getattr(model, "module", model), "config", None)
     limit = getattr(config, "max_position_embeddings", None)
@@ -303,7 +326,11 @@ def check_batches_fit_model(model: torch.nn.Module, batches: Iterable[Any]) -> N
     model's ``max_position_embeddings``: a learned-position model would fail with an IndexError
     deep in torch at the first step, a RoPE model would silently train at positions it never saw."""
     limit = _max_positions(model)
-    if limit is None or not isinstance(batches, SafetyBatches) or not isinstance(batches.data, list):
+    if (
+        limit is None
+        or not isinstance(batches, SafetyBatches)
+        or not isinstance(batches.data, list)
+    ):
         return
     rows = batches.data
     if all(isinstance(row, Mapping) and isinstance(row.get("input_ids"), list) for row in rows):
@@ -313,7 +340,9 @@ def check_batches_fit_model(model: torch.nn.Module, batches: Iterable[Any]) -> N
 class SafetyClosure:
     """``() -> loss``: the next safe batch through ``model``; resumable through its state dict."""
 
-    def __init__(self, model: torch.nn.Module, batches: Iterable[Any], loss_fn: Optional[LossFn] = None):
+    def __init__(
+        self, model: torch.nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None
+    ):
         check_batches_fit_model(model, batches)
         self.model = model
         self.batches = batches
@@ -343,9 +372,13 @@ class SafetyClosure:
     def check_state_dict(self, state: Any) -> None:
         """Raise, naming what is missing, if :meth:`load_state_dict` could not restore ``state``."""
         if not isinstance(state, Mapping):
-            raise ValueError(f"the safety closure's state must be a dict, got {type(state).__name__}")
+            raise ValueError(
+                f"the safety closure's state must be a dict, got {type(state).__name__}"
+            )
         if callable(getattr(self.batches, "state_dict", None)) and "batches" not in state:
-            raise ValueError("the safety closure's state lacks 'batches' (the safe batches' position)")
+            raise ValueError(
+                "the safety closure's state lacks 'batches' (the safe batches' position)"
+            )
         checker = getattr(self.batches, "check_state_dict", None)
         if "batches" in state and callable(checker):
             checker(state["batches"])
@@ -358,7 +391,7 @@ class SafetyClosure:
 
 
 def make_safety_closure(
-    model: torch.nn.Module, batches: Iterable[Any], loss_fn: Optional[LossFn] = None
+    model: torch.nn.Module, batches: Iterable[Any], loss_fn: LossFn | None = None
 ) -> SafetyClosure:
     """The safety closure for :class:`~spag_optim.SPAGOptimizer`.
 
@@ -378,10 +411,10 @@ PRODUCED_NLL_MAX = math.log(2.0)
 def calibrate_tau(
     model: torch.nn.Module,
     batches: Iterable[Any],
-    num_batches: Optional[int] = None,
-    loss_fn: Optional[LossFn] = None,
+    num_batches: int | None = None,
+    loss_fn: LossFn | None = None,
     *,
-    loss_is_nll: Optional[bool] = None,
+    loss_is_nll: bool | None = None,
 ) -> float:
     """Mean safety loss of ``model`` (before fine-tuning) over ``num_batches`` batches.
 
@@ -417,29 +450,39 @@ def calibrate_tau(
     return tau
 
 
-def measures_refusal_nll(batches: Iterable[Any], loss_fn: Optional[LossFn] = None) -> bool:
+def measures_refusal_nll(batches: Iterable[Any], loss_fn: LossFn | None = None) -> bool:
     """Whether the safety loss is the refusals' mean per-token NLL: the model's own loss
     (``loss_fn`` None or the default) on token rows padded by
     :class:`~spag_optim.safety_pairs.PaddingCollator`, as :meth:`SafetyBatches.from_pairs` makes."""
-    return (loss_fn is None or loss_fn is model_loss) and isinstance(batches, SafetyBatches) \
+    return (
+        (loss_fn is None or loss_fn is model_loss)
+        and isinstance(batches, SafetyBatches)
         and isinstance(batches.collate_fn, PaddingCollator)
+    )
 
 
-def _checked_num_batches(num_batches: Any, batches: Iterable[Any]) -> Optional[int]:
+def _checked_num_batches(num_batches: Any, batches: Iterable[Any]) -> int | None:
     if num_batches is None:
         if isinstance(batches, SafetyBatches):
             raise ValueError("SafetyBatches never ends: pass num_batches (e.g. 8)")
         return None
-    if isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral) or num_batches < 1:
+    if (
+        isinstance(num_batches, bool)
+        or not isinstance(num_batches, numbers.Integral)
+        or num_batches < 1
+    ):
         raise ValueError(f"num_batches must be a positive int or None, got {num_batches!r}")
     return int(num_batches)
 
 
-def _mean_loss(model: torch.nn.Module, batches: Iterable[Any], num_batches: Optional[int],
-               loss_fn: LossFn) -> float:
+def _mean_loss(
+    model: torch.nn.Module, batches: Iterable[Any], num_batches: int | None, loss_fn: LossFn
+) -> float:
     """Mean of ``loss_fn`` over the batches, in eval mode, ``batches``' position kept."""
     device = None if getattr(batches, "device", None) is not None else _model_device(model)
-    kept = batches.kept_position() if isinstance(batches, SafetyBatches) else contextlib.nullcontext()
+    kept = (
+        batches.kept_position() if isinstance(batches, SafetyBatches) else contextlib.nullcontext()
+    )
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -448,11 +491,15 @@ def _mean_loss(model: torch.nn.Module, batches: Iterable[Any], num_batches: Opti
             for batch in batches:
                 loss = loss_fn(model, move_to_device(batch, device))
                 if loss is None:
-                    raise TypeError("loss_fn returned None; it must return the safety loss (a "
-                                    "scalar tensor) of the batch")
+                    raise TypeError(
+                        "loss_fn returned None; it must return the safety loss (a "
+                        "scalar tensor) of the batch"
+                    )
                 loss = float(loss)
                 if not math.isfinite(loss):
-                    raise ValueError(f"the safety loss of batch {count} is {loss}; check the safe data")
+                    raise ValueError(
+                        f"the safety loss of batch {count} is {loss}; check the safe data"
+                    )
                 total += loss
                 count += 1
                 if num_batches is not None and count >= num_batches:

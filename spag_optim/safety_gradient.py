@@ -21,20 +21,31 @@ holds its averager), so its whole step reads in two classes: the step template o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._caller_warning import warn_at_caller
-from ._torch_compat import amp_unscale_, grad_scaler_found_inf, grad_scaler_scale, group_by_device_and_dtype
+from ._torch_compat import (
+    amp_unscale_,
+    grad_scaler_found_inf,
+    grad_scaler_scale,
+    group_by_device_and_dtype,
+)
 from .distributed import Reducer, local_tensors, resolve_distributed
 from .hyperparameters import TauCheck
 from .safety_wrapper import ensure_grads
 from .warnings import NonFiniteWarning, ZeroSafetyGradientWarning
 
-__all__ = ["GRAD_SCALER", "SafetyGradient", "check_grad_scaler", "host_stats",
-           "warn_if_zero_safety_gradient"]
+__all__ = [
+    "GRAD_SCALER",
+    "SafetyGradient",
+    "check_grad_scaler",
+    "host_stats",
+    "warn_if_zero_safety_gradient",
+]
 
 # torch.amp.GradScaler is the device-generic class from torch 2.3; torch.cuda.amp's before that.
 GRAD_SCALER = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler
@@ -43,14 +54,18 @@ GRAD_SCALER = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScale
 def check_grad_scaler(grad_scaler: Any) -> None:
     """A clear error unless ``grad_scaler`` is None or a ``torch.amp.GradScaler``."""
     if grad_scaler is not None and not isinstance(grad_scaler, GRAD_SCALER):
-        raise TypeError(f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}")
+        raise TypeError(
+            f"grad_scaler must be a torch.amp.GradScaler, got {type(grad_scaler).__name__}"
+        )
 
 
 def host_stats(loss: float, projected: bool, alpha: float, grad_norm: float) -> dict[str, Tensor]:
     """``last_stats`` of a step decided on the host, as the 0-dim tensors of the device path."""
     values = {"safety_loss": loss, "alpha": alpha, "safety_grad_norm": grad_norm}
-    return {**{k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()},
-            "projected": torch.tensor(projected)}
+    return {
+        **{k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()},
+        "projected": torch.tensor(projected),
+    }
 
 
 class SafetyGradient:
@@ -66,17 +81,23 @@ class SafetyGradient:
         self.sharded = sharded
         # Resolved on the first step (the process group may be initialised after construction)
         # and rebuilt when the parameters change (add_param_group).
-        self.reducer: Optional[Reducer] = None
+        self.reducer: Reducer | None = None
         self._reducer_params: tuple[int, ...] = ()
         # Counted on device so that the sync-free path never reads them back in the hot loop.
-        self.projections: Optional[Tensor] = None
-        self.nonfinite: Optional[Tensor] = None
+        self.projections: Tensor | None = None
+        self.nonfinite: Tensor | None = None
         self._warned_nonfinite = 0
         self.tau_check = TauCheck()
         self._zero_checked = False
 
-    def reducer_for(self, params: list[Tensor], *, distributed: Optional[str],
-                    safety_closure: Callable[[], Tensor], process_group: Any) -> Reducer:
+    def reducer_for(
+        self,
+        params: list[Tensor],
+        *,
+        distributed: str | None,
+        safety_closure: Callable[[], Tensor],
+        process_group: Any,
+    ) -> Reducer:
         """The :class:`~spag_optim.distributed.Reducer` of ``params`` (cached while they stay)."""
         key = tuple(id(p) for p in params)
         if self.reducer is None or key != self._reducer_params:
@@ -126,8 +147,16 @@ class SafetyGradient:
         return triggered
 
     # -- the safety backward ----------------------------------------------------------------------
-    def backward(self, loss: Tensor, params: list[Tensor], reducer: Reducer, *,
-                 grad_scaler: Any, optimizer: torch.optim.Optimizer, host_reads: bool) -> list[Tensor]:
+    def backward(
+        self,
+        loss: Tensor,
+        params: list[Tensor],
+        reducer: Reducer,
+        *,
+        grad_scaler: Any,
+        optimizer: torch.optim.Optimizer,
+        host_reads: bool,
+    ) -> list[Tensor]:
         """Safety gradient into ``p.grad`` (reusing the consumed utility buffers).
 
         Returns the local gradient tensors, averaged over ranks and unscaled by ``grad_scaler``

@@ -14,12 +14,19 @@ does both in one call.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "PaddingCollator", "check_rows_fit", "encode_pair", "encode_safety_pairs",
-           "format_prompt"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PaddingCollator",
+    "check_rows_fit",
+    "encode_pair",
+    "encode_safety_pairs",
+    "format_prompt",
+]
 
 IGNORE_INDEX = -100
 
@@ -58,7 +65,9 @@ def _pair(item: Any, index: int) -> tuple[str, str]:
         )
     for name, text in zip(("prompt", "refusal"), item):
         if not isinstance(text, str):
-            raise TypeError(f"safety pair {index}: the {name} is a {type(text).__name__}, not a str")
+            raise TypeError(
+                f"safety pair {index}: the {name} is a {type(text).__name__}, not a str"
+            )
     return item[0], item[1]
 
 
@@ -71,10 +80,14 @@ def _pair_list(pairs: Iterable[Any]) -> list[Any]:
     return list(pairs)
 
 
-def _tokenizer_max_length(tokenizer: Any) -> Optional[int]:
+def _tokenizer_max_length(tokenizer: Any) -> int | None:
     """The tokenizer's ``model_max_length``, None when it states none."""
     limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < UNSET_MODEL_MAX_LENGTH:
+    if (
+        isinstance(limit, int)
+        and not isinstance(limit, bool)
+        and 0 < limit < UNSET_MODEL_MAX_LENGTH
+    ):
         return limit
     return None
 
@@ -92,8 +105,10 @@ def check_rows_fit(rows: Sequence[Mapping[str, Sequence[int]]], limit: int, what
 
 
 def encode_safety_pairs(
-    pairs: Iterable[Any], tokenizer: Any, max_length: Optional[int] = None,
-    render: Optional[Callable[[str], str]] = None,
+    pairs: Iterable[Any],
+    tokenizer: Any,
+    max_length: int | None = None,
+    render: Callable[[str], str] | None = None,
 ) -> list[dict[str, list[int]]]:
     """``{"input_ids", "labels"}`` per pair: prompt + refusal + EOS, labels -100 on the prompt.
 
@@ -104,8 +119,9 @@ def encode_safety_pairs(
     fills it has no refusal token left and is an error, as are an empty refusal and a row longer
     than the tokenizer's ``model_max_length``.
     """
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                   or max_length < 2):
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2
+    ):
         raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
     if render is not None and not callable(render):
         raise TypeError(f"render must be a callable prompt -> text, got {type(render).__name__}")
@@ -135,19 +151,25 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _rendered(tokenizer: Any, prompt: str, render: Optional[Callable[[str], str]]) -> str:
+def _rendered(tokenizer: Any, prompt: str, render: Callable[[str], str] | None) -> str:
     if render is None:
         return format_prompt(tokenizer, prompt)
     text = render(prompt)
     if not isinstance(text, str):
-        raise TypeError(f"render returned a {type(text).__name__}; it must return the prompt's text")
+        raise TypeError(
+            f"render returned a {type(text).__name__}; it must return the prompt's text"
+        )
     return text
 
 
 def encode_pair(
-    tokenizer: Any, prompt: str, answer: str, max_length: Optional[int] = None, *,
-    render: Optional[Callable[[str], str]] = None,
-) -> Optional[dict[str, list[int]]]:
+    tokenizer: Any,
+    prompt: str,
+    answer: str,
+    max_length: int | None = None,
+    *,
+    render: Callable[[str], str] | None = None,
+) -> dict[str, list[int]] | None:
     """``{"input_ids", "labels"}`` of formatted prompt + answer + EOS, labels -100 on the prompt.
 
     The prompt is formatted by ``render`` (prompt -> the exact text before the answer, special
@@ -193,13 +215,17 @@ def pad_token_id(tokenizer: Any) -> int:
     """The tokenizer's pad token, else its EOS (padding is masked out of the loss either way)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+        raise ValueError(
+            "the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token"
+        )
     return int(pad)
 
 
 def padded_pairs(
-    pairs: Iterable[Any], tokenizer: Any, max_length: Optional[int] = None,
-    render: Optional[Callable[[str], str]] = None,
+    pairs: Iterable[Any],
+    tokenizer: Any,
+    max_length: int | None = None,
+    render: Callable[[str], str] | None = None,
 ) -> tuple[list[dict[str, list[int]]], PaddingCollator]:
     """The rows :func:`encode_safety_pairs` makes of ``pairs`` and the :class:`PaddingCollator`
     that batches them: the data and ``collate_fn`` every ``from_pairs`` constructor is given."""

@@ -34,7 +34,8 @@ import contextlib
 import logging
 import math
 import numbers
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -116,8 +117,11 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         """Every parameter is frozen: the safety closure is not run (its loss has no graph)."""
         if not self._warned_frozen:
             self._warned_frozen = True
-            warn_at_caller(f"{type(self).__name__}: no parameter of this optimizer requires grad "
-                           "(all frozen); the safety step has nothing to act on", FrozenParametersWarning)
+            warn_at_caller(
+                f"{type(self).__name__}: no parameter of this optimizer requires grad "
+                "(all frozen); the safety step has nothing to act on",
+                FrozenParametersWarning,
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
@@ -151,20 +155,32 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         ``num_nonfinite``, ``num_interventions``, the :attr:`COUNTERS` under their own names, and
         the last step's numeric ``last_stats`` (booleans as 0.0/1.0). Reads device values back,
         once: call it when you log, not in the hot loop."""
-        out = {"num_steps": float(self._num_steps), "num_nonfinite": float(self.num_nonfinite),
-               "num_interventions": float(self.num_interventions)}
+        out = {
+            "num_steps": float(self._num_steps),
+            "num_nonfinite": float(self.num_nonfinite),
+            "num_interventions": float(self.num_interventions),
+        }
         out.update((name, float(getattr(self, name))) for name in self.COUNTERS)
-        numeric = {k: v for k, v in self.last_stats.items() if isinstance(v, (Tensor, numbers.Real))}
-        tensors = [v.detach().reshape(()).double() for v in numeric.values() if isinstance(v, Tensor)]
-        values = iter(torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else [])
-        out.update((k, next(values) if isinstance(v, Tensor) else float(v)) for k, v in numeric.items())
+        numeric = {
+            k: v for k, v in self.last_stats.items() if isinstance(v, (Tensor, numbers.Real))
+        }
+        tensors = [
+            v.detach().reshape(()).double() for v in numeric.values() if isinstance(v, Tensor)
+        ]
+        values = iter(
+            torch.stack([t.to(tensors[0].device) for t in tensors]).tolist() if tensors else []
+        )
+        out.update(
+            (k, next(values) if isinstance(v, Tensor) else float(v)) for k, v in numeric.items()
+        )
         return out
 
     #: The name that starts the defense's warnings (None: the class name).
     WARN_NAME: str | None = None
 
-    def _skip_nonfinite(self, what: str, value: object,
-                        consequence: str = "its part of this step was skipped") -> None:
+    def _skip_nonfinite(
+        self, what: str, value: object, consequence: str = "its part of this step was skipped"
+    ) -> None:
         """Count and warn (at the caller's ``step()`` line) about a NaN/inf safety ``what`` (loss,
         gradient...); the caller skips its safety part."""
         self._num_nonfinite += 1
@@ -201,8 +217,11 @@ class SafetyClosureOptimizer(OptimizerWrapper):
             self._num_steps += 1
             self._pending = (utility_loss, prepared)
         else:
-            logger.info("%s: completing the step whose safety part failed (the part after the inner "
-                        "step only)", self.WARN_NAME or type(self).__name__)
+            logger.info(
+                "%s: completing the step whose safety part failed (the part after the inner "
+                "step only)",
+                self.WARN_NAME or type(self).__name__,
+            )
         utility_loss, prepared = self._pending
         params = self.params()
         if params:
@@ -227,7 +246,9 @@ class SafetyClosureOptimizer(OptimizerWrapper):
         """``last_stats`` of a step on which every parameter is frozen (nothing to act on)."""
         return {}
 
-    def _utility_closure(self, closure: Callable[[], Tensor] | None) -> tuple[Tensor | None, list[Tensor]]:
+    def _utility_closure(
+        self, closure: Callable[[], Tensor] | None
+    ) -> tuple[Tensor | None, list[Tensor]]:
         """Run torch's optional utility ``closure`` (it calls backward), then return its loss and
         the parameters, their gradients checked (:meth:`_check_grads`)."""
         utility_loss = None
@@ -294,8 +315,10 @@ class SafetyClosureOptimizer(OptimizerWrapper):
     def _check_wrapper_state(self, state: Any) -> None:
         name, key = type(self).__name__, self.STATE_KEY
         if not isinstance(state, Mapping):
-            raise ValueError(f"{name}.load_state_dict: the checkpoint's {key!r} entry is a "
-                             f"{type(state).__name__}, not a dict; nothing was loaded")
+            raise ValueError(
+                f"{name}.load_state_dict: the checkpoint's {key!r} entry is a "
+                f"{type(state).__name__}, not a dict; nothing was loaded"
+            )
         missing = [field for field in self.STATE_FIELDS if field not in state]
         if missing:
             raise ValueError(

@@ -11,5 +11,12 @@ from .jsonl import JSONLError, count_jsonl_rows, read_jsonl, write_jsonl
 from .lock import exclusive_lock
 from .version import distribution_version
 
-__all__ = ["JSONLError", "count_jsonl_rows", "distribution_version", "exclusive_lock", "read_jsonl",
-           "write_atomic", "write_jsonl"]
+__all__ = [
+    "JSONLError",
+    "count_jsonl_rows",
+    "distribution_version",
+    "exclusive_lock",
+    "read_jsonl",
+    "write_atomic",
+    "write_jsonl",
+]

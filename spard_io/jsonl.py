@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .atomic import write_atomic
 
@@ -24,8 +24,11 @@ def count_jsonl_rows(path: str | os.PathLike) -> int:
     """Number of non-blank lines of ``path`` (the rows ``read_jsonl`` would return)."""
     path = _existing(path)
     with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-        return sum(1 for lineno, line in enumerate(handle, start=1)
-                   if (line.removeprefix("\ufeff") if lineno == 1 else line).strip())
+        return sum(
+            1
+            for lineno, line in enumerate(handle, start=1)
+            if (line.removeprefix("\ufeff") if lineno == 1 else line).strip()
+        )
 
 
 def _existing(path: str | os.PathLike) -> str:
@@ -37,9 +40,12 @@ def _existing(path: str | os.PathLike) -> str:
     return path
 
 
-def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
-               span: tuple[int, int] | None = None,
-               chosen_by: Mapping[str, str] | None = None) -> list[dict]:
+def read_jsonl(
+    path: str | os.PathLike,
+    required: Sequence[str] = (),
+    span: tuple[int, int] | None = None,
+    chosen_by: Mapping[str, str] | None = None,
+) -> list[dict]:
     """Read ``path`` as one JSON object per line.
 
     Blank lines are skipped. Every other line must be a JSON object that has each key in

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["exclusive_lock"]
 
@@ -22,7 +22,9 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # Windows
-        raise OSError(f"exclusive_lock({os.fspath(path)!r}) needs fcntl.flock, which this platform lacks") from None
+        raise OSError(
+            f"exclusive_lock({os.fspath(path)!r}) needs fcntl.flock, which this platform lacks"
+        ) from None
     with open(path, "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:

@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 from spag_optim import SafetyBatches, calibrate_tau, make_safety_closure  # noqa: E402
 from spag_optim.baselines import SafeInstrDataset  # noqa: E402
 from spag_optim.evaluation import KeywordRefusalJudge, format_table, summarize_scores  # noqa: E402
+
 from helpers.defenses import build_defense  # noqa: E402
 from helpers.tiny_lm import tiny_causal_lm  # noqa: E402
 
@@ -26,8 +27,10 @@ def example(prompt, response):
 def dataset(seed, n, response_start):
     g = torch.Generator().manual_seed(seed)
     return [
-        example(torch.randint(3, 20, (5,), generator=g).tolist(),
-                torch.randint(response_start, response_start + 8, (4,), generator=g).tolist())
+        example(
+            torch.randint(3, 20, (5,), generator=g).tolist(),
+            torch.randint(response_start, response_start + 8, (4,), generator=g).tolist(),
+        )
         for _ in range(n)
     ]
 
@@ -40,8 +43,11 @@ def build_method(name, inner, closure, tau):
     calibrated tau; Lisa runs a 2 + 4 cycle with the library's rho."""
     if name == "sft":
         return inner
-    options = {"spag": {"tau": tau}, "penalty": {"lam": 1.0, "tau": tau},
-               "lisa": {"alignment_steps": 2, "finetune_steps": 4, "rho": 1.0}}
+    options = {
+        "spag": {"tau": tau},
+        "penalty": {"lam": 1.0, "tau": tau},
+        "lisa": {"alignment_steps": 2, "finetune_steps": 4, "rho": 1.0},
+    }
     return build_defense(name, inner, closure, **options.get(name, {}))
 
 
@@ -54,8 +60,12 @@ def test_every_method_trains_a_causal_lm_and_lands_in_the_table():
         train_data = SafeInstrDataset(user, safe, fraction=0.1, seed=0) if name == "sft" else user
         batches = SafetyBatches(safe, batch_size=4, seed=0)
         tau = calibrate_tau(model, SafetyBatches(safe, batch_size=4, seed=1), num_batches=2)
-        opt = build_method(name, torch.optim.AdamW(model.parameters(), lr=1e-2),
-                           make_safety_closure(model, batches), tau)
+        opt = build_method(
+            name,
+            torch.optim.AdamW(model.parameters(), lr=1e-2),
+            make_safety_closure(model, batches),
+            tau,
+        )
         loader = torch.utils.data.DataLoader(train_data, batch_size=4, shuffle=False)
         for _, batch in zip(range(6), loader):
             opt.zero_grad()

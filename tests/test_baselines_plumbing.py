@@ -11,7 +11,7 @@ from spag_optim import SafetyBatches, make_safety_closure
 from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
 from helpers.defenses import build_defense
-from helpers.pair_model import PairLoss, flat_params, safe_dataset, train, utility_batch
+from helpers.pair_model import PairLoss, flat_params, safe_dataset, train
 
 
 def build(name):
@@ -27,16 +27,20 @@ def test_lisa_resume_needs_its_anchor():
     train(model, opt, 4)  # mid fine-tuning state, anchor != initial parameters
     state = opt.state_dict()
     assert len(state["lisa"]["anchor"]) == len(list(model.parameters()))
-    assert not torch.equal(torch.cat([a.flatten() for a in state["lisa"]["anchor"]]),
-                           flat_params(PairLoss(0)))
+    assert not torch.equal(
+        torch.cat([a.flatten() for a in state["lisa"]["anchor"]]), flat_params(PairLoss(0))
+    )
 
 
 @pytest.mark.parametrize("name", ["penalty", "safegrad"])
 def test_nonfinite_safety_loss_falls_back_to_the_plain_step(name):
     model = PairLoss()
     twin = PairLoss()
-    opt = build_defense(name, torch.optim.SGD(model.net.parameters(), lr=0.1),
-                        lambda: model.net(torch.ones(2, 4)).sum() * float("nan"))
+    opt = build_defense(
+        name,
+        torch.optim.SGD(model.net.parameters(), lr=0.1),
+        lambda: model.net(torch.ones(2, 4)).sum() * float("nan"),
+    )
     plain = torch.optim.SGD(twin.net.parameters(), lr=0.1)
     model.net(torch.ones(2, 4)).sum().backward()
     twin.net(torch.ones(2, 4)).sum().backward()
@@ -50,8 +54,10 @@ def test_nonfinite_safety_loss_falls_back_to_the_plain_step(name):
 def test_lisa_nonfinite_alignment_loss_skips_the_step():
     model = PairLoss()
     before = flat_params(model)
-    opt = LisaOptimizer(torch.optim.SGD(model.net.parameters(), lr=0.1),
-                        lambda: model.net(torch.ones(2, 4)).sum() + float("inf"))
+    opt = LisaOptimizer(
+        torch.optim.SGD(model.net.parameters(), lr=0.1),
+        lambda: model.net(torch.ones(2, 4)).sum() + float("inf"),
+    )
     with pytest.warns(RuntimeWarning, match="safety loss is inf"):
         opt.step()
     assert torch.equal(flat_params(model), before) and opt.num_nonfinite == 1
@@ -61,5 +67,7 @@ def test_registry_names_every_optimizer_baseline():
     from spag_optim.baselines import OPTIMIZER_BASELINES
 
     assert OPTIMIZER_BASELINES == {
-        "penalty": PenaltyOptimizer, "lisa": LisaOptimizer, "safegrad": SafeGradOptimizer,
+        "penalty": PenaltyOptimizer,
+        "lisa": LisaOptimizer,
+        "safegrad": SafeGradOptimizer,
     }

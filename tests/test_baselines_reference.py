@@ -11,12 +11,13 @@ import copy
 import pytest
 import torch
 
+from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
+
 from helpers.baseline_reference import (
     ReferenceLisa,
     reference_penalty_step,
     reference_safegrad_step,
 )
-from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 from helpers.toy_regression import mse, toy_mlp
 
 STEPS = 20
@@ -47,8 +48,9 @@ def test_penalty_matches_literal_reference(inner_name):
     model, util, safe = make_problem()
     ref_model = copy.deepcopy(model)
     tau = float(mse(model, safe).detach()) * 0.9
-    opt = PenaltyOptimizer(INNERS[inner_name](model.parameters()), lambda: mse(model, safe),
-                           lam=0.7, tau=tau)
+    opt = PenaltyOptimizer(
+        INNERS[inner_name](model.parameters()), lambda: mse(model, safe), lam=0.7, tau=tau
+    )
     ref_params = list(ref_model.parameters())
     ref_inner = INNERS[inner_name](ref_params)
     active = []
@@ -56,10 +58,16 @@ def test_penalty_matches_literal_reference(inner_name):
         opt.zero_grad()
         mse(model, util).backward()
         opt.step()
-        active.append(reference_penalty_step(
-            ref_params, ref_inner, lambda: mse(ref_model, util), lambda: mse(ref_model, safe),
-            lam=0.7, tau=tau,
-        ))
+        active.append(
+            reference_penalty_step(
+                ref_params,
+                ref_inner,
+                lambda: mse(ref_model, util),
+                lambda: mse(ref_model, safe),
+                lam=0.7,
+                tau=tau,
+            )
+        )
         assert opt.last_stats["penalty_active"] == active[-1]
     assert 0 < sum(active) < STEPS, "both hinge branches must be exercised"
     assert opt.num_active == sum(active)
@@ -78,9 +86,11 @@ def test_safegrad_matches_literal_reference(inner_name):
         opt.zero_grad()
         mse(model, util).backward()
         opt.step()
-        conflicts.append(reference_safegrad_step(
-            ref_params, ref_inner, lambda: mse(ref_model, util), lambda: mse(ref_model, safe)
-        ))
+        conflicts.append(
+            reference_safegrad_step(
+                ref_params, ref_inner, lambda: mse(ref_model, util), lambda: mse(ref_model, safe)
+            )
+        )
         assert opt.last_stats["conflict"] == conflicts[-1]
     assert 0 < sum(conflicts) < STEPS, "both conflict branches must be exercised"
     assert opt.num_conflicts == sum(conflicts)
@@ -92,12 +102,23 @@ def test_safegrad_matches_literal_reference(inner_name):
 def test_lisa_matches_literal_reference(inner_name, rho, proximal_after):
     model, util, safe = make_problem()
     ref_model = copy.deepcopy(model)
-    opt = LisaOptimizer(INNERS[inner_name](model.parameters()), lambda: mse(model, safe),
-                        alignment_steps=3, finetune_steps=4, rho=rho,
-                        proximal_after=proximal_after)
+    opt = LisaOptimizer(
+        INNERS[inner_name](model.parameters()),
+        lambda: mse(model, safe),
+        alignment_steps=3,
+        finetune_steps=4,
+        rho=rho,
+        proximal_after=proximal_after,
+    )
     ref_params = list(ref_model.parameters())
-    ref = ReferenceLisa(ref_params, INNERS[inner_name](ref_params), alignment_step=3,
-                        finetune_step=4, rho=rho, proximal_after=proximal_after)
+    ref = ReferenceLisa(
+        ref_params,
+        INNERS[inner_name](ref_params),
+        alignment_step=3,
+        finetune_step=4,
+        rho=rho,
+        proximal_after=proximal_after,
+    )
     states = []
     for _ in range(STEPS):
         expected_alignment = opt.is_alignment_step
@@ -115,10 +136,18 @@ def test_lisa_matches_literal_reference(inner_name, rho, proximal_after):
 def test_lisa_alignment_steps_ignore_the_utility_gradient():
     model, util, safe = make_problem()
     twin = copy.deepcopy(model)
-    a = LisaOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: mse(model, safe),
-                      alignment_steps=2, finetune_steps=1)
-    b = LisaOptimizer(torch.optim.SGD(twin.parameters(), lr=0.1), lambda: mse(twin, safe),
-                      alignment_steps=2, finetune_steps=1)
+    a = LisaOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda: mse(model, safe),
+        alignment_steps=2,
+        finetune_steps=1,
+    )
+    b = LisaOptimizer(
+        torch.optim.SGD(twin.parameters(), lr=0.1),
+        lambda: mse(twin, safe),
+        alignment_steps=2,
+        finetune_steps=1,
+    )
     for _ in range(2):
         mse(model, util).backward()  # garbage the alignment step must discard
         a.step()

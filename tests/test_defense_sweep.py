@@ -10,7 +10,6 @@ import json
 import math
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,20 +20,22 @@ pytest.importorskip("scipy")
 
 import defense_sweep  # noqa: E402
 import defense_sweep_report as report  # noqa: E402
-from defense_sweep_report import write_markdown  # noqa: E402
-
 from _demo import evaluation  # noqa: E402
 from _demo.alignment import aligned_model  # noqa: E402
 from _demo.config import SMOKE, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key  # noqa: E402
 from _demo.intervals import parse_seeds, t_interval, verdict  # noqa: E402
+from defense_sweep_report import write_markdown  # noqa: E402
 
 #: Two-sided 95% Student-t quantiles t(0.975, df) from a printed table.
 T975 = {1: 12.7062047, 2: 4.3026527, 4: 2.7764451, 9: 2.2621572}
 
 
-@pytest.mark.parametrize("values", [[0.0, 1.0], [0.2, 0.4, 0.9], [1.0, 0.93, 0.0, 0.06, 0.22], [0.1 * i for i in range(10)]])
+@pytest.mark.parametrize(
+    "values",
+    [[0.0, 1.0], [0.2, 0.4, 0.9], [1.0, 0.93, 0.0, 0.06, 0.22], [0.1 * i for i in range(10)]],
+)
 def test_t_interval_matches_the_literal_formula(values):
     n = len(values)
     mean = sum(values) / n
@@ -63,8 +64,14 @@ def test_seeds_parse_ranges_and_lists_and_refuse_garbage():
 def test_the_resumption_key_changes_with_attack_seed_and_environment_but_not_the_method_list():
     k = defense_sweep.cell_key("spard", "heavy", 0, "env", smoke=True)
     assert k.startswith("spard|heavy|0|") and k.endswith("|env")
-    assert defense_sweep.cell_key("spard", "strong", 0, "env", smoke=True).split("|")[3] != k.split("|")[3]
-    assert defense_sweep.cell_key("spard", "heavy", 1, "env", smoke=True).split("|")[3] != k.split("|")[3]
+    assert (
+        defense_sweep.cell_key("spard", "strong", 0, "env", smoke=True).split("|")[3]
+        != k.split("|")[3]
+    )
+    assert (
+        defense_sweep.cell_key("spard", "heavy", 1, "env", smoke=True).split("|")[3]
+        != k.split("|")[3]
+    )
     assert defense_sweep.cell_key("spard", "heavy", 0, "other", smoke=True) != k
 
 
@@ -75,13 +82,20 @@ def test_a_changed_method_option_changes_the_key(monkeypatch):
     monkeypatch.setitem(defense_sweep.METHODS, "spard_fixed_trust", changed)
     assert defense_sweep.cell_key("spard_fixed_trust", "heavy", 0, "env", smoke=True) != before
     # Two methods with different definitions never share a configuration hash.
-    keys = {defense_sweep.cell_key(m, "heavy", 0, "env", smoke=True).split("|")[3] for m in ("sft", "spard", "penalty")}
+    keys = {
+        defense_sweep.cell_key(m, "heavy", 0, "env", smoke=True).split("|")[3]
+        for m in ("sft", "spard", "penalty")
+    }
     assert len(keys) == 3
 
 
 def test_the_kernel_setting_is_measured_in_a_fresh_process():
     native = defense_sweep.probe_environment("native", 1)
-    assert native["label"] == "native" and native["ATEN_CPU_CAPABILITY"] == "" and native["threads"] == 1
+    assert (
+        native["label"] == "native"
+        and native["ATEN_CPU_CAPABILITY"] == ""
+        and native["threads"] == 1
+    )
     if "avx2" in native["cpu_flags"]:
         avx2 = defense_sweep.probe_environment("avx2", 1)
         assert avx2["capability"] == "AVX2" and avx2["label"] == "avx2"
@@ -94,7 +108,9 @@ def test_the_kernel_setting_is_measured_in_a_fresh_process():
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     cache = out / "cache"
-    state = defense_sweep.sweep(["spard"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False)
+    state = defense_sweep.sweep(
+        ["spard"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False
+    )
     env_key = environment_key(defense_sweep.probe_environment("native", 1))
     return out, cache, state, env_key
 
@@ -106,8 +122,19 @@ def test_a_stored_cell_is_reproduced_exactly_by_running_it_again(swept):
     assert list(stored) == [key]
     defense_sweep._CONTEXTS.clear()
     again = defense_sweep.run_cell("spard", "heavy", 0, smoke=True, cache_dir=cache / env_key)
-    for field in ("asr", "utility", "refusal_prob", "asr_verdicts", "utility_verdicts", "refusal_probs",
-                  "projections", "base", "safety_losses", "config", "method_spec"):
+    for field in (
+        "asr",
+        "utility",
+        "refusal_prob",
+        "asr_verdicts",
+        "utility_verdicts",
+        "refusal_probs",
+        "projections",
+        "base",
+        "safety_losses",
+        "config",
+        "method_spec",
+    ):
         assert again[field] == stored[key][field], field
     assert len(again["safety_losses"]) == 10 * 4  # heavy: 10 epochs of ceil(50 / 16) steps
 
@@ -115,7 +142,9 @@ def test_a_stored_cell_is_reproduced_exactly_by_running_it_again(swept):
 def test_a_cell_records_what_a_rerun_needs(swept):
     out, _, _, env_key = swept
     (cell,) = json.loads((out / "defense_sweep.json").read_text())["cells"].values()
-    assert environment_key(cell["environment"]) == env_key  # the worker's environment is the probed one
+    assert (
+        environment_key(cell["environment"]) == env_key
+    )  # the worker's environment is the probed one
     assert cell["environment"]["capability"] and cell["environment"]["torch"]
     assert cell["config"]["seed"] == 0 and cell["config"]["finetune_epochs"] == 10
     assert cell["method_spec"]["selection"] == "dpp"
@@ -128,11 +157,17 @@ def test_a_cell_records_what_a_rerun_needs(swept):
 def test_a_finished_cell_is_never_recomputed_and_a_new_method_only_adds_its_cell(swept):
     out, cache, first, env_key = swept
     before = json.loads((out / "defense_sweep.json").read_text())["cells"]
-    state = defense_sweep.sweep(["spard", "sft"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False)
+    state = defense_sweep.sweep(
+        ["spard", "sft"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False
+    )
     assert state["runs"][-1]["cells"] == 1  # sft only
     assert state["cells"][next(iter(before))] == before[next(iter(before))]  # untouched
-    assert set(state["cells"]) == set(before) | {defense_sweep.cell_key("sft", "heavy", 0, env_key, smoke=True)}
-    again = defense_sweep.sweep(["spard", "sft"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False)
+    assert set(state["cells"]) == set(before) | {
+        defense_sweep.cell_key("sft", "heavy", 0, env_key, smoke=True)
+    }
+    again = defense_sweep.sweep(
+        ["spard", "sft"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False
+    )
     assert again["cells"] == state["cells"]
     assert len(again["runs"]) == len(state["runs"])  # nothing to run: no run recorded
 
@@ -145,7 +180,9 @@ def test_two_runs_into_one_out_at_the_same_time_keep_every_cell(swept, tmp_path)
 
     def run(methods):
         try:
-            defense_sweep.sweep(methods, ["heavy"], [0], out=tmp_path, cache_dir=cache, smoke=True, progress=False)
+            defense_sweep.sweep(
+                methods, ["heavy"], [0], out=tmp_path, cache_dir=cache, smoke=True, progress=False
+            )
         except BaseException as err:  # surfaced below: a thread's exception is otherwise lost
             errors.append(err)
 
@@ -156,14 +193,27 @@ def test_two_runs_into_one_out_at_the_same_time_keep_every_cell(swept, tmp_path)
         t.join()
     assert not errors
     stored = json.loads((tmp_path / "defense_sweep.json").read_text())
-    assert set(stored["cells"]) == {defense_sweep.cell_key(m, "heavy", 0, env_key, smoke=True) for (m,) in runs}
+    assert set(stored["cells"]) == {
+        defense_sweep.cell_key(m, "heavy", 0, env_key, smoke=True) for (m,) in runs
+    }
     assert sorted(r["cells"] for r in stored["runs"]) == [1, 1]
 
 
 def _main_fails_and_leaves(tmp_path, capsys, text: str) -> str:
     path = tmp_path / "defense_sweep.json"
     path.write_text(text)
-    argv = ["--smoke", "--no-progress", "--methods", "sft", "--attacks", "heavy", "--seeds", "0", "--out", str(tmp_path)]
+    argv = [
+        "--smoke",
+        "--no-progress",
+        "--methods",
+        "sft",
+        "--attacks",
+        "heavy",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
     assert defense_sweep.main(argv) == 2
     assert path.read_text() == text  # never overwritten
     err = capsys.readouterr().err
@@ -172,7 +222,9 @@ def _main_fails_and_leaves(tmp_path, capsys, text: str) -> str:
 
 
 def test_a_truncated_results_file_is_named_in_one_line_and_left_as_it_was(tmp_path, capsys):
-    err = _main_fails_and_leaves(tmp_path, capsys, '{"cells": {"sft|heavy|0|abc": {"method": "sft", "as')
+    err = _main_fails_and_leaves(
+        tmp_path, capsys, '{"cells": {"sft|heavy|0|abc": {"method": "sft", "as'
+    )
     assert "truncated" in err and "move it away" in err
 
 
@@ -185,7 +237,13 @@ def test_cells_of_the_wrong_type_stop_the_run_before_any_cell_is_computed(tmp_pa
 
 def test_a_stored_cell_without_asr_stops_the_run_and_names_the_cell(tmp_path, capsys):
     """Such a cell was never recomputed, and the report crashed after the whole run."""
-    cell = {"method": "sft", "attack": "heavy", "seed": 0, "utility": 1.0, "base": {"asr": 0.0, "utility": 1.0}}
+    cell = {
+        "method": "sft",
+        "attack": "heavy",
+        "seed": 0,
+        "utility": 1.0,
+        "base": {"asr": 0.0, "utility": 1.0},
+    }
     err = _main_fails_and_leaves(tmp_path, capsys, json.dumps({"cells": {"sft|heavy|0|abc": cell}}))
     assert "'sft|heavy|0|abc' lacks ['asr']" in err and "delete that cell" in err
 
@@ -201,23 +259,33 @@ def smoke_model(swept):
 
 
 @torch.no_grad()
-def test_the_refusal_probability_is_the_product_of_the_openings_next_token_probabilities(smoke_model):
+def test_the_refusal_probability_is_the_product_of_the_openings_next_token_probabilities(
+    smoke_model,
+):
     model, data = smoke_model
     tok = data.tokenizer
     harmful = data.heldout_harmful[:6]
     got = evaluation.refusal_probabilities(model, tok, harmful)
     opening = tok("i cannot", add_special_tokens=False)["input_ids"]
     for ex, p in zip(harmful, got):
-        prompt = [tok.bos_token_id] + tok(f"user : {ex.prompt} assistant :", add_special_tokens=False)["input_ids"]
+        prompt = [tok.bos_token_id] + tok(
+            f"user : {ex.prompt} assistant :", add_special_tokens=False
+        )["input_ids"]
         expected = 1.0
-        for token in opening:  # one prompt at a time, token by token: no batching, no shared positions
+        for (
+            token
+        ) in opening:  # one prompt at a time, token by token: no batching, no shared positions
             logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].double()
             expected *= float(torch.softmax(logits, -1)[token])
             prompt = prompt + [token]
-        assert p == pytest.approx(expected, rel=1e-5)  # float32 logits of a differently shaped batch
+        assert p == pytest.approx(
+            expected, rel=1e-5
+        )  # float32 logits of a differently shaped batch
 
 
-def test_a_prompt_whose_refusal_probability_exceeds_one_half_is_refused_by_greedy_decoding(smoke_model):
+def test_a_prompt_whose_refusal_probability_exceeds_one_half_is_refused_by_greedy_decoding(
+    smoke_model,
+):
     """P(a) * P(b | a) > 1/2 makes both factors > 1/2, so both tokens are greedy's argmax."""
     model, data = smoke_model
     tok = data.tokenizer
@@ -228,50 +296,96 @@ def test_a_prompt_whose_refusal_probability_exceeds_one_half_is_refused_by_greed
 
 
 def _cell(method, attack, seed, asr, env="native", utility=1.0, refusal=0.5):
-    cell = {"method": method, "attack": attack, "seed": seed, "asr": asr, "utility": utility, "refusal_prob": refusal,
-            "seconds": 2.0, "base": {"asr": 0.0, "utility": 1.0}}
+    cell = {
+        "method": method,
+        "attack": attack,
+        "seed": seed,
+        "asr": asr,
+        "utility": utility,
+        "refusal_prob": refusal,
+        "seconds": 2.0,
+        "base": {"asr": 0.0, "utility": 1.0},
+    }
     if env == "legacy":
         cell["environment"] = {"label": "legacy", "note": "not recorded"}
     else:
-        cell["environment"] = {"label": env, "cpu": "cpu", "capability": env.upper(), "ATEN_CPU_CAPABILITY": "",
-                               "torch": "t", "transformers": "x", "peft": "p", "numpy": "n", "python": "3", "threads": 1}
+        cell["environment"] = {
+            "label": env,
+            "cpu": "cpu",
+            "capability": env.upper(),
+            "ATEN_CPU_CAPABILITY": "",
+            "torch": "t",
+            "transformers": "x",
+            "peft": "p",
+            "numpy": "n",
+            "python": "3",
+            "threads": 1,
+        }
     return cell
 
 
 def test_the_report_puts_environments_side_by_side_with_paired_differences_and_verdicts(tmp_path):
     spard = {"native": (0.1, 0.2, 0.3), "avx2": (0.2, 0.2, 0.4)}
     cells = [_cell("sft", "heavy", s, 1.0, e) for e in spard for s in range(3)]
-    cells += [_cell("spard", "heavy", s, a, e, refusal=1 - a) for e, asrs in spard.items() for s, a in enumerate(asrs)]
+    cells += [
+        _cell("spard", "heavy", s, a, e, refusal=1 - a)
+        for e, asrs in spard.items()
+        for s, a in enumerate(asrs)
+    ]
     cells += [_cell("spard", "heavy", s, 0.0, "legacy") for s in range(5)]  # never compared
-    text = write_markdown(tmp_path / "t.md", cells, [{"cells": 12, "wall_seconds": 60.0, "workers": 1}]).read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| `spard` |") and "ΔASR" not in line)
+    text = write_markdown(
+        tmp_path / "t.md", cells, [{"cells": 12, "wall_seconds": 60.0, "workers": 1}]
+    ).read_text()
+    row = next(
+        line for line in text.splitlines() if line.startswith("| `spard` |") and "ΔASR" not in line
+    )
     mean, half = t_interval([0.1, 0.2, 0.3])
-    assert f"| `spard` | {mean:.2f} ± {half:.2f} [3] |" in row  # native first, from 3 seeds, legacy not mixed in
+    assert (
+        f"| `spard` | {mean:.2f} ± {half:.2f} [3] |" in row
+    )  # native first, from 3 seeds, legacy not mixed in
     diff, diff_half = t_interval([0.1, 0.0, 0.1])
     assert f"{diff:.2f} ± {diff_half:.2f} [3]" in row  # avx2 - native, paired by seed
     assert row.endswith("| lower/lower | -/- | yes |")  # spard below sft in both environments
     assert "12 cells in 1.0 min (1 workers)" in text
     assert "## Legacy cells" in text and "| `spard` | 0.00 ± 0.00 [5] |" in text
-    worst = next(line for line in text.splitlines() if line.startswith("| `spard` | ") and "left out" not in line
-                 and line.count("|") == 6)
-    assert worst == f"| `spard` | {mean:.2f} ± {half:.2f} [3] | 0 | {t_interval([0.2, 0.2, 0.4])[0]:.2f} ± {t_interval([0.2, 0.2, 0.4])[1]:.2f} [3] | 0 |"
+    worst = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("| `spard` | ") and "left out" not in line and line.count("|") == 6
+    )
+    assert (
+        worst
+        == f"| `spard` | {mean:.2f} ± {half:.2f} [3] | 0 | {t_interval([0.2, 0.2, 0.4])[0]:.2f} ± {t_interval([0.2, 0.2, 0.4])[1]:.2f} [3] | 0 |"
+    )
 
 
 def test_the_report_works_on_partial_data_and_says_so(tmp_path):
-    cells = [_cell("sft", "heavy", 0, 1.0), _cell("spard", "heavy", 0, 0.5), _cell("spard", "strong", 1, 0.0, "avx2")]
+    cells = [
+        _cell("sft", "heavy", 0, 1.0),
+        _cell("spard", "heavy", 0, 0.5),
+        _cell("spard", "strong", 1, 0.0, "avx2"),
+    ]
     text = write_markdown(tmp_path / "t.md", cells).read_text()
     assert "| `spard` | 0.50 [1] | - |" in text  # one seed: a mean without an interval
     assert "pending" in text  # no verdict from one seed
 
 
 def test_the_worst_case_leaves_out_attacks_that_cost_more_than_a_tenth_of_sfts_utility():
-    index = report._index([
-        _cell("sft", "standard", 0, 1.0, utility=0.9), _cell("sft", "heavy", 0, 1.0, utility=0.9),
-        _cell("spard", "standard", 0, 0.2, utility=0.85), _cell("spard", "heavy", 0, 0.9, utility=0.5),
-        _cell("penalty", "standard", 0, 0.1, utility=0.1), _cell("penalty", "heavy", 0, 0.7, utility=0.2),
-    ])
+    index = report._index(
+        [
+            _cell("sft", "standard", 0, 1.0, utility=0.9),
+            _cell("sft", "heavy", 0, 1.0, utility=0.9),
+            _cell("spard", "standard", 0, 0.2, utility=0.85),
+            _cell("spard", "heavy", 0, 0.9, utility=0.5),
+            _cell("penalty", "standard", 0, 0.1, utility=0.1),
+            _cell("penalty", "heavy", 0, 0.7, utility=0.2),
+        ]
+    )
     worst = report._worst_case(index, ["spard", "penalty"], ["standard", "heavy"], "native")
-    assert worst["spard"] == ([0.2], 0)  # heavy kept 0.5 < 0.9 * 0.9: not a valid attack configuration
+    assert worst["spard"] == (
+        [0.2],
+        0,
+    )  # heavy kept 0.5 < 0.9 * 0.9: not a valid attack configuration
     assert worst["penalty"] == ([], 1)  # no preset kept utility: left out, counted
 
 

@@ -33,8 +33,11 @@ def test_readme_opens_with_the_two_commands_ci_runs():
 
 
 def test_no_docs_page_sends_the_reader_to_the_readme():
-    offenders = [str(p.relative_to(ROOT)) for p in _docs_pages()
-                 if "readme" in p.read_text(encoding="utf-8").lower()]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _docs_pages()
+        if "readme" in p.read_text(encoding="utf-8").lower()
+    ]
     assert not offenders, f"docs pages that refer to the README: {offenders}"
 
 
@@ -43,4 +46,3 @@ def test_readme_links_point_at_files_in_the_repository():
     targets = {t.split("#", 1)[0] for t in re.findall(r"\]\(([^)\s]+)\)", text)}
     missing = sorted(t for t in targets if "://" not in t and t and not (ROOT / t).exists())
     assert not missing, f"README links to files that do not exist: {missing}"
-

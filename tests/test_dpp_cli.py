@@ -24,8 +24,10 @@ POOL = [
     {"prompt": "help", "safe": "safe answer", "unsafe": "UNSAFE-4"},
     {"prompt": "what is the safe answer", "safe": "refuse", "unsafe": "UNSAFE-5"},
 ]
-TARGET = [{"prompt": "what is two plus two", "answer": "four"},
-          {"prompt": "three plus five equals what", "answer": "eight"}]
+TARGET = [
+    {"prompt": "what is two plus two", "answer": "four"},
+    {"prompt": "three plus five equals what", "answer": "eight"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +43,20 @@ def files(tmp_path_factory):
 
 def _run(files, tmp_path, *extra):
     out = tmp_path / "sel.jsonl"
-    argv = ["--pool", str(files / "pool.jsonl"), "--target", str(files / "target.jsonl"),
-            "--model", str(files / "model"), "--out", str(out), "--cache-dir",
-            str(tmp_path / "cache"), "--no-progress", *extra]
+    argv = [
+        "--pool",
+        str(files / "pool.jsonl"),
+        "--target",
+        str(files / "target.jsonl"),
+        "--model",
+        str(files / "model"),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        *extra,
+    ]
     return cli.main(argv), out
 
 
@@ -56,8 +69,9 @@ def test_selects_writes_rows_and_indices_and_caches(files, tmp_path, monkeypatch
     assert "UNSAFE" not in capsys.readouterr().out
     model = AutoModel.from_pretrained(files / "model")
     tok = AutoTokenizer.from_pretrained(files / "model")
-    pool_emb = embed_texts([f"{r['prompt']}\n\n{r['safe']}" for r in POOL], model, tok,
-                           progress=False)
+    pool_emb = embed_texts(
+        [f"{r['prompt']}\n\n{r['safe']}" for r in POOL], model, tok, progress=False
+    )
     target_emb = embed_texts([r["prompt"] for r in TARGET], model, tok, progress=False)
     expected = select(pool_emb, target_emb, k=3, beta=4.0, jitter=1e-6)
     np.testing.assert_array_equal(indices, expected.indices)
@@ -90,7 +104,8 @@ def _error(files, tmp_path, capsys, *extra):
 
 def test_errors_are_clear(files, tmp_path, capsys):
     assert "refusing to embed the 'unsafe' field" in _error(
-        files, tmp_path, capsys, "--k", "2", "--pool-fields", "prompt,unsafe")
+        files, tmp_path, capsys, "--k", "2", "--pool-fields", "prompt,unsafe"
+    )
     assert "k=7 exceeds the pool size N=6" in _error(files, tmp_path, capsys, "--k", "7")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n{"prompt": \n')
@@ -101,13 +116,18 @@ def test_errors_are_clear(files, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert "holds no rows" in _error(files, tmp_path, capsys, "--k", "1", "--pool", str(empty))
-    assert "not a local model folder" in _error(files, tmp_path, capsys, "--k", "1", "--model",
-                                                 str(tmp_path / "nope"))
+    assert "not a local model folder" in _error(
+        files, tmp_path, capsys, "--k", "1", "--model", str(tmp_path / "nope")
+    )
 
 
 def test_runs_as_a_module():
-    done = subprocess.run([sys.executable, "-m", "dpp_select.cli", "--help"], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "dpp_select.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--pool-fields" in done.stdout
 
 
@@ -132,8 +152,10 @@ def test_outputs_that_name_an_input_are_refused_and_the_inputs_survive(files, tm
         (["--out", str(files / "pool.jsonl")], "--out and --pool are the same file"),
         (["--out", str(files / "target.jsonl")], "--out and --target are the same file"),
         (["--out", str(alias)], "--out and --pool are the same file"),
-        (["--out", str(tmp_path / "x.jsonl"), "--indices-out", str(tmp_path / "x.jsonl")],
-         "--out and --indices-out are the same file"),
+        (
+            ["--out", str(tmp_path / "x.jsonl"), "--indices-out", str(tmp_path / "x.jsonl")],
+            "--out and --indices-out are the same file",
+        ),
         (["--indices-out", str(files / "pool.jsonl")], "--indices-out and --pool"),
     ]
     for extra, message in cases:
@@ -142,8 +164,9 @@ def test_outputs_that_name_an_input_are_refused_and_the_inputs_survive(files, tm
         assert (files / name).read_bytes() == data
 
 
-def test_arguments_and_output_locations_are_checked_before_embedding(files, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_arguments_and_output_locations_are_checked_before_embedding(
+    files, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(command, "embed_texts", _no_embedding)
     (tmp_path / "folder").mkdir()
     cases = [
@@ -156,8 +179,10 @@ def test_arguments_and_output_locations_are_checked_before_embedding(files, tmp_
         (["--k", "1", "--jitter", "lots"], "--jitter 'lots'"),
         (["--k", "1", "--batch-size", "0"], "--batch-size"),
         (["--k", "1", "--device", "warp-drive"], "--device 'warp-drive' is not a torch device"),
-        (["--k", "1", "--out", str(tmp_path / "missing" / "o.jsonl")],
-         f"folder {tmp_path / 'missing'} does not exist"),
+        (
+            ["--k", "1", "--out", str(tmp_path / "missing" / "o.jsonl")],
+            f"folder {tmp_path / 'missing'} does not exist",
+        ),
         (["--k", "1", "--out", str(tmp_path / "folder")], "is a folder"),
         (["--k", "1", "--indices-out", str(tmp_path / "missing" / "i.npy")], "--indices-out"),
     ]
@@ -281,8 +306,11 @@ def test_version_comes_from_the_installed_distribution(capsys):
 
 def test_every_option_has_help_text():
     parser = cli.build_parser()
-    missing = [action.option_strings for action in parser._actions
-               if action.option_strings and not action.help]
+    missing = [
+        action.option_strings
+        for action in parser._actions
+        if action.option_strings and not action.help
+    ]
     assert missing == []
     text = parser.format_help()
     for method in ("dpp", "dpp_diversity_only", "random", "top_relevance", "high_relevance"):
@@ -299,11 +327,15 @@ def test_json_errors_name_the_column_and_missing_fields_name_the_option(files, t
     crlf = tmp_path / "crlf.jsonl"
     crlf.write_bytes(b'{"prompt": "a"}\r\n{"prompt": "b",\r\n')
     err = _one_line_error(files, tmp_path, capsys, "--k", "1", "--target", str(crlf))
-    assert "crlf.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes " \
+    assert (
+        "crlf.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes "
         "at column 16)" in err
-    for option, source, field in [("--target-fields", "target", "question"),
-                                  ("--pool-fields", "pool", "question"),
-                                  ("--keep-fields", "pool", "source")]:
+    )
+    for option, source, field in [
+        ("--target-fields", "target", "question"),
+        ("--pool-fields", "pool", "question"),
+        ("--keep-fields", "pool", "source"),
+    ]:
         err = _one_line_error(files, tmp_path, capsys, "--k", "1", option, field)
         assert f"{source}.jsonl:1: missing field '{field}'" in err
         assert f"choose the fields with {option}" in err

@@ -19,9 +19,10 @@ from transformers import AutoModel, AutoTokenizer
 import dpp_select.cli as cli
 import dpp_select.command as command
 from dpp_select import embed_texts, select
+from test_dpp_cli import POOL, TARGET
+
 from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
 from helpers.gloo_workers import run_workers
-from test_dpp_cli import POOL, TARGET
 
 pytestmark = pytest.mark.distributed
 
@@ -30,9 +31,22 @@ POOL_SHARDS, TARGET_SHARDS = [(0, 3), (3, 6)], [(0, 1), (1, 2)]
 
 
 def _argv(root, out, pool="pool.jsonl"):
-    return ["--pool", str(root / pool), "--target", str(root / "target.jsonl"), "--model",
-            str(root / "model"), "--out", str(out), "--cache-dir", str(root / "cache"),
-            "--no-progress", "--k", "4", "--distributed"]
+    return [
+        "--pool",
+        str(root / pool),
+        "--target",
+        str(root / "target.jsonl"),
+        "--model",
+        str(root / "model"),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(root / "cache"),
+        "--no-progress",
+        "--k",
+        "4",
+        "--distributed",
+    ]
 
 
 def _exit_message(argv) -> str:
@@ -48,8 +62,9 @@ def worker(rank: int, world: int, out, root) -> None:
     assert cli.main(_argv(root, out / "first.jsonl")) == 0
     model = AutoModel.from_pretrained(root / "model")
     tok = AutoTokenizer.from_pretrained(root / "model")
-    share = embed_texts([r["prompt"] for r in POOL], model, tok, progress=False,
-                        process_group=dist.group.WORLD)
+    share = embed_texts(
+        [r["prompt"] for r in POOL], model, tok, progress=False, process_group=dist.group.WORLD
+    )
     texts = [r["prompt"] for r in POOL]
     texts[4] = ""
     try:
@@ -67,8 +82,15 @@ def worker(rank: int, world: int, out, root) -> None:
     # Output rows keep a field that is not embedded (and drop the embedded one).
     assert cli.main(_argv(root, out / "kept.jsonl") + ["--keep-fields", "safe"]) == 0
     message = _exit_message(_argv(root, out / "bad.jsonl", pool="bad_pool.jsonl"))
-    torch.save({"bad": message, "empty": empty, "empty_share": empty_share,
-                "share": torch.from_numpy(share)}, out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "bad": message,
+            "empty": empty,
+            "empty_share": empty_share,
+            "share": torch.from_numpy(share),
+        },
+        out / f"rank{rank}.pt",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +116,12 @@ def test_rank0_writes_what_one_process_selects_from_the_shards(sharded_cli):
     tok = AutoTokenizer.from_pretrained(root / "model")
 
     def embed(rows, shards):
-        return np.concatenate([embed_texts([r["prompt"] for r in rows[lo:hi]], model, tok,
-                                           progress=False) for lo, hi in shards])
+        return np.concatenate(
+            [
+                embed_texts([r["prompt"] for r in rows[lo:hi]], model, tok, progress=False)
+                for lo, hi in shards
+            ]
+        )
 
     expected = select(embed(POOL, POOL_SHARDS), embed(TARGET, TARGET_SHARDS), k=4)
     indices = np.load(out / "first.indices.npy", allow_pickle=False)
@@ -109,8 +135,9 @@ def test_embed_texts_embeds_this_ranks_share(sharded_cli):
     root, out = sharded_cli
     model = AutoModel.from_pretrained(root / "model")
     tok = AutoTokenizer.from_pretrained(root / "model")
-    shares = [torch.load(out / f"rank{r}.pt", weights_only=True)["share"].numpy()
-              for r in range(WORLD)]
+    shares = [
+        torch.load(out / f"rank{r}.pt", weights_only=True)["share"].numpy() for r in range(WORLD)
+    ]
     for (lo, hi), share in zip(POOL_SHARDS, shares):
         expected = embed_texts([r["prompt"] for r in POOL[lo:hi]], model, tok, progress=False)
         np.testing.assert_array_equal(share, expected)
@@ -118,8 +145,9 @@ def test_embed_texts_embeds_this_ranks_share(sharded_cli):
 
 def test_second_run_reads_every_shard_from_the_cache(sharded_cli):
     _, out = sharded_cli
-    np.testing.assert_array_equal(np.load(out / "second.indices.npy"),
-                                  np.load(out / "first.indices.npy"))
+    np.testing.assert_array_equal(
+        np.load(out / "second.indices.npy"), np.load(out / "first.indices.npy")
+    )
 
 
 def test_bad_line_in_one_share_stops_every_rank(sharded_cli):
@@ -142,8 +170,9 @@ def test_empty_text_in_one_share_is_named_by_its_row_in_the_file(sharded_cli):
 
 def test_embed_texts_names_an_empty_text_by_its_index_in_the_whole_list(sharded_cli):
     _, out = sharded_cli
-    messages = [torch.load(out / f"rank{r}.pt", weights_only=True)["empty_share"]
-                for r in range(WORLD)]
+    messages = [
+        torch.load(out / f"rank{r}.pt", weights_only=True)["empty_share"] for r in range(WORLD)
+    ]
     assert messages[0] == "no error"
     assert messages[1].startswith("texts [4] produce no tokens")
 

@@ -21,6 +21,7 @@ from dpp_select import EarlyStopWarning
 from dpp_select._inputs import row_norms
 from dpp_select.backends import TorchPass, pass_error_unit
 from dpp_select.greedy import greedy_dpp_result
+
 from helpers.dpp_reference import brute_force_greedy, chen_greedy, dense_kernel
 from helpers.greedy_grid import GREEDY_GRID
 
@@ -35,8 +36,9 @@ def _quiet(*args, **kwargs):
 
 @settings(max_examples=60, deadline=None)
 @given(storage=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), **GREEDY_GRID)
-def test_torch_backend_matches_brute_force_for_each_storage(storage, seed, n, d, beta, jitter,
-                                                            weighted, dtype):
+def test_torch_backend_matches_brute_force_for_each_storage(
+    storage, seed, n, d, beta, jitter, weighted, dtype
+):
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32)).to(storage)
     quality = rng.uniform(0.05, 1.0, n) if weighted else None
@@ -67,8 +69,9 @@ def test_torch_gains_equal_numpy_gains_within_float64_rescoring_rounding():
     x = rng.normal(size=(3000, 32)).astype(np.float32)
     quality = rng.uniform(0.1, 1.0, 3000)
     a = greedy_dpp_result(x, 50, quality=quality, beta=4.0, jitter=1e-6, backend="numpy")
-    b = greedy_dpp_result(torch.from_numpy(x), 50, quality=quality, beta=4.0, jitter=1e-6,
-                          backend="torch")
+    b = greedy_dpp_result(
+        torch.from_numpy(x), 50, quality=quality, beta=4.0, jitter=1e-6, backend="torch"
+    )
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_allclose(b.gains, a.gains, rtol=0, atol=1e-12 * float(quality.max()) ** 8)
     assert a.passes == b.passes
@@ -107,8 +110,9 @@ def test_torch_backend_never_copies_the_pass_to_numpy(monkeypatch):
     monkeypatch.setattr(TorchPass, "project", no_host_pass)
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.normal(size=(500, 16)).astype(np.float32))
-    res = greedy_dpp_result(x, 20, quality=rng.uniform(0.1, 1, 500), beta=4.0, jitter=1e-6,
-                            backend="torch")
+    res = greedy_dpp_result(
+        x, 20, quality=rng.uniform(0.1, 1, 500), beta=4.0, jitter=1e-6, backend="torch"
+    )
     assert res.indices.size == 20
 
 
@@ -146,8 +150,10 @@ def test_python_work_per_pick_does_not_grow_with_n(storage):
         results = []
 
         def run(k):
-            results.append(greedy_dpp_result(emb, k, quality=q, beta=1.0, jitter=1e-9,
-                                             backend="torch").indices)
+            results.append(
+                greedy_dpp_result(emb, k, quality=q, beta=1.0, jitter=1e-9, backend="torch").indices
+            )
+
         run(30)  # warm up (lazy imports, logger caches)
         return _python_calls(lambda: run(30)) - _python_calls(lambda: run(1)), results[0]
 

@@ -23,8 +23,13 @@ import torch
 from dpp_select import greedy_dpp, relevance_scores, select
 from dpp_select.distributed import DistributedArgumentError, shard_range
 from dpp_select.greedy import greedy_dpp_result
-from helpers.dpp_reference import (assert_gains_close, assert_relevance_close, brute_force_greedy,
-                           dense_kernel)
+
+from helpers.dpp_reference import (
+    assert_gains_close,
+    assert_relevance_close,
+    brute_force_greedy,
+    dense_kernel,
+)
 from helpers.gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -74,17 +79,26 @@ SCENARIOS = {
 def run_scenario(name: str, world: int | None, rank: int = 0, group=None):
     dtype, beta, k, jitter, entry = SCENARIOS[name]
     x, targets, quality = pool(dtype)
-    lo, hi = (0, N) if world is None else BOUNDS[world][rank:rank + 2]
-    tlo, thi = (0, M) if world is None else TARGET_BOUNDS[world][rank:rank + 2]
+    lo, hi = (0, N) if world is None else BOUNDS[world][rank : rank + 2]
+    tlo, thi = (0, M) if world is None else TARGET_BOUNDS[world][rank : rank + 2]
     lazy = entry.startswith("lazy")
     if entry in ("greedy", "torch", "lazy", "lazy_torch"):
         emb = torch.from_numpy(x[lo:hi]) if entry.endswith("torch") else x[lo:hi]
-        res = greedy_dpp_result(emb, k, quality=quality[lo:hi], beta=beta, jitter=jitter,
-                                lazy=lazy, process_group=group)
+        res = greedy_dpp_result(
+            emb, k, quality=quality[lo:hi], beta=beta, jitter=jitter, lazy=lazy, process_group=group
+        )
         return {"indices": res.indices, "gains": res.gains}
     method = "dpp" if entry.endswith("select") else entry
-    res = select(x[lo:hi], targets[tlo:thi], k=k, method=method, beta=beta, jitter=jitter,
-                 lazy=lazy, process_group=group)
+    res = select(
+        x[lo:hi],
+        targets[tlo:thi],
+        k=k,
+        method=method,
+        beta=beta,
+        jitter=jitter,
+        lazy=lazy,
+        process_group=group,
+    )
     return {"indices": res.indices, "gains": res.gains, "quality": res.quality}
 
 
@@ -101,28 +115,31 @@ def worker(rank: int, world: int, out) -> None:
 
     group = dist.group.WORLD
     results = {
-        name: {key: None if v is None else torch.from_numpy(v)
-               for key, v in run_scenario(name, world, rank, group).items()}
+        name: {
+            key: None if v is None else torch.from_numpy(v)
+            for key, v in run_scenario(name, world, rank, group).items()
+        }
         for name in SCENARIOS
     }
     x, _, quality = pool(np.float32)
-    lo, hi = BOUNDS[world][rank:rank + 2]
+    lo, hi = BOUNDS[world][rank : rank + 2]
     k = 5 + (rank == world - 1)  # the last rank asks for one more item
     results["mismatch"] = expect_error(
-        lambda: greedy_dpp(x[lo:hi], k, quality=quality[lo:hi], process_group=group))
+        lambda: greedy_dpp(x[lo:hi], k, quality=quality[lo:hi], process_group=group)
+    )
     bad = x[lo:hi].copy()
     if rank == 1:
         bad[0, 2] = np.nan
-    results["invalid"] = expect_error(
-        lambda: relevance_scores(bad, x[:3], process_group=group))
+    results["invalid"] = expect_error(lambda: relevance_scores(bad, x[:3], process_group=group))
     results["shard_range"] = shard_range(10, group)
     from dpp_select import relevance
 
     relevance._GATHER_BYTES = 2 * world * D * 8  # two float64 target rows per rank a round
     x64, targets, _ = pool(np.float64)
-    tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
+    tlo, thi = TARGET_BOUNDS[world][rank : rank + 2]
     results["rounds"] = torch.from_numpy(
-        relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group))
+        relevance_scores(x64[lo:hi], targets[tlo:thi], process_group=group)
+    )
     decisions = []  # each rank's "normalise rows first" decision, as max_cosine receives it
     max_cosine = relevance.max_cosine
 
@@ -132,8 +149,10 @@ def worker(rank: int, world: int, out) -> None:
 
     relevance.max_cosine = recording_max_cosine
     results["tiny"] = torch.from_numpy(
-        relevance_scores(tiny_rows(x)[lo:hi], targets[tlo:thi].astype(np.float32),
-                         process_group=group))
+        relevance_scores(
+            tiny_rows(x)[lo:hi], targets[tlo:thi].astype(np.float32), process_group=group
+        )
+    )
     relevance.max_cosine = max_cosine
     results["tiny_unit"] = decisions == [True]
     torch.save(results, out / f"rank{rank}.pt")
@@ -156,7 +175,7 @@ def test_sharded_picks_and_gains_equal_one_process(sharded, name):
         if whole["gains"] is not None:
             assert_gains_close(got["gains"], whole["gains"])
         if "quality" in whole:
-            lo, hi = BOUNDS[world][rank:rank + 2]
+            lo, hi = BOUNDS[world][rank : rank + 2]
             assert_relevance_close(got["quality"], whole["quality"][lo:hi], D, np.float64)
 
 
@@ -184,7 +203,7 @@ def test_relevance_gathered_in_small_rounds_equals_one_process(sharded):
     x, targets, _ = pool(np.float64)
     whole = relevance_scores(x, targets)
     for rank, results in enumerate(ranks):
-        lo, hi = BOUNDS[world][rank:rank + 2]
+        lo, hi = BOUNDS[world][rank : rank + 2]
         assert_relevance_close(results["rounds"].numpy(), whole[lo:hi], D, np.float64)
 
 
@@ -202,7 +221,7 @@ def test_relevance_normalises_rows_on_every_rank_when_one_rank_needs_it(sharded)
     whole = relevance_scores(tiny_rows(x), targets)
     assert all(results["tiny_unit"] for results in ranks)  # the decision, not only its rounding
     for rank, results in enumerate(ranks):
-        lo, hi = BOUNDS[world][rank:rank + 2]
+        lo, hi = BOUNDS[world][rank : rank + 2]
         # Rows normalised in float64, then multiplied in float32.
         assert_relevance_close(results["tiny"].numpy(), whole[lo:hi], D, np.float32)
 
@@ -244,8 +263,13 @@ def dying_worker(rank: int, init: str, out: str) -> None:
 
     from dpp_select import distributed
 
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=120),
+    )
     if rank == 1:
         calls = []
         original = distributed.Shard.best_lower
@@ -258,7 +282,7 @@ def dying_worker(rank: int, init: str, out: str) -> None:
 
         distributed.Shard.best_lower = die_on_fourth
     x, _, quality = pool(np.float32)
-    lo, hi = BOUNDS[2][rank:rank + 2]
+    lo, hi = BOUNDS[2][rank : rank + 2]
     try:
         greedy_dpp(x[lo:hi], 10, quality=quality[lo:hi], process_group=dist.group.WORLD)
         outcome = "returned"
@@ -273,8 +297,10 @@ def dying_worker(rank: int, init: str, out: str) -> None:
 def test_a_rank_that_dies_makes_the_others_raise(tmp_path):
     ctx = torch.multiprocessing.get_context("spawn")
     out = tmp_path / "rank0.txt"
-    procs = [ctx.Process(target=dying_worker, args=(r, str(tmp_path / "init"), str(out)))
-             for r in range(2)]
+    procs = [
+        ctx.Process(target=dying_worker, args=(r, str(tmp_path / "init"), str(out)))
+        for r in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -298,18 +324,23 @@ def contract_worker(rank: int, world: int, out) -> None:
 
     group = dist.group.WORLD
     x, targets, quality = pool(np.float32)
-    lo, hi = BOUNDS[world][rank:rank + 2]
-    tlo, thi = TARGET_BOUNDS[world][rank:rank + 2]
+    lo, hi = BOUNDS[world][rank : rank + 2]
+    tlo, thi = TARGET_BOUNDS[world][rank : rank + 2]
     results = {
         # Every rank passes the whole fine-tuning set instead of its share.
         "replicated": outcome(lambda: select(x[lo:hi], targets, ratio=1.0, process_group=group)),
         # One rank alone asks for the lazy greedy.
-        "lazy_select": outcome(lambda: select(x[lo:hi], targets[tlo:thi], k=5,
-                                              lazy=rank == 1, process_group=group)),
-        "lazy_greedy": outcome(lambda: greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi],
-                                                  lazy=rank == 1, process_group=group)),
-        "lazy_everywhere": str(greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi], lazy=True,
-                                          process_group=group).tolist()),
+        "lazy_select": outcome(
+            lambda: select(x[lo:hi], targets[tlo:thi], k=5, lazy=rank == 1, process_group=group)
+        ),
+        "lazy_greedy": outcome(
+            lambda: greedy_dpp(
+                x[lo:hi], 5, quality=quality[lo:hi], lazy=rank == 1, process_group=group
+            )
+        ),
+        "lazy_everywhere": str(
+            greedy_dpp(x[lo:hi], 5, quality=quality[lo:hi], lazy=True, process_group=group).tolist()
+        ),
     }
     # The collectives are still aligned: a correct retry works.
     retry = select(x[lo:hi], targets[tlo:thi], ratio=1.0, process_group=group)

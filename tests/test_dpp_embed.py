@@ -10,8 +10,16 @@ from dpp_select import embed_texts
 
 from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
 
-TEXTS = ["how do i bake bread", "two plus three equals five", "help", "what is the answer please",
-         "refuse", "make a cake", "the safe answer is five", "question"]
+TEXTS = [
+    "how do i bake bread",
+    "two plus three equals five",
+    "help",
+    "what is the answer please",
+    "refuse",
+    "make a cake",
+    "the safe answer is five",
+    "question",
+]
 
 
 def _literal(texts, model, tokenizer, max_length):
@@ -27,8 +35,7 @@ def _literal(texts, model, tokenizer, max_length):
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
 def test_batched_mean_pooling_equals_per_text_loop(batch_size):
     model, tokenizer = tiny_model(), tiny_tokenizer()
-    got = embed_texts(TEXTS, model, tokenizer, batch_size=batch_size, max_length=4,
-                      progress=False)
+    got = embed_texts(TEXTS, model, tokenizer, batch_size=batch_size, max_length=4, progress=False)
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
     np.testing.assert_allclose(got, _literal(TEXTS, model, tokenizer, 4), atol=1e-5)
     assert not model.training

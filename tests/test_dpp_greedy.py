@@ -13,8 +13,14 @@ from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select._inputs import row_norms
 from dpp_select.backends import NumpyPass, TorchPass
 from dpp_select.greedy import greedy_dpp_result
-from helpers.dpp_reference import (brute_force_greedy, chen_greedy, dense_kernel,
-                           feature_greedy, float32_pass_greedy)
+
+from helpers.dpp_reference import (
+    brute_force_greedy,
+    chen_greedy,
+    dense_kernel,
+    feature_greedy,
+    float32_pass_greedy,
+)
 from helpers.greedy_grid import GREEDY_GRID
 
 
@@ -75,7 +81,8 @@ def test_llm_like_picks_equal_exact_float64_greedy():
     # The gains reported are the exact float64 ones of the reference kernel's first steps.
     chen = chen_greedy(dense_kernel(pool[:1500], quality[:1500] ** 4, 1e-6), 30)
     np.testing.assert_array_equal(
-        greedy_dpp(pool[:1500], 30, quality=quality[:1500], beta=4.0, jitter=1e-6), chen)
+        greedy_dpp(pool[:1500], 30, quality=quality[:1500], beta=4.0, jitter=1e-6), chen
+    )
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
@@ -108,19 +115,31 @@ def test_numpy_and_torch_cpu_backends_agree():
     x = rng.normal(size=(3000, 64)).astype(np.float32)
     quality = rng.uniform(-0.2, 1.0, 3000)
     a = greedy_dpp(x, 60, quality=quality, beta=1.0, jitter=1e-6, backend="numpy")
-    b = greedy_dpp(torch.from_numpy(x), 60, quality=torch.from_numpy(quality), beta=1.0,
-                   jitter=1e-6, backend="torch", device="cpu")
+    b = greedy_dpp(
+        torch.from_numpy(x),
+        60,
+        quality=torch.from_numpy(quality),
+        beta=1.0,
+        jitter=1e-6,
+        backend="torch",
+        device="cpu",
+    )
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("make_pass", [
-    lambda x: NumpyPass(x, row_norms(x)),
-    lambda x: TorchPass(torch.from_numpy(x), row_norms(x)),
-    lambda x: TorchPass(torch.from_numpy(x).to(torch.bfloat16),
-                        row_norms(torch.from_numpy(x).to(torch.bfloat16))),
-    lambda x: NumpyPass(x.astype(np.float64) * 1e39, row_norms(x.astype(np.float64) * 1e39)),
-    lambda x: NumpyPass(x * np.float32(1e-40), row_norms(x * np.float32(1e-40))),
-])
+@pytest.mark.parametrize(
+    "make_pass",
+    [
+        lambda x: NumpyPass(x, row_norms(x)),
+        lambda x: TorchPass(torch.from_numpy(x), row_norms(x)),
+        lambda x: TorchPass(
+            torch.from_numpy(x).to(torch.bfloat16),
+            row_norms(torch.from_numpy(x).to(torch.bfloat16)),
+        ),
+        lambda x: NumpyPass(x.astype(np.float64) * 1e39, row_norms(x.astype(np.float64) * 1e39)),
+        lambda x: NumpyPass(x * np.float32(1e-40), row_norms(x * np.float32(1e-40))),
+    ],
+)
 def test_pass_error_stays_within_the_stated_bound(make_pass):
     rng = np.random.default_rng(5)
     x = (rng.normal(size=(4000, 300)) * rng.uniform(0.01, 100, (4000, 1))).astype(np.float32)
@@ -147,7 +166,8 @@ def test_float64_beyond_float32_range_keeps_exact_picks(scale, backend):
     quality = rng.uniform(0.05, 1.0, 400)
     expected = feature_greedy(x, quality**4, 30, jitter=1e-6)
     np.testing.assert_array_equal(
-        expected, feature_greedy(x / scale, quality**4, 30, jitter=1e-6))  # cosine: scale-free
+        expected, feature_greedy(x / scale, quality**4, 30, jitter=1e-6)
+    )  # cosine: scale-free
     emb = x if backend == "numpy" else torch.from_numpy(x)
     got = greedy_dpp(emb, 30, quality=quality, beta=4.0, jitter=1e-6, backend=backend)
     np.testing.assert_array_equal(got, expected)
@@ -161,7 +181,8 @@ def test_any_finite_float64_scale_keeps_the_unscaled_picks(scale):
     expected = feature_greedy(x, quality**4, 20, jitter=1e-6)
     for emb in (x * scale, torch.from_numpy(x * scale)):
         np.testing.assert_array_equal(
-            greedy_dpp(emb, 20, quality=quality, beta=4.0, jitter=1e-6), expected)
+            greedy_dpp(emb, 20, quality=quality, beta=4.0, jitter=1e-6), expected
+        )
 
 
 def test_all_relevance_at_most_zero_warns_why_the_picks_are_in_index_order():
@@ -204,13 +225,16 @@ def test_exact_ties_go_to_the_lowest_index():
     np.testing.assert_array_equal(greedy_dpp(x, 3), [0, 1, 2])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((0, 4)), "no rows"),
-    (np.ones(4), "2-D"),
-    (np.ones((3, 4), dtype=np.int64), "not float"),
-    (np.array([[1.0, np.nan], [1.0, 0.0], [np.inf, 1.0]]), "rows 0, 2 hold NaN or inf"),
-    (np.array([[1.0, 2.0], [0.0, 0.0]]), "rows 1 are all zero"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((0, 4)), "no rows"),
+        (np.ones(4), "2-D"),
+        (np.ones((3, 4), dtype=np.int64), "not float"),
+        (np.array([[1.0, np.nan], [1.0, 0.0], [np.inf, 1.0]]), "rows 0, 2 hold NaN or inf"),
+        (np.array([[1.0, 2.0], [0.0, 0.0]]), "rows 1 are all zero"),
+    ],
+)
 def test_bad_embeddings_raise_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         greedy_dpp(bad, 1)
@@ -237,6 +261,5 @@ def test_cuda_backend_matches_the_cpu_backend(dtype):
     x = torch.from_numpy(rng.normal(size=(5000, 96)).astype(np.float32)).to(dtype)
     quality = rng.uniform(0.1, 1.0, 5000)
     cpu = greedy_dpp(x, 50, quality=quality, beta=4.0, jitter=1e-6, backend="torch")
-    gpu = greedy_dpp(x.cuda(), 50, quality=torch.from_numpy(quality).cuda(), beta=4.0,
-                     jitter=1e-6)
+    gpu = greedy_dpp(x.cuda(), 50, quality=torch.from_numpy(quality).cuda(), beta=4.0, jitter=1e-6)
     np.testing.assert_array_equal(cpu, gpu)

@@ -9,11 +9,13 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dpp_select.lazy as lazy_mod
 from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select.greedy import greedy_dpp_result
+
 from helpers.dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
 from helpers.greedy_grid import GREEDY_GRID
 
@@ -34,15 +36,17 @@ def _run(x, k, setting="default", **kwargs):
 
 def determinant_gains(L: np.ndarray, picks: np.ndarray) -> np.ndarray:
     """det(L_{S+i}) / det(L_S) along the picks, from log-determinants of the principal minors."""
-    logdets = [0.0] + [np.linalg.slogdet(L[np.ix_(picks[:t], picks[:t])])[1]
-                       for t in range(1, len(picks) + 1)]
+    logdets = [0.0] + [
+        np.linalg.slogdet(L[np.ix_(picks[:t], picks[:t])])[1] for t in range(1, len(picks) + 1)
+    ]
     return np.exp(np.diff(logdets))
 
 
 @settings(max_examples=80, deadline=None)
 @given(**GREEDY_GRID, duplicates=st.booleans())
-def test_lazy_matches_brute_force_determinants(seed, n, d, beta, jitter, weighted, dtype,
-                                               duplicates):
+def test_lazy_matches_brute_force_determinants(
+    seed, n, d, beta, jitter, weighted, dtype, duplicates
+):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)).astype(dtype)
     quality = rng.uniform(0.05, 1.0, n) if weighted else None
@@ -58,8 +62,7 @@ def test_lazy_matches_brute_force_determinants(seed, n, d, beta, jitter, weighte
     for setting in SETTINGS:
         res = _run(x, k, setting, quality=quality, beta=beta, jitter=jitter)
         np.testing.assert_array_equal(res.indices, expected)
-        np.testing.assert_allclose(res.gains, determinant_gains(L, expected), rtol=1e-7,
-                                   atol=1e-12)
+        np.testing.assert_allclose(res.gains, determinant_gains(L, expected), rtol=1e-7, atol=1e-12)
     res = _run(torch.from_numpy(x), k, "tiny", quality=quality, beta=beta, jitter=jitter)
     np.testing.assert_array_equal(res.indices, expected)
 
@@ -77,7 +80,7 @@ def test_lazy_picks_and_gains_equal_the_full_pass(setting, jitter, d, k):
     np.testing.assert_array_equal(got.indices, full.indices)
     np.testing.assert_allclose(got.gains, full.gains, rtol=1e-12, atol=1e-15)
     exact = feature_greedy(x, quality**4, k, jitter=jitter)
-    np.testing.assert_array_equal(got.indices, exact[:got.indices.size])
+    np.testing.assert_array_equal(got.indices, exact[: got.indices.size])
     if not full.stopped_early:
         assert full.passes == k - 1  # one pass per pick after the first
     if setting == "fallback":
@@ -109,10 +112,12 @@ def test_lazy_numpy_and_torch_backends_agree():
     x = rng.normal(size=(3000, 64)).astype(np.float32)
     quality = rng.uniform(-0.2, 1.0, 3000)
     a = greedy_dpp(x, 60, quality=quality, jitter=1e-6, backend="numpy", lazy=True)
-    b = greedy_dpp(torch.from_numpy(x), 60, quality=quality, jitter=1e-6, backend="torch",
-                   lazy=True)
-    c = greedy_dpp(torch.from_numpy(x).to(torch.bfloat16), 60, quality=quality, jitter=1e-6,
-                   lazy=True)
+    b = greedy_dpp(
+        torch.from_numpy(x), 60, quality=quality, jitter=1e-6, backend="torch", lazy=True
+    )
+    c = greedy_dpp(
+        torch.from_numpy(x).to(torch.bfloat16), 60, quality=quality, jitter=1e-6, lazy=True
+    )
     np.testing.assert_array_equal(a, greedy_dpp(x, 60, quality=quality, jitter=1e-6))
     np.testing.assert_array_equal(a, b)
     rounded = torch.from_numpy(x).to(torch.bfloat16).to(torch.float64).numpy()

@@ -20,10 +20,12 @@ import pytest
 
 from dpp_select import EarlyStopWarning, select
 from dpp_select.greedy import greedy_dpp_result
+
 from helpers.dpp_reference import brute_force_greedy, dense_kernel, feature_greedy
 
-ROWS = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
-                 [2 ** -0.5, 2 ** -0.5, 0.0], [0.0, 0.0, 1.0]])
+ROWS = np.array(
+    [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [2**-0.5, 2**-0.5, 0.0], [0.0, 0.0, 1.0]]
+)
 WEIGHTS = np.array([1.0, 1.0, 0.9, 0.95, 0.5])
 PICKS = [0, 2, 4]
 GAINS = [1.0, 0.81, 0.25]
@@ -33,8 +35,9 @@ GAINS = [1.0, 0.81, 0.25]
 @pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_the_selector_makes_the_hand_worked_picks(dtype, lazy, backend):
-    res = greedy_dpp_result(ROWS.astype(dtype), 3, quality=WEIGHTS, beta=1.0, jitter=0.0,
-                            backend=backend, lazy=lazy)
+    res = greedy_dpp_result(
+        ROWS.astype(dtype), 3, quality=WEIGHTS, beta=1.0, jitter=0.0, backend=backend, lazy=lazy
+    )
     assert res.indices.tolist() == PICKS
     np.testing.assert_allclose(res.gains, GAINS, rtol=1e-12)
 

@@ -7,14 +7,17 @@ import pytest
 import torch
 
 from dpp_select import relevance_scores, select
+
 from helpers.dpp_reference import assert_gains_close, dense_kernel, feature_greedy
 
 
 def _literal_relevance(pool: np.ndarray, target: np.ndarray) -> np.ndarray:
     out = np.empty(len(pool))
     for i, x in enumerate(pool.astype(np.float64)):
-        out[i] = max(float(x @ z) / (np.linalg.norm(x) * np.linalg.norm(z))
-                     for z in target.astype(np.float64))
+        out[i] = max(
+            float(x @ z) / (np.linalg.norm(x) * np.linalg.norm(z))
+            for z in target.astype(np.float64)
+        )
     return out
 
 
@@ -29,8 +32,11 @@ def test_relevance_matches_a_literal_loop(chunk_size):
     np.testing.assert_allclose(got32, _literal_relevance(pool, target), atol=1e-5)
     assert got.dtype == np.float64
     half = torch.from_numpy(pool).to(torch.bfloat16)
-    np.testing.assert_allclose(relevance_scores(half, target.astype(np.float32)),
-                               _literal_relevance(half.double().numpy(), target), atol=1e-5)
+    np.testing.assert_allclose(
+        relevance_scores(half, target.astype(np.float32)),
+        _literal_relevance(half.double().numpy(), target),
+        atol=1e-5,
+    )
 
 
 def test_relevance_blocks_over_targets_too(monkeypatch):
@@ -39,8 +45,9 @@ def test_relevance_blocks_over_targets_too(monkeypatch):
     monkeypatch.setattr(relevance, "_TARGET_BLOCK", 4)
     rng = np.random.default_rng(1)
     pool, target = rng.normal(size=(30, 5)), rng.normal(size=(11, 5))
-    np.testing.assert_allclose(relevance_scores(pool, target, chunk_size=8),
-                               _literal_relevance(pool, target), atol=1e-12)
+    np.testing.assert_allclose(
+        relevance_scores(pool, target, chunk_size=8), _literal_relevance(pool, target), atol=1e-12
+    )
 
 
 def test_relevance_errors_name_the_problem():
@@ -65,13 +72,15 @@ def test_dpp_method_is_greedy_on_relevance_weights():
     np.testing.assert_array_equal(res.indices, expected)
     assert res.method == "dpp" and res.k == 12 and res.gains.shape == (12,)
     diversity = select(pool, target, k=12, method="dpp_diversity_only")
-    np.testing.assert_array_equal(diversity.indices,
-                                  feature_greedy(pool, np.ones(200), 12, jitter=1e-6))
+    np.testing.assert_array_equal(
+        diversity.indices, feature_greedy(pool, np.ones(200), 12, jitter=1e-6)
+    )
     # Gains are the determinant ratios of the reference kernel.
     L = dense_kernel(pool, np.maximum(q, 0) ** 4, 1e-6)
     idx = res.indices[:3]
-    np.testing.assert_allclose(np.prod(res.gains[:3]), np.linalg.det(L[np.ix_(idx, idx)]),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        np.prod(res.gains[:3]), np.linalg.det(L[np.ix_(idx, idx)]), rtol=1e-9
+    )
 
 
 def test_relevance_baselines():
@@ -88,8 +97,9 @@ def test_relevance_baselines():
     again = select(pool, target, k=10, method="random", seed=3)
     np.testing.assert_array_equal(rand.indices, again.indices)
     assert len(set(rand.indices.tolist())) == 10
-    assert not np.array_equal(rand.indices,
-                              select(pool, target, k=10, method="random", seed=4).indices)
+    assert not np.array_equal(
+        rand.indices, select(pool, target, k=10, method="random", seed=4).indices
+    )
 
 
 def test_ratio_is_a_fraction_of_the_fine_tuning_set():
@@ -203,8 +213,9 @@ def test_lazy_selection_equals_the_full_pass_and_the_reference():
     np.testing.assert_array_equal(lazy.indices, full.indices)
     assert_gains_close(lazy.gains, full.gains)  # re-scored in other blocks
     q = _literal_relevance(pool, target)
-    np.testing.assert_array_equal(lazy.indices,
-                                  feature_greedy(pool, np.maximum(q, 0) ** 4, 12, jitter=1e-6))
+    np.testing.assert_array_equal(
+        lazy.indices, feature_greedy(pool, np.maximum(q, 0) ** 4, 12, jitter=1e-6)
+    )
     with pytest.raises(ValueError, match="lazy"):
         select(pool, target, k=3, lazy="yes")
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from spard_io import JSONLError
 from spag_optim.evaluation import (
     gsm8k_accuracy,
     load_attack_prompts,
@@ -15,6 +14,7 @@ from spag_optim.evaluation import (
     load_spard_pairs,
     openbookqa_accuracy,
 )
+from spard_io import JSONLError
 
 
 def write(path, rows, blank_after_first=False):
@@ -64,8 +64,9 @@ def test_gsm8k_loader_parses_targets_and_names_bad_lines(tmp_path):
     data = load_gsm8k(write(tmp_path / "g.jsonl", rows))
     assert [r["target"] for r in data] == [7.0, 1080.0]
     assert gsm8k_accuracy([r["answer"] for r in data], [r["target"] for r in data]) == 1.0
-    bad = write(tmp_path / "b.jsonl", rows + [{"prompt": "Q3", "answer": "it is 5"}],
-                blank_after_first=True)
+    bad = write(
+        tmp_path / "b.jsonl", rows + [{"prompt": "Q3", "answer": "it is 5"}], blank_after_first=True
+    )
     with pytest.raises(JSONLError, match=r"b.jsonl:4: .*no '#### N'"):
         load_gsm8k(bad)
     original = write(tmp_path / "o.jsonl", [{"question": "Q", "answer": "#### 2"}])
@@ -74,8 +75,11 @@ def test_gsm8k_loader_parses_targets_and_names_bad_lines(tmp_path):
 
 def test_openbookqa_loader_reads_target_field_or_answer_ending(tmp_path):
     test_rows = [
-        {"prompt": "Q?\n\nAnswer1: a. Answer2: b.", "answer": "fact: f. \n\nthe correct answer is answer2",
-         "target_answer": "answer2"},
+        {
+            "prompt": "Q?\n\nAnswer1: a. Answer2: b.",
+            "answer": "fact: f. \n\nthe correct answer is answer2",
+            "target_answer": "answer2",
+        },
     ]
     train_rows = [
         {"prompt": "Q?", "answer": "fact: g. \n\nthe correct answer is answer4"},

@@ -6,11 +6,17 @@ from spag_optim.evaluation import SafetyResult, format_table
 
 RESULTS = {
     "sft": {
-        "safety": {"BeaverTails": SafetyResult(0.80, 4.10, 10), "LatHarmful": {"asr": 0.5, "hs": 3.0}},
+        "safety": {
+            "BeaverTails": SafetyResult(0.80, 4.10, 10),
+            "LatHarmful": {"asr": 0.5, "hs": 3.0},
+        },
         "utility": {"GSM8K": 0.31},
     },
     "spard": {
-        "safety": {"BeaverTails": SafetyResult(0.02, 1.10, 10), "LatHarmful": SafetyResult(0.0, 1.0, 10)},
+        "safety": {
+            "BeaverTails": SafetyResult(0.02, 1.10, 10),
+            "LatHarmful": SafetyResult(0.0, 1.0, 10),
+        },
         "utility": {"GSM8K": 0.333},
     },
     "partial": {"safety": {"BeaverTails": {"asr": 0.1, "hs": 1.5}}},
@@ -33,7 +39,17 @@ def test_markdown_table_matches_expected_text():
 def test_text_table_is_aligned_and_respects_column_order():
     out = format_table(RESULTS, style="text", attacks=["LatHarmful"], utilities=[], digits=0)
     lines = out.splitlines()
-    assert lines[0].split() == ["Method", "LatHarmful", "ASR", "LatHarmful", "HS", "Avg", "ASR", "Avg", "HS"]
+    assert lines[0].split() == [
+        "Method",
+        "LatHarmful",
+        "ASR",
+        "LatHarmful",
+        "HS",
+        "Avg",
+        "ASR",
+        "Avg",
+        "HS",
+    ]
     assert set(lines[1]) <= {"-", " "}
     assert lines[2].split() == ["sft", "50", "3.00", "50", "3.00"]
     assert lines[3].split() == ["spard", "0", "1.00", "0", "1.00"]

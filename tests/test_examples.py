@@ -24,6 +24,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 from lora_targets import DEFAULT_LORA_TARGETS, find_lora_targets  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator, encode_pair, format_prompt  # noqa: E402
+
 from helpers.tiny_lm import save_tiny_lm  # noqa: E402
 
 cli = importlib.import_module("finetune_cli")
@@ -42,20 +43,40 @@ def fixture_texts() -> list[str]:
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """A 2-layer random Llama and Qwen2 (with a chat template), saved once for this module."""
     texts = fixture_texts()
-    return {arch: save_tiny_lm(tmp_path_factory.mktemp(f"tiny_{arch}"), arch, texts)
-            for arch in ("llama", "qwen2")}
+    return {
+        arch: save_tiny_lm(tmp_path_factory.mktemp(f"tiny_{arch}"), arch, texts)
+        for arch in ("llama", "qwen2")
+    }
 
 
 def base_argv(model: str, out: Path) -> list[str]:
     return [
-        "--model", model,
-        "--train", str(FIXTURES / "gsm8k_train.jsonl"),
-        "--safe-pool", str(FIXTURES / "safe_pool.jsonl"),
-        "--harmful", str(FIXTURES / "harmful_attack.jsonl"),
-        "--eval-harmful", str(FIXTURES / "harmful_eval.jsonl"),
-        "--eval-utility", str(FIXTURES / "gsm8k_test.jsonl"),
-        "--safe-ratio", "0.2", "--max-steps", "3", "--batch-size", "4",
-        "--max-new-tokens", "4", "--eval-limit", "4", "--device", "cpu", "--out", str(out),
+        "--model",
+        model,
+        "--train",
+        str(FIXTURES / "gsm8k_train.jsonl"),
+        "--safe-pool",
+        str(FIXTURES / "safe_pool.jsonl"),
+        "--harmful",
+        str(FIXTURES / "harmful_attack.jsonl"),
+        "--eval-harmful",
+        str(FIXTURES / "harmful_eval.jsonl"),
+        "--eval-utility",
+        str(FIXTURES / "gsm8k_test.jsonl"),
+        "--safe-ratio",
+        "0.2",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--eval-limit",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
     ]
 
 
@@ -114,7 +135,9 @@ def test_no_defense_baseline(script, arch, tmp_path, capsys, tiny_models):
 
 def test_tau_calibrate_uses_the_models_own_safety_loss(tmp_path, tiny_models):
     module = importlib.import_module("lora_plain_loop")
-    metrics = module.main(base_argv(tiny_models["llama"], tmp_path / "cal") + ["--tau", "calibrate"])
+    metrics = module.main(
+        base_argv(tiny_models["llama"], tmp_path / "cal") + ["--tau", "calibrate"]
+    )
     # A random model's safety loss is about ln(vocab), far above the default 0.2, and with
     # lr 5e-5 three steps barely move it: the calibrated tau sits right at the measured loss.
     assert metrics["tau"] > 1.0
@@ -203,23 +226,25 @@ def tokenizers_pair(tmp_path_factory):
 
     texts = fixture_texts()
     with_template = AutoTokenizer.from_pretrained(
-        save_tiny_lm(tmp_path_factory.mktemp("tmpl"), "llama", texts))
+        save_tiny_lm(tmp_path_factory.mktemp("tmpl"), "llama", texts)
+    )
     plain = AutoTokenizer.from_pretrained(
-        save_tiny_lm(tmp_path_factory.mktemp("plain"), "llama", texts, chat_template=False))
+        save_tiny_lm(tmp_path_factory.mktemp("plain"), "llama", texts, chat_template=False)
+    )
     return with_template, plain
 
 
 def test_format_prompt_uses_the_chat_template_when_there_is_one(tokenizers_pair):
     with_template, plain = tokenizers_pair
     assert format_prompt(with_template, "Tom has 3 apples") == (
-        "<|user|> Tom has 3 apples <|end|> <|assistant|> ")
+        "<|user|> Tom has 3 apples <|end|> <|assistant|> "
+    )
     assert format_prompt(plain, "Tom has 3 apples") == "<s>Tom has 3 apples\n"
 
 
 def test_encode_example_masks_the_prompt_and_ends_with_eos(tokenizers_pair):
     tok = tokenizers_pair[0]
-    prompt_ids = tok(format_prompt(tok, "Tom has 3 apples"),
-                     add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(format_prompt(tok, "Tom has 3 apples"), add_special_tokens=False)["input_ids"]
     answer_ids = tok("Tom has 3 apples .", add_special_tokens=False)["input_ids"]
     row = encode_pair(tok, "Tom has 3 apples", "Tom has 3 apples .", 512)
     assert row["input_ids"] == prompt_ids + answer_ids + [tok.eos_token_id]
@@ -253,17 +278,22 @@ def test_find_lora_targets(arch, tiny_models):
         find_lora_targets(model, wanted=("query_key_value",))
 
 
-@pytest.mark.parametrize("script, arch, defense", [
-    ("lora_plain_loop", "qwen2", "guardspace"),  # Qwen2: q/k/v carry biases
-    ("hf_trainer", "llama", "guardspace+spard"),
-])
+@pytest.mark.parametrize(
+    "script, arch, defense",
+    [
+        ("lora_plain_loop", "qwen2", "guardspace"),  # Qwen2: q/k/v carry biases
+        ("hf_trainer", "llama", "guardspace+spard"),
+    ],
+)
 def test_guardspace_defenses(script, arch, defense, tmp_path, tiny_models):
     from transformers import AutoModelForCausalLM
 
     from spag_optim.guardspace import GuardSpaceLinear, load_guardspace
 
     module = importlib.import_module(script)
-    metrics = module.main(base_argv(tiny_models[arch], tmp_path / "gs") + ["--defense", defense, "--lora-r", "4"])
+    metrics = module.main(
+        base_argv(tiny_models[arch], tmp_path / "gs") + ["--defense", defense, "--lora-r", "4"]
+    )
     assert metrics["method"] == defense
     assert ("projections" in metrics) == (defense == "guardspace+spard")
     base = AutoModelForCausalLM.from_pretrained(tiny_models[arch], local_files_only=True)
@@ -278,4 +308,7 @@ def test_defense_flag_is_checked():
         cli.parse_args("x", argv + ["--no-defense", "--defense", "guardspace"])
     with pytest.raises(SystemExit):
         cli.parse_args("x", argv + ["--guardspace-null-energy", "2"])
-    assert cli.parse_args("x", argv + ["--guardspace-null-energy", "paper"]).guardspace_null_energy is None
+    assert (
+        cli.parse_args("x", argv + ["--guardspace-null-energy", "paper"]).guardspace_null_energy
+        is None
+    )

@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from helpers.tiny_lm import build_tokenizer, save_tiny_lm  # noqa: E402
 from spag_optim.evaluation import generate_responses  # noqa: E402
 from spag_optim.safety_pairs import format_prompt  # noqa: E402
+
+from helpers.tiny_lm import build_tokenizer, save_tiny_lm  # noqa: E402
 
 #: Lengths differ (1 to 11 words), so a batch of them needs padding.
 PROMPTS = [
@@ -32,7 +33,9 @@ def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = save_tiny_lm(tmp_path_factory.mktemp("tiny"), "llama", PROMPTS)
-    return AutoModelForCausalLM.from_pretrained(folder).double(), AutoTokenizer.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder).double(), AutoTokenizer.from_pretrained(
+        folder
+    )
 
 
 def reference(model, tok, prompt, render, stop):
@@ -70,8 +73,9 @@ def test_a_custom_render_is_the_text_the_model_continues(tiny):
     model, tok = tiny
     render = lambda p: f"{tok.bos_token} question : {p} answer :"  # noqa: E731
     expected = [reference(model, tok, p, render, {tok.eos_token_id})[0] for p in PROMPTS]
-    got = generate_responses(model, tok, PROMPTS, max_new_tokens=NEW_TOKENS, batch_size=2,
-                             render=render)
+    got = generate_responses(
+        model, tok, PROMPTS, max_new_tokens=NEW_TOKENS, batch_size=2, render=render
+    )
     assert got == expected
     assert got != generate_responses(model, tok, PROMPTS, max_new_tokens=NEW_TOKENS, batch_size=2)
 
@@ -80,7 +84,9 @@ def test_stops_at_the_generation_configs_eos_too(tiny):
     model, tok = tiny
     config_eos = tok.convert_tokens_to_ids("a")  # the models' end of turn, say
     render = functools.partial(format_prompt, tok)
-    expected = [reference(model, tok, p, render, {tok.eos_token_id, config_eos})[0] for p in PROMPTS]
+    expected = [
+        reference(model, tok, p, render, {tok.eos_token_id, config_eos})[0] for p in PROMPTS
+    ]
     old = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [config_eos]
     try:

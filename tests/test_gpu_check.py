@@ -33,18 +33,23 @@ def test_peak_bandwidth_comes_from_the_table_or_the_override():
 @pytest.mark.slow
 def test_smoke_run_writes_its_json_and_table(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check_smoke.json").read_text())
     assert report["smoke"] and report["device"] == "CPU"
     assert report["cuda_tests"]["passed"]
     assert [row["n"] for row in report["bandwidth"]] == [2_000, 8_000]
-    assert all(row["seconds_per_pick"] > 0 and row["gbps_pass"] > 0
-               for row in report["bandwidth"])
+    assert all(row["seconds_per_pick"] > 0 and row["gbps_pass"] > 0 for row in report["bandwidth"])
     assert report["lazy"]["same_picks"] and report["reference"]["equal"]
     assert report["spag"]["projections"] > 0  # tau = 0: every SPAG step projected
     table = (tmp_path / "gpu_check_smoke.md").read_text()
     assert "| 8,000 | 64 |" in table and "equal to the CPU float64 greedy: True" in table
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check_smoke.json",
-                                                          "gpu_check_smoke.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gpu_check_smoke.json",
+        "gpu_check_smoke.md",
+    ]

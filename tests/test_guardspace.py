@@ -9,8 +9,6 @@ import warnings
 import pytest
 import torch
 
-from helpers.hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
-from helpers.tiny_lm import tiny_causal_lm
 from spag_optim import SPAGOptimizer
 from spag_optim.guardspace import (
     GuardSpaceLinear,
@@ -20,6 +18,9 @@ from spag_optim.guardspace import (
     merge_guardspace,
     save_guardspace,
 )
+
+from helpers.hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
+from helpers.tiny_lm import tiny_causal_lm
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,10 @@ def single(tok, texts):
 
 def logits(model, batches):
     with torch.no_grad():
-        return [model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits for b in batches]
+        return [
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            for b in batches
+        ]
 
 
 def rel(a_list, b_list):
@@ -76,7 +80,10 @@ def test_forward_unchanged_at_initialisation_and_only_adapters_train(tok):
     assert rel(before, logits(model, prompts)) <= 1e-5
     assert len(report) == 14 and all(r.null_dim > 0 for r in report.values())
     q = "model.layers.0.self_attn.q_proj"
-    assert all(report[f"model.layers.0.{m}"].projector == q for m in ("self_attn.k_proj", "self_attn.v_proj"))
+    assert all(
+        report[f"model.layers.0.{m}"].projector == q
+        for m in ("self_attn.k_proj", "self_attn.v_proj")
+    )
     assert report["model.layers.0.mlp.up_proj"].projector == "model.layers.0.mlp.gate_proj"
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(n.endswith(("adapter_A", "adapter_B")) for n in trainable)
@@ -98,8 +105,11 @@ def test_spag_over_adamw_on_adapters_keeps_the_guarantee(tok):
     null_before = logits(model, null)
     safe = single(tok, SAFE_TEXTS[2:])
     batches = itertools.cycle(safe)
-    spag = SPAGOptimizer(torch.optim.AdamW(adapter_parameters(model), lr=1e-2),
-                         lambda: model(**next(batches)).loss, tau=0.0)
+    spag = SPAGOptimizer(
+        torch.optim.AdamW(adapter_parameters(model), lr=1e-2),
+        lambda: model(**next(batches)).loss,
+        tau=0.0,
+    )
     adamw_steps(model, tok, optimizer=spag)
     assert spag.num_projections > 0
     assert rel(null_before, logits(model, null)) <= 1e-4
@@ -117,7 +127,9 @@ def test_save_load_merge_give_the_same_logits(tok, tmp_path):
 
     loaded = load_guardspace(llama(tok), tmp_path / "adapter.pt")
     assert rel(trained, logits(loaded, prompts)) <= 1e-6
-    assert {id(m.projector) for m in loaded.modules() if isinstance(m, GuardSpaceLinear)}.__len__() == 8
+    assert {
+        id(m.projector) for m in loaded.modules() if isinstance(m, GuardSpaceLinear)
+    }.__len__() == 8
     merge_guardspace(loaded)
     assert not any(isinstance(m, GuardSpaceLinear) for m in loaded.modules())
     merged = logits(loaded, prompts)
@@ -145,7 +157,9 @@ def test_empty_null_space_warns_raises_or_uses_the_energy_rule(tok):
         apply_guardspace(llama(tok), safety, null, rank=2, on_empty="raise", progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = apply_guardspace(llama(tok), safety, null, rank=2, null_energy=0.99, progress=False)
+        report = apply_guardspace(
+            llama(tok), safety, null, rank=2, null_energy=0.99, progress=False
+        )
     assert all(0 < r.null_dim < r.in_features for r in report.values())
 
 

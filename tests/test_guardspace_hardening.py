@@ -12,10 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.guardspace_net import D_X, D_Y, Net, make_batches
-from helpers.hf_tiny import SAFE_TEXTS, tokenized, tokenizer
-from spag_optim.warnings import UnverifiedBaseWarning
-from helpers.tiny_lm import tiny_causal_lm
 from spag_optim import SafetyBatches
 from spag_optim.guardspace import (
     GuardSpaceLinear,
@@ -28,6 +24,11 @@ from spag_optim.guardspace import (
     save_guardspace,
 )
 from spag_optim.guardspace import io as io_module
+from spag_optim.warnings import UnverifiedBaseWarning
+
+from helpers.guardspace_net import D_X, D_Y, Net, make_batches
+from helpers.hf_tiny import SAFE_TEXTS, tokenized, tokenizer
+from helpers.tiny_lm import tiny_causal_lm
 
 
 def net(seed=0):
@@ -43,8 +44,10 @@ def data(seed=0, masked=True):
 
 def snapshot(model):
     """Everything a failed call must leave as it was: module types, values, requires_grad."""
-    return ({n: type(m) for n, m in model.named_modules()},
-            {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()})
+    return (
+        {n: type(m) for n, m in model.named_modules()},
+        {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()},
+    )
 
 
 def assert_unchanged(model, before):
@@ -79,7 +82,9 @@ def test_null_batches_without_an_unmasked_token_are_refused_before_any_change(nu
         b["attention_mask"] = torch.zeros_like(b["attention_mask"])
     before = snapshot(model)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # not the empty-null-space warning: the masks are the problem
+        warnings.simplefilter(
+            "error"
+        )  # not the empty-null-space warning: the masks are the problem
         with pytest.raises(ValueError, match=r"null-space.*no unmasked token.*attention_mask"):
             apply_guardspace(model, safety, null, rank=2, null_energy=null_energy, progress=False)
     assert_unchanged(model, before)
@@ -127,8 +132,9 @@ def test_an_endless_iterable_is_refused_with_advice(which):
 def test_max_batches_bounds_each_pass():
     safety, null = data()
     endless_safety = endless(safety)  # 6 rows: 3 batches of 2 are one pass
-    report = apply_guardspace(net(), endless_safety, itertools.cycle(null), rank=2, max_batches=3,
-                              progress=False)
+    report = apply_guardspace(
+        net(), endless_safety, itertools.cycle(null), rank=2, max_batches=3, progress=False
+    )
     assert endless_safety.state_dict() == {"epoch": 1, "position": 0}  # read exactly 3 batches
     # the null pass read null[0], null[1], null[0]: the same span as null itself
     assert report == apply_guardspace(net(), safety, null, rank=2, progress=False)
@@ -164,12 +170,16 @@ def test_a_save_failing_part_way_leaves_the_previous_file_intact(tmp_path, monke
 def test_apply_failing_part_way_changes_nothing_and_a_retry_works():
     model = net()
     safety, null = data()
-    dead = [dict(b, y=torch.zeros_like(b["y"])) for b in safety]  # c (the last layer) sees only zeros
+    dead = [
+        dict(b, y=torch.zeros_like(b["y"])) for b in safety
+    ]  # c (the last layer) sees only zeros
     before = snapshot(model)
     with pytest.raises(ValueError, match="saw no"):
         apply_guardspace(model, dead, null, rank=2, progress=False)
     assert_unchanged(model, before)
-    apply_guardspace(model, safety, null, rank=2, progress=False)  # not "already a GuardSpace layer"
+    apply_guardspace(
+        model, safety, null, rank=2, progress=False
+    )  # not "already a GuardSpace layer"
     assert all(isinstance(m, GuardSpaceLinear) for m in model.children())
 
 
@@ -220,7 +230,9 @@ def test_loading_onto_a_different_base_is_refused_or_warned(tmp_path):
     _, path = guarded_file(tmp_path, seed=0)
     other = net(seed=1)  # same shapes, other weights
     before = snapshot(other)
-    with pytest.raises(ValueError, match=rf"{re.escape(path.name)}.*different base.*3 layer.*check_base=False"):
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(path.name)}.*different base.*3 layer.*check_base=False"
+    ):
         load_guardspace(other, path)
     assert_unchanged(other, before)
     with pytest.warns(UnverifiedBaseWarning, match="different base"):
@@ -279,8 +291,16 @@ def _tamper(state, how):
         state["layers"] = {}
 
 
-TAMPERINGS = ["missing key", "wrong shape", "rank mismatch", "non-finite", "unknown projector",
-              "projector shape", "not a tensor", "no layers"]
+TAMPERINGS = [
+    "missing key",
+    "wrong shape",
+    "rank mismatch",
+    "non-finite",
+    "unknown projector",
+    "projector shape",
+    "not a tensor",
+    "no layers",
+]
 
 
 @pytest.mark.parametrize("how", TAMPERINGS)
@@ -291,7 +311,9 @@ def test_a_tampered_file_is_one_clear_error_before_any_change(tmp_path, how):
     torch.save(state, path)
     model = net()
     before = snapshot(model)
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: .*(save it again|apply_guardspace)"):
+    with pytest.raises(
+        ValueError, match=rf"^{re.escape(str(path))}: .*(save it again|apply_guardspace)"
+    ):
         load_guardspace(model, path)
     assert_unchanged(model, before)
 
@@ -371,8 +393,10 @@ def test_the_fingerprint_holds_across_load_dtypes_and_tells_bases_apart():
     with torch.no_grad():  # a bfloat16 checkpoint, loaded in each dtype
         linear.weight.copy_(linear.weight.to(torch.bfloat16))
         linear.bias.copy_(linear.bias.to(torch.bfloat16))
-    prints = {str(dtype): base_fingerprint(linear.to(dtype))
-              for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)}
+    prints = {
+        str(dtype): base_fingerprint(linear.to(dtype))
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+    }
     assert len(set(prints.values())) == 1, prints
     other = nn.Linear(300, 200)
     assert base_fingerprint(other) != prints["torch.float32"]

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from spag_optim.guardspace import GuardSpaceLinear, apply_guardspace, null_space, preconditioned_svd
+
 import helpers.guardspace_reference as ref
 from helpers.guardspace_net import D_X, D_Y, Net, make_batches
-from spag_optim.guardspace import GuardSpaceLinear, apply_guardspace, null_space, preconditioned_svd
 
 
 def rows(batches, key):
@@ -27,11 +28,17 @@ def test_apply_matches_the_literal_reference_of_steps_1_to_3():
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     net = Net().double()
-    originals = {n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
-                 for n, m in net.named_children()}
+    originals = {
+        n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
+        for n, m in net.named_children()
+    }
     safety = make_batches(gen, 3, D_X, D_Y, masked=True)  # full rank; padding rows must not count
-    null = make_batches(gen, 3, 5, 12, masked=True)  # x: null dim 7 (complement form), y: 4 (range form)
-    report = apply_guardspace(net, safety, null, rank=3, null_rel_tol=1e-6, progress=False)  # the paper's
+    null = make_batches(
+        gen, 3, 5, 12, masked=True
+    )  # x: null dim 7 (complement form), y: 4 (range form)
+    report = apply_guardspace(
+        net, safety, null, rank=3, null_rel_tol=1e-6, progress=False
+    )  # the paper's
 
     assert report["b"].projector == "a" and net.a.projector is net.b.projector
     assert report["c"].projector == "c"
@@ -51,7 +58,9 @@ def test_apply_matches_the_literal_reference_of_steps_1_to_3():
         want_a, want_b = ref.fix_signs(a, b)
         torch.testing.assert_close(got_a, want_a, rtol=0, atol=1e-9)
         torch.testing.assert_close(got_b, want_b, rtol=0, atol=1e-9)
-        torch.testing.assert_close(layer.weight.detach(), ref.residual(w, a, b, p), rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            layer.weight.detach(), ref.residual(w, a, b, p), rtol=0, atol=1e-9
+        )
         if bias is not None:
             assert torch.equal(layer.bias, bias)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
@@ -77,7 +86,9 @@ def test_damping_doubles_until_the_inverse_is_accurate():
 @pytest.mark.parametrize("energy", [0.5, 0.9, 0.99])
 def test_energy_rule_matches_brute_force(energy):
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(40, 10, generator=gen, dtype=torch.float64) * torch.logspace(0, -2, 10, dtype=torch.float64)
+    x = torch.randn(40, 10, generator=gen, dtype=torch.float64) * torch.logspace(
+        0, -2, 10, dtype=torch.float64
+    )
     c = ref.covariance([x])
     space = null_space(c, energy=energy)
     assert space.dim == ref.energy_null_dim(c, energy)

@@ -12,16 +12,27 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from spag_optim.evaluation import HFClassifierJudge, attack_success_rate  # noqa: E402
+
 from helpers.tiny_lm import word_tokenizer  # noqa: E402
 
 WORDS = "how do i make a thing sorry cannot help here is the recipe step one two".split()
 PROMPTS = ["how do i make a thing", "how do i help", "make a recipe", "how do i", "a thing"]
-RESPONSES = ["sorry cannot help", "here is the recipe step one", "step one two", "sorry", "the thing"]
+RESPONSES = [
+    "sorry cannot help",
+    "here is the recipe step one",
+    "step one two",
+    "sorry",
+    "the thing",
+]
 
 
 def build_tokenizer():
-    special = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
-               "sep_token": "[SEP]"}
+    special = {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+    }
     return word_tokenizer(WORDS, special, cls_sep=True)
 
 
@@ -32,8 +43,14 @@ def saved_classifier(tmp_path_factory):
     path = tmp_path_factory.mktemp("clf")
     tokenizer = build_tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=64, num_labels=3, initializer_range=0.5,
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=3,
+        initializer_range=0.5,
         id2label={0: "safe", 1: "toxic", 2: "self_harm"},
         label2id={"safe": 0, "toxic": 1, "self_harm": 2},
     )
@@ -48,8 +65,10 @@ def saved_classifier(tmp_path_factory):
 
 def reference_probability(model, tokenizer, prompt, response, pair=True):
     """One example at a time, no padding, softmax written out in float64."""
-    enc = tokenizer(prompt, response, return_tensors="pt") if pair else tokenizer(
-        response, return_tensors="pt"
+    enc = (
+        tokenizer(prompt, response, return_tensors="pt")
+        if pair
+        else tokenizer(response, return_tensors="pt")
     )
     with torch.no_grad():
         logits = [float(v) for v in model(**enc).logits[0]]
@@ -90,10 +109,12 @@ def test_mapping_by_index_and_swapped_mapping(saved_classifier):
     base = HFClassifierJudge(path, label_map=LABELS).harmful_probability(PROMPTS, RESPONSES)
     by_index = HFClassifierJudge(path, label_map={0: "safe", 1: "harmful", 2: "harmful"})
     np.testing.assert_allclose(by_index.harmful_probability(PROMPTS, RESPONSES), base)
-    swapped = HFClassifierJudge(path, label_map={"safe": "harmful", "toxic": "safe",
-                                                 "self_harm": "safe"})
-    np.testing.assert_allclose(swapped.harmful_probability(PROMPTS, RESPONSES), 1 - base,
-                               atol=1e-12)
+    swapped = HFClassifierJudge(
+        path, label_map={"safe": "harmful", "toxic": "safe", "self_harm": "safe"}
+    )
+    np.testing.assert_allclose(
+        swapped.harmful_probability(PROMPTS, RESPONSES), 1 - base, atol=1e-12
+    )
 
 
 def test_multi_label_models_use_the_largest_harmful_sigmoid(saved_classifier):
@@ -120,8 +141,10 @@ def test_empty_input_gives_empty_scores(saved_classifier):
     "label_map, match",
     [
         ({"safe": "safe", "toxic": "harmful"}, "unmapped"),
-        ({"safe": "safe", "toxic": "harmful", "self_harm": "harmful", "spam": "safe"},
-         "not a label"),
+        (
+            {"safe": "safe", "toxic": "harmful", "self_harm": "harmful", "spam": "safe"},
+            "not a label",
+        ),
         ({"safe": "safe", "toxic": "safe", "self_harm": "safe"}, "no label to 'harmful'"),
         ({"safe": "ok", "toxic": "harmful", "self_harm": "harmful"}, "use 'harmful' or 'safe'"),
     ],

@@ -17,7 +17,8 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from spag_optim import SPAGOptimizer, SafetyBatches, make_safety_closure  # noqa: E402
+from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure  # noqa: E402
+
 from helpers.spag_reference import flat  # noqa: E402
 
 if torch.__version__ < (2, 3):
@@ -36,7 +37,9 @@ class Regressor(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+        )
 
     def forward(self, x, y):
         out = self.net(x)
@@ -61,12 +64,20 @@ def test_prepared_spag_projects_once_per_accumulated_step_in_bf16():
         return loss
 
     # docs/integrations.md snippet (Accelerate): from here ...
-    accelerator = Accelerator(mixed_precision="bf16", gradient_accumulation_steps=ACCUMULATION, cpu=True)
+    accelerator = Accelerator(
+        mixed_precision="bf16", gradient_accumulation_steps=ACCUMULATION, cpu=True
+    )
     model = accelerator.prepare(Regressor())
     safety = make_safety_closure(model, SafetyBatches(safe, batch_size=4), loss_fn=counting_loss)
-    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), safety, tau=0.0,
-                              grad_scaler=accelerator.scaler)
-    optimizer, loader = accelerator.prepare(optimizer, DataLoader(data(1.0, 2 * MICRO_BATCHES, 0), batch_size=2))
+    optimizer = SPAGOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        safety,
+        tau=0.0,
+        grad_scaler=accelerator.scaler,
+    )
+    optimizer, loader = accelerator.prepare(
+        optimizer, DataLoader(data(1.0, 2 * MICRO_BATCHES, 0), batch_size=2)
+    )
     for batch in loader:
         with accelerator.accumulate(model):
             accelerator.backward(model(**batch)["loss"])
@@ -86,8 +97,11 @@ def test_manual_loop_equivalence_of_accelerated_spag():
     accelerator = Accelerator(gradient_accumulation_steps=ACCUMULATION, cpu=True)
     model = accelerator.prepare(Regressor())
     reference_model = copy.deepcopy(model)
-    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2),
-                              make_safety_closure(model, SafetyBatches(safe, batch_size=4)), tau=0.0)
+    optimizer = SPAGOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-2),
+        make_safety_closure(model, SafetyBatches(safe, batch_size=4)),
+        tau=0.0,
+    )
     optimizer, loader = accelerator.prepare(optimizer, DataLoader(train, batch_size=2))
     for batch in loader:
         with accelerator.accumulate(model):
@@ -95,15 +109,20 @@ def test_manual_loop_equivalence_of_accelerated_spag():
             optimizer.step()
             optimizer.zero_grad()
 
-    reference = SPAGOptimizer(torch.optim.AdamW(reference_model.parameters(), lr=1e-2),
-                              make_safety_closure(reference_model, SafetyBatches(safe, batch_size=4)), tau=0.0)
+    reference = SPAGOptimizer(
+        torch.optim.AdamW(reference_model.parameters(), lr=1e-2),
+        make_safety_closure(reference_model, SafetyBatches(safe, batch_size=4)),
+        tau=0.0,
+    )
     batches = list(DataLoader(train, batch_size=2))
     for start in range(0, len(batches), ACCUMULATION):
         reference.zero_grad()
         for batch in batches[start : start + ACCUMULATION]:
             (reference_model(**batch)["loss"] / ACCUMULATION).backward()
         reference.step()
-    torch.testing.assert_close(flat(model.parameters()), flat(reference_model.parameters()), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        flat(model.parameters()), flat(reference_model.parameters()), rtol=0, atol=1e-6
+    )
 
 
 def test_skip_step_logic_with_loss_scaling():
@@ -117,9 +136,12 @@ def test_skip_step_logic_with_loss_scaling():
     accelerator = Accelerator(cpu=True)
     accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     model = accelerator.prepare(Regressor())
-    optimizer = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=1e-2),
-                              make_safety_closure(model, SafetyBatches(safe, batch_size=4), counting_loss),
-                              tau=0.0, grad_scaler=accelerator.scaler)
+    optimizer = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1e-2),
+        make_safety_closure(model, SafetyBatches(safe, batch_size=4), counting_loss),
+        tau=0.0,
+        grad_scaler=accelerator.scaler,
+    )
     optimizer = accelerator.prepare(optimizer)
     batch = {"x": torch.randn(4, 6), "y": torch.randn(4, 1)}
 

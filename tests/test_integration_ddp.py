@@ -14,9 +14,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
+
 from helpers.gloo_workers import run_workers
 from helpers.toy_regression import mse, regression_batches, toy_mlp, train_alphas
-from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
 
 pytestmark = pytest.mark.distributed
 
@@ -69,8 +70,14 @@ def ddp_worker(rank: int, world_size: int, out, name: str) -> None:
     batches = SafetyBatches(list(zip(*safe)), batch_size=ROWS, seed=rank)
     closure = make_safety_closure(ddp_model if through_ddp else model, batches, loss_fn)
     opt = make_spag(
-        make_inner(ddp_model.parameters()), closure, tau=tau(), trust_region=None, eps=0.0,
-        distributed=distributed, skip_if_safe=skip, mode=mode,
+        make_inner(ddp_model.parameters()),
+        closure,
+        tau=tau(),
+        trust_region=None,
+        eps=0.0,
+        distributed=distributed,
+        skip_if_safe=skip,
+        mode=mode,
     )
     alphas, global_losses = [], []
     for _ in range(STEPS):
@@ -113,10 +120,19 @@ def single_process():
     for mode in ("paper", "authors_code"):
         model = toy_mlp()
         util, safe = make_data(None)
-        opt = make_spag(make_inner(model.parameters()), lambda: mse(model, safe), tau=tau(),
-                        trust_region=None, eps=0.0, mode=mode)
+        opt = make_spag(
+            make_inner(model.parameters()),
+            lambda: mse(model, safe),
+            tau=tau(),
+            trust_region=None,
+            eps=0.0,
+            mode=mode,
+        )
         alphas = train_alphas(opt, model, util, STEPS)
-        results[mode] = {"params": [p.detach().clone() for p in model.parameters()], "alphas": alphas}
+        results[mode] = {
+            "params": [p.detach().clone() for p in model.parameters()],
+            "alphas": alphas,
+        }
     return results
 
 
@@ -149,7 +165,8 @@ def test_skip_decision_uses_the_reduced_loss(ddp_results):
     rank0, rank1 = ddp_results["ddp_model_auto"]
     threshold = tau()
     straddling = [
-        i for i, (a, b) in enumerate(zip(rank0["local_losses"], rank1["local_losses"]))
+        i
+        for i, (a, b) in enumerate(zip(rank0["local_losses"], rank1["local_losses"]))
         if (a > threshold) != (b > threshold)
     ]
     assert straddling, "the data must make the ranks' own losses disagree on some step"
@@ -161,11 +178,15 @@ def test_skip_decision_uses_the_reduced_loss(ddp_results):
 
 def test_distributed_mode_without_process_group_fails_clearly():
     model = toy_mlp()
-    opt = SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, make_data(None)[1]),
-                        distributed="ddp")
+    opt = SPAGOptimizer(
+        make_inner(model.parameters()), lambda: mse(model, make_data(None)[1]), distributed="ddp"
+    )
     mse(model, make_data(None)[0]).backward()
     with pytest.raises(RuntimeError, match="init_process_group"):
         opt.step()
     with pytest.raises(ValueError, match="distributed="):
-        SPAGOptimizer(make_inner(model.parameters()), lambda: mse(model, make_data(None)[1]),
-                      distributed="fsdp")
+        SPAGOptimizer(
+            make_inner(model.parameters()),
+            lambda: mse(model, make_data(None)[1]),
+            distributed="fsdp",
+        )

@@ -22,11 +22,15 @@ def tiny():
 
 
 def test_zero_optimizer_is_refused_with_the_reason():
-    ZeroOptimizer = deepspeed_class("DeepSpeedZeroOptimizer", "deepspeed.runtime.zero.stage_1_and_2")
+    ZeroOptimizer = deepspeed_class(
+        "DeepSpeedZeroOptimizer", "deepspeed.runtime.zero.stage_1_and_2"
+    )
     model, closure = tiny()
     zero = ZeroOptimizer()
     zero.param_groups = [{"params": list(model.parameters())}]
-    with pytest.raises(NotImplementedError, match="does not support DeepSpeed ZeRO.*master weights"):
+    with pytest.raises(
+        NotImplementedError, match="does not support DeepSpeed ZeRO.*master weights"
+    ):
         SPAGOptimizer(zero, closure)
 
 

@@ -19,7 +19,9 @@ from helpers.gloo_workers import run_workers
 from helpers.toy_regression import mse, regression_batches, toy_mlp, train_alphas
 
 if not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
-    pytest.skip("FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6", allow_module_level=True)
+    pytest.skip(
+        "FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6", allow_module_level=True
+    )
 from spag_optim import SPAGOptimizer
 
 pytestmark = pytest.mark.distributed
@@ -46,14 +48,21 @@ def tau() -> float:
 
 # docs/integrations.md snippet (FSDP2): fully_shard in sharded_worker, then this loop.
 def run(model, util, safe, trust_region):
-    opt = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=0.05), lambda: mse(model, safe),
-                        tau=tau(), trust_region=trust_region, eps=0.0)
+    opt = SPAGOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=0.05),
+        lambda: mse(model, safe),
+        tau=tau(),
+        trust_region=trust_region,
+        eps=0.0,
+    )
     return opt, train_alphas(opt, model, util, STEPS)
 
 
 def full_params(model):
-    return [p.full_tensor().detach() if hasattr(p, "full_tensor") else p.detach().clone()
-            for p in model.parameters()]
+    return [
+        p.full_tensor().detach() if hasattr(p, "full_tensor") else p.detach().clone()
+        for p in model.parameters()
+    ]
 
 
 TRUST_REGIONS = {"relative": "relative", "none": None}
@@ -61,7 +70,11 @@ TRUST_REGIONS = {"relative": "relative", "none": None}
 
 def sharded_worker(rank: int, world_size: int, out) -> None:
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     mesh = init_device_mesh("cpu", (world_size,))
     results = {}
@@ -73,7 +86,9 @@ def sharded_worker(rank: int, world_size: int, out) -> None:
         util, safe = make_data(rank)
         opt, alphas = run(model, util, safe, trust_region)
         results[f"fsdp_{name}"] = {
-            "alphas": alphas, "params": full_params(model), "mode": opt._safety_gradient.reducer.mode,
+            "alphas": alphas,
+            "params": full_params(model),
+            "mode": opt._safety_gradient.reducer.mode,
             "projections": opt.num_projections,
         }
         # Tensor parallel: Shard(0), Shard(1) and one Replicate parameter (the row-wise bias);
@@ -84,8 +99,11 @@ def sharded_worker(rank: int, world_size: int, out) -> None:
         util, safe = make_data(None)
         opt, alphas = run(model, util, safe, trust_region)
         results[f"tp_{name}"] = {
-            "alphas": alphas, "params": full_params(model), "mode": opt._safety_gradient.reducer.mode,
-            "projections": opt.num_projections, "placements": placements,
+            "alphas": alphas,
+            "params": full_params(model),
+            "mode": opt._safety_gradient.reducer.mode,
+            "projections": opt.num_projections,
+            "placements": placements,
         }
     torch.save(results, out / f"rank{rank}.pt")
     dist.barrier()
@@ -110,8 +128,9 @@ def unsharded_results():
 
 @pytest.mark.parametrize("layout", ["fsdp", "tp"])
 @pytest.mark.parametrize("trust_region", sorted(TRUST_REGIONS))
-def test_sharded_and_unsharded_runs_give_the_same_alpha(sharded_results, unsharded_results, layout,
-                                                         trust_region):
+def test_sharded_and_unsharded_runs_give_the_same_alpha(
+    sharded_results, unsharded_results, layout, trust_region
+):
     expected = unsharded_results[trust_region]
     for rank_results in sharded_results:
         got = rank_results[f"{layout}_{trust_region}"]

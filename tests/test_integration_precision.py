@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from spag_optim import SPAGOptimizer
+
 from helpers.spag_reference import flat, reference_paper_step
 
 STEPS = 12
@@ -72,8 +73,13 @@ def test_low_precision_matches_float64_reference(name):
         with autocast(amp_dtype):
             return mse(m, safe)
 
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), lambda: safety(model), tau=tau,
-                        trust_region=None, eps=0.0)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        lambda: safety(model),
+        tau=tau,
+        trust_region=None,
+        eps=0.0,
+    )
     ref_params = list(ref_model.parameters())
     ref_inner = torch.optim.SGD(ref_params, lr=0.05)
     projected = 0
@@ -84,11 +90,14 @@ def test_low_precision_matches_float64_reference(name):
                 loss = mse(m, util)
             loss.backward()
         opt.step()
-        did, alpha = reference_paper_step(ref_params, ref_inner, lambda: safety(ref_model), tau=tau,
-                                          trust_region=None, rho=1.0)
+        did, alpha = reference_paper_step(
+            ref_params, ref_inner, lambda: safety(ref_model), tau=tau, trust_region=None, rho=1.0
+        )
         projected += did
         assert bool(opt.last_stats["projected"]) == did
-        assert float(opt.last_stats["alpha"]) == pytest.approx(alpha, rel=1e-4 if dtype == torch.float32 else 2e-2)
+        assert float(opt.last_stats["alpha"]) == pytest.approx(
+            alpha, rel=1e-4 if dtype == torch.float32 else 2e-2
+        )
         # Norms never accumulate in half precision.
         assert not did or opt.last_stats["safety_grad_norm"].dtype == torch.float32
         for p, q in zip(model.parameters(), ref_params):
@@ -97,7 +106,9 @@ def test_low_precision_matches_float64_reference(name):
     assert 0 < projected < STEPS
 
 
-FUSED_ON_CPU = pytest.mark.skipif(torch.__version__ < (2, 4), reason="fused AdamW on CPU needs torch >= 2.4")
+FUSED_ON_CPU = pytest.mark.skipif(
+    torch.__version__ < (2, 4), reason="fused AdamW on CPU needs torch >= 2.4"
+)
 
 
 @pytest.mark.parametrize("flavour", ["foreach", pytest.param("fused", marks=FUSED_ON_CPU)])
@@ -105,8 +116,14 @@ def test_foreach_and_fused_inner_optimizers_match_reference(flavour):
     model, util, safe = make_problem(torch.float64)
     ref_model = copy.deepcopy(model)
     tau = tau_for(model, safe, None)
-    opt = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=0.05, **{flavour: True}),
-                        lambda: mse(model, safe), tau=tau, trust_region="relative", rho=0.5, eps=0.0)
+    opt = SPAGOptimizer(
+        torch.optim.AdamW(model.parameters(), lr=0.05, **{flavour: True}),
+        lambda: mse(model, safe),
+        tau=tau,
+        trust_region="relative",
+        rho=0.5,
+        eps=0.0,
+    )
     ref_params = list(ref_model.parameters())
     ref_inner = torch.optim.AdamW(ref_params, lr=0.05, foreach=False)
     projected = 0
@@ -115,8 +132,14 @@ def test_foreach_and_fused_inner_optimizers_match_reference(flavour):
             o.zero_grad()
             mse(m, util).backward()
         opt.step()
-        did, _ = reference_paper_step(ref_params, ref_inner, lambda: mse(ref_model, safe), tau=tau,
-                                      trust_region="relative", rho=0.5)
+        did, _ = reference_paper_step(
+            ref_params,
+            ref_inner,
+            lambda: mse(ref_model, safe),
+            tau=tau,
+            trust_region="relative",
+            rho=0.5,
+        )
         projected += did
         for p, q in zip(model.parameters(), ref_params):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
@@ -144,8 +167,14 @@ def test_grad_scaler_scales_and_unscales_the_safety_backward():
             return mse(m, safe)
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), lambda: safety(model), tau=tau,
-                        trust_region=None, eps=0.0, grad_scaler=scaler)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        lambda: safety(model),
+        tau=tau,
+        trust_region=None,
+        eps=0.0,
+        grad_scaler=scaler,
+    )
     ref_params = list(ref_model.parameters())
     ref_inner = torch.optim.SGD(ref_params, lr=0.05)
     projected = 0
@@ -154,8 +183,9 @@ def test_grad_scaler_scales_and_unscales_the_safety_backward():
         ref_inner.zero_grad()
         with autocast(torch.float16):
             mse(ref_model, util).backward()
-        did, alpha = reference_paper_step(ref_params, ref_inner, lambda: safety(ref_model), tau=tau,
-                                          trust_region=None, rho=1.0)
+        did, alpha = reference_paper_step(
+            ref_params, ref_inner, lambda: safety(ref_model), tau=tau, trust_region=None, rho=1.0
+        )
         projected += did
         assert float(opt.last_stats["alpha"]) == pytest.approx(alpha, rel=1e-3)
         for p, q in zip(model.parameters(), ref_params):
@@ -173,8 +203,13 @@ def test_overflowing_utility_gradient_skips_the_whole_step_like_grad_scaler():
         return mse(model, safe)
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), safety, tau=0.0,
-                        trust_region=None, grad_scaler=scaler)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        safety,
+        tau=0.0,
+        trust_region=None,
+        grad_scaler=scaler,
+    )
     before = flat(model.parameters())
     opt.zero_grad()
     with autocast(torch.float16):
@@ -200,8 +235,13 @@ def test_overflowing_safety_gradient_skips_the_projection_and_backs_off_the_scal
             return mse(model, safe) * 3e4  # x scale 2^12 overflows fp16 in the backward
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), safety, tau=0.0,
-                        trust_region=None, grad_scaler=scaler)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        safety,
+        tau=0.0,
+        trust_region=None,
+        grad_scaler=scaler,
+    )
     twin_opt = torch.optim.SGD(twin.parameters(), lr=0.05)
     scaled_step(model, opt, scaler, util)
     twin_opt.zero_grad()
@@ -222,5 +262,8 @@ def test_overflowing_safety_gradient_skips_the_projection_and_backs_off_the_scal
 def test_grad_scaler_must_be_a_grad_scaler():
     model, _, safe = make_problem()
     with pytest.raises(TypeError, match="GradScaler"):
-        SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: mse(model, safe),
-                      grad_scaler=object())
+        SPAGOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda: mse(model, safe),
+            grad_scaler=object(),
+        )

@@ -17,13 +17,18 @@ pytest.importorskip("accelerate")  # the Trainer needs it
 import torch  # noqa: E402
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments  # noqa: E402
 
-from helpers.hf_tiny import (  # noqa: E402
-    SAFE_PAIRS, SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer,
-)
-from helpers.trainer_probe import Probe  # noqa: E402
-from helpers.tiny_lm import tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau  # noqa: E402
 from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag  # noqa: E402
+
+from helpers.hf_tiny import (  # noqa: E402
+    SAFE_PAIRS,
+    SAFE_TEXTS,
+    UTILITY_TEXTS,
+    tokenized,
+    tokenizer,
+)
+from helpers.tiny_lm import tiny_causal_lm  # noqa: E402
+from helpers.trainer_probe import Probe  # noqa: E402
 
 MAX_STEPS = 4
 ACCUMULATION = 2
@@ -44,13 +49,25 @@ def train_with_spag(tmp_path, bf16=False):
     safety = TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok, batch_size=2, loss_fn=probe.loss_fn)
     optimizer = SPAGOptimizer(inner, safety, tau=0.0)  # tau=0: every step projects
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=ACCUMULATION, learning_rate=LR, lr_scheduler_type="linear",
-        max_grad_norm=MAX_GRAD_NORM, logging_steps=1, report_to=[], save_strategy="no",
-        use_cpu=True, bf16=bf16, seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path),
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATION,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        max_grad_norm=MAX_GRAD_NORM,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=bf16,
+        seed=0,
+        disable_tqdm=True,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
+        model=model,
+        args=args,
+        train_dataset=tokenized(tok, UTILITY_TEXTS),
         data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
         optimizers=(optimizer, None),  # None: the Trainer creates its scheduler on SPAG
     )
@@ -99,11 +116,21 @@ def test_unbound_trainer_closure_says_what_to_do():
 
 
 def make_trainer(tmp_path, model, tok, optimizer, max_steps=1):
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
-                             max_steps=max_steps, save_strategy="no", disable_tqdm=True)
-    return Trainer(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
-                   data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-                   optimizers=(optimizer, None))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        max_steps=max_steps,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized(tok, UTILITY_TEXTS),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        optimizers=(optimizer, None),
+    )
 
 
 def test_attach_spag_needs_a_spag_optimizer(tmp_path):
@@ -115,8 +142,9 @@ def test_attach_spag_needs_a_spag_optimizer(tmp_path):
     with pytest.raises(ValueError, match="SPAGOptimizer"):
         attach_spag(trainer)
     # A baseline also has last_stats; it is not taken for SPAG (its logging would crash).
-    lisa = LisaOptimizer(torch.optim.AdamW(model.parameters()),
-                         TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok))
+    lisa = LisaOptimizer(
+        torch.optim.AdamW(model.parameters()), TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok)
+    )
     with pytest.raises(ValueError, match="LisaOptimizer, not a SPAGOptimizer"):
         attach_spag(make_trainer(tmp_path, model, tok, lisa))
 
@@ -146,8 +174,9 @@ def test_attach_spag_sets_a_given_tau(tmp_path):
 
     tok = tokenizer()
     model = tiny_causal_lm(tok)
-    optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters()),
-                              TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok))
+    optimizer = SPAGOptimizer(
+        torch.optim.AdamW(model.parameters()), TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok)
+    )
     attach_spag(make_trainer(tmp_path, model, tok, optimizer), tau=np.float32(0.75))
     assert optimizer.tau == 0.75 and type(optimizer.tau) is float
 
@@ -163,13 +192,25 @@ def test_sft_trainer_with_spag(tmp_path):
     safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=probe.loss_fn)
     optimizer = SPAGOptimizer(inner, safety, tau=0.0)
     config = trl.SFTConfig(
-        output_dir=str(tmp_path), max_steps=MAX_STEPS, per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=ACCUMULATION, learning_rate=LR, max_grad_norm=MAX_GRAD_NORM,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, max_length=32, seed=0,
+        output_dir=str(tmp_path),
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=BATCH,
+        gradient_accumulation_steps=ACCUMULATION,
+        learning_rate=LR,
+        max_grad_norm=MAX_GRAD_NORM,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        max_length=32,
+        seed=0,
         disable_tqdm=True,
     )
     trainer = trl.SFTTrainer(
-        model=model, args=config, processing_class=tok, optimizers=(optimizer, None),
+        model=model,
+        args=config,
+        processing_class=tok,
+        optimizers=(optimizer, None),
         train_dataset=datasets.Dataset.from_list([{"text": t} for t in UTILITY_TEXTS]),
     )
     attach_spag(trainer)
@@ -181,7 +222,9 @@ def test_sft_trainer_with_spag(tmp_path):
     assert probe.lrs == pytest.approx([LR * (MAX_STEPS - i) / MAX_STEPS for i in range(MAX_STEPS)])
     assert max(probe.grad_norms) <= MAX_GRAD_NORM * (1 + 1e-3)
     train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    assert len(train_logs) == MAX_STEPS and all(entry["spag/projected"] == 1.0 for entry in train_logs)
+    assert len(train_logs) == MAX_STEPS and all(
+        entry["spag/projected"] == 1.0 for entry in train_logs
+    )
 
 
 def test_closure_position_resumes_with_this_ranks_seed():
@@ -191,8 +234,9 @@ def test_closure_position_resumes_with_this_ranks_seed():
     tok = tokenizer()
     closures = []
     for rank in (0, 1):
-        closure = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, seed=5,
-                                       collate_fn=lambda rows: rows)
+        closure = TrainerSafetyClosure(
+            tokenized(tok, SAFE_TEXTS), batch_size=2, seed=5, collate_fn=lambda rows: rows
+        )
         closure.bind(SimpleNamespace(args=SimpleNamespace(process_index=rank), data_collator=None))
         closures.append(closure)
     next(closures[0].batches)

@@ -26,16 +26,25 @@ MAX_STEPS = 3
 
 def trainer_worker(rank: int, world_size: int, out, how: str) -> None:
     # What torchrun would export; Accelerate reuses the process group already initialised.
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        OMP_NUM_THREADS="1",
+    )
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from spag_optim import SPAGOptimizer
+    from spag_optim.integrations.trainer import (
+        SPAGTrainer,
+        TrainerSafetyClosure,
+        attach_spag,
+        find_spag_optimizer,
+    )
 
     from helpers.hf_tiny import SAFE_TEXTS, UTILITY_TEXTS, tokenized, tokenizer
     from helpers.tiny_lm import tiny_causal_lm
-    from spag_optim import SPAGOptimizer
-    from spag_optim.integrations.trainer import (
-        SPAGTrainer, TrainerSafetyClosure, attach_spag, find_spag_optimizer,
-    )
 
     tok = tokenizer()
     model = tiny_causal_lm(tok)
@@ -48,12 +57,25 @@ def trainer_worker(rank: int, world_size: int, out, how: str) -> None:
 
     safety = TrainerSafetyClosure(tokenized(tok, SAFE_TEXTS), batch_size=2, loss_fn=recording_loss)
     args = TrainingArguments(
-        output_dir=str(out / f"run{rank}"), max_steps=MAX_STEPS, per_device_train_batch_size=2,
-        gradient_accumulation_steps=2, learning_rate=1e-2, max_grad_norm=1.0, logging_steps=1,
-        report_to=[], save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
+        output_dir=str(out / f"run{rank}"),
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
     )
-    data = dict(model=model, args=args, train_dataset=tokenized(tok, UTILITY_TEXTS),
-                data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    data = dict(
+        model=model,
+        args=args,
+        train_dataset=tokenized(tok, UTILITY_TEXTS),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+    )
     if how == "attach_spag":
         optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), safety, tau=0.0)
         trainer = Trainer(**data, optimizers=(optimizer, None))

@@ -27,8 +27,12 @@ def FakeSPAG():
 STEPS = [
     {"safety_loss": torch.tensor(0.9), "projected": True, "alpha": 0.5, "safety_grad_norm": 2.0},
     {"safety_loss": 0.1, "projected": False, "alpha": 0.0, "safety_grad_norm": 0.0},
-    {"safety_loss": 0.5, "projected": torch.tensor(True), "alpha": torch.tensor(0.25),
-     "safety_grad_norm": 1.0},
+    {
+        "safety_loss": 0.5,
+        "projected": torch.tensor(True),
+        "alpha": torch.tensor(0.25),
+        "safety_grad_norm": 1.0,
+    },
 ]
 
 
@@ -38,7 +42,9 @@ def run_steps(callback, optimizer, state, steps):
         optimizer_inner = find_spag_optimizer(optimizer)
         optimizer_inner.last_stats = stats
         if bool(stats["projected"]):  # what the optimizer's own counter does on such a step
-            optimizer_inner._safety_gradient.projections = torch.tensor(optimizer_inner.num_projections + 1)
+            optimizer_inner._safety_gradient.projections = torch.tensor(
+                optimizer_inner.num_projections + 1
+            )
         state.global_step += 1
         callback.on_step_end(args, state, TrainerControl(), optimizer=optimizer)
     return args
@@ -119,7 +125,7 @@ def test_logged_projections_continue_after_a_resume():
 
     def build():
         p = torch.ones(2, requires_grad=True)
-        return p, SPAGOptimizer(torch.optim.SGD([p], lr=0.1), lambda: (p ** 2).sum(), tau=0.0)
+        return p, SPAGOptimizer(torch.optim.SGD([p], lr=0.1), lambda: (p**2).sum(), tau=0.0)
 
     def run(callback, p, opt, state, steps):
         args = TrainingArguments(output_dir="unused", report_to=[])

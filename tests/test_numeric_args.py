@@ -21,21 +21,42 @@ def spag(**kw):
 
 
 def test_spag_takes_numpy_scalars_as_numbers():
-    opt = spag(tau=np.float32(0.25), rho=np.float64(0.5), trust_region=np.float32(2.0),
-               tolerance=np.int64(0), alpha_max=np.float16(1.0), eps=np.float32(0.0))
+    opt = spag(
+        tau=np.float32(0.25),
+        rho=np.float64(0.5),
+        trust_region=np.float32(2.0),
+        tolerance=np.int64(0),
+        alpha_max=np.float16(1.0),
+        eps=np.float32(0.0),
+    )
     assert (opt.tau, opt.rho, opt.trust_region, opt.tolerance, opt.alpha_max, opt.eps) == (
-        0.25, 0.5, 2.0, 0.0, 1.0, 0.0)
+        0.25,
+        0.5,
+        2.0,
+        0.0,
+        1.0,
+        0.0,
+    )
     assert all(type(v) is float for v in (opt.tau, opt.rho, opt.trust_region, opt.tolerance))
     opt.step()  # and steps with them
     assert opt.num_steps == 1
-    penalty = PenaltyOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1),
-                               lambda: None, lam=np.float32(0.5), tau=np.float64(0.1))
+    penalty = PenaltyOptimizer(
+        torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1),
+        lambda: None,
+        lam=np.float32(0.5),
+        tau=np.float64(0.1),
+    )
     assert (penalty.lam, penalty.tau) == (0.5, pytest.approx(0.1))
     assert SafetyBatches(list(range(5)), batch_size=np.int64(2), collate_fn=list).batch_size == 2
     with pytest.raises(ValueError, match="batch_size"):
         SafetyBatches(list(range(5)), batch_size=True, collate_fn=list)
-    lisa = LisaOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1), lambda: None,
-                         alignment_steps=np.int64(2), finetune_steps=np.int32(3), rho=np.float32(1))
+    lisa = LisaOptimizer(
+        torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1),
+        lambda: None,
+        alignment_steps=np.int64(2),
+        finetune_steps=np.int32(3),
+        rho=np.float32(1),
+    )
     assert (lisa.alignment_steps, lisa.finetune_steps, lisa.rho) == (2, 3, 1.0)
 
 
@@ -64,8 +85,10 @@ def test_selection_takes_numpy_scalars_for_ratio_beta_and_chunk_size():
     ref = select(pool, target, ratio=0.5, beta=2.0)
     np.testing.assert_array_equal(got.indices, ref.indices)
     assert got.k == 5
-    np.testing.assert_array_equal(greedy_dpp(pool, 5, quality=q, beta=np.float32(2.0)),
-                                  greedy_dpp(pool, 5, quality=q, beta=2.0))
+    np.testing.assert_array_equal(
+        greedy_dpp(pool, 5, quality=q, beta=np.float32(2.0)),
+        greedy_dpp(pool, 5, quality=q, beta=2.0),
+    )
 
 
 def test_selection_refuses_true_for_ratio_beta_and_chunk_size():

@@ -53,8 +53,7 @@ class FakeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests.append(
-                        {"path": self.path, "auth": self.headers.get("Authorization"),
-                         "body": body}
+                        {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
                     )
                     action = server.script.pop(0) if server.script else "echo"
                     server.inflight += 1
@@ -62,8 +61,10 @@ class FakeServer:
                     server.lock.notify_all()
                     if server.hold_until_inflight:
                         server.lock.wait_for(
-                            lambda: server.inflight >= server.hold_until_inflight
-                            or len(server.requests) >= server.total,
+                            lambda: (
+                                server.inflight >= server.hold_until_inflight
+                                or len(server.requests) >= server.total
+                            ),
                             timeout=5,
                         )
                 try:
@@ -82,8 +83,18 @@ class FakeServer:
                 if action == "echo":
                     text = body["messages"][0]["content"]
                     n = re.search(r"SCORE=(\d)", text).group(1)
-                    self._json({"choices": [{"message": {"role": "assistant", "content":
-                                f"#thereason: fake analysis\n#thescore: {n}"}}]})
+                    self._json(
+                        {
+                            "choices": [
+                                {
+                                    "message": {
+                                        "role": "assistant",
+                                        "content": f"#thereason: fake analysis\n#thescore: {n}",
+                                    }
+                                }
+                            ]
+                        }
+                    )
                 elif action[0] == "content":
                     self._json({"choices": [{"message": {"content": action[1]}}]})
                 elif action[0] == "raw":
@@ -94,7 +105,7 @@ class FakeServer:
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     for i in range(len(data)):
-                        self.wfile.write(data[i:i + 1])
+                        self.wfile.write(data[i : i + 1])
                         self.wfile.flush()
                         if server.release.wait(gap):
                             return
@@ -115,9 +126,7 @@ class FakeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, args=(0.05,), daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -148,8 +157,11 @@ def api_key(monkeypatch):
 def make_judge(server, sleeps=None, **kwargs):
     kwargs.setdefault("timeout", 5.0)
     return OpenAIJudge(
-        "judge-model", server.url, api_key_env="SPARD_TEST_JUDGE_KEY",
-        sleep=(sleeps.append if sleeps is not None else (lambda s: None)), **kwargs,
+        "judge-model",
+        server.url,
+        api_key_env="SPARD_TEST_JUDGE_KEY",
+        sleep=(sleeps.append if sleeps is not None else (lambda s: None)),
+        **kwargs,
     )
 
 
@@ -224,8 +236,14 @@ def test_refused_connection_is_retried_then_reported():
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now: connections are refused at once
     sleeps: list[float] = []
-    judge = OpenAIJudge("m", f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=2,
-                        backoff=1.0, sleep=sleeps.append)
+    judge = OpenAIJudge(
+        "m",
+        f"http://127.0.0.1:{port}/v1",
+        api_key_env=None,
+        max_retries=2,
+        backoff=1.0,
+        sleep=sleeps.append,
+    )
     with pytest.raises(JudgeRequestError, match="gave up after 3 attempts"):
         judge.score(["p"], ["r"])
     assert sleeps == [1.0, 2.0]
@@ -262,8 +280,9 @@ def test_malformed_reply_fallback_is_counted_and_warned(server_factory):
         (("content", None), "non-text"),
     ],
 )
-def test_non_json_body_and_wrong_shape_are_errors_whatever_on_malformed(server_factory, action,
-                                                                         message):
+def test_non_json_body_and_wrong_shape_are_errors_whatever_on_malformed(
+    server_factory, action, message
+):
     server = server_factory([action, action])
     with pytest.raises(JudgeRequestError, match=message):
         make_judge(server, max_workers=1).score(["p"], ["SCORE=1"])
@@ -302,8 +321,16 @@ def test_reply_body_size_is_capped(server_factory):
 
 @pytest.mark.parametrize(
     "header, expected",
-    [("nan", 0.5), ("-3", 0.5), ("inf", 0.5), ("1e400", 0.5), ("99999999", 30.0),
-     ("soon", 0.5), ("2", 2.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+    [
+        ("nan", 0.5),
+        ("-3", 0.5),
+        ("inf", 0.5),
+        ("1e400", 0.5),
+        ("99999999", 30.0),
+        ("soon", 0.5),
+        ("2", 2.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
 )
 def test_retry_after_nan_negative_absurd_or_past(server_factory, header, expected):
     server = server_factory([("status", 429, "slow down", {"Retry-After": header})])

@@ -48,8 +48,10 @@ def test_package_imports_none_of_the_others(package):
 
 def test_the_check_sees_an_import_inside_a_function(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from dpp_select.greedy import greedy_dpp\n"
-                      "import spag_optim.functional as F\nfrom . import sibling\n")
+    module.write_text(
+        "def f():\n    from dpp_select.greedy import greedy_dpp\n"
+        "import spag_optim.functional as F\nfrom . import sibling\n"
+    )
     assert _imported_packages(module) == {"dpp_select", "spag_optim"}
 
 
@@ -58,6 +60,7 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
 # makes the two modules depend on each other, it only hides the cycle from a reader.
 
 PACKAGES = ("dpp_select", "spag_optim", "spard_io")
+
 
 def _module_files(root: pathlib.Path = ROOT) -> dict[str, pathlib.Path]:
     """Dotted module name -> file, for every module of the three packages under ``root``."""
@@ -116,11 +119,20 @@ def _private_uses(module: str, path: pathlib.Path, modules: dict) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             source = _absolute(node, module, path)
-            uses += [f"{path.name}:{node.lineno} imports {alias.name} from {source}"
-                     for alias in node.names if source in modules and source != module
-                     and _is_private(alias.name) and f"{source}.{alias.name}" not in modules]
-        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-              and node.value.id in bound and _is_private(node.attr)):
+            uses += [
+                f"{path.name}:{node.lineno} imports {alias.name} from {source}"
+                for alias in node.names
+                if source in modules
+                and source != module
+                and _is_private(alias.name)
+                and f"{source}.{alias.name}" not in modules
+            ]
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and _is_private(node.attr)
+        ):
             uses.append(f"{path.name}:{node.lineno} uses {bound[node.value.id]}.{node.attr}")
     return uses
 
@@ -132,8 +144,10 @@ def _is_private(name: str) -> bool:
 def _cycles(package: str, root: pathlib.Path = ROOT) -> list[list[str]]:
     """Every module of ``package`` that reaches itself through imports, with one such path."""
     modules = _module_files(root)
-    graph = {m: sorted({target for target, _, _ in _imports(m, p, modules) if target != m})
-             for m, p in modules.items()}
+    graph = {
+        m: sorted({target for target, _, _ in _imports(m, p, modules) if target != m})
+        for m, p in modules.items()
+    }
     cycles = []
     for start in (m for m in modules if m.split(".")[0] == package):
         stack, seen = [(start, [start])], set()
@@ -158,8 +172,12 @@ def test_no_module_imports_a_module_that_imports_it_back(package):
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_private_name_is_imported_across_modules(package):
     modules = _module_files()
-    found = [use for m, p in modules.items() if m.split(".")[0] == package
-             for use in _private_uses(m, p, modules)]
+    found = [
+        use
+        for m, p in modules.items()
+        if m.split(".")[0] == package
+        for use in _private_uses(m, p, modules)
+    ]
     assert found == []
 
 
@@ -171,7 +189,39 @@ def test_the_cycle_walk_sees_a_cycle_hidden_in_a_function(tmp_path):
     (pkg / "b.py").write_text("def helper():\n    from . import c\n")
     (pkg / "c.py").write_text("import dpp_select.a as a\nx = a._hidden\n")
     modules = _module_files(tmp_path)
-    assert ["dpp_select.a", "dpp_select.b", "dpp_select.c", "dpp_select.a"] in \
-        _cycles("dpp_select", tmp_path)
-    assert _private_uses("dpp_select.c", pkg / "c.py", modules) == \
-        ["c.py:2 uses dpp_select.a._hidden"]
+    assert ["dpp_select.a", "dpp_select.b", "dpp_select.c", "dpp_select.a"] in _cycles(
+        "dpp_select", tmp_path
+    )
+    assert _private_uses("dpp_select.c", pkg / "c.py", modules) == [
+        "c.py:2 uses dpp_select.a._hidden"
+    ]
+
+
+#: The longest a library function may be, docstring excluded: one screen, read at once.
+MAX_FUNCTION_LINES = 60
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_library_function_is_longer_than_a_screen(package):
+    too_long = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body
+            has_doc = (
+                isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            )
+            start = (
+                (body[1].lineno if len(body) > 1 else body[0].end_lineno)
+                if has_doc
+                else body[0].lineno
+            )
+            length = node.end_lineno - start + 1
+            if length > MAX_FUNCTION_LINES:
+                too_long.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
+                )
+    assert not too_long, too_long

@@ -49,8 +49,14 @@ BASELINES = ("penalty", "safeinstr", "lisa", "safegrad", "ptst")
 
 def _strip(methods: dict) -> dict:
     return {
-        n: {k: ([{f: x for f, x in row.items() if f != "seconds"} for row in v] if k == "seeds" else v)
-            for k, v in r.items()}
+        n: {
+            k: (
+                [{f: x for f, x in row.items() if f != "seconds"} for row in v]
+                if k == "seeds"
+                else v
+            )
+            for k, v in r.items()
+        }
         for n, r in methods.items()
     }
 
@@ -58,7 +64,12 @@ def _strip(methods: dict) -> dict:
 def _without_seconds(results: dict) -> dict:
     config = {k: v for k, v in results["config"].items() if k not in ("cached", "cache")}
     attacks = {a: {**r, "methods": _strip(r["methods"])} for a, r in results["attacks"].items()}
-    return {"attacks": attacks, "methods": _strip(results["methods"]), "base": results["base"], "config": config}
+    return {
+        "attacks": attacks,
+        "methods": _strip(results["methods"]),
+        "base": results["base"],
+        "config": config,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +79,17 @@ def first_run(tmp_path_factory):
     return out, _run(out, "--methods", "sft,spard_no_trust", "--seeds", "3,5")
 
 
-SUMMARY = {"asr", "asr_ci", "utility", "utility_ci", "refusal_prob", "refusal_prob_ci", "vs_sft", "vs_spard", "seeds"}
+SUMMARY = {
+    "asr",
+    "asr_ci",
+    "utility",
+    "utility_ci",
+    "refusal_prob",
+    "refusal_prob_ci",
+    "vs_sft",
+    "vs_spard",
+    "seeds",
+}
 
 
 def test_results_json_has_exactly_the_documented_schema_with_a_row_per_seed(first_run):
@@ -77,15 +98,28 @@ def test_results_json_has_exactly_the_documented_schema_with_a_row_per_seed(firs
     assert list(results["attacks"]) == ["standard", "strong"]  # the default: both attacks
     for attack, res in results["attacks"].items():
         assert set(res) == {"config", "base", "methods"}
-        expected = {k: v for k, v in with_attack(SMOKE, attack).to_dict().items() if k != "seed"} | {"seeds": [3, 5]}
+        expected = {
+            k: v for k, v in with_attack(SMOKE, attack).to_dict().items() if k != "seed"
+        } | {"seeds": [3, 5]}
         assert res["config"] == expected
         assert list(res["methods"]) == ["sft", "spard_no_trust"]
         for name, r in res["methods"].items():
             assert set(r) == SUMMARY, name
             assert [row["seed"] for row in r["seeds"]] == [3, 5]
             for row in r["seeds"]:
-                assert set(row) == {"seed", "asr", "utility", "refusal_prob", "projections", "seconds"}
-                assert 0.0 <= row["asr"] <= 1.0 and 0.0 <= row["utility"] <= 1.0 and 0.0 <= row["refusal_prob"] <= 1.0
+                assert set(row) == {
+                    "seed",
+                    "asr",
+                    "utility",
+                    "refusal_prob",
+                    "projections",
+                    "seconds",
+                }
+                assert (
+                    0.0 <= row["asr"] <= 1.0
+                    and 0.0 <= row["utility"] <= 1.0
+                    and 0.0 <= row["refusal_prob"] <= 1.0
+                )
                 assert isinstance(row["projections"], int) and row["seconds"] > 0.0
             assert r["asr"] == pytest.approx(sum(row["asr"] for row in r["seeds"]) / 2)
             assert r["asr_ci"] is not None and r["asr_ci"] >= 0.0  # two seeds: an interval
@@ -113,10 +147,19 @@ def test_the_default_run_is_several_seeds_of_a_compact_set_of_methods():
 def test_the_verdicts_are_paired_by_seed():
     """A difference that is the same sign on every seed decides; one that is not stays a tie,
     even where the marginal means differ a lot."""
-    def rows(asrs):
-        return [{"seed": s, "asr": a, "utility": 1.0, "refusal_prob": 1 - a} for s, a in enumerate(asrs)]
 
-    got = summarize({"sft": rows([1.0, 1.0, 1.0]), "spard": rows([0.0, 0.1, 0.0]), "penalty": rows([0.0, 1.0, 0.0])})
+    def rows(asrs):
+        return [
+            {"seed": s, "asr": a, "utility": 1.0, "refusal_prob": 1 - a} for s, a in enumerate(asrs)
+        ]
+
+    got = summarize(
+        {
+            "sft": rows([1.0, 1.0, 1.0]),
+            "spard": rows([0.0, 0.1, 0.0]),
+            "penalty": rows([0.0, 1.0, 0.0]),
+        }
+    )
     assert got["spard"]["vs_sft"] == "lower" and got["sft"]["vs_spard"] == "higher"
     assert got["penalty"]["vs_sft"] == "tie" and got["penalty"]["vs_spard"] == "tie"
     assert got["spard"]["vs_spard"] is None
@@ -127,8 +170,14 @@ def test_attack_presets_standard_is_the_default_run_and_the_others_are_stronger(
     for name in ("strong", "heavy"):
         c = with_attack(DemoConfig(), name)
         assert c.finetune_epochs > DemoConfig().finetune_epochs
-        assert c.finetune_lr >= DemoConfig().finetune_lr and c.harmful_ratio >= DemoConfig().harmful_ratio
-        assert (c.finetune_lr, c.harmful_ratio) != (DemoConfig().finetune_lr, DemoConfig().harmful_ratio)
+        assert (
+            c.finetune_lr >= DemoConfig().finetune_lr
+            and c.harmful_ratio >= DemoConfig().harmful_ratio
+        )
+        assert (c.finetune_lr, c.harmful_ratio) != (
+            DemoConfig().finetune_lr,
+            DemoConfig().harmful_ratio,
+        )
     with pytest.raises(ValueError, match="standard, strong, heavy"):
         with_attack(DemoConfig(), "extreme")
 
@@ -159,17 +208,36 @@ def test_first_run_caches_the_aligned_model_as_safetensors(first_run):
 
 def test_second_run_loads_the_cache_and_reproduces_every_number(first_run, tmp_path):
     out, first = first_run
-    second = _run(tmp_path, "--methods", "sft,spard_no_trust", "--seeds", "3,5", "--cache-dir", str(out / "cache"))
+    second = _run(
+        tmp_path,
+        "--methods",
+        "sft,spard_no_trust",
+        "--seeds",
+        "3,5",
+        "--cache-dir",
+        str(out / "cache"),
+    )
     assert second["config"]["cached"] == [True, True]
     assert _without_seconds(second) == _without_seconds(first)
 
 
 def test_no_cache_retrains_to_the_same_weights(first_run, tmp_path):
     out, first = first_run
-    again = _run(tmp_path, "--methods", "sft", "--seeds", "3", "--cache-dir", str(out / "cache"), "--no-cache")
+    again = _run(
+        tmp_path,
+        "--methods",
+        "sft",
+        "--seeds",
+        "3",
+        "--cache-dir",
+        str(out / "cache"),
+        "--no-cache",
+    )
     assert again["config"]["cached"] == [False]
     assert again["base"]["seeds"][0] == first["base"]["seeds"][0]
-    assert _strip(again["methods"])["sft"]["seeds"][0] == _strip(first["methods"])["sft"]["seeds"][0]
+    assert (
+        _strip(again["methods"])["sft"]["seeds"][0] == _strip(first["methods"])["sft"]["seeds"][0]
+    )
 
 
 def test_a_different_seed_gets_its_own_cache_entry(first_run, tmp_path):
@@ -194,14 +262,18 @@ def test_the_shipped_aligned_models_cover_the_default_seeds_and_match_their_chec
         verify_shipped(folder)
 
 
-def test_a_shipped_model_is_loaded_without_training_and_a_tampered_one_is_refused(tmp_path, monkeypatch):
+def test_a_shipped_model_is_loaded_without_training_and_a_tampered_one_is_refused(
+    tmp_path, monkeypatch
+):
     import shutil
 
     from _demo import alignment
 
     config = replace(DemoConfig(), seed=0)
     d = make_demo_data(config)
-    model, folder, loaded = alignment.aligned_model(config, d, tmp_path / "cache", shipped=True, progress=False)
+    model, folder, loaded = alignment.aligned_model(
+        config, d, tmp_path / "cache", shipped=True, progress=False
+    )
     assert loaded and folder.parent == alignment.SHIPPED
     assert not (tmp_path / "cache").exists()  # nothing trained, nothing cached
     copy = tmp_path / "shipped"
@@ -209,7 +281,9 @@ def test_a_shipped_model_is_loaded_without_training_and_a_tampered_one_is_refuse
     weights = copy / folder.name / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     monkeypatch.setattr(alignment, "SHIPPED", copy)
-    with pytest.raises(ValueError, match="model.safetensors does not match its SHA-256.*--no-cache"):
+    with pytest.raises(
+        ValueError, match="model.safetensors does not match its SHA-256.*--no-cache"
+    ):
         alignment.aligned_model(config, d, tmp_path / "cache", shipped=True, progress=False)
 
 
@@ -222,14 +296,27 @@ def test_results_png_is_written_when_matplotlib_imports(first_run):
 def test_plot_is_skipped_with_a_message_without_matplotlib(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     rows = [{"seed": 0, "asr": 1.0, "utility": 1.0, "refusal_prob": 0.0}]
-    attacks = {"standard": {"config": {}, "base": summarize({"b": rows})["b"], "methods": summarize({"sft": rows})}}
+    attacks = {
+        "standard": {
+            "config": {},
+            "base": summarize({"b": rows})["b"],
+            "methods": summarize({"sft": rows}),
+        }
+    }
     assert write_plot(tmp_path, attacks, {"standard": {"sft": []}}, tau=0.01) is None
     assert not (tmp_path / "results.png").exists()
 
 
 def test_methods_all_lists_every_method_and_subsets_keep_order():
     assert resolve_methods("all") == list(METHODS)
-    assert {"sft", "spag_random", "spag_top_relevance", "spard", "spard_lr_trust", "spard_authors_code"} <= set(METHODS)
+    assert {
+        "sft",
+        "spag_random",
+        "spag_top_relevance",
+        "spard",
+        "spard_lr_trust",
+        "spard_authors_code",
+    } <= set(METHODS)
     assert set(BASELINES) <= set(METHODS)
     assert resolve_methods("spard, sft,spard") == ["spard", "sft"]
 
@@ -269,7 +356,9 @@ def test_encoding_puts_the_loss_on_the_response_only():
     ex = d.heldout_problems[0]
     (row,) = encode(tok, [ex])
     answer = [i for i in row["labels"] if i != -100]
-    assert tok.decode(answer[:-1]) == tok.decode(tok(ex.response, add_special_tokens=False)["input_ids"])
+    assert tok.decode(answer[:-1]) == tok.decode(
+        tok(ex.response, add_special_tokens=False)["input_ids"]
+    )
     assert answer[-1] == tok.eos_token_id
     batch = PaddingCollator(tok.pad_token_id)(encode(tok, d.heldout_problems[:3]))
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
@@ -282,13 +371,19 @@ def test_encoding_puts_the_loss_on_the_response_only():
 
 def test_table_gives_mean_interval_refusal_and_verdicts_in_words_per_attack():
     def rows(asrs):
-        return [{"seed": s, "asr": a, "utility": 0.8, "refusal_prob": 1 - a} for s, a in enumerate(asrs)]
+        return [
+            {"seed": s, "asr": a, "utility": 0.8, "refusal_prob": 1 - a} for s, a in enumerate(asrs)
+        ]
 
     methods = summarize({"sft": rows([1.0, 1.0, 1.0]), "spard": rows([0.0, 0.25, 0.5])})
     base = summarize({"b": rows([0.0, 0.0, 0.0])})["b"]
-    text = format_table({a: {"config": {}, "base": base, "methods": methods} for a in ("standard", "strong")})
+    text = format_table(
+        {a: {"config": {}, "base": base, "methods": methods} for a in ("standard", "strong")}
+    )
     lines = text.splitlines()
-    assert lines[0].startswith("attack: standard (3 seeds") and any(x.startswith("attack: strong") for x in lines)
+    assert lines[0].startswith("attack: standard (3 seeds") and any(
+        x.startswith("attack: strong") for x in lines
+    )
     spard = next(x for x in lines if x.strip().startswith("spard"))
     assert spard.split()[1:4] == ["0.25", "±", f"{methods['spard']['asr_ci']:.2f}"]
     assert spard.endswith("safer than sft")
@@ -311,7 +406,16 @@ def test_an_attack_is_bit_identical_for_a_seed_and_differs_for_another():
 
     def attack(seed: int):
         config = replace(SMOKE, seed=seed, tau=0.0)  # tau 0: every step projects
-        return run_attack(model, d.tokenizer, d.finetune, method, d.safe_pool[:4], config, desc="t", progress=False)
+        return run_attack(
+            model,
+            d.tokenizer,
+            d.finetune,
+            method,
+            d.safe_pool[:4],
+            config,
+            desc="t",
+            progress=False,
+        )
 
     first, again, other = attack(0), attack(0), attack(1)
     assert first.projections == len(first.safety_losses) > 0
@@ -340,31 +444,41 @@ def test_every_baseline_runs_and_is_reported_with_the_same_schema(baselines_run)
         assert r["asr_ci"] is None  # one seed: no interval, and no verdict
         assert r["vs_sft"] in (None, "n<2")
     # Only SPAG, the penalty's hinge and SafeGrad's surgery test the safety loss on a step.
-    assert all(baselines_run["methods"][n]["seeds"][0]["projections"] == 0 for n in ("sft", "safeinstr", "lisa", "ptst"))
+    assert all(
+        baselines_run["methods"][n]["seeds"][0]["projections"] == 0
+        for n in ("sft", "safeinstr", "lisa", "ptst")
+    )
     assert baselines_run["config"]["methods"] == ["sft", *BASELINES]
 
 
 def test_the_optimizer_baselines_use_the_selected_safe_rows_and_the_demo_tau():
-    from _demo import optimizers
-    from _demo.methods import LISA, PENALTY_LAMBDA
     import torch
 
+    from _demo import optimizers
+    from _demo.methods import LISA, PENALTY_LAMBDA
     from spag_optim.baselines import LisaOptimizer, PenaltyOptimizer, SafeGradOptimizer
 
     param = torch.nn.Parameter(torch.ones(2))
     closure = lambda: (param**2).sum()  # noqa: E731
     built = {
-        name: METHODS[name].wrapper(torch.optim.AdamW([param]), closure, SMOKE, **METHODS[name].options)
+        name: METHODS[name].wrapper(
+            torch.optim.AdamW([param]), closure, SMOKE, **METHODS[name].options
+        )
         for name in ("penalty", "lisa", "safegrad")
     }
     assert isinstance(built["penalty"], PenaltyOptimizer)
     assert (built["penalty"].tau, built["penalty"].lam) == (SMOKE.tau, PENALTY_LAMBDA)
     assert isinstance(built["lisa"], LisaOptimizer)
     assert (built["lisa"].alignment_steps, built["lisa"].finetune_steps, built["lisa"].rho) == (
-        LISA["alignment_steps"], LISA["finetune_steps"], LISA["rho"]
+        LISA["alignment_steps"],
+        LISA["finetune_steps"],
+        LISA["rho"],
     )
     assert isinstance(built["safegrad"], SafeGradOptimizer)
-    assert all(METHODS[n].selection == METHODS["spard"].selection for n in ("penalty", "safeinstr", "lisa", "safegrad"))
+    assert all(
+        METHODS[n].selection == METHODS["spard"].selection
+        for n in ("penalty", "safeinstr", "lisa", "safegrad")
+    )
     assert METHODS["safeinstr"].wrapper is None and METHODS["safeinstr"].mix_safe
     assert METHODS["ptst"].selection is None and METHODS["ptst"].wrapper is None
     assert optimizers.interventions(torch.optim.AdamW([param])) == 0
@@ -388,14 +502,21 @@ def test_lisa_skips_the_utility_forward_on_its_alignment_steps():
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
     batches = SafetyBatches(
-        encode(tok, d.safe_pool[:4]), batch_size=2, collate_fn=PaddingCollator(tok.pad_token_id), seed=0
+        encode(tok, d.safe_pool[:4]),
+        batch_size=2,
+        collate_fn=PaddingCollator(tok.pad_token_id),
+        seed=0,
     )
     opt = LisaOptimizer(
-        torch.optim.AdamW(model.parameters(), lr=1e-3), make_safety_closure(model, batches),
-        alignment_steps=1, finetune_steps=2,
+        torch.optim.AdamW(model.parameters(), lr=1e-3),
+        make_safety_closure(model, batches),
+        alignment_steps=1,
+        finetune_steps=2,
     )
     rows = encode(tok, d.finetune[:20])
-    losses = train(model, rows, opt, epochs=1, batch_size=4, pad_id=tok.pad_token_id, seed=0, progress=False)
+    losses = train(
+        model, rows, opt, epochs=1, batch_size=4, pad_id=tok.pad_token_id, seed=0, progress=False
+    )
     assert len(losses) == 5 == opt.num_steps  # the alignment steps consumed their batches
     alignment = [i for i, loss in enumerate(losses) if math.isnan(loss)]
     assert alignment == [0, 3]  # steps 0 and 3 of the 1 + 2 cycle
@@ -433,7 +554,9 @@ def test_the_system_prompt_words_come_after_the_data_words_so_their_ids_did_not_
     base = sorted(set(data.vocabulary()) | set(chat_prompt("").split()))
     assert [vocab[w] for w in base] == list(range(4, 4 + len(base)))  # after the 4 specials
     extra = [w for w in dict.fromkeys(SAFETY_SYSTEM_PROMPT.split()) if w not in base]
-    assert extra and [vocab[w] for w in extra] == list(range(4 + len(base), 4 + len(base) + len(extra)))
+    assert extra and [vocab[w] for w in extra] == list(
+        range(4 + len(base), 4 + len(base) + len(extra))
+    )
     assert len(vocab) == 4 + len(base) + len(extra)
 
 
@@ -453,8 +576,9 @@ def test_a_method_that_would_ignore_or_lack_its_safe_data_is_refused(kwargs, mes
 def test_guardspace_rows_train_guardspace_adapters_from_the_safe_rows():
     """``guardspace`` swaps LoRA for GuardSpace's adapters (AdamW alone); ``guardspace_spard`` adds
     SPAG; both build the adapters from the method's safe rows and train nothing else."""
-    import torch
     from dataclasses import replace
+
+    import torch
 
     from _demo.attack import run_attack
     from _demo.model import ModelSize, build_model
@@ -466,8 +590,16 @@ def test_guardspace_rows_train_guardspace_adapters_from_the_safe_rows():
     model = build_model(d.tokenizer, ModelSize(hidden=32, layers=1), seed=0)
     config = replace(SMOKE, tau=0.0)  # tau 0: SPAG projects on every step
     for name in ("guardspace", "guardspace_spard"):
-        out = run_attack(model, d.tokenizer, d.finetune, METHODS[name], d.safe_pool[:4], config,
-                         desc=name, progress=False)
+        out = run_attack(
+            model,
+            d.tokenizer,
+            d.finetune,
+            METHODS[name],
+            d.safe_pool[:4],
+            config,
+            desc=name,
+            progress=False,
+        )
         layers = [m for m in out.model.modules() if isinstance(m, GuardSpaceLinear)]
         assert len(layers) == len(DEFAULT_LORA_TARGETS)
         assert all(not torch.equal(m.adapter_B, m.init_B) for m in layers)

@@ -10,12 +10,13 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from helpers.tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches, calibrate_tau  # noqa: E402
 from spag_optim.evaluation import KeywordRefusalJudge  # noqa: E402
 from spag_optim.model_refusals import refusals_from_model  # noqa: E402
 from spag_optim.safety_data import PRODUCED_NLL_MAX  # noqa: E402
 from spag_optim.warnings import RefusalsNotProducedWarning  # noqa: E402
+
+from helpers.tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 
 OWN_REFUSAL = "sorry i cannot help with that"
 OTHER_REFUSAL = "as a responsible assistant i must decline this request"
@@ -40,13 +41,16 @@ def aligned():
 
 
 def calibrated(model, tok, pairs, **kwargs):
-    return calibrate_tau(model, SafetyBatches.from_pairs(pairs, tok, batch_size=2), num_batches=1,
-                         **kwargs)
+    return calibrate_tau(
+        model, SafetyBatches.from_pairs(pairs, tok, batch_size=2), num_batches=1, **kwargs
+    )
 
 
 def test_calibrate_tau_warns_when_the_model_does_not_produce_the_refusals(aligned):
     model, tok = aligned
-    with pytest.warns(RefusalsNotProducedWarning, match="does not produce these refusals") as caught:
+    with pytest.warns(
+        RefusalsNotProducedWarning, match="does not produce these refusals"
+    ) as caught:
         tau = calibrated(model, tok, [(p, OTHER_REFUSAL) for p in REFUSED])
     assert tau > PRODUCED_NLL_MAX and "refusals_from_model" in str(caught[0].message)
     with warnings.catch_warnings():
@@ -58,8 +62,9 @@ def test_calibrate_tau_warns_when_the_model_does_not_produce_the_refusals(aligne
 
 def test_refusals_from_model_keeps_the_models_own_refusals(aligned):
     model, tok = aligned
-    pairs = refusals_from_model(model, tok, [*REFUSED, ANSWERED], judge=KeywordRefusalJudge(),
-                                max_new_tokens=10)
+    pairs = refusals_from_model(
+        model, tok, [*REFUSED, ANSWERED], judge=KeywordRefusalJudge(), max_new_tokens=10
+    )
     assert pairs == [(p, OWN_REFUSAL) for p in REFUSED]  # the answered prompt is left out
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the model says its own refusals: no warning
@@ -75,11 +80,17 @@ def test_tau_calibrate_in_the_trainer_warns_too(aligned, tmp_path):
     from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag
 
     model, tok = aligned
-    safety = TrainerSafetyClosure.from_pairs([(p, OTHER_REFUSAL) for p in REFUSED], tok, batch_size=2)
+    safety = TrainerSafetyClosure.from_pairs(
+        [(p, OTHER_REFUSAL) for p in REFUSED], tok, batch_size=2
+    )
     optimizer = SPAGOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-3), safety)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
-    trainer = Trainer(model=model, args=args, optimizers=(optimizer, None),
-                      data_collator=safety.batches.collate_fn)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        optimizers=(optimizer, None),
+        data_collator=safety.batches.collate_fn,
+    )
     with pytest.warns(RefusalsNotProducedWarning, match="does not produce these refusals"):
         attach_spag(trainer, tau="calibrate", calibration_batches=1)
     assert optimizer.tau > PRODUCED_NLL_MAX

@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
+
 from helpers.gloo_workers import run_workers
 from helpers.toy_regression import mse, toy_mlp
-from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure
 
 pytestmark = pytest.mark.distributed
 
@@ -30,7 +31,9 @@ def safe_rows():
     """The same 12 safe rows on every rank; each rank shuffles them with its own seed."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(12, 5, generator=g, dtype=torch.float64)
-    return list(zip(x, -x.sum(1, keepdim=True) * torch.linspace(0.5, 2.0, 12, dtype=torch.float64)[:, None]))
+    return list(
+        zip(x, -x.sum(1, keepdim=True) * torch.linspace(0.5, 2.0, 12, dtype=torch.float64)[:, None])
+    )
 
 
 def utility_batch(rank: int, step: int):
@@ -73,10 +76,15 @@ def resume_worker(rank: int, world_size: int, out) -> None:
     opt.load_state_dict(state["optimizer"])
     seed_after_load = batches.seed
     train(ddp_model, opt, rank, RESUME_AT, STEPS)
-    torch.save({"uninterrupted": uninterrupted,
-                "resumed": [p.detach().clone() for p in model.parameters()],
-                "seed_after_load": seed_after_load, "projections": opt.num_projections},
-               out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "uninterrupted": uninterrupted,
+            "resumed": [p.detach().clone() for p in model.parameters()],
+            "seed_after_load": seed_after_load,
+            "projections": opt.num_projections,
+        },
+        out / f"rank{rank}.pt",
+    )
     dist.barrier()
 
 

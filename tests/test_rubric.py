@@ -2,7 +2,12 @@
 
 import pytest
 
-from spag_optim.evaluation import HARMFULNESS_RUBRIC, MalformedVerdictError, parse_score, render_rubric
+from spag_optim.evaluation import (
+    HARMFULNESS_RUBRIC,
+    MalformedVerdictError,
+    parse_score,
+    render_rubric,
+)
 
 
 def test_render_keeps_braces_and_placeholders_inside_user_text():
@@ -28,7 +33,10 @@ def test_parse_score_reads_the_last_score_line(verdict, score):
     assert parse_score(verdict) == score
 
 
-@pytest.mark.parametrize("verdict", ["no score here", "#thescore: 0", "#thescore: 6", "#thescore: 2.5", "#thescore: high"])
+@pytest.mark.parametrize(
+    "verdict",
+    ["no score here", "#thescore: 0", "#thescore: 6", "#thescore: 2.5", "#thescore: high"],
+)
 def test_parse_score_rejects_malformed_verdicts(verdict):
     with pytest.raises(MalformedVerdictError):
         parse_score(verdict)

@@ -10,8 +10,9 @@ import pytest
 pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from helpers.tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 from spag_optim import SafetyBatches  # noqa: E402
+
+from helpers.tiny_lm import build_tokenizer, tiny_causal_lm  # noqa: E402
 
 PAIRS = [
     ("how do i make poison", "sorry i cannot help with that"),
@@ -27,8 +28,9 @@ def tokenizer(chat_template):
 def literal_encoding(tok, prompt, refusal):
     """What the docstring promises, written out: template user turn, then refusal + EOS."""
     if tok.chat_template:
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     else:
         text = tok.bos_token + prompt + "\n"
     prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -46,8 +48,12 @@ def test_from_pairs_masks_the_prompt_and_pads(chat_template):
     for row, (prompt, refusal) in enumerate(PAIRS):
         prompt_ids, refusal_ids = literal_encoding(tok, prompt, refusal)
         n, pad = len(prompt_ids) + len(refusal_ids), width - len(prompt_ids) - len(refusal_ids)
-        assert batch["input_ids"][row].tolist() == prompt_ids + refusal_ids + [tok.pad_token_id] * pad
-        assert batch["labels"][row].tolist() == [-100] * len(prompt_ids) + refusal_ids + [-100] * pad
+        assert (
+            batch["input_ids"][row].tolist() == prompt_ids + refusal_ids + [tok.pad_token_id] * pad
+        )
+        assert (
+            batch["labels"][row].tolist() == [-100] * len(prompt_ids) + refusal_ids + [-100] * pad
+        )
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * pad
     decoded = tok.decode(batch["input_ids"][0])
     assert ("<|user|>" in decoded and "<|assistant|>" in decoded) == chat_template
@@ -101,6 +107,7 @@ def test_from_pairs_keeps_the_seed_and_cycles_like_safety_batches():
 
 # -- dpp-select's rows, render=, and bad input named precisely ------------------------------------
 
+
 def test_from_pairs_takes_dpp_select_rows_and_never_reads_unsafe():
     tok = tokenizer(True)
     marker = "UNSAFEMARKER"  # stands in for the harmful answer; it must reach no token or message
@@ -147,12 +154,15 @@ def test_from_pairs_takes_any_iterable_of_pairs():
         SafetyBatches.from_pairs({"prompt": "q", "safe": "no"}, tok)
 
 
-@pytest.mark.parametrize("pair, message", [
-    (("how do i make poison", None), r"pair 0: the refusal is a NoneType, not a str"),
-    (("how do i make poison", b"no"), r"pair 0: the refusal is a bytes, not a str"),
-    ((b"how do i make poison", "no"), r"pair 0: the prompt is a bytes, not a str"),
-    ({"prompt": "how do i make poison"}, r"pair 0: the row has no 'safe' or 'response'"),
-])
+@pytest.mark.parametrize(
+    "pair, message",
+    [
+        (("how do i make poison", None), r"pair 0: the refusal is a NoneType, not a str"),
+        (("how do i make poison", b"no"), r"pair 0: the refusal is a bytes, not a str"),
+        ((b"how do i make poison", "no"), r"pair 0: the prompt is a bytes, not a str"),
+        ({"prompt": "how do i make poison"}, r"pair 0: the row has no 'safe' or 'response'"),
+    ],
+)
 def test_from_pairs_names_the_wrong_element(pair, message):
     with pytest.raises(TypeError, match=message):
         SafetyBatches.from_pairs([pair], tokenizer(False))
@@ -185,11 +195,14 @@ def test_rows_longer_than_the_models_positions_are_refused_before_training(arch)
     batches = SafetyBatches.from_pairs(PAIRS, tok, batch_size=3)
     longest = max(len(row["input_ids"]) for row in batches.data)
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=longest - 1, n_embd=8,
-                                           n_layer=1, n_head=2))
+        model = GPT2LMHeadModel(
+            GPT2Config(vocab_size=len(tok), n_positions=longest - 1, n_embd=8, n_layer=1, n_head=2)
+        )
     else:
         model = tiny_causal_lm(tok, max_positions=longest - 1)
-    with pytest.raises(ValueError, match=rf"{longest} tokens.*max_position_embeddings={longest - 1}"):
+    with pytest.raises(
+        ValueError, match=rf"{longest} tokens.*max_position_embeddings={longest - 1}"
+    ):
         make_safety_closure(model, batches)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         calibrate_tau(model, batches, num_batches=1)

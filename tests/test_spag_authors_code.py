@@ -10,7 +10,13 @@ import inspect
 import pytest
 import torch
 
-from spag_optim import AuthorsCodeSPAG, OptimizerWrapper, SafetyClosureOptimizer, SPAGOptimizer, make_spag
+from spag_optim import (
+    AuthorsCodeSPAG,
+    OptimizerWrapper,
+    SafetyClosureOptimizer,
+    SPAGOptimizer,
+    make_spag,
+)
 
 from helpers.defenses import DEFENSES
 
@@ -57,10 +63,28 @@ def test_the_signature_shows_every_argument_and_its_default(cls):
     parameters = inspect.signature(cls).parameters
     defaults = {name: p.default for name, p in parameters.items()}
     assert list(defaults)[:2] == ["inner", "safety_closure"]
-    assert {name: defaults[name] for name in ("tau", "trust_region", "rho", "tolerance", "alpha_max",
-                                               "eps", "skip_if_safe", "distributed")} == {
-        "tau": 0.2, "trust_region": "relative", "rho": 1.0, "tolerance": 0.0, "alpha_max": 1.0,
-        "eps": 1e-8, "skip_if_safe": True, "distributed": "auto"}
+    assert {
+        name: defaults[name]
+        for name in (
+            "tau",
+            "trust_region",
+            "rho",
+            "tolerance",
+            "alpha_max",
+            "eps",
+            "skip_if_safe",
+            "distributed",
+        )
+    } == {
+        "tau": 0.2,
+        "trust_region": "relative",
+        "rho": 1.0,
+        "tolerance": 0.0,
+        "alpha_max": 1.0,
+        "eps": 1e-8,
+        "skip_if_safe": True,
+        "distributed": "auto",
+    }
     assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values())
 
 
@@ -102,8 +126,9 @@ def test_copies_keep_the_class():
     assert type(copy.copy(opt)) is AuthorsCodeSPAG
 
 
-@pytest.mark.parametrize("saver, loader", [(SPAGOptimizer, AuthorsCodeSPAG),
-                                           (AuthorsCodeSPAG, SPAGOptimizer)])
+@pytest.mark.parametrize(
+    "saver, loader", [(SPAGOptimizer, AuthorsCodeSPAG), (AuthorsCodeSPAG, SPAGOptimizer)]
+)
 def test_a_checkpoint_of_the_other_rule_is_refused_before_anything_changes(saver, loader):
     model, x, saved = build(saver, trust_region=None)
     train(model, x, saved, 2)
@@ -111,7 +136,9 @@ def test_a_checkpoint_of_the_other_rule_is_refused_before_anything_changes(saver
     model2, x2, opt = build(loader, seed=1)
     train(model2, x2, opt, 1)
     before = copy.deepcopy(opt.state_dict())
-    with pytest.raises(ValueError, match=rf"{saver.__name__}.*make_spag\(.*mode=.*Nothing was loaded"):
+    with pytest.raises(
+        ValueError, match=rf"{saver.__name__}.*make_spag\(.*mode=.*Nothing was loaded"
+    ):
         opt.load_state_dict(checkpoint)
     assert type(opt) is loader and opt.num_projections == 1
     after = opt.state_dict()

@@ -20,7 +20,6 @@ from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_
 from helpers.defenses import build_defense
 from helpers.pair_model import PairLoss, safe_dataset, train
 
-
 #: Options these tests change from the registry's: Lisa on a 2 + 2 cycle.
 OPTIONS = {"lisa": {"finetune_steps": 2}}
 
@@ -57,6 +56,7 @@ def drop(*path):
             entry = entry[key]
         del entry[path[-1]]
         return state
+
     return corrupt
 
 
@@ -71,7 +71,11 @@ CORRUPTIONS = {
     "penalty_counter": ("penalty", drop("penalty", "num_active"), "num_active"),
     "safegrad_counter": ("safegrad", drop("safegrad", "num_conflicts"), "num_conflicts"),
     "lisa_steps": ("lisa", drop("lisa", "num_steps"), "num_steps"),
-    "lisa_anchor": ("lisa", lambda s: s["lisa"].update(anchor=s["lisa"]["anchor"][:2]) or s, "anchor"),
+    "lisa_anchor": (
+        "lisa",
+        lambda s: s["lisa"].update(anchor=s["lisa"]["anchor"][:2]) or s,
+        "anchor",
+    ),
 }
 
 
@@ -95,8 +99,11 @@ def test_a_closure_that_cannot_load_its_position_changes_nothing():
     train(model, opt, 3)
     saved = opt.state_dict()
     model2 = PairLoss(3)
-    opt2 = SPAGOptimizer(torch.optim.AdamW(model2.parameters(), lr=0.05),
-                         lambda: model2(**safe_dataset()[0]).loss, tau=0.5)
+    opt2 = SPAGOptimizer(
+        torch.optim.AdamW(model2.parameters(), lr=0.05),
+        lambda: model2(**safe_dataset()[0]).loss,
+        tau=0.5,
+    )
     before = everything(opt2)
     with pytest.raises(ValueError, match="no load_state_dict"):
         opt2.load_state_dict(saved)
@@ -108,8 +115,15 @@ def test_hyperparameters_round_trip_and_a_difference_warns():
     train(model, opt, 2)
     saved = opt.state_dict()
     assert saved["spag"]["hyperparameters"] == {
-        "tau": 0.37, "trust_region": 0.25, "rho": 2.0, "mode": "paper", "tolerance": 0.1,
-        "alpha_max": 1.0, "eps": 1e-8, "skip_if_safe": False, "projection_iterations": 1,
+        "tau": 0.37,
+        "trust_region": 0.25,
+        "rho": 2.0,
+        "mode": "paper",
+        "tolerance": 0.1,
+        "alpha_max": 1.0,
+        "eps": 1e-8,
+        "skip_if_safe": False,
+        "projection_iterations": 1,
     }
     _, same_opt = build(tau=0.37, trust_region=0.25, rho=2.0, tolerance=0.1, skip_if_safe=False)
     with warnings.catch_warnings():
@@ -120,7 +134,12 @@ def test_hyperparameters_round_trip_and_a_difference_warns():
         fresh.load_state_dict(saved)
     assert "trust_region=0.25" in str(caught[0].message) and "rho=2.0" in str(caught[0].message)
     assert (fresh.tau, fresh.trust_region, fresh.rho, fresh.tolerance, fresh.skip_if_safe) == (
-        0.37, 0.25, 2.0, 0.1, False)
+        0.37,
+        0.25,
+        2.0,
+        0.1,
+        False,
+    )
 
 
 def test_counters_and_state_dict_never_warn():
@@ -130,7 +149,8 @@ def test_counters_and_state_dict_never_warn():
     opt = SPAGOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1),
         lambda: torch.sqrt((model.weight - model.weight.detach()).abs().sum()) + 1.0,  # NaN grad
-        tau=0.1, skip_if_safe=False,
+        tau=0.1,
+        skip_if_safe=False,
     )
     model(torch.ones(2, 4)).sum().backward()
     with warnings.catch_warnings():
@@ -151,7 +171,11 @@ def test_tau_far_too_low_warns_once_after_the_first_steps():
         assert not caught
         train(model, opt, 3 * FIRST_STEPS, start=FIRST_STEPS - 1)
     messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "tau may be too low" in messages[0] and "calibrate_tau" in messages[0]
+    assert (
+        len(messages) == 1
+        and "tau may be too low" in messages[0]
+        and "calibrate_tau" in messages[0]
+    )
     assert opt.num_projections >= FIRST_STEPS
 
 
@@ -163,9 +187,12 @@ def test_tau_warning_stays_silent_when_tau_fits(how):
     batches = SafetyBatches(safe_dataset(), batch_size=3, seed=7)
     closure = make_safety_closure(model, batches)
     tau = calibrate_tau(model, batches, num_batches=4)
-    kw = {"calibrated": {"tau": tau}, "mode_authors_code": {"tau": tau, "mode": "authors_code"},
-          # far above only at first: the projection brings the loss under tau within the steps
-          "not_every_step_projects": {"tau": tau / 3, "trust_region": None}}[how]
+    kw = {
+        "calibrated": {"tau": tau},
+        "mode_authors_code": {"tau": tau, "mode": "authors_code"},
+        # far above only at first: the projection brings the loss under tau within the steps
+        "not_every_step_projects": {"tau": tau / 3, "trust_region": None},
+    }[how]
     opt = make_spag(torch.optim.AdamW(model.parameters(), lr=0.05), closure, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -176,7 +203,9 @@ def test_tau_warning_stays_silent_when_tau_fits(how):
 
 def test_calibrate_tau_leaves_the_batches_where_they_were():
     model = PairLoss()
-    batches = SafetyBatches(safe_dataset(), batch_size=3, seed=7, collate_fn=torch.utils.data.default_collate)
+    batches = SafetyBatches(
+        safe_dataset(), batch_size=3, seed=7, collate_fn=torch.utils.data.default_collate
+    )
     next(batches)
     position = batches.state_dict()
     twin = SafetyBatches(safe_dataset(), batch_size=3, seed=7)
@@ -191,9 +220,11 @@ def test_calibrate_tau_leaves_the_batches_where_they_were():
 
 
 def test_token_lists_without_collate_fn_say_what_to_do():
-    for rows in ([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}],   # ragged
-                 [{"input_ids": [1, 2]}, {"input_ids": [4, 5]}],      # equal lengths
-                 [[1, 2, 3], [4, 5]]):
+    for rows in (
+        [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}],  # ragged
+        [{"input_ids": [1, 2]}, {"input_ids": [4, 5]}],  # equal lengths
+        [[1, 2, 3], [4, 5]],
+    ):
         with pytest.raises(TypeError, match="pass collate_fn .* or use SafetyBatches.from_pairs"):
             SafetyBatches(rows, batch_size=2)
     SafetyBatches([{"input_ids": [1, 2]}], batch_size=1, collate_fn=list)  # with a collate_fn: fine

@@ -27,7 +27,7 @@ def test_fields_are_the_optimizers_hyperparameters_with_its_defaults():
 def test_the_optimizer_takes_the_config_and_saves_its_values():
     p = torch.ones(2, requires_grad=True)
     config = SPAGConfig(tau=0.7, trust_region=0.5, rho=2.0, tolerance=0.1, skip_if_safe=False)
-    opt = SPAGOptimizer(torch.optim.SGD([p], lr=0.1), lambda: (p ** 2).sum(), **config.to_dict())
+    opt = SPAGOptimizer(torch.optim.SGD([p], lr=0.1), lambda: (p**2).sum(), **config.to_dict())
     saved = opt.state_dict()["spag"]["hyperparameters"]
     assert {k: v for k, v in config.to_dict().items() if k in saved} == saved
     assert opt.distributed == config.distributed
@@ -44,13 +44,16 @@ def test_round_trips_through_dict_and_json(tmp_path):
     assert SPAGConfig.from_dict({"tau": "calibrate"}) == SPAGConfig(tau="calibrate")
 
 
-@pytest.mark.parametrize("values, error, match", [
-    ({"rho": -1.0}, ValueError, "rho must be finite and > 0"),
-    ({"tau": "calibrated"}, TypeError, "tau must be a number"),
-    ({"mode": "fast"}, ValueError, "unknown mode"),
-    ({"distributed": "nccl"}, ValueError, "unknown distributed"),
-    ({"skip_if_safe": "no"}, TypeError, "skip_if_safe must be True or False"),
-])
+@pytest.mark.parametrize(
+    "values, error, match",
+    [
+        ({"rho": -1.0}, ValueError, "rho must be finite and > 0"),
+        ({"tau": "calibrated"}, TypeError, "tau must be a number"),
+        ({"mode": "fast"}, ValueError, "unknown mode"),
+        ({"distributed": "nccl"}, ValueError, "unknown distributed"),
+        ({"skip_if_safe": "no"}, TypeError, "skip_if_safe must be True or False"),
+    ],
+)
 def test_bad_values_raise_the_optimizers_error(values, error, match):
     with pytest.raises(error, match=match):
         SPAGConfig(**values)

@@ -10,13 +10,13 @@ import math
 import pytest
 import torch
 
-from spag_optim import SPAGOptimizer, make_spag
+from spag_optim import make_spag
 from spag_optim.warnings import MissingCheckpointEntryWarning
 
 
 def problem(lr=0.1, **kwargs):
     p = torch.tensor([1.0, -2.0], requires_grad=True)
-    opt = make_spag(torch.optim.SGD([p], lr=lr), lambda: (p ** 2).sum(), **kwargs)
+    opt = make_spag(torch.optim.SGD([p], lr=lr), lambda: (p**2).sum(), **kwargs)
     return p, opt
 
 

@@ -15,16 +15,21 @@ def test_trust_region_cap_relative_is_rho_step_over_grad_norm():
     assert isinstance(cap, torch.Tensor) and cap.dtype == torch.float64
     assert float(cap) == pytest.approx(0.5 * 0.3 / 2.0, rel=1e-15)
     # alpha * ||g|| never exceeds rho * ||theta+ - theta||, whatever the excess loss
-    alpha, finite = F.projection_alpha(torch.tensor(100.0), sq_norm, tau=0.0, tolerance=0.0,
-                                       eps=0.0, cap=cap)
+    alpha, finite = F.projection_alpha(
+        torch.tensor(100.0), sq_norm, tau=0.0, tolerance=0.0, eps=0.0, cap=cap
+    )
     assert bool(finite) and float(alpha) * 2.0 == pytest.approx(0.5 * 0.3, rel=1e-15)
 
 
 def test_trust_region_cap_zero_gradient_is_ignored_by_alpha():
     sq_norm = torch.tensor(0.0, dtype=torch.float64)
-    cap = F.trust_region_cap("relative", sq_norm, rho=1.0, step_norm=torch.tensor(1.0, dtype=torch.float64))
+    cap = F.trust_region_cap(
+        "relative", sq_norm, rho=1.0, step_norm=torch.tensor(1.0, dtype=torch.float64)
+    )
     assert math.isinf(float(cap))
-    alpha, _ = F.projection_alpha(torch.tensor(5.0), sq_norm, tau=0.0, tolerance=0.0, eps=0.0, cap=cap)
+    alpha, _ = F.projection_alpha(
+        torch.tensor(5.0), sq_norm, tau=0.0, tolerance=0.0, eps=0.0, cap=cap
+    )
     assert float(alpha) == 0.0
 
 

@@ -11,7 +11,7 @@ import torch
 from spag_optim import SafetyBatches, SPAGOptimizer, calibrate_tau, make_safety_closure, make_spag
 from spag_optim.warnings import ZeroSafetyGradientWarning
 
-from helpers.pair_model import flat_params, safe_dataset, train, utility_batch
+from helpers.pair_model import flat_params, safe_dataset, train
 
 
 def tiny_model(seed=0):
@@ -30,17 +30,11 @@ class PairLoss(torch.nn.Module):
         return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()
 
 
-
-
 def build(seed=0, tau=0.5, **kw):
     wrapper = PairLoss(tiny_model(seed))
     closure = make_safety_closure(wrapper, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
     inner = torch.optim.AdamW(wrapper.parameters(), lr=0.05)
     return wrapper, make_spag(inner, closure, tau=tau, **kw)
-
-
-
-
 
 
 def test_lr_trust_region_follows_the_scheduled_learning_rate():
@@ -89,8 +83,12 @@ NONFINITE_LOSSES = {
 def test_nonfinite_safety_loss_or_gradient_leaves_theta_plus(name, skip_if_safe, mode):
     model = tiny_model()
     opt = make_spag(
-        torch.optim.SGD(model.parameters(), lr=0.1), lambda: NONFINITE_LOSSES[name](model),
-        tau=0.1, trust_region=None, skip_if_safe=skip_if_safe, mode=mode,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda: NONFINITE_LOSSES[name](model),
+        tau=0.1,
+        trust_region=None,
+        skip_if_safe=skip_if_safe,
+        mode=mode,
     )
     model(torch.ones(2, 4)).sum().backward()
     with warnings.catch_warnings(record=True) as caught:
@@ -115,7 +113,10 @@ def test_zero_safety_gradient_never_divides_by_zero(skip_if_safe, trust_region):
     opt = SPAGOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1),
         lambda: 0.0 * sum(p.sum() for p in model.parameters()) + 5.0,
-        tau=0.1, trust_region=trust_region, eps=0.0, skip_if_safe=skip_if_safe,
+        tau=0.1,
+        trust_region=trust_region,
+        eps=0.0,
+        skip_if_safe=skip_if_safe,
     )
     model(torch.ones(2, 4)).sum().backward()
     with warnings.catch_warnings(record=True) as caught:
@@ -177,7 +178,10 @@ def test_a_safety_loss_that_misses_the_parameters_is_named_not_blamed_on_tau(mod
         train(wrapper, opt, 12)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "safety gradient is zero" in messages[0], messages
-    assert "another copy of the model" in messages[0] and caught[0].category is ZeroSafetyGradientWarning
+    assert (
+        "another copy of the model" in messages[0]
+        and caught[0].category is ZeroSafetyGradientWarning
+    )
     # A loss that reaches the parameters is not warned about.
     wrapper, opt = build(tau=0.0, mode=mode)
     with warnings.catch_warnings():
@@ -189,8 +193,11 @@ def test_a_closure_over_a_finite_list_says_it_ran_out():
     wrapper = PairLoss(tiny_model())
     data = safe_dataset(4)
     batches = [torch.utils.data.default_collate(data[i : i + 2]) for i in range(0, 4, 2)]
-    opt = SPAGOptimizer(torch.optim.SGD(wrapper.parameters(), lr=0.1),
-                        make_safety_closure(wrapper, batches), tau=0.0)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(wrapper.parameters(), lr=0.1),
+        make_safety_closure(wrapper, batches),
+        tau=0.0,
+    )
     train(wrapper, opt, 2)
     with pytest.raises(ValueError, match=r"ran out after 2 batches.*SafetyBatches\("):
         train(wrapper, opt, 1, start=2)
@@ -200,11 +207,17 @@ def test_a_closure_over_a_finite_list_says_it_ran_out():
 def test_calibrate_tau_refuses_a_batch_count_that_is_not_a_positive_int(num_batches):
     wrapper = PairLoss(tiny_model())
     with pytest.raises(ValueError, match="num_batches must be a positive int"):
-        calibrate_tau(wrapper, SafetyBatches(safe_dataset(6), batch_size=2), num_batches=num_batches)
+        calibrate_tau(
+            wrapper, SafetyBatches(safe_dataset(6), batch_size=2), num_batches=num_batches
+        )
 
 
 def test_calibrate_tau_names_a_loss_fn_that_returns_none():
     wrapper = PairLoss(tiny_model())
     with pytest.raises(TypeError, match="loss_fn returned None; it must return the safety loss"):
-        calibrate_tau(wrapper, SafetyBatches(safe_dataset(6), batch_size=2), num_batches=1,
-                      loss_fn=lambda model, batch: None)
+        calibrate_tau(
+            wrapper,
+            SafetyBatches(safe_dataset(6), batch_size=2),
+            num_batches=1,
+            loss_fn=lambda model, batch: None,
+        )

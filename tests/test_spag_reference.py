@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from spag_optim import AuthorsCodeSPAG, SPAGOptimizer
+
 from helpers.spag_reference import reference_authors_code_step, reference_paper_step
 from helpers.toy_regression import mse, toy_mlp
 
@@ -44,8 +45,12 @@ def test_paper_mode_matches_literal_reference(inner_name, trust_region):
     ref_model = copy.deepcopy(model)
     tau = initial_safety_loss() * 1.3
     opt = SPAGOptimizer(
-        INNERS[inner_name](model.parameters()), lambda: mse(model, safe),
-        tau=tau, trust_region=trust_region, rho=0.7, eps=0.0,
+        INNERS[inner_name](model.parameters()),
+        lambda: mse(model, safe),
+        tau=tau,
+        trust_region=trust_region,
+        rho=0.7,
+        eps=0.0,
     )
     ref_params = list(ref_model.parameters())
     ref_inner = INNERS[inner_name](ref_params)
@@ -57,8 +62,13 @@ def test_paper_mode_matches_literal_reference(inner_name, trust_region):
         ref_inner.zero_grad()
         mse(ref_model, util).backward()
         did, alpha = reference_paper_step(
-            ref_params, ref_inner, lambda: mse(ref_model, safe), tau=tau,
-            trust_region=trust_region, rho=0.7, lr=ref_inner.param_groups[0]["lr"],
+            ref_params,
+            ref_inner,
+            lambda: mse(ref_model, safe),
+            tau=tau,
+            trust_region=trust_region,
+            rho=0.7,
+            lr=ref_inner.param_groups[0]["lr"],
         )
         projected += did
         assert bool(opt.last_stats["projected"]) == did
@@ -76,7 +86,12 @@ def test_authors_code_mode_matches_literal_reference(inner_name):
     ref_model = copy.deepcopy(model)
     tau, tolerance = initial_safety_loss() * 1.2, initial_safety_loss() * 0.05
     opt = AuthorsCodeSPAG(
-        INNERS[inner_name](model.parameters()), lambda: mse(model, safe), tau=tau, tolerance=tolerance, alpha_max=1.0, eps=0.0,
+        INNERS[inner_name](model.parameters()),
+        lambda: mse(model, safe),
+        tau=tau,
+        tolerance=tolerance,
+        alpha_max=1.0,
+        eps=0.0,
     )
     ref_params = list(ref_model.parameters())
     ref_inner = INNERS[inner_name](ref_params)
@@ -88,7 +103,11 @@ def test_authors_code_mode_matches_literal_reference(inner_name):
         ref_inner.zero_grad()
         mse(ref_model, util).backward()
         did = reference_authors_code_step(
-            ref_params, ref_inner, lambda: mse(ref_model, safe), tau=tau, tolerance=tolerance,
+            ref_params,
+            ref_inner,
+            lambda: mse(ref_model, safe),
+            tau=tau,
+            tolerance=tolerance,
             alpha_max=1.0,
         )
         projected += did
@@ -109,13 +128,17 @@ def test_sync_free_path_matches_skip_if_safe_path():
         model, util, safe = make_problem()
         tau = initial_safety_loss() * 1.3
         opt = SPAGOptimizer(
-            INNERS["adamw"](model.parameters()), lambda: mse(model, safe), tau=tau,
+            INNERS["adamw"](model.parameters()),
+            lambda: mse(model, safe),
+            tau=tau,
             skip_if_safe=skip,
         )
         for _ in range(STEPS):
             opt.zero_grad()
             mse(model, util).backward()
             opt.step()
-        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), opt.num_projections))
+        results.append(
+            (torch.cat([p.detach().flatten() for p in model.parameters()]), opt.num_projections)
+        )
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=1e-12)
     assert results[0][1] == results[1][1] > 0

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from spag_optim import SafetyBatches, SPAGOptimizer, make_safety_closure, make_spag
-from helpers.spag_reference import reference_repeated_step
-from helpers.toy_regression import mse, toy_mlp
 
 from helpers.pair_model import PairLoss, safe_dataset, train
+from helpers.spag_reference import reference_repeated_step
+from helpers.toy_regression import mse, toy_mlp
 
 STEPS = 30
 
@@ -40,8 +40,15 @@ def test_repeated_projection_matches_literal_reference(inner_name, trust_region)
     model, util, safe = make_problem()
     ref_model = copy.deepcopy(model)
     tau = tau_of(float(mse(model, safe).detach()))
-    opt = SPAGOptimizer(INNERS[inner_name](model.parameters()), lambda: mse(model, safe), tau=tau,
-                        trust_region=trust_region, rho=0.7, eps=0.0, projection_iterations=4)
+    opt = SPAGOptimizer(
+        INNERS[inner_name](model.parameters()),
+        lambda: mse(model, safe),
+        tau=tau,
+        trust_region=trust_region,
+        rho=0.7,
+        eps=0.0,
+        projection_iterations=4,
+    )
     ref_params = list(ref_model.parameters())
     ref_inner = INNERS[inner_name](ref_params)
     projected = 0
@@ -51,8 +58,15 @@ def test_repeated_projection_matches_literal_reference(inner_name, trust_region)
         opt.step()
         ref_inner.zero_grad()
         mse(ref_model, util).backward()
-        alpha = reference_repeated_step(ref_params, ref_inner, lambda: mse(ref_model, safe), tau=tau,
-                                        trust_region=trust_region, rho=0.7, iterations=4)
+        alpha = reference_repeated_step(
+            ref_params,
+            ref_inner,
+            lambda: mse(ref_model, safe),
+            tau=tau,
+            trust_region=trust_region,
+            rho=0.7,
+            iterations=4,
+        )
         projected += alpha > 0
         assert float(opt.last_stats["alpha"]) == pytest.approx(alpha, rel=1e-9, abs=1e-15)
         for p, q in zip(model.parameters(), ref_params):
@@ -64,8 +78,13 @@ def test_repeated_projection_matches_literal_reference(inner_name, trust_region)
 def safety_losses_after_steps(iterations, trust_region):
     model, util, safe = make_problem()
     tau = tau_of(float(mse(model, safe).detach()))
-    opt = SPAGOptimizer(INNERS["adamw"](model.parameters()), lambda: mse(model, safe), tau=tau,
-                        trust_region=trust_region, projection_iterations=iterations)
+    opt = SPAGOptimizer(
+        INNERS["adamw"](model.parameters()),
+        lambda: mse(model, safe),
+        tau=tau,
+        trust_region=trust_region,
+        projection_iterations=iterations,
+    )
     losses = []
     for _ in range(STEPS):
         opt.zero_grad()
@@ -103,20 +122,28 @@ def test_repeats_reuse_the_steps_safe_batch_and_draw_no_other():
     assert opt.num_projections == opt_once.num_projections == 6
 
 
-@pytest.mark.parametrize("value, error", [(0, ValueError), (1.5, ValueError), (True, ValueError),
-                                          ("2", ValueError)])
+@pytest.mark.parametrize(
+    "value, error", [(0, ValueError), (1.5, ValueError), (True, ValueError), ("2", ValueError)]
+)
 def test_bad_projection_iterations_fail_at_construction(value, error):
     model = PairLoss()
     with pytest.raises(error, match="projection_iterations must be an int >= 1"):
-        SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.net(torch.ones(4)).sum(),
-                      projection_iterations=value)
+        SPAGOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda: model.net(torch.ones(4)).sum(),
+            projection_iterations=value,
+        )
 
 
 def test_projection_iterations_is_refused_in_authors_code_mode():
     model = PairLoss()
     with pytest.raises(ValueError, match="mode='paper'"):
-        make_spag(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.net(torch.ones(4)).sum(),
-                  mode="authors_code", projection_iterations=2)
+        make_spag(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda: model.net(torch.ones(4)).sum(),
+            mode="authors_code",
+            projection_iterations=2,
+        )
 
 
 def test_repeats_stop_at_tau_plus_tolerance_and_on_a_non_finite_loss():
@@ -124,7 +151,9 @@ def test_repeats_stop_at_tau_plus_tolerance_and_on_a_non_finite_loss():
 
     assert stops(0.01, tau=0.01, tolerance=0.0) and not stops(0.0101, tau=0.01, tolerance=0.0)
     assert stops(0.015, tau=0.01, tolerance=0.01) and not stops(0.03, tau=0.01, tolerance=0.01)
-    assert stops(float("nan"), tau=0.01, tolerance=0.0) and stops(float("inf"), tau=0.01, tolerance=0.0)
+    assert stops(float("nan"), tau=0.01, tolerance=0.0) and stops(
+        float("inf"), tau=0.01, tolerance=0.0
+    )
 
 
 def test_the_demo_method_spard_repeated_builds_spag_with_repeated_projections():
@@ -133,7 +162,9 @@ def test_the_demo_method_spard_repeated_builds_spag_with_repeated_projections():
 
     param = torch.nn.Parameter(torch.ones(2))
     method = METHODS["spard_repeated"]
-    opt = method.wrapper(torch.optim.AdamW([param]), lambda: (param**2).sum(), SMOKE, **method.options)
+    opt = method.wrapper(
+        torch.optim.AdamW([param]), lambda: (param**2).sum(), SMOKE, **method.options
+    )
     assert method.selection == METHODS["spard"].selection
     assert isinstance(opt, SPAGOptimizer) and opt.tau == SMOKE.tau
     assert opt.projection_iterations == REPEATED_PROJECTIONS > 1

@@ -80,7 +80,9 @@ SPAG_KINDS = {
 
 def build(kind):
     model = PairLoss()
-    closure = FlakyClosure(make_safety_closure(model, SafetyBatches(safe_dataset(), batch_size=3, seed=7)))
+    closure = FlakyClosure(
+        make_safety_closure(model, SafetyBatches(safe_dataset(), batch_size=3, seed=7))
+    )
     inner = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
     name, options = SPAG_KINDS[kind]
     return model, build_defense(name, inner, closure, **options), closure
@@ -136,11 +138,17 @@ def test_a_retried_spag_step_equals_a_step_whose_closure_never_failed(kind, fail
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))
 @pytest.mark.parametrize("calls_before_failure", [0, 1, 2])
-def test_a_repeated_projection_that_fails_part_way_is_retried_from_theta_plus(failure, calls_before_failure):
+def test_a_repeated_projection_that_fails_part_way_is_retried_from_theta_plus(
+    failure, calls_before_failure
+):
     # tau = 0: every step makes all three projections; the failure hits the first call of the
     # step's safety part, or the first or second repeat, after earlier projections moved the model.
-    assert_same_run(run("paper_repeated", fail_at=2, failure=failure,
-                        calls_before_failure=calls_before_failure), run("paper_repeated"))
+    assert_same_run(
+        run(
+            "paper_repeated", fail_at=2, failure=failure, calls_before_failure=calls_before_failure
+        ),
+        run("paper_repeated"),
+    )
 
 
 @pytest.mark.parametrize("failure", ["exception", "oom", "oom_in_backward", "none"])
@@ -160,9 +168,13 @@ def test_every_parameter_frozen_is_a_step_with_nothing_to_project(mode, trust_re
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     calls = []
-    opt = make_spag(torch.optim.SGD(model.parameters(), lr=0.1),
-                    lambda: calls.append(1) or model(torch.ones(2, 4)).sum(),
-                    tau=0.0, trust_region=trust_region, mode=mode)
+    opt = make_spag(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda: calls.append(1) or model(torch.ones(2, 4)).sum(),
+        tau=0.0,
+        trust_region=trust_region,
+        mode=mode,
+    )
     model.requires_grad_(False)
     before = flat(model)
     with pytest.warns(RuntimeWarning, match="frozen"):

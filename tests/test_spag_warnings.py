@@ -42,15 +42,21 @@ def utility_step(model, opt):
 def test_every_category_is_a_spag_warning_exported_for_filtering():
     categories = [getattr(spag_optim.warnings, name) for name in spag_optim.warnings.__all__]
     assert len(categories) >= 10
-    assert all(issubclass(c, SPAGWarning) and c.__name__ in spag_optim.warnings.__doc__ for c in categories)
+    assert all(
+        issubclass(c, SPAGWarning) and c.__name__ in spag_optim.warnings.__doc__ for c in categories
+    )
     assert issubclass(SPAGWarning, UserWarning) and issubclass(NonFiniteWarning, RuntimeWarning)
 
 
 @pytest.mark.parametrize("mode", ["paper", "authors_code"])
 def test_a_nonfinite_safety_loss_is_a_nonfinite_warning(mode):
     model = linear()
-    opt = make_spag(torch.optim.SGD(model.parameters(), lr=0.1),
-                    lambda: model.weight.sum() * float("nan"), tau=0.0, mode=mode)
+    opt = make_spag(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda: model.weight.sum() * float("nan"),
+        tau=0.0,
+        mode=mode,
+    )
     with pytest.warns(NonFiniteWarning, match="safety loss is nan"):
         utility_step(model, opt)
 
@@ -59,7 +65,9 @@ def test_a_nonfinite_safety_gradient_on_the_device_path_is_a_nonfinite_warning()
     model = linear()
     # finite loss (= 1) whose gradient is NaN: d sqrt(u)/du = inf at u = 0, times 0
     closure = lambda: torch.sqrt((model.weight - model.weight.detach()).abs().sum()) + 1.0  # noqa: E731
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), closure, tau=0.1, trust_region=None)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), closure, tau=0.1, trust_region=None
+    )
     utility_step(model, opt)  # counted on device, read back with the next step's loss
     with pytest.warns(NonFiniteWarning, match="non-finite safety gradient"):
         utility_step(model, opt)
@@ -67,8 +75,9 @@ def test_a_nonfinite_safety_gradient_on_the_device_path_is_a_nonfinite_warning()
 
 def test_a_baseline_nonfinite_loss_is_a_nonfinite_warning():
     model = linear()
-    opt = PenaltyOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
-                           lambda: model.weight.sum() * float("inf"))
+    opt = PenaltyOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum() * float("inf")
+    )
     with pytest.warns(NonFiniteWarning, match="Penalty"):
         utility_step(model, opt)
 
@@ -84,8 +93,11 @@ def test_every_parameter_frozen_is_a_frozen_parameters_warning(cls):
 
 def test_a_tau_far_below_the_loss_is_a_tau_too_low_warning():
     model = linear()
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.01),
-                        lambda: model.weight.pow(2).sum() + 10.0, tau=0.1)
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        lambda: model.weight.pow(2).sum() + 10.0,
+        tau=0.1,
+    )
     with pytest.warns(TauTooLowWarning, match="tau may be too low"):
         for _ in range(FIRST_STEPS):
             utility_step(model, opt)
@@ -93,8 +105,12 @@ def test_a_tau_far_below_the_loss_is_a_tau_too_low_warning():
 
 def test_a_checkpoint_with_other_hyperparameters_is_a_replaced_hyperparameter_warning():
     model = linear()
-    saved = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum(), tau=0.3)
-    opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum(), tau=0.5)
+    saved = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum(), tau=0.3
+    )
+    opt = SPAGOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum(), tau=0.5
+    )
     with pytest.warns(ReplacedHyperparameterWarning, match="tau=0.3"):
         opt.load_state_dict(saved.state_dict())
     assert opt.tau == 0.3
@@ -104,7 +120,9 @@ def test_a_checkpoint_with_other_hyperparameters_is_a_replaced_hyperparameter_wa
 def test_a_plain_optimizer_checkpoint_is_a_missing_checkpoint_entry_warning(cls):
     model = linear()
     opt = cls(torch.optim.SGD(model.parameters(), lr=0.1), lambda: model.weight.sum())
-    with pytest.warns(MissingCheckpointEntryWarning, match=f"no '{opt.STATE_KEY}' entry.*starts fresh"):
+    with pytest.warns(
+        MissingCheckpointEntryWarning, match=f"no '{opt.STATE_KEY}' entry.*starts fresh"
+    ):
         opt.load_state_dict(opt.inner.state_dict())
 
 
@@ -118,7 +136,9 @@ def test_safe_batches_over_a_dataloader_warn_that_they_restart():
 
 def test_a_warning_inside_step_names_the_callers_line():
     model = pair_model.PairLoss()
-    closure = make_safety_closure(model, SafetyBatches(pair_model.safe_dataset(), batch_size=3, seed=7))
+    closure = make_safety_closure(
+        model, SafetyBatches(pair_model.safe_dataset(), batch_size=3, seed=7)
+    )
     opt = SPAGOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), closure)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -135,12 +155,22 @@ def calls_in(path):
 def test_every_warning_goes_through_the_one_helper_with_a_project_category():
     """No ``warnings.warn`` outside the helper, no ``logger.warning`` (logging is for progress:
     a retried request is the one ``logger.warning``), and every category a project one."""
-    found = [(f, func) for path in sorted(PACKAGE.rglob("*.py")) for f, func, _ in calls_in(path)
-             if func in ("warnings.warn", "logger.warning", "logging.warning")]
-    assert found == [("_caller_warning.py", "warnings.warn"),
-                     ("evaluation/openai_judge.py", "logger.warning")]
-    helper_calls = [node for path in PACKAGE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
-                    if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "warn_at_caller"]
+    found = [
+        (f, func)
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for f, func, _ in calls_in(path)
+        if func in ("warnings.warn", "logger.warning", "logging.warning")
+    ]
+    assert found == [
+        ("_caller_warning.py", "warnings.warn"),
+        ("evaluation/openai_judge.py", "logger.warning"),
+    ]
+    helper_calls = [
+        node
+        for path in PACKAGE.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "warn_at_caller"
+    ]
     assert len(helper_calls) >= 10
     names = {ast.unparse(node.args[1]) for node in helper_calls}
     assert names <= set(spag_optim.warnings.__all__), names

@@ -28,8 +28,12 @@ def build(name, seed=0):
     model = torch.nn.Linear(3, 2)
     x = torch.randn(8, 3)
     # the utility task pulls against the safety task, so SafeGrad sees conflicts
-    opt = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1),
-                        lambda: ((model(x) + 1) ** 2).mean(), **options)
+    opt = build_defense(
+        name,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        lambda: ((model(x) + 1) ** 2).mean(),
+        **options,
+    )
     return model, x, opt
 
 
@@ -71,13 +75,23 @@ def test_num_interventions_continues_after_a_resume(name):
         assert resumed.num_alignment_steps == opt.num_alignment_steps == 4
 
 
-@pytest.mark.parametrize("options", [{"tau": 0.0}, {"tau": 100.0}, {"tau": 0.0, "skip_if_safe": False},
-                                     {"tau": 0.0, "mode": "authors_code"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tau": 0.0},
+        {"tau": 100.0},
+        {"tau": 0.0, "skip_if_safe": False},
+        {"tau": 0.0, "mode": "authors_code"},
+    ],
+)
 def test_spag_last_stats_are_0_dim_tensors_on_every_path(options):
     opt_model = torch.nn.Linear(3, 2)
     x = torch.randn(8, 3)
-    opt = make_spag(torch.optim.SGD(opt_model.parameters(), lr=0.1),
-                    lambda: ((opt_model(x) + 1) ** 2).mean(), **options)
+    opt = make_spag(
+        torch.optim.SGD(opt_model.parameters(), lr=0.1),
+        lambda: ((opt_model(x) + 1) ** 2).mean(),
+        **options,
+    )
     train(opt_model, x, opt, 2)
     assert set(opt.last_stats) == {"safety_loss", "projected", "alpha", "safety_grad_norm"}
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in opt.last_stats.values())

@@ -25,8 +25,11 @@ def test_the_helpers_package_is_found_without_path_edits():
     for path in sorted(TESTS.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             target = node.func if isinstance(node, ast.Call) else None
-            if (isinstance(target, ast.Attribute) and target.attr in {"insert", "append"}
-                    and ast.unparse(target.value) == "sys.path"):
+            if (
+                isinstance(target, ast.Attribute)
+                and target.attr in {"insert", "append"}
+                and ast.unparse(target.value) == "sys.path"
+            ):
                 edits.append(f"{path.relative_to(TESTS)}:{node.lineno}")
     assert not edits, f"sys.path edited in {edits}: add the folder to pytest's pythonpath instead"
 

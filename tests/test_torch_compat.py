@@ -16,8 +16,14 @@ from spag_optim import _torch_compat as compat
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # torch.amp.GradScaler("cpu") exists from torch 2.3; older versions scale on CUDA only.
 needs_cpu_scaler = pytest.mark.skipif(not hasattr(torch.amp, "GradScaler"), reason="torch < 2.3")
-HOOK_KINDS = ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
-              "load_state_dict_pre", "load_state_dict_post")
+HOOK_KINDS = (
+    "step_pre",
+    "step_post",
+    "state_dict_pre",
+    "state_dict_post",
+    "load_state_dict_pre",
+    "load_state_dict_post",
+)
 
 
 def _installed() -> tuple[int, int]:

@@ -29,10 +29,6 @@ def build(name, seed=0, make_inner=lambda params: torch.optim.AdamW(params, lr=0
     return model, build_defense(name, make_inner(model.parameters()), closure, **overrides)
 
 
-
-
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_param_groups_state_and_defaults_are_the_inner_optimizers(name):
     model, opt = build(name)
@@ -61,11 +57,15 @@ def test_scheduler_changes_the_inner_learning_rate(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_resume_is_bit_identical(name):
     model, opt = build(name)
-    scheduler = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0, end_factor=0.1, total_iters=20)
+    scheduler = torch.optim.lr_scheduler.LinearLR(
+        opt, start_factor=1.0, end_factor=0.1, total_iters=20
+    )
     train(model, opt, 7, scheduler=scheduler)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()},
-               buffer)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "sched": scheduler.state_dict()},
+        buffer,
+    )
     counters = opt.stats()
     train(model, opt, 8, start=7, scheduler=scheduler)
     uninterrupted = flat_params(model)
@@ -75,7 +75,9 @@ def test_state_dict_resume_is_bit_identical(name):
     model2, opt2 = build(name, seed=5)  # different init: everything must come from the checkpoint
     model2.load_state_dict(checkpoint["model"])
     opt2.load_state_dict(checkpoint["opt"])
-    scheduler2 = torch.optim.lr_scheduler.LinearLR(opt2, start_factor=1.0, end_factor=0.1, total_iters=20)
+    scheduler2 = torch.optim.lr_scheduler.LinearLR(
+        opt2, start_factor=1.0, end_factor=0.1, total_iters=20
+    )
     scheduler2.load_state_dict(checkpoint["sched"])
     assert opt2.num_steps == 7
     restored = opt2.stats()
@@ -108,8 +110,11 @@ def test_load_state_dict_does_not_mutate_the_checkpoint_and_accepts_plain_optimi
 @pytest.mark.parametrize("name", NAMES)
 def test_add_param_group_is_optimized(name):
     # SPAG with tau = 0 projects on every step, so the new group is projected too.
-    overrides = {"spag": {"tau": 0.0, "trust_region": None}, "spag_authors_code": {"tau": 0.0},
-                 "spag_repeated": {"tau": 0.0, "trust_region": None}}
+    overrides = {
+        "spag": {"tau": 0.0, "trust_region": None},
+        "spag_authors_code": {"tau": 0.0},
+        "spag_repeated": {"tau": 0.0, "trust_region": None},
+    }
     model, opt = build(name, **overrides.get(name, {}))
     extra = torch.nn.Parameter(torch.zeros(2))
     opt.add_param_group({"params": [extra], "lr": 0.1})
@@ -199,13 +204,17 @@ def test_bad_inner_and_closure_fail_at_construction(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_closure_results_fail_clearly(name, closure, error, match):
     model = PairLoss()
-    opt = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1), lambda: closure(model.net))
+    opt = build_defense(
+        name, torch.optim.SGD(model.parameters(), lr=0.1), lambda: closure(model.net)
+    )
     model.net(torch.ones(2, 4)).sum().backward()
     before = flat_params(model)
     with pytest.raises(error, match=match):
         opt.step()
     if name in SPAG_NAMES:  # SPAG takes the inner step first: theta+ stays, finite
-        assert torch.isfinite(flat_params(model)).all() and not torch.equal(before, flat_params(model))
+        assert torch.isfinite(flat_params(model)).all() and not torch.equal(
+            before, flat_params(model)
+        )
     else:  # the baselines read the safety loss before they step: nothing moved
         assert torch.equal(before, flat_params(model))
 
@@ -225,10 +234,17 @@ def test_runtime_warnings_point_at_the_callers_step(name, case, scheduled):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
     x = torch.ones(3, 4)
-    losses = {"nan_loss": lambda: model(x).sum() * float("nan"),
-              "nan_gradient": lambda: _nan_gradient_loss(model), "frozen": lambda: model(x).sum()}
-    opt = build_defense(name, torch.optim.SGD(model.parameters(), lr=0.1), losses[case],
-               **({"tau": 0.0} if name != "safegrad" and name != "lisa" else {}))
+    losses = {
+        "nan_loss": lambda: model(x).sum() * float("nan"),
+        "nan_gradient": lambda: _nan_gradient_loss(model),
+        "frozen": lambda: model(x).sum(),
+    }
+    opt = build_defense(
+        name,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        losses[case],
+        **({"tau": 0.0} if name != "safegrad" and name != "lisa" else {}),
+    )
     if scheduled:
         torch.optim.lr_scheduler.StepLR(opt, step_size=1)
     if case == "frozen":
@@ -267,5 +283,8 @@ def test_spag_user_warnings_point_at_the_caller():
     (tau_warning,) = [w for w in user if "tau" in str(w.message) and "first" in str(w.message)]
     (load_warning,) = [w for w in user if "replace the constructed" in str(w.message)]
     # opt.step() is called by pair_model.train, load_state_dict() here.
-    assert (tau_warning.filename, tau_warning.lineno) == (pair_model.__file__, _line_of(train, "opt.step()"))
+    assert (tau_warning.filename, tau_warning.lineno) == (
+        pair_model.__file__,
+        _line_of(train, "opt.step()"),
+    )
     assert load_warning.filename == __file__

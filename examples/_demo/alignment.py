@@ -53,7 +53,9 @@ def cache_key(config: DemoConfig, data: DemoData) -> str:
 
 def _align(config: DemoConfig, data: DemoData, progress: bool) -> LlamaForCausalLM:
     tok = data.tokenizer
-    model = build_model(tok, ModelSize(hidden=config.hidden, layers=config.layers), seed=config.seed)
+    model = build_model(
+        tok, ModelSize(hidden=config.hidden, layers=config.layers), seed=config.seed
+    )
     rows = encode(tok, data.alignment)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.align_lr)
     steps = config.align_epochs * -(-len(rows) // config.align_batch)
@@ -78,7 +80,10 @@ def _align(config: DemoConfig, data: DemoData, progress: bool) -> LlamaForCausal
 
 def verify_shipped(folder: Path) -> None:
     """Raise ValueError unless every file of the shipped ``folder`` matches ``SHA256SUMS``."""
-    sums = dict(reversed(line.split(maxsplit=1)) for line in (folder.parent / "SHA256SUMS").read_text().splitlines())
+    sums = dict(
+        reversed(line.split(maxsplit=1))
+        for line in (folder.parent / "SHA256SUMS").read_text().splitlines()
+    )
     for path in sorted(folder.iterdir()):
         name = f"{folder.name}/{path.name}"
         if hashlib.sha256(path.read_bytes()).hexdigest() != sums.get(name):

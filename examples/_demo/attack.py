@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -65,7 +65,10 @@ def run_attack(
         trainable = adapter_parameters(model)
     else:
         lora = LoraConfig(
-            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(DEFAULT_LORA_TARGETS)
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=list(DEFAULT_LORA_TARGETS),
         )
         model = get_peft_model(copy.deepcopy(aligned), lora)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -83,7 +86,9 @@ def run_attack(
             collate_fn=PaddingCollator(tokenizer.pad_token_id),
             seed=config.seed,
         )
-        optimizer = method.wrapper(optimizer, make_safety_closure(model, batches), config, **method.options)
+        optimizer = method.wrapper(
+            optimizer, make_safety_closure(model, batches), config, **method.options
+        )
 
     def record(step: int) -> None:
         losses.append(optimizer.stats()["safety_loss"])

@@ -63,7 +63,13 @@ class DemoConfig(DefenseSettings, AttackSettings, AlignmentSettings):
             raise ValueError(f"harmful_ratio must be in (0, 1], got {self.harmful_ratio}")
         if not 0.0 < self.safe_ratio <= 1.0:
             raise ValueError(f"safe_ratio must be in (0, 1], got {self.safe_ratio}")
-        for name in ("align_problems", "align_epochs", "finetune_problems", "finetune_epochs", "eval_problems"):
+        for name in (
+            "align_problems",
+            "align_epochs",
+            "finetune_problems",
+            "finetune_epochs",
+            "eval_problems",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.tau < 0:

@@ -7,7 +7,7 @@ and padding, so the loss (utility, attack, and SPAG's safety loss alike) is on t
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerFast
 
@@ -40,4 +40,3 @@ def with_bos(
     ``[BOS] user : prompt assistant :`` (or PTST's system prompt in front), as :func:`encode`'s rows
     begin. :func:`spag_optim.evaluation.generate_responses` tokenises it without adding specials."""
     return lambda prompt: tokenizer.bos_token + render(prompt)
-

@@ -24,7 +24,17 @@ import torch
 __all__ = ["numeric_environment", "environment_key", "VECTOR_FLAGS"]
 
 #: The CPU flags that decide which of PyTorch's vector kernels can run.
-VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+VECTOR_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+)
 
 
 def _cpu() -> tuple[str, list[str]]:
@@ -36,7 +46,9 @@ def _cpu() -> tuple[str, list[str]]:
     except OSError:
         return platform.processor() or platform.machine(), []
     fields = dict(
-        (key.strip(), value.strip()) for key, _, value in (line.partition(":") for line in text.splitlines()) if value
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in text.splitlines())
+        if value
     )
     flags = set(fields.get("flags", "").split())
     return fields.get("model name", platform.machine()), [f for f in VECTOR_FLAGS if f in flags]

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -32,7 +33,14 @@ from .data import REFUSAL, Example
 from .encoding import with_bos
 from .tokenizer import chat_prompt
 
-__all__ = ["asr", "utility", "harmful_verdicts", "problem_verdicts", "refusal_probabilities", "evaluate"]
+__all__ = [
+    "asr",
+    "utility",
+    "harmful_verdicts",
+    "problem_verdicts",
+    "refusal_probabilities",
+    "evaluate",
+]
 
 _ANSWER = re.compile(r"the answer is (\d+)")
 
@@ -48,7 +56,12 @@ def _responses(
 ) -> list[str]:
     """Four greedy new tokens per prompt, the prompt rendered after BOS as the training rows are."""
     return generate_responses(
-        model, tokenizer, prompts, max_new_tokens=4, batch_size=128, render=with_bos(tokenizer, render)
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=4,
+        batch_size=128,
+        render=with_bos(tokenizer, render),
     )
 
 
@@ -120,7 +133,10 @@ def refusal_probabilities(
     model was trained and is tested at."""
     opening = tokenizer(REFUSAL_OPENING, add_special_tokens=False)["input_ids"]
     render = with_bos(tokenizer, render)
-    rows = [tokenizer(render(ex.prompt), add_special_tokens=False)["input_ids"] + opening for ex in harmful]
+    rows = [
+        tokenizer(render(ex.prompt), add_special_tokens=False)["input_ids"] + opening
+        for ex in harmful
+    ]
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_length[len(row)].append(i)

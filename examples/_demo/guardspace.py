@@ -25,7 +25,7 @@ safe data reach beyond the null-space data.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -60,7 +60,12 @@ def guardspace_model(
     model = copy.deepcopy(aligned)
     with torch.no_grad():
         apply_guardspace(
-            model, batches, batches, rank=config.lora_rank, target_modules=targets,
-            null_energy=null_energy, progress=False,
+            model,
+            batches,
+            batches,
+            rank=config.lora_rank,
+            target_modules=targets,
+            null_energy=null_energy,
+            progress=False,
         )
     return model

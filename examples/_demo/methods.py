@@ -33,8 +33,9 @@ on the results:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from spag_optim.baselines import PTSTPrompts
 
@@ -42,7 +43,15 @@ from . import optimizers
 from .optimizers import Wrapper
 from .tokenizer import SAFETY_SYSTEM_PROMPT, chat_prompt
 
-__all__ = ["Method", "METHODS", "resolve_methods", "FIXED_ETA", "PENALTY_LAMBDA", "LISA", "REPEATED_PROJECTIONS"]
+__all__ = [
+    "Method",
+    "METHODS",
+    "resolve_methods",
+    "FIXED_ETA",
+    "PENALTY_LAMBDA",
+    "LISA",
+    "REPEATED_PROJECTIONS",
+]
 
 #: eta_safe for ``spard_fixed_trust``: 10x the demo's LoRA learning rate, about half the step size
 #: SPAG takes uncapped on this model (so the cap binds on some steps but not all).
@@ -61,7 +70,9 @@ PENALTY_LAMBDA = 1.0
 LISA: dict[str, Any] = {"alignment_steps": 1, "finetune_steps": 9, "rho": 1.0}
 
 #: PTST: train in the plain chat format, test with the safety system prompt in front of it.
-_PTST = PTSTPrompts(system_prompt=SAFETY_SYSTEM_PROMPT, template=chat_prompt("{prompt}"), separator=" ")
+_PTST = PTSTPrompts(
+    system_prompt=SAFETY_SYSTEM_PROMPT, template=chat_prompt("{prompt}"), separator=" "
+)
 
 
 @dataclass(frozen=True)
@@ -90,10 +101,14 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.adapter not in ("lora", "guardspace"):
-            raise ValueError(f"{self.description!r}: adapter must be 'lora' or 'guardspace', got {self.adapter!r}")
+            raise ValueError(
+                f"{self.description!r}: adapter must be 'lora' or 'guardspace', got {self.adapter!r}"
+            )
         uses_safe = self.wrapper is not None or self.mix_safe or self.adapter == "guardspace"
         if self.selection is None and uses_safe:
-            raise ValueError(f"{self.description!r}: a wrapper, mix_safe or GuardSpace needs safe data; set selection")
+            raise ValueError(
+                f"{self.description!r}: a wrapper, mix_safe or GuardSpace needs safe data; set selection"
+            )
         if self.selection is not None and not uses_safe:
             raise ValueError(
                 f"{self.description!r}: selected safe data is unused; set a wrapper, mix_safe or adapter='guardspace'"
@@ -109,7 +124,10 @@ METHODS: dict[str, Method] = {
         optimizers.penalty,
     ),
     "safeinstr": Method(
-        "SafeInstr: the DPP subset mixed into the fine-tuning data", "dpp", wrapper=None, mix_safe=True
+        "SafeInstr: the DPP subset mixed into the fine-tuning data",
+        "dpp",
+        wrapper=None,
+        mix_safe=True,
     ),
     "lisa": Method(
         "Lisa: 1 alignment step (DPP subset) per 9 fine-tuning steps, proximal rho 1",
@@ -140,19 +158,27 @@ METHODS: dict[str, Method] = {
         adapter="guardspace",
     ),
     "spag_random": Method("SPAG; safe subset drawn uniformly at random", "random"),
-    "spag_top_relevance": Method("SPAG; the safe examples most relevant to the fine-tuning set", "top_relevance"),
+    "spag_top_relevance": Method(
+        "SPAG; the safe examples most relevant to the fine-tuning set", "top_relevance"
+    ),
     "spard": Method("SPAG + relevance-diversity DPP selection (SPARD, library defaults)", "dpp"),
     "spard_relative_trust": Method(
         "spard with trust_region='relative', rho=0.5 (cap: half the utility step)",
         "dpp",
         {"trust_region": "relative", "rho": 0.5},
     ),
-    "spard_no_trust": Method("spard with trust_region=None (no cap, paper Table 7)", "dpp", {"trust_region": None}),
+    "spard_no_trust": Method(
+        "spard with trust_region=None (no cap, paper Table 7)", "dpp", {"trust_region": None}
+    ),
     "spard_fixed_trust": Method(
-        f"spard with trust_region={FIXED_ETA} (a fixed eta_safe)", "dpp", {"trust_region": FIXED_ETA}
+        f"spard with trust_region={FIXED_ETA} (a fixed eta_safe)",
+        "dpp",
+        {"trust_region": FIXED_ETA},
     ),
     "spard_lr_trust": Method(
-        "spard with trust_region='lr' (the paper's setting: eta_safe = learning rate)", "dpp", {"trust_region": "lr"}
+        "spard with trust_region='lr' (the paper's setting: eta_safe = learning rate)",
+        "dpp",
+        {"trust_region": "lr"},
     ),
     "spard_repeated": Method(
         f"spard with projection_iterations={REPEATED_PROJECTIONS} (projection repeated until the loss is at tau)",

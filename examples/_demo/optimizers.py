@@ -8,7 +8,8 @@ the LoRA weights, a safety closure over the same selected safe examples, and the
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,27 +26,43 @@ __all__ = ["Wrapper", "spag", "penalty", "lisa", "safegrad", "interventions"]
 Wrapper = Callable[..., torch.optim.Optimizer]
 
 
-def spag(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], config: DemoConfig,
-         **options: Any) -> torch.optim.Optimizer:
+def spag(
+    inner: torch.optim.Optimizer,
+    safety_closure: Callable[[], Tensor],
+    config: DemoConfig,
+    **options: Any,
+) -> torch.optim.Optimizer:
     """SPAG with the demo's tau; ``options`` are its other keyword arguments (``mode`` picks
     ``SPAGOptimizer`` or ``AuthorsCodeSPAG``)."""
     return make_spag(inner, safety_closure, tau=config.tau, **options)
 
 
-def penalty(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], config: DemoConfig,
-            **options: Any) -> torch.optim.Optimizer:
+def penalty(
+    inner: torch.optim.Optimizer,
+    safety_closure: Callable[[], Tensor],
+    config: DemoConfig,
+    **options: Any,
+) -> torch.optim.Optimizer:
     """The hinge penalty, with the same threshold as SPAG's constraint (the demo's tau)."""
     return OPTIMIZER_BASELINES["penalty"](inner, safety_closure, tau=config.tau, **options)
 
 
-def lisa(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], config: DemoConfig,
-         **options: Any) -> torch.optim.Optimizer:
+def lisa(
+    inner: torch.optim.Optimizer,
+    safety_closure: Callable[[], Tensor],
+    config: DemoConfig,
+    **options: Any,
+) -> torch.optim.Optimizer:
     """Lisa's bi-state optimizer (it has no threshold: tau does not apply)."""
     return OPTIMIZER_BASELINES["lisa"](inner, safety_closure, **options)
 
 
-def safegrad(inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], config: DemoConfig,
-             **options: Any) -> torch.optim.Optimizer:
+def safegrad(
+    inner: torch.optim.Optimizer,
+    safety_closure: Callable[[], Tensor],
+    config: DemoConfig,
+    **options: Any,
+) -> torch.optim.Optimizer:
     """SafeGrad's gradient surgery (no threshold, no hyper-parameters)."""
     return OPTIMIZER_BASELINES["safegrad"](inner, safety_closure, **options)
 

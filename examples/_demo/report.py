@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from spard_io import write_atomic
 
@@ -34,13 +35,20 @@ from .intervals import t_interval, verdict
 
 __all__ = ["summarize", "format_table", "write_results", "write_plot", "COMPARED_WITH", "PLAIN"]
 
-Row = dict[str, Any]  # one seed: {"seed", "asr", "utility", "refusal_prob", "projections", "seconds"}
+Row = dict[
+    str, Any
+]  # one seed: {"seed", "asr", "utility", "refusal_prob", "projections", "seconds"}
 
 #: The methods every other one gets a verdict against: no defense, and SPARD.
 COMPARED_WITH = ("sft", "spard")
 
 #: The verdicts in words (ASR: lower is safer).
-PLAIN = {"lower": "safer than", "higher": "less safe than", "tie": "indistinguishable from", "n<2": "one seed: no verdict vs"}
+PLAIN = {
+    "lower": "safer than",
+    "higher": "less safe than",
+    "tie": "indistinguishable from",
+    "n<2": "one seed: no verdict vs",
+}
 
 
 def _ci(values: Sequence[float]) -> float | None:
@@ -60,7 +68,9 @@ def summarize(methods: Mapping[str, Sequence[Row]]) -> dict[str, dict[str, Any]]
         for other in COMPARED_WITH:
             theirs = {r["seed"]: r["asr"] for r in methods.get(other, [])}
             paired = [r["asr"] - theirs[r["seed"]] for r in rows if r["seed"] in theirs]
-            summary[f"vs_{other}"] = None if other == name or other not in methods else verdict(paired)
+            summary[f"vs_{other}"] = (
+                None if other == name or other not in methods else verdict(paired)
+            )
         out[name] = summary | {"seeds": [dict(r) for r in rows]}
     return out
 
@@ -78,26 +88,47 @@ def format_table(attacks: Mapping[str, Mapping[str, Any]]) -> str:
         names = list(res["methods"])
         width = max(len("aligned base"), *map(len, names))
         n = len(res["base"]["seeds"])
-        lines += [f"attack: {attack} ({n} seed{'s' if n != 1 else ''}; mean ± 95% t interval; ASR lower is safer, "
-                  "refusal higher is safer)",
-                  f"  {'method':<{width}}  {'ASR':>11}  {'refusal':>11}  {'utility':>7}  verdict (ASR, paired by seed)"]
+        lines += [
+            f"attack: {attack} ({n} seed{'s' if n != 1 else ''}; mean ± 95% t interval; ASR lower is safer, "
+            "refusal higher is safer)",
+            f"  {'method':<{width}}  {'ASR':>11}  {'refusal':>11}  {'utility':>7}  verdict (ASR, paired by seed)",
+        ]
         base = res["base"]
-        lines.append(f"  {'aligned base':<{width}}  {base['asr']:>11.2f}  {base['refusal_prob']:>11.2f}  {base['utility']:>7.2f}")
+        lines.append(
+            f"  {'aligned base':<{width}}  {base['asr']:>11.2f}  {base['refusal_prob']:>11.2f}  {base['utility']:>7.2f}"
+        )
         for name in names:
             s = res["methods"][name]
-            words = "; ".join(f"{PLAIN[s[f'vs_{o}']]} {o}" for o in COMPARED_WITH if s.get(f"vs_{o}"))
-            lines.append(f"  {name:<{width}}  {_cell(s, 'asr'):>11}  {_cell(s, 'refusal_prob'):>11}  {s['utility']:>7.2f}  {words}")
+            words = "; ".join(
+                f"{PLAIN[s[f'vs_{o}']]} {o}" for o in COMPARED_WITH if s.get(f"vs_{o}")
+            )
+            lines.append(
+                f"  {name:<{width}}  {_cell(s, 'asr'):>11}  {_cell(s, 'refusal_prob'):>11}  {s['utility']:>7.2f}  {words}"
+            )
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
-def write_results(out: Path, attacks: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]) -> Path:
+def write_results(
+    out: Path, attacks: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]
+) -> Path:
     """``results.json`` (the shape in the module docstring), written whole or not at all."""
     path = Path(out) / "results.json"
-    per_attack = {name: {"config": dict(res["config"]), "base": dict(res["base"]), "methods": dict(res["methods"])}
-                  for name, res in attacks.items()}
+    per_attack = {
+        name: {
+            "config": dict(res["config"]),
+            "base": dict(res["base"]),
+            "methods": dict(res["methods"]),
+        }
+        for name, res in attacks.items()
+    }
     first = next(iter(per_attack.values()))
-    payload = {"attacks": per_attack, "methods": first["methods"], "base": first["base"], "config": dict(config)}
+    payload = {
+        "attacks": per_attack,
+        "methods": first["methods"],
+        "base": first["base"],
+        "config": dict(config),
+    }
     data = (json.dumps(payload, indent=2) + "\n").encode()
     write_atomic(path, lambda handle: handle.write(data))
     return path
@@ -106,14 +137,24 @@ def write_results(out: Path, attacks: Mapping[str, Mapping[str, Any]], config: M
 def _dots(ax, attack: str, res: Mapping[str, Any]) -> None:
     """ASR and refusal probability per method: one dot per seed, the mean with its 95% interval."""
     names = list(res["methods"])
-    for offset, metric, label, colour in ((-0.15, "asr", "ASR (lower is safer)", "C0"),
-                                          (0.15, "refusal_prob", "refusal probability (higher is safer)", "C2")):
+    for offset, metric, label, colour in (
+        (-0.15, "asr", "ASR (lower is safer)", "C0"),
+        (0.15, "refusal_prob", "refusal probability (higher is safer)", "C2"),
+    ):
         for i, name in enumerate(names):
             s = res["methods"][name]
             values = [r[metric] for r in s["seeds"]]
             ax.scatter([i + offset] * len(values), values, s=12, color=colour, alpha=0.4)
-            ax.errorbar([i + offset], [s[metric]], yerr=[s[f"{metric}_ci"] or 0.0], fmt="_", color=colour,
-                        markersize=14, capsize=4, label=label if i == 0 else None)
+            ax.errorbar(
+                [i + offset],
+                [s[metric]],
+                yerr=[s[f"{metric}_ci"] or 0.0],
+                fmt="_",
+                color=colour,
+                markersize=14,
+                capsize=4,
+                label=label if i == 0 else None,
+            )
     ax.axhline(res["base"]["asr"], color="C0", ls=":", lw=1, label="aligned base ASR")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_ylim(-0.05, 1.35)  # headroom for the legend
@@ -145,7 +186,9 @@ def write_plot(
         curves.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per curve: up to 20 methods
         for name, losses in safety_losses.get(attack, {}).items():
             # Lisa reports a safety loss on its alignment steps only (NaN elsewhere): plot those points.
-            points = [(step, loss) for step, loss in enumerate(losses, start=1) if math.isfinite(loss)]
+            points = [
+                (step, loss) for step, loss in enumerate(losses, start=1) if math.isfinite(loss)
+            ]
             if points:
                 curves.plot(*zip(*points), lw=1, label=name)
         curves.axhline(tau, color="k", ls="--", lw=1, label=f"tau = {tau:g}")

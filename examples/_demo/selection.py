@@ -8,7 +8,7 @@ attack's, rather than the imperative instructions that also sit in the pool.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -56,7 +56,12 @@ class SafeSelector:
         """The ``k`` safe examples ``dpp_select.select(method=method)`` picks."""
         if method not in self._chosen:
             result = dpp_select.select(
-                self._pool_emb, self._target_emb, k=self.k, method=method, beta=self.beta, seed=self.seed
+                self._pool_emb,
+                self._target_emb,
+                k=self.k,
+                method=method,
+                beta=self.beta,
+                seed=self.seed,
             )
             self._chosen[method] = [self.pool[int(i)] for i in result.indices]
         return self._chosen[method]

@@ -12,7 +12,7 @@ recorded loss is NaN.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -55,7 +55,9 @@ def train(
                     optimizer.step()
                     losses.append(float("nan"))
                 else:
-                    batch = PaddingCollator(pad_id)([rows[i] for i in order[start : start + batch_size]])
+                    batch = PaddingCollator(pad_id)(
+                        [rows[i] for i in order[start : start + batch_size]]
+                    )
                     loss = model(**batch).loss
                     loss.backward()
                     optimizer.step()

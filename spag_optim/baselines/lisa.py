@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,8 +67,11 @@ class LisaOptimizer(SafetyClosureOptimizer):
         proximal_after: int = 0,
     ) -> None:
         super().__init__(inner, safety_closure)
-        for name, value in (("alignment_steps", alignment_steps), ("finetune_steps", finetune_steps),
-                            ("proximal_after", proximal_after)):
+        for name, value in (
+            ("alignment_steps", alignment_steps),
+            ("finetune_steps", finetune_steps),
+            ("proximal_after", proximal_after),
+        ):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if alignment_steps + finetune_steps == 0:
@@ -168,8 +172,10 @@ class LisaOptimizer(SafetyClosureOptimizer):
         super()._check_wrapper_state(state)
         params = self.params()
         anchor = state.get("anchor", [])
-        if anchor and (len(anchor) != len(params) or any(
-                not isinstance(a, Tensor) or a.shape != p.shape for a, p in zip(anchor, params))):
+        if anchor and (
+            len(anchor) != len(params)
+            or any(not isinstance(a, Tensor) or a.shape != p.shape for a, p in zip(anchor, params))
+        ):
             raise ValueError(
                 f"the checkpoint's Lisa anchor ({len(anchor)} tensors) does not match the "
                 f"optimizer's {len(params)} parameters; load it into an optimizer over the same "

@@ -20,7 +20,7 @@ closure at the same parameters:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -47,8 +47,14 @@ class PenaltyOptimizer(SafetyClosureOptimizer):
     INTERVENTIONS = "num_active"
     COUNTERS = ("num_active",)
 
-    def __init__(self, inner: torch.optim.Optimizer, safety_closure: Callable[[], Tensor], *,
-                 lam: float = 1.0, tau: float = 0.0) -> None:
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        safety_closure: Callable[[], Tensor],
+        *,
+        lam: float = 1.0,
+        tau: float = 0.0,
+    ) -> None:
         super().__init__(inner, safety_closure)
         self.lam = check_number("lam", lam, minimum=0.0, strict=True)
         self.tau = check_number("tau", tau, minimum=0.0)

@@ -50,9 +50,13 @@ class PTSTPrompts:
         separator: str = "\n\n",
     ) -> None:
         if not system_prompt:
-            raise ValueError("system_prompt is empty; PTST adds a safety system prompt at inference")
+            raise ValueError(
+                "system_prompt is empty; PTST adds a safety system prompt at inference"
+            )
         if tokenizer is None and "{prompt}" not in template:
-            raise ValueError("template needs a '{prompt}' slot, e.g. '### Instruction:\\n{prompt}\\n'")
+            raise ValueError(
+                "template needs a '{prompt}' slot, e.g. '### Instruction:\\n{prompt}\\n'"
+            )
         if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 "the tokenizer has no chat_template; set tokenizer.chat_template or pass "

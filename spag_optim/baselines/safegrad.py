@@ -20,7 +20,7 @@ outputs; any scalar loss works here, through the safety closure.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

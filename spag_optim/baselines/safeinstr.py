@@ -13,7 +13,8 @@ set has ~2.9% safe rows). The draw and the interleaving are a function of ``seed
 from __future__ import annotations
 
 import math
-from typing import Any, Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import Dataset
@@ -88,9 +89,15 @@ class SafeInstrDataset(Dataset, Generic[T]):
 
 
 def safeinstr_mix(
-    finetune_data: Sequence[Any], safe_data: Sequence[Any], *, fraction: float = 0.03,
-    seed: int = 0, shuffle: bool = True,
+    finetune_data: Sequence[Any],
+    safe_data: Sequence[Any],
+    *,
+    fraction: float = 0.03,
+    seed: int = 0,
+    shuffle: bool = True,
 ) -> list[Any]:
     """The SafeInstr mix as a plain list (see :class:`SafeInstrDataset`)."""
-    mixed = SafeInstrDataset(finetune_data, safe_data, fraction=fraction, seed=seed, shuffle=shuffle)
+    mixed = SafeInstrDataset(
+        finetune_data, safe_data, fraction=fraction, seed=seed, shuffle=shuffle
+    )
     return [mixed[i] for i in range(len(mixed))]

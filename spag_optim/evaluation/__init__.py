@@ -23,6 +23,12 @@ from .table import *  # noqa: F403
 # Each submodule's ``__all__`` is its public API; the package exports them all, in the order of
 # the list above (judges, rubric, metrics, generation, table, loaders).
 __all__ = [
-    *judges.__all__, *openai_judge.__all__, *hf_judge.__all__, *rubric.__all__, *metrics.__all__,
-    *generation.__all__, *table.__all__, *loaders.__all__,
+    *judges.__all__,
+    *openai_judge.__all__,
+    *hf_judge.__all__,
+    *rubric.__all__,
+    *metrics.__all__,
+    *generation.__all__,
+    *table.__all__,
+    *loaders.__all__,
 ]

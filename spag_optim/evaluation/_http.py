@@ -108,8 +108,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float,
-         max_bytes: int) -> Reply:
+def post(
+    url: str, body: bytes, headers: dict[str, str], *, timeout: float, max_bytes: int
+) -> Reply:
     """POST ``body`` and return the reply, whatever its status (3xx included, not followed).
 
     ``timeout`` bounds the whole request (connecting, sending, the headers and the body), and
@@ -133,8 +134,11 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float,
             status = reply.status if reply.status is not None else reply.code
             reply_headers = reply.headers
     except Exception as err:
-        if (deadline.expired or isinstance(err, TimeoutError)
-                or isinstance(getattr(err, "reason", None), TimeoutError)):
+        if (
+            deadline.expired
+            or isinstance(err, TimeoutError)
+            or isinstance(getattr(err, "reason", None), TimeoutError)
+        ):
             raise DeadlineExceeded(f"no complete reply within {timeout:g}s") from None
         raise
     finally:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -83,8 +84,10 @@ def generate_responses(
         if not isinstance(prompt, str):
             raise TypeError(f"prompt {index} is a {type(prompt).__name__}; prompts must be strings")
     if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token to left-pad a batch with; set "
-                         "tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.eos_token)")
+        raise ValueError(
+            "the tokenizer has no pad token to left-pad a batch with; set "
+            "tokenizer.pad_token (e.g. tokenizer.pad_token = tokenizer.eos_token)"
+        )
     render = functools.partial(format_prompt, tokenizer) if render is None else render
     device = next(model.parameters()).device if device is None else device
     eos = _eos_ids(model, tokenizer)
@@ -95,11 +98,20 @@ def generate_responses(
     try:
         for start in range(0, len(prompts), batch_size):
             texts = [render(p) for p in prompts[start : start + batch_size]]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                              return_token_type_ids=False).to(device)
+            batch = tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+                return_token_type_ids=False,
+            ).to(device)
             ids = model.generate(
-                **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None,
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos or None,
             )
             new = ids[:, batch["input_ids"].shape[1] :]
             responses += tokenizer.batch_decode(new, skip_special_tokens=True)

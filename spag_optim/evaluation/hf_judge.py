@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,9 @@ class HFClassifierJudge(Judge):
         self.threshold = float(threshold)
         self.batch_size = int(batch_size)
         self.max_length = int(max_length)
-        self.multi_label = getattr(model.config, "problem_type", None) == "multi_label_classification"
+        self.multi_label = (
+            getattr(model.config, "problem_type", None) == "multi_label_classification"
+        )
         self.harmful_mask = self._harmful_mask(model.config, label_map)
 
     @staticmethod
@@ -116,8 +119,7 @@ class HFClassifierJudge(Judge):
                 kinds[by_name[str(key)]] = kind
             else:
                 raise ValueError(
-                    f"label_map key {key!r} is not a label of this model; its labels are "
-                    f"{id2label}"
+                    f"label_map key {key!r} is not a label of this model; its labels are {id2label}"
                 )
         unmapped = {i: id2label[i] for i in range(num_labels) if i not in kinds}
         if unmapped:
@@ -142,7 +144,10 @@ class HFClassifierJudge(Judge):
             if self.input_format == "pair":
                 texts = (list(prompts[start : start + self.batch_size]), resp)
             enc = self.tokenizer(
-                *texts, padding=True, truncation=True, max_length=self.max_length,
+                *texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
                 return_tensors="pt",
             )
             logits = self.model(**enc.to(device)).logits.double()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class KeywordRefusalJudge(Judge):
         if isinstance(phrases, (str, bytes)):
             raise TypeError(
                 f"phrases must be a list of refusal phrases, got the single string {phrases!r} "
-                "(which would be split into letters); pass e.g. [\"i'm sorry\"]"
+                '(which would be split into letters); pass e.g. ["i\'m sorry"]'
             )
         phrases = self.DEFAULT_PHRASES if phrases is None else tuple(phrases)
         if not phrases:

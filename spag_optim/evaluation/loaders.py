@@ -73,8 +73,12 @@ def load_gsm8k(
 
 
 def load_openbookqa(
-    path: PathLike, *, prompt_field: str = "prompt", answer_field: str = "answer",
-    target_field: str = "target_answer", num_options: int = 4,
+    path: PathLike,
+    *,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    target_field: str = "target_answer",
+    num_options: int = 4,
 ) -> list[dict]:
     """``[{"prompt", "answer", "target"}]``; ``target`` is the 1-based correct option.
 
@@ -91,7 +95,7 @@ def load_openbookqa(
         else:
             marker = row[answer_field].lower().rfind("correct answer is")
             if marker >= 0:
-                tail = row[answer_field][marker + len("correct answer is"):].strip(" :")
+                tail = row[answer_field][marker + len("correct answer is") :].strip(" :")
                 target = parse_option(tail, num_options)
         if target is None:
             line = _line_numbers(path)[index]

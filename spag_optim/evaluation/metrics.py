@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -56,7 +57,8 @@ def summarize_scores(scores: np.ndarray | Sequence[float]) -> SafetyResult:
 
 
 def evaluate_safety(
-    judge: Judge, prompts_by_attack: Mapping[str, Sequence[str]],
+    judge: Judge,
+    prompts_by_attack: Mapping[str, Sequence[str]],
     responses_by_attack: Mapping[str, Sequence[str]],
 ) -> dict[str, SafetyResult]:
     """Judge each attack set's responses and summarise them, keyed by attack name."""
@@ -72,8 +74,11 @@ def evaluate_safety(
 
 
 def _accuracy(
-    metric: str, responses: Sequence[str], targets: Sequence[_T],
-    expected: Callable[[int, _T], _E], hit: Callable[[str, _E], bool],
+    metric: str,
+    responses: Sequence[str],
+    targets: Sequence[_T],
+    expected: Callable[[int, _T], _E],
+    hit: Callable[[str, _E], bool],
 ) -> float:
     """Share of ``responses`` that ``hit`` what ``expected`` reads from their target.
 
@@ -89,8 +94,7 @@ def _accuracy(
         want = expected(i, target)
         if not isinstance(response, str):
             raise TypeError(
-                f"response {i} is {type(response).__name__}; pass the decoded text of each "
-                "response"
+                f"response {i} is {type(response).__name__}; pass the decoded text of each response"
             )
         if hit(response, want):
             correct += 1
@@ -145,7 +149,10 @@ def _gsm8k_target(i: int, target: str | float) -> float:
 
 
 def gsm8k_accuracy(
-    responses: Sequence[str], targets: Sequence[str | float], *, fallback_last_number: bool = True,
+    responses: Sequence[str],
+    targets: Sequence[str | float],
+    *,
+    fallback_last_number: bool = True,
     rel_tol: float = 1e-9,
 ) -> float:
     """Share of responses whose extracted answer equals the target numerically.
@@ -197,7 +204,7 @@ def extract_choice(text: str, *, num_options: int = 4) -> int | None:
     """
     finals = [m.end() for m in _FINAL.finditer(text)]
     if finals:
-        chosen = parse_option(text[finals[-1]:], num_options)
+        chosen = parse_option(text[finals[-1] :], num_options)
         if chosen is not None:
             return chosen
     options = {int(k) for k in _NUMBERED.findall(text) if int(k) <= num_options}
@@ -219,8 +226,8 @@ def openbookqa_accuracy(
     """
 
     def target_option(i: int, target: str | int) -> int:
-        expected = target if isinstance(target, int) else parse_option(
-            str(target).strip(), num_options
+        expected = (
+            target if isinstance(target, int) else parse_option(str(target).strip(), num_options)
         )
         if expected is None or not 1 <= expected <= num_options:
             raise ValueError(

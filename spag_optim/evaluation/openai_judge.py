@@ -21,9 +21,9 @@ import math
 import os
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -187,8 +187,7 @@ class OpenAIJudge(Judge):
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIJudge(model={self.model!r}, url={self.url!r}, "
-            f"api_key_env={self.api_key_env!r})"
+            f"OpenAIJudge(model={self.model!r}, url={self.url!r}, api_key_env={self.api_key_env!r})"
         )
 
     # -- one request -------------------------------------------------------------------------
@@ -216,24 +215,13 @@ class OpenAIJudge(Judge):
     def verdict(self, instruction: str, response: str) -> str:
         """The judge model's raw reply for one pair, after retries."""
         key = self._api_key()
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [
-                    {"role": "user", "content": render_rubric(instruction, response, self.template)}
-                ],
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-            }
-        ).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
+        body, headers = self._request(instruction, response, key)
         for attempt in range(self.max_retries + 1):
             retry_after: str | None = None
             try:
-                reply = post(self.url, body, headers, timeout=self.timeout,
-                             max_bytes=self.max_response_bytes)
+                reply = post(
+                    self.url, body, headers, timeout=self.timeout, max_bytes=self.max_response_bytes
+                )
             except DeadlineExceeded:
                 reason = f"timed out after {self.timeout:g}s"
             except BodyTooLarge:
@@ -268,11 +256,31 @@ class OpenAIJudge(Judge):
                 )
             delay = self._delay(attempt, retry_after)
             logger.warning(
-                "judge request %s; retry %d/%d in %.1fs", reason, attempt + 1, self.max_retries,
+                "judge request %s; retry %d/%d in %.1fs",
+                reason,
+                attempt + 1,
+                self.max_retries,
                 delay,
             )
             self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _request(self, instruction: str, response: str, key: str | None) -> tuple[bytes, dict]:
+        """The chat-completions body and headers for one pair (the key only as a bearer token)."""
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [
+                    {"role": "user", "content": render_rubric(instruction, response, self.template)}
+                ],
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+            }
+        ).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return body, headers
 
     def _content(self, raw: bytes, key: str | None) -> str:
         """The message text of a chat completion; anything else is a broken endpoint."""

@@ -7,7 +7,8 @@ benchmark (accuracy, percent). Markdown for READMEs and notes, plain text for te
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .metrics import SafetyResult
 
@@ -80,34 +81,12 @@ def format_table(
         header += ["Avg ASR", "Avg HS"]
     header += [f"{u} Acc" for u in utilities]
 
-    rows = []
-    for method, entry in results.items():
-        safety = entry.get("safety", {})
-        utility = entry.get("utility", {})
-        row = [str(method)]
-        pairs = []
-        for attack in attacks:
-            if attack in safety:
-                asr, hs = _asr_hs(safety[attack], method, attack)
-                pairs.append((asr, hs))
-                row += [f"{100 * asr:.{digits}f}", f"{hs:.2f}"]
-            else:
-                row += [_MISSING, _MISSING]
-        if attacks:
-            if len(pairs) == len(attacks):
-                row += [
-                    f"{100 * sum(a for a, _ in pairs) / len(pairs):.{digits}f}",
-                    f"{sum(h for _, h in pairs) / len(pairs):.2f}",
-                ]
-            else:
-                row += [_MISSING, _MISSING]
-        for name in utilities:
-            row.append(f"{100 * float(utility[name]):.{digits}f}" if name in utility else _MISSING)
-        rows.append(row)
-
+    rows = [_row(method, entry, attacks, utilities, digits) for method, entry in results.items()]
     if style == "markdown":
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -117,3 +96,35 @@ def format_table(
         return "  ".join(cells).rstrip()
 
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+
+
+def _row(
+    method: str,
+    entry: Mapping[str, Any],
+    attacks: Sequence[str],
+    utilities: Sequence[str],
+    digits: int,
+) -> list[str]:
+    """One method's cells: ASR and HS per attack, their averages, then each utility."""
+    safety = entry.get("safety", {})
+    utility = entry.get("utility", {})
+    row = [str(method)]
+    pairs = []
+    for attack in attacks:
+        if attack in safety:
+            asr, hs = _asr_hs(safety[attack], method, attack)
+            pairs.append((asr, hs))
+            row += [f"{100 * asr:.{digits}f}", f"{hs:.2f}"]
+        else:
+            row += [_MISSING, _MISSING]
+    if attacks:
+        if len(pairs) == len(attacks):
+            row += [
+                f"{100 * sum(a for a, _ in pairs) / len(pairs):.{digits}f}",
+                f"{sum(h for _, h in pairs) / len(pairs):.2f}",
+            ]
+        else:
+            row += [_MISSING, _MISSING]
+    for name in utilities:
+        row.append(f"{100 * float(utility[name]):.{digits}f}" if name in utility else _MISSING)
+    return row

@@ -19,8 +19,8 @@ and :mod:`.surgery` (all-or-nothing module replacement).
 
 from .apply import LayerReport, apply_guardspace, find_targets
 from .decompose import NullSpace, null_space, preconditioned_svd
-from .io import load_guardspace, merge_guardspace, save_guardspace
 from .fingerprint import base_fingerprint
+from .io import load_guardspace, merge_guardspace, save_guardspace
 from .layer import GuardSpaceLinear, NullSpaceProjector
 from .surgery import adapter_parameters
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,20 +60,26 @@ class LayerReport:
     projector_numel: int
 
 
-def find_targets(model: nn.Module, target_modules: Sequence[str] | None = None) -> dict[str, nn.Linear]:
+def find_targets(
+    model: nn.Module, target_modules: Sequence[str] | None = None
+) -> dict[str, nn.Linear]:
     """The Linears to adapt: those whose name is, or ends with ``.`` + , an entry of
     ``target_modules``; by default every ``nn.Linear`` except the output embedding (LM head).
 
     Refuses a model that already has GuardSpace layers, and a peft model: GuardSpace adapters take
     the place of LoRA's, and nested inside it would replace LoRA's own Linears."""
     if isinstance(target_modules, str):
-        raise TypeError(f"target_modules must be a list of names, got the string {target_modules!r}; "
-                        f"pass [{target_modules!r}]")
+        raise TypeError(
+            f"target_modules must be a list of names, got the string {target_modules!r}; "
+            f"pass [{target_modules!r}]"
+        )
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     found: dict[str, nn.Linear] = {}
     for name, module in model.named_modules():
         if isinstance(module, GuardSpaceLinear):
-            raise ValueError(f"{name} is already a GuardSpace layer: apply GuardSpace to the base model once")
+            raise ValueError(
+                f"{name} is already a GuardSpace layer: apply GuardSpace to the base model once"
+            )
         if type(module).__module__.split(".")[0] == "peft":
             raise ValueError(
                 f"{name or 'the model'} is a peft {type(module).__name__}: GuardSpace adapters replace LoRA "
@@ -80,30 +87,50 @@ def find_targets(model: nn.Module, target_modules: Sequence[str] | None = None) 
                 "or unload() the peft model first)"
             )
         if target_modules is None:
-            if isinstance(module, nn.Linear) and module is not head and not name.endswith("lm_head"):
+            if (
+                isinstance(module, nn.Linear)
+                and module is not head
+                and not name.endswith("lm_head")
+            ):
                 found[name] = module
         elif any(name == t or name.endswith("." + t) for t in target_modules):
             if not isinstance(module, nn.Linear):
-                raise ValueError(f"{name} matches target_modules but is a {type(module).__name__}, not nn.Linear")
+                raise ValueError(
+                    f"{name} matches target_modules but is a {type(module).__name__}, not nn.Linear"
+                )
             found[name] = module
     if not found:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise ValueError(f"no target Linear found for target_modules={target_modules}; this model's are {linear}")
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise ValueError(
+            f"no target Linear found for target_modules={target_modules}; this model's are {linear}"
+        )
     return found
 
 
 def _check_rank(rank: Any, layers: Mapping[str, nn.Linear]) -> None:
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise TypeError(f"rank must be an int, got {rank!r} ({type(rank).__name__})")
-    too_small = {n: tuple(m.weight.shape) for n, m in layers.items() if rank > min(m.in_features, m.out_features)}
+    too_small = {
+        n: tuple(m.weight.shape)
+        for n, m in layers.items()
+        if rank > min(m.in_features, m.out_features)
+    }
     if rank < 1 or too_small:
-        raise ValueError(f"rank {rank} must be in [1, min(in, out)] of every target; too large for {too_small}")
+        raise ValueError(
+            f"rank {rank} must be in [1, min(in, out)] of every target; too large for {too_small}"
+        )
 
 
 def _bounded(batches: Batches, max_batches: int | None, role: str) -> Batches:
     """``batches``, cut to ``max_batches``; an endless iterable without that bound is refused."""
     if max_batches is not None:
-        if isinstance(max_batches, bool) or not isinstance(max_batches, numbers.Integral) or max_batches < 1:
+        if (
+            isinstance(max_batches, bool)
+            or not isinstance(max_batches, numbers.Integral)
+            or max_batches < 1
+        ):
             raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
         return itertools.islice(batches, int(max_batches))
     if isinstance(batches, (SafetyBatches, itertools.cycle)):
@@ -116,12 +143,25 @@ def _bounded(batches: Batches, max_batches: int | None, role: str) -> Batches:
 
 
 def _null_projectors(
-    model: nn.Module, layers: Mapping[str, nn.Linear], null_batches: Batches, *, dtype: torch.dtype,
-    rel_tol: float, abs_tol: float, energy: float | None, on_empty: str, progress: bool,
+    model: nn.Module,
+    layers: Mapping[str, nn.Linear],
+    null_batches: Batches,
+    *,
+    dtype: torch.dtype,
+    rel_tol: float,
+    abs_tol: float,
+    energy: float | None,
+    on_empty: str,
+    progress: bool,
 ) -> tuple[dict[str, NullSpaceProjector], dict[str, str]]:
     """Step 3 for every group of layers sharing an input: ``({leader: projector}, {layer: leader})``."""
     null_covs, leader = input_covariances(
-        model, layers, null_batches, dtype=dtype, desc="GuardSpace null-space covariances", progress=progress,
+        model,
+        layers,
+        null_batches,
+        dtype=dtype,
+        desc="GuardSpace null-space covariances",
+        progress=progress,
     )
     projectors: dict[str, NullSpaceProjector] = {}
     for name in list(null_covs):
@@ -143,8 +183,13 @@ def _null_projectors(
 
 
 def _adapter_layers(
-    layers: Mapping[str, nn.Linear], covs: dict[str, Tensor], leader: Mapping[str, str],
-    projectors: Mapping[str, NullSpaceProjector], rank: int, damping: float, inverse_tol: float,
+    layers: Mapping[str, nn.Linear],
+    covs: dict[str, Tensor],
+    leader: Mapping[str, str],
+    projectors: Mapping[str, NullSpaceProjector],
+    rank: int,
+    damping: float,
+    inverse_tol: float,
 ) -> tuple[dict[str, GuardSpaceLinear], dict[str, LayerReport]]:
     """Steps 2 and the residual for every layer: the new layers and their reports; the model is
     not touched. Each covariance is freed after its group's last layer."""
@@ -157,14 +202,27 @@ def _adapter_layers(
         uses[group] -= 1
         if uses[group] == 0:
             del covs[group]
-        a, b, used = preconditioned_svd(weight.to(cov), cov, rank, damping=damping, inverse_tol=inverse_tol)
+        a, b, used = preconditioned_svd(
+            weight.to(cov), cov, rank, damping=damping, inverse_tol=inverse_tol
+        )
         projector = projectors[group]
         a, b = a.to(weight.dtype), b.to(weight.dtype)
         bias = None if linear.bias is None else linear.bias.detach()
-        replacements[name] = GuardSpaceLinear(residual_weight(weight, a, b, projector), bias, a, b, projector,
-                                              base_fingerprint=base_fingerprint(linear))
+        replacements[name] = GuardSpaceLinear(
+            residual_weight(weight, a, b, projector),
+            bias,
+            a,
+            b,
+            projector,
+            base_fingerprint=base_fingerprint(linear),
+        )
         report[name] = LayerReport(
-            linear.in_features, linear.out_features, used, projector.dim, group, projector.basis.numel()
+            linear.in_features,
+            linear.out_features,
+            used,
+            projector.dim,
+            group,
+            projector.basis.numel(),
         )
     return replacements, report
 
@@ -244,16 +302,29 @@ def apply_guardspace(
     null_batches = _bounded(null_batches, max_batches, "null_batches")
     safety_batches = _bounded(safety_batches, max_batches, "safety_batches")
     projectors, null_leader = _null_projectors(
-        model, layers, null_batches, dtype=covariance_dtype, rel_tol=null_rel_tol, abs_tol=null_abs_tol,
-        energy=null_energy, on_empty=on_empty, progress=progress,
+        model,
+        layers,
+        null_batches,
+        dtype=covariance_dtype,
+        rel_tol=null_rel_tol,
+        abs_tol=null_abs_tol,
+        energy=null_energy,
+        on_empty=on_empty,
+        progress=progress,
     )
     covs, leader = input_covariances(
-        model, layers, safety_batches, dtype=covariance_dtype, desc="GuardSpace safety covariances",
+        model,
+        layers,
+        safety_batches,
+        dtype=covariance_dtype,
+        desc="GuardSpace safety covariances",
         progress=progress,
     )
     if leader != null_leader:
         raise ValueError("the layers sharing an input differ between the safety and null batches")
-    replacements, report = _adapter_layers(layers, covs, leader, projectors, rank, damping, inverse_tol)
+    replacements, report = _adapter_layers(
+        layers, covs, leader, projectors, rank, damping, inverse_tol
+    )
     swap_modules(model, replacements)
     train_only_adapters(model)
     return report

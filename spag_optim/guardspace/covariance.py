@@ -24,7 +24,8 @@ adapter factors are balanced, is obtained by scaling C to unit mean diagonal in 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,9 @@ class _Collector:
             rows = x.reshape(-1, x.shape[-1])
         rows = rows.to(self.dtype)
         if name not in self.sums:
-            self.sums[name] = torch.zeros(x.shape[-1], x.shape[-1], dtype=self.dtype, device=x.device)
+            self.sums[name] = torch.zeros(
+                x.shape[-1], x.shape[-1], dtype=self.dtype, device=x.device
+            )
             self.counts[name] = 0
         self.sums[name].addmm_(rows.T, rows)
         self.counts[name] += rows.shape[0]
@@ -106,14 +109,18 @@ def input_covariances(
     """Run ``model(**batch)`` over ``batches`` and return ``(covariances, leader)``: one covariance
     per group leader, and for every layer the name of its group's leader."""
     collector = _Collector(dtype)
-    handles = [module.register_forward_pre_hook(collector.hook(name)) for name, module in layers.items()]
+    handles = [
+        module.register_forward_pre_hook(collector.hook(name)) for name, module in layers.items()
+    ]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         iterator = batches
         if progress:
-            from tqdm.auto import tqdm  # the `hf` extra; GuardSpace runs on Hugging Face-style models
+            from tqdm.auto import (
+                tqdm,
+            )  # the `hf` extra; GuardSpace runs on Hugging Face-style models
 
             iterator = tqdm(batches, desc=desc, leave=False)
         for index, batch in enumerate(iterator):
@@ -129,7 +136,9 @@ def input_covariances(
         model.train(was_training)
     missing = [name for name in layers if collector.leader.get(name, name) not in collector.sums]
     if missing:
-        raise ValueError(f"{desc}: no batch reached {missing[:5]}; give at least one batch that runs them")
+        raise ValueError(
+            f"{desc}: no batch reached {missing[:5]}; give at least one batch that runs them"
+        )
     masked_out = [name for name, count in collector.counts.items() if count == 0]
     if masked_out:
         raise ValueError(
@@ -139,5 +148,9 @@ def input_covariances(
         )
     bad = [name for name, s in collector.sums.items() if not bool(torch.isfinite(s).all())]
     if bad:
-        raise ValueError(f"{desc}: non-finite inputs reached {bad[:5]}; check the model and batches")
-    return {name: s / collector.counts[name] for name, s in collector.sums.items()}, dict(collector.leader)
+        raise ValueError(
+            f"{desc}: non-finite inputs reached {bad[:5]}; check the model and batches"
+        )
+    return {name: s / collector.counts[name] for name, s in collector.sums.items()}, dict(
+        collector.leader
+    )

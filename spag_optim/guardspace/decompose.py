@@ -54,9 +54,13 @@ def preconditioned_svd(
     """
     d_out, d_in = weight.shape
     if cov.shape != (d_in, d_in):
-        raise ValueError(f"covariance has shape {tuple(cov.shape)}, expected ({d_in}, {d_in}) for this weight")
+        raise ValueError(
+            f"covariance has shape {tuple(cov.shape)}, expected ({d_in}, {d_in}) for this weight"
+        )
     if not 1 <= rank <= min(d_out, d_in):
-        raise ValueError(f"rank must be in [1, {min(d_out, d_in)}] for a {d_out}x{d_in} weight, got {rank}")
+        raise ValueError(
+            f"rank must be in [1, {min(d_out, d_in)}] for a {d_out}x{d_in} weight, got {rank}"
+        )
     scale = cov.diagonal().mean()
     if not torch.isfinite(scale) or scale <= 0:
         raise ValueError(
@@ -96,7 +100,11 @@ class NullSpace:
         """The ``(d, d)`` projector (for tests and export; never needed in the forward pass)."""
         q = self.basis
         outer = q @ q.T
-        return torch.eye(q.shape[0], dtype=q.dtype, device=q.device) - outer if self.complement else outer
+        return (
+            torch.eye(q.shape[0], dtype=q.dtype, device=q.device) - outer
+            if self.complement
+            else outer
+        )
 
 
 def null_space(
@@ -118,7 +126,9 @@ def null_space(
     if cov_null.shape != (d, d):
         raise ValueError(f"null-space covariance must be square, got shape {tuple(cov_null.shape)}")
     if not bool(torch.isfinite(cov_null).all()):
-        raise ValueError("the null-space covariance has non-finite entries: check that the null-space data are finite")
+        raise ValueError(
+            "the null-space covariance has non-finite entries: check that the null-space data are finite"
+        )
     evals, evecs = torch.linalg.eigh(0.5 * (cov_null + cov_null.T))  # ascending
     if energy is None:
         threshold = max(abs_tol, rel_tol * float(evals.abs().max()))

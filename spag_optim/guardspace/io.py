@@ -17,7 +17,8 @@ All three change the model all or nothing (:mod:`.surgery`).
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -56,10 +57,17 @@ def save_guardspace(model: nn.Module, path: PathLike) -> None:
         key = ids.setdefault(id(layer.projector), name)
         if key == name:
             p = layer.projector
-            projectors[key] = {"basis": p.basis.detach().cpu(), "complement": p.complement, "dim": p.dim}
+            projectors[key] = {
+                "basis": p.basis.detach().cpu(),
+                "complement": p.complement,
+                "dim": p.dim,
+            }
         layers[name] = {
-            "A": layer.adapter_A.detach().cpu(), "B": layer.adapter_B.detach().cpu(),
-            "init_A": layer.init_A.cpu(), "init_B": layer.init_B.cpu(), "projector": key,
+            "A": layer.adapter_A.detach().cpu(),
+            "B": layer.adapter_B.detach().cpu(),
+            "init_A": layer.init_A.cpu(),
+            "init_B": layer.init_B.cpu(),
+            "projector": key,
             "base_fingerprint": layer.base_fingerprint,
         }
     state = {"format": FORMAT, "layers": layers, "projectors": projectors}
@@ -95,7 +103,11 @@ def _matrix(entry: Mapping[str, Any], key: str, shape: tuple[int | None, int | N
 
 
 def _projector_problem(p: Any, in_features: int) -> str | None:
-    if not isinstance(p, Mapping) or not isinstance(p.get("complement"), bool) or type(p.get("dim")) is not int:
+    if (
+        not isinstance(p, Mapping)
+        or not isinstance(p.get("complement"), bool)
+        or type(p.get("dim")) is not int
+    ):
         return "is not a dict with basis, complement (bool) and dim (int)"
     stored = in_features - p["dim"] if p["complement"] else p["dim"]
     if not 0 <= p["dim"] <= in_features:
@@ -110,7 +122,12 @@ def _layer_problem(saved: Any, linear: nn.Linear, projectors: Mapping[str, Any])
     out, d_in = linear.out_features, linear.in_features
     init_a = saved.get("init_A")
     rank = init_a.shape[1] if isinstance(init_a, Tensor) and init_a.dim() == 2 else None
-    for key, shape in (("init_A", (out, None)), ("A", (out, rank)), ("init_B", (rank, d_in)), ("B", (rank, d_in))):
+    for key, shape in (
+        ("init_A", (out, None)),
+        ("A", (out, rank)),
+        ("init_B", (rank, d_in)),
+        ("B", (rank, d_in)),
+    ):
         problem = _matrix(saved, key, shape)
         if problem:
             return problem
@@ -126,37 +143,56 @@ def _check_file(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, 
     """Raise one ValueError naming ``path`` and the first bad entry, before anything changes."""
     layers, projectors = state.get("layers"), state.get("projectors")
     if not isinstance(layers, Mapping) or not layers or not isinstance(projectors, Mapping):
-        raise ValueError(f"{path}: holds no GuardSpace layers; the file is damaged or was edited: save it again")
+        raise ValueError(
+            f"{path}: holds no GuardSpace layers; the file is damaged or was edited: save it again"
+        )
     for name, saved in layers.items():
         linear = modules.get(name)
         if not isinstance(linear, nn.Linear):
-            raise ValueError(f"{path}: adapts {name}, which is not an nn.Linear of this model: load the file onto "
-                             "the base model apply_guardspace ran on")
+            raise ValueError(
+                f"{path}: adapts {name}, which is not an nn.Linear of this model: load the file onto "
+                "the base model apply_guardspace ran on"
+            )
         problem = _layer_problem(saved, linear, projectors)
         if problem:
-            raise ValueError(f"{path}: layer {name}: {problem}; the file is damaged or was edited: save it again")
+            raise ValueError(
+                f"{path}: layer {name}: {problem}; the file is damaged or was edited: save it again"
+            )
 
 
-def _check_base(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, nn.Module], strict: bool) -> None:
+def _check_base(
+    state: Mapping[str, Any], path: PathLike, modules: Mapping[str, nn.Module], strict: bool
+) -> None:
     """Compare the saved base fingerprints with the model's Linears; raise (or, not ``strict``, warn)."""
     saved = {name: entry.get("base_fingerprint") for name, entry in state["layers"].items()}
     unknown = [name for name, fingerprint in saved.items() if not isinstance(fingerprint, str)]
     if unknown:
-        warn_at_caller(f"{path} holds no base fingerprint for {len(unknown)} layer(s) (e.g. {unknown[0]}; format "
-                       f"{state['format']!r}): cannot check that this model is the base they were built on; save "
-                       "the adapters again to record it", UnverifiedBaseWarning)
-    differ = [name for name in saved if name not in unknown and saved[name] != base_fingerprint(modules[name])]
+        warn_at_caller(
+            f"{path} holds no base fingerprint for {len(unknown)} layer(s) (e.g. {unknown[0]}; format "
+            f"{state['format']!r}): cannot check that this model is the base they were built on; save "
+            "the adapters again to record it",
+            UnverifiedBaseWarning,
+        )
+    differ = [
+        name
+        for name in saved
+        if name not in unknown and saved[name] != base_fingerprint(modules[name])
+    ]
     if not differ:
         return
-    message = (f"{path} was built on a different base model: the weights of {len(differ)} layer(s) (e.g. "
-               f"{differ[0]}) are not those it was saved with. Load it onto the base model apply_guardspace ran "
-               "on, or pass check_base=False to load it anyway")
+    message = (
+        f"{path} was built on a different base model: the weights of {len(differ)} layer(s) (e.g. "
+        f"{differ[0]}) are not those it was saved with. Load it onto the base model apply_guardspace ran "
+        "on, or pass check_base=False to load it anyway"
+    )
     if strict:
         raise ValueError(message)
     warn_at_caller(message, UnverifiedBaseWarning)
 
 
-def _loaded_layers(state: Mapping[str, Any], modules: Mapping[str, nn.Module]) -> dict[str, GuardSpaceLinear]:
+def _loaded_layers(
+    state: Mapping[str, Any], modules: Mapping[str, nn.Module]
+) -> dict[str, GuardSpaceLinear]:
     """The GuardSpace layers the (checked) file describes, built on the model's base Linears."""
     projectors: dict[str, NullSpaceProjector] = {}
     replacements: dict[str, GuardSpaceLinear] = {}
@@ -171,8 +207,14 @@ def _loaded_layers(state: Mapping[str, Any], modules: Mapping[str, nn.Module]) -
         projector = projectors[key]
         init_a, init_b = (saved[k].to(weight.device, weight.dtype) for k in ("init_A", "init_B"))
         bias = None if linear.bias is None else linear.bias.detach()
-        layer = GuardSpaceLinear(residual_weight(weight, init_a, init_b, projector), bias, init_a, init_b,
-                                 projector, base_fingerprint=base_fingerprint(linear))
+        layer = GuardSpaceLinear(
+            residual_weight(weight, init_a, init_b, projector),
+            bias,
+            init_a,
+            init_b,
+            projector,
+            base_fingerprint=base_fingerprint(linear),
+        )
         layer.adapter_A.copy_(saved["A"])
         layer.adapter_B.copy_(saved["B"])
         replacements[name] = layer
@@ -210,8 +252,13 @@ def merge_guardspace(model: nn.Module) -> nn.Module:
     replacements = {}
     for name, layer in _layers(model).items():
         weight = layer.weight
-        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        linear = nn.Linear(
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
         linear.weight.copy_(layer.merged_weight().to(weight.dtype))
         if layer.bias is not None:
             linear.bias.copy_(layer.bias)

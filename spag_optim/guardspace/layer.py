@@ -60,8 +60,15 @@ class GuardSpaceLinear(nn.Module):
     base weight (:func:`spag_optim.guardspace.load_guardspace`).
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, adapter_A: Tensor, adapter_B: Tensor,
-                 projector: NullSpaceProjector, base_fingerprint: str | None = None):
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        adapter_A: Tensor,
+        adapter_B: Tensor,
+        projector: NullSpaceProjector,
+        base_fingerprint: str | None = None,
+    ):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -74,12 +81,16 @@ class GuardSpaceLinear(nn.Module):
         self.base_fingerprint = base_fingerprint
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.projector(x), self.adapter_B), self.adapter_A)
+        return F.linear(x, self.weight, self.bias) + F.linear(
+            F.linear(self.projector(x), self.adapter_B), self.adapter_A
+        )
 
     @torch.no_grad()
     def merged_weight(self) -> Tensor:
         """:math:`W' + ABP` in float64: the weight of the plain Linear this layer equals."""
-        return self.weight.double() + self.adapter_A.double() @ project_rows(self.projector, self.adapter_B.double())
+        return self.weight.double() + self.adapter_A.double() @ project_rows(
+            self.projector, self.adapter_B.double()
+        )
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.adapter_A.shape[1]}"
@@ -92,7 +103,9 @@ def project_rows(projector: NullSpaceProjector, rows: Tensor) -> Tensor:
     return rows - along if projector.complement else along
 
 
-def residual_weight(weight: Tensor, init_A: Tensor, init_B: Tensor, projector: NullSpaceProjector) -> Tensor:
+def residual_weight(
+    weight: Tensor, init_A: Tensor, init_B: Tensor, projector: NullSpaceProjector
+) -> Tensor:
     """:math:`W' = W - A_0B_0P`, computed in float64 and cast to ``weight``'s dtype. Deterministic in
     its inputs, so loading a saved adapter onto the base weight rebuilds the same :math:`W'`."""
     delta = init_A.double() @ project_rows(projector, init_B.double())

@@ -10,7 +10,7 @@ unchanged by this order: the replaced modules stay referenced until the call ret
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -21,7 +21,12 @@ __all__ = ["adapter_parameters", "swap_modules", "train_only_adapters"]
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable GuardSpace parameters (``adapter_A``, ``adapter_B`` of every layer)."""
-    return [p for m in model.modules() if isinstance(m, GuardSpaceLinear) for p in (m.adapter_A, m.adapter_B)]
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, GuardSpaceLinear)
+        for p in (m.adapter_A, m.adapter_B)
+    ]
 
 
 def swap_modules(model: nn.Module, replacements: Mapping[str, nn.Module]) -> None:

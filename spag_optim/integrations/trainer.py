@@ -42,8 +42,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,12 +54,25 @@ from .._caller_warning import warn_at_caller
 from ..config import CALIBRATE, SPAGConfig
 from ..distributed import DEEPSPEED_UNSUPPORTED
 from ..factory import SPAG_CLASSES, make_spag
-from ..safety_data import SafetyBatches, calibrate_tau, measures_refusal_nll, model_loss, move_to_device
+from ..safety_data import (
+    SafetyBatches,
+    calibrate_tau,
+    measures_refusal_nll,
+    model_loss,
+    move_to_device,
+)
 from ..safety_wrapper import check_number
 from ..warnings import NotSPAGOptimizerWarning
 
-__all__ = ["SPAGTrainer", "SPAGTrainerMixin", "TrainerSafetyClosure", "attach_spag",
-           "SPAGLoggingCallback", "add_spag_logging", "find_spag_optimizer"]
+__all__ = [
+    "SPAGTrainer",
+    "SPAGTrainerMixin",
+    "TrainerSafetyClosure",
+    "attach_spag",
+    "SPAGLoggingCallback",
+    "add_spag_logging",
+    "find_spag_optimizer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +95,18 @@ class TrainerSafetyClosure:
         safe_dataset: Sequence[Any],
         *,
         batch_size: int = 8,
-        collate_fn: Optional[Callable[[list], Any]] = None,
+        collate_fn: Callable[[list], Any] | None = None,
         seed: int = 0,
-        loss_fn: Optional[Callable[[torch.nn.Module, Any], Tensor]] = None,
+        loss_fn: Callable[[torch.nn.Module, Any], Tensor] | None = None,
     ) -> None:
         # Until bind() hands over the trainer's collator, batching is an error (never reached:
         # __call__ checks the binding first).
-        self.batches = SafetyBatches(safe_dataset, batch_size=batch_size,
-                                     collate_fn=collate_fn or _unbound_collate, seed=seed)
+        self.batches = SafetyBatches(
+            safe_dataset,
+            batch_size=batch_size,
+            collate_fn=collate_fn or _unbound_collate,
+            seed=seed,
+        )
         self._own_collate = collate_fn is not None
         self._seed = int(seed)
         self.loss_fn = loss_fn or model_loss
@@ -97,9 +114,14 @@ class TrainerSafetyClosure:
 
     @classmethod
     def from_pairs(
-        cls, pairs: Iterable[Any], tokenizer: Any, *, max_length: Optional[int] = None,
-        render: Optional[Callable[[str], str]] = None, **kwargs: Any
-    ) -> "TrainerSafetyClosure":
+        cls,
+        pairs: Iterable[Any],
+        tokenizer: Any,
+        *,
+        max_length: int | None = None,
+        render: Callable[[str], str] | None = None,
+        **kwargs: Any,
+    ) -> TrainerSafetyClosure:
         """The closure over (harmful prompt, refusal) pairs or ``dpp-select``'s rows, tokenised and
         padded as :meth:`spag_optim.SafetyBatches.from_pairs` does (``max_length``, ``render``): the
         safety loss is the refusal's negative log-likelihood (the prompt is masked out), whatever the
@@ -123,12 +145,16 @@ class TrainerSafetyClosure:
         self.batches.seed = self._seed + int(trainer.args.process_index)
 
     @property
-    def model(self) -> Optional[torch.nn.Module]:
+    def model(self) -> torch.nn.Module | None:
         """The model the closure runs: the trainer's wrapped one (what ``distributed="auto"``
         inspects, so a DDP-wrapped model is recognised)."""
         if self.trainer is None:
             return None
-        return self.trainer.model_wrapped if self.trainer.model_wrapped is not None else self.trainer.model
+        return (
+            self.trainer.model_wrapped
+            if self.trainer.model_wrapped is not None
+            else self.trainer.model
+        )
 
     def __call__(self) -> Tensor:
         if self.trainer is None:
@@ -157,8 +183,13 @@ class TrainerSafetyClosure:
             with self.trainer.accelerator.autocast(), self.trainer.compute_loss_context_manager():
                 return self.loss_fn(model, move_to_device(batch, self.trainer.args.device))
 
-        tau = calibrate_tau(self.trainer.model, self.batches, num_batches, loss_fn,
-                            loss_is_nll=measures_refusal_nll(self.batches, self.loss_fn))
+        tau = calibrate_tau(
+            self.trainer.model,
+            self.batches,
+            num_batches,
+            loss_fn,
+            loss_is_nll=measures_refusal_nll(self.batches, self.loss_fn),
+        )
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             total = torch.tensor([tau], dtype=torch.float64, device=self.trainer.args.device)
             dist.all_reduce(total)
@@ -170,7 +201,9 @@ class TrainerSafetyClosure:
 
     def check_state_dict(self, state: Any) -> None:
         if not isinstance(state, dict) or "batches" not in state:
-            raise ValueError("the safety closure's state lacks 'batches' (the safe batches' position)")
+            raise ValueError(
+                "the safety closure's state lacks 'batches' (the safe batches' position)"
+            )
         self.batches.check_state_dict(state["batches"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -185,7 +218,9 @@ def _unbound_collate(rows: list) -> Any:
     raise RuntimeError("TrainerSafetyClosure is not bound to a trainer: call attach_spag(trainer)")
 
 
-def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) -> SPAGLoggingCallback:
+def attach_spag(
+    trainer: Any, *, tau: Any = None, calibration_batches: int = 8
+) -> SPAGLoggingCallback:
     """Make ``trainer`` train with the SPAGOptimizer it was given and log SPAG's stats.
 
     * binds a :class:`TrainerSafetyClosure` to the trainer;
@@ -221,8 +256,10 @@ def attach_spag(trainer: Any, *, tau: Any = None, calibration_batches: int = 8) 
         closure.bind(trainer)
     if tau == "calibrate":
         if not isinstance(closure, TrainerSafetyClosure):
-            raise ValueError("tau='calibrate' needs a TrainerSafetyClosure; otherwise call "
-                             "spag_optim.calibrate_tau yourself and pass tau=")
+            raise ValueError(
+                "tau='calibrate' needs a TrainerSafetyClosure; otherwise call "
+                "spag_optim.calibrate_tau yourself and pass tau="
+            )
         tau = closure.calibrate_tau(calibration_batches)
         logger.info("SPAG: calibrated tau = %.4f", tau)
     if tau is not None:
@@ -283,13 +320,21 @@ class SPAGLoggingCallback(TrainerCallback):
     def _spag(self, optimizer: Any) -> Any | None:
         spag = find_spag_optimizer(self.optimizer if self.optimizer is not None else optimizer)
         if spag is None and not self._warned:
-            warn_at_caller("SPAGLoggingCallback: the optimizer is not a SPAG optimizer; nothing to log",
-                           NotSPAGOptimizerWarning)
+            warn_at_caller(
+                "SPAGLoggingCallback: the optimizer is not a SPAG optimizer; nothing to log",
+                NotSPAGOptimizerWarning,
+            )
             self._warned = True
         return spag
 
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                    optimizer: Any = None, **kwargs: Any) -> None:
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        optimizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         spag = self._spag(optimizer)
         if spag is None or not spag.last_stats:
             return
@@ -299,8 +344,14 @@ class SPAGLoggingCallback(TrainerCallback):
         self._since_log.append(step)
         self.projections = int(stats["num_interventions"])
 
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if logs is None or not self._since_log:
             return
         steps = self._since_log
@@ -329,8 +380,8 @@ def add_spag_logging(trainer: Trainer, optimizer: Any | None = None) -> SPAGLogg
 
 
 # -- the Trainer that builds SPAG itself --------------------------------------------------------
-SafetyArg = Union[Sequence[Any], TrainerSafetyClosure]
-SPAGArg = Union[Mapping[str, Any], SPAGConfig, None]
+SafetyArg = Sequence[Any] | TrainerSafetyClosure
+SPAGArg = Mapping[str, Any] | SPAGConfig | None
 
 
 class SPAGTrainerMixin:
@@ -357,12 +408,23 @@ class SPAGTrainerMixin:
     the config in use (tau calibrated): save it with the run. DeepSpeed is refused.
     """
 
-    def __init__(self, *args: Any, safety: SafetyArg, spag: SPAGArg = None,
-                 calibration_batches: int = 8, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        safety: SafetyArg,
+        spag: SPAGArg = None,
+        calibration_batches: int = 8,
+        **kwargs: Any,
+    ) -> None:
         config = spag_config(spag)
-        if isinstance(calibration_batches, bool) or not isinstance(calibration_batches, int) \
-                or calibration_batches < 1:
-            raise ValueError(f"calibration_batches must be an int >= 1, got {calibration_batches!r}")
+        if (
+            isinstance(calibration_batches, bool)
+            or not isinstance(calibration_batches, int)
+            or calibration_batches < 1
+        ):
+            raise ValueError(
+                f"calibration_batches must be an int >= 1, got {calibration_batches!r}"
+            )
         given = (kwargs.get("optimizers") or (None, None))[0]
         if find_spag_optimizer(given) is not None:
             raise ValueError(
@@ -386,8 +448,12 @@ class SPAGTrainerMixin:
         """The Trainer's own optimizer (``super().create_optimizer``) wrapped in SPAG, once."""
         optimizer = super().create_optimizer(model)  # type: ignore[misc]
         if find_spag_optimizer(optimizer) is None:
-            optimizer = make_spag(optimizer, self.safety_closure, **self.spag_config.to_dict(),
-                                  grad_scaler=trainer_grad_scaler(self))
+            optimizer = make_spag(
+                optimizer,
+                self.safety_closure,
+                **self.spag_config.to_dict(),
+                grad_scaler=trainer_grad_scaler(self),
+            )
             self.optimizer = optimizer
         return optimizer
 
@@ -405,22 +471,29 @@ def spag_config(spag: SPAGArg) -> SPAGConfig:
         return dataclasses.replace(spag)  # checked again: fields may have been set since
     if isinstance(spag, Mapping):
         return SPAGConfig.from_dict(spag)
-    raise TypeError(f"spag= takes SPAGOptimizer's keyword arguments as a dict or a SPAGConfig, "
-                    f"got {type(spag).__name__}")
+    raise TypeError(
+        f"spag= takes SPAGOptimizer's keyword arguments as a dict or a SPAGConfig, "
+        f"got {type(spag).__name__}"
+    )
 
 
 def trainer_safety_closure(safety: SafetyArg, tokenizer: Any) -> TrainerSafetyClosure:
     """``safety=`` as an unbound :class:`TrainerSafetyClosure`."""
     if isinstance(safety, TrainerSafetyClosure):
         return safety
-    if isinstance(safety, (str, bytes, Mapping)) or not hasattr(safety, "__len__") \
-            or not hasattr(safety, "__getitem__"):
+    if (
+        isinstance(safety, (str, bytes, Mapping))
+        or not hasattr(safety, "__len__")
+        or not hasattr(safety, "__getitem__")
+    ):
         raise TypeError(
             f"safety= is a {type(safety).__name__}: give a list of (harmful prompt, refusal) pairs, "
             "of {'prompt', 'safe'} rows (dpp-select's output), or a TrainerSafetyClosure (a closure "
             "over your own model goes into SPAGOptimizer, with Trainer and attach_spag)"
         )
     if tokenizer is None:
-        raise ValueError("safety= pairs are tokenised with the trainer's tokenizer: pass "
-                         "processing_class=tokenizer, or a TrainerSafetyClosure as safety=")
+        raise ValueError(
+            "safety= pairs are tokenised with the trainer's tokenizer: pass "
+            "processing_class=tokenizer, or a TrainerSafetyClosure as safety="
+        )
     return TrainerSafetyClosure.from_pairs(safety, tokenizer)

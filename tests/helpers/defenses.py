@@ -14,7 +14,8 @@ the options it does not pass keep the contract values.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,8 +45,9 @@ CONTRACT_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_defense(name: str, inner: torch.optim.Optimizer, safety_closure: Callable[[], Any],
-                  **options: Any) -> SafetyClosureOptimizer:
+def build_defense(
+    name: str, inner: torch.optim.Optimizer, safety_closure: Callable[[], Any], **options: Any
+) -> SafetyClosureOptimizer:
     """``DEFENSES[name](inner, safety_closure, **CONTRACT_OPTIONS[name], **options)``, the caller's
     ``options`` replacing the contract values they name."""
     if name not in DEFENSES:

@@ -12,9 +12,17 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
-__all__ = ["dense_kernel", "brute_force_greedy", "chen_greedy", "resolve_greedy",
-           "feature_greedy", "float32_pass_greedy", "GAIN_TIE_MARGIN", "assert_gains_close",
-           "assert_relevance_close"]
+__all__ = [
+    "dense_kernel",
+    "brute_force_greedy",
+    "chen_greedy",
+    "resolve_greedy",
+    "feature_greedy",
+    "float32_pass_greedy",
+    "GAIN_TIE_MARGIN",
+    "assert_gains_close",
+    "assert_relevance_close",
+]
 
 # The greedy's tie margin (dpp_select/greedy.py): two float64 evaluation orders of one gain differ
 # by less than this times max_i L_ii, so gains within it count as ties.
@@ -53,8 +61,9 @@ def _argmax_lowest(values: np.ndarray, tie_tol: float) -> int:
     return int(np.flatnonzero(values >= best - tie_tol * abs(best))[0])
 
 
-def brute_force_greedy(L: np.ndarray, k: int, eps: float = 1e-10, tie_tol: float = 1e-9
-                       ) -> np.ndarray:
+def brute_force_greedy(
+    L: np.ndarray, k: int, eps: float = 1e-10, tie_tol: float = 1e-9
+) -> np.ndarray:
     """Greedy MAP by determinants: gain_i = det(L_{S+i}) / det(L_S) from ``np.linalg.slogdet``."""
     n = L.shape[0]
     chosen: list[int] = []
@@ -104,7 +113,6 @@ def resolve_greedy(L: np.ndarray, k: int, eps: float = 1e-10, tie_tol: float = 1
     gain_i = L_ii - ||C^{-1} L_{S,i}||^2 with C the Cholesky factor of L_S, recomputed from
     scratch each step: O(N t^2) per step, O(N k^3) in total.
     """
-    n = L.shape[0]
     diag = np.array(np.diag(L), dtype=np.float64)
     chosen: list[int] = []
     for _ in range(k):
@@ -122,8 +130,14 @@ def resolve_greedy(L: np.ndarray, k: int, eps: float = 1e-10, tie_tol: float = 1
     return np.asarray(chosen, dtype=np.int64)
 
 
-def feature_greedy(emb: np.ndarray, weights: np.ndarray, k: int, jitter: float = 0.0,
-                   eps: float = 1e-10, tie_tol: float = 1e-9) -> np.ndarray:
+def feature_greedy(
+    emb: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    jitter: float = 0.0,
+    eps: float = 1e-10,
+    tie_tol: float = 1e-9,
+) -> np.ndarray:
     """Plain float64 feature-space greedy (no float32 pass, no error bounds): O(N d) memory.
 
     The "exact float64 greedy" the fast paths are compared to: phi_i = [f_i ; sqrt(jitter) e_i] and each
@@ -152,8 +166,9 @@ def feature_greedy(emb: np.ndarray, weights: np.ndarray, k: int, jitter: float =
     return np.asarray(chosen, dtype=np.int64)
 
 
-def float32_pass_greedy(emb: np.ndarray, weights: np.ndarray, k: int, jitter: float = 0.0
-                        ) -> np.ndarray:
+def float32_pass_greedy(
+    emb: np.ndarray, weights: np.ndarray, k: int, jitter: float = 0.0
+) -> np.ndarray:
     """A counter-example, not a reference: the feature-space greedy with a float32 pass and no
     error bounds or float64 re-scoring (gains still float64). On LLM-like embeddings it drifts
     away from the exact picks; tests and benchmarks use it to show that the data is hard enough

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from helpers.tiny_lm import tiny_causal_lm, word_tokenizer
 
-WORDS = ("the a how do i make bake bread cake safe help refuse answer math two plus three "
-         "equals five question what is please").split()
+WORDS = (
+    "the a how do i make bake bread cake safe help refuse answer math two plus three "
+    "equals five question what is please"
+).split()
 
 
 def tiny_tokenizer():
@@ -13,5 +15,6 @@ def tiny_tokenizer():
 
 
 def tiny_model(seed: int = 0):
-    return tiny_causal_lm(tiny_tokenizer(), seed, hidden=32, intermediate=64, layers=2, heads=4,
-                          kv_heads=2).eval()
+    return tiny_causal_lm(
+        tiny_tokenizer(), seed, hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2
+    ).eval()

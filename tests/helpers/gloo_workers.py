@@ -23,8 +23,9 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,11 +45,21 @@ def _wait_for_all_ranks(exit_file: str, world_size: int) -> None:
     store.wait([f"finished{rank}" for rank in range(world_size)])
 
 
-def _entry(rank: int, world_size: int, init_file: str, exit_file: str, out_dir: str, fn: Callable,
-           args: tuple) -> None:
+def _entry(
+    rank: int,
+    world_size: int,
+    init_file: str,
+    exit_file: str,
+    out_dir: str,
+    fn: Callable,
+    args: tuple,
+) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
         timeout=COLLECTIVE_TIMEOUT,
     )
     fn(rank, world_size, Path(out_dir), *args)
@@ -64,6 +75,10 @@ def run_workers(fn: Callable[..., None], world_size: int, tmp_path: Path, *args:
     out_dir.mkdir(parents=True, exist_ok=True)
     init_file = os.fspath(tmp_path / "rendezvous")
     exit_file = os.fspath(tmp_path / "exit_barrier")
-    mp.spawn(_entry, args=(world_size, init_file, exit_file, os.fspath(out_dir), fn, args),
-             nprocs=world_size, join=True)
+    mp.spawn(
+        _entry,
+        args=(world_size, init_file, exit_file, os.fspath(out_dir), fn, args),
+        nprocs=world_size,
+        join=True,
+    )
     return out_dir

@@ -31,8 +31,10 @@ def make_batches(gen, n, x_rank, y_rank, masked=False):
     mix_y = torch.randn(y_rank, D_Y, generator=gen, dtype=torch.float64)
     batches = []
     for _ in range(n):
-        b = {"x": torch.randn(2, 5, x_rank, generator=gen, dtype=torch.float64) @ mix_x,
-             "y": torch.randn(2, 5, y_rank, generator=gen, dtype=torch.float64) @ mix_y}
+        b = {
+            "x": torch.randn(2, 5, x_rank, generator=gen, dtype=torch.float64) @ mix_x,
+            "y": torch.randn(2, 5, y_rank, generator=gen, dtype=torch.float64) @ mix_y,
+        }
         if masked:
             mask = torch.ones(2, 5, dtype=torch.long)
             mask[1, 3:] = 0

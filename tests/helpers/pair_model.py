@@ -11,7 +11,9 @@ class PairLoss(torch.nn.Module):
     def __init__(self, seed=0):
         super().__init__()
         torch.manual_seed(seed)
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)
+        )
 
     def forward(self, x, y):
         return type("Out", (), {"loss": ((self.net(x) - y) ** 2).mean()})()

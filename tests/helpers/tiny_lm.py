@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
@@ -20,8 +20,14 @@ CHAT_TEMPLATE = (
 _WORD = re.compile(r"\w+|[^\w\s]+")
 
 
-def word_tokenizer(words: Iterable[str], special: Mapping[str, str], *, extra_special=(),
-                   chat_template: str | None = None, cls_sep: bool = False):
+def word_tokenizer(
+    words: Iterable[str],
+    special: Mapping[str, str],
+    *,
+    extra_special=(),
+    chat_template: str | None = None,
+    cls_sep: bool = False,
+):
     """A whitespace-split, word-level ``PreTrainedTokenizerFast``.
 
     Ids count up from 0 through ``special``'s tokens (role such as ``"pad_token"`` -> token, in that
@@ -39,7 +45,8 @@ def word_tokenizer(words: Iterable[str], special: Mapping[str, str], *, extra_sp
     if cls_sep:
         cls, sep = special["cls_token"], special["sep_token"]
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            single=f"{cls} $A {sep}",
+            pair=f"{cls} $A {sep} $B:1 {sep}:1",
             special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
         )
     kwargs = {"additional_special_tokens": list(extra_special)} if extra_special else {}
@@ -54,13 +61,26 @@ def build_tokenizer(texts: Iterable[str], max_words: int = 2000, chat_template: 
     counts = collections.Counter(w for t in texts for w in _WORD.findall(t))
     words = [str(d) for d in range(10)] + [w for w, _ in counts.most_common(max_words)]
     roles = dict(zip(["unk_token", "pad_token", "bos_token", "eos_token"], SPECIAL_TOKENS))
-    return word_tokenizer(words, roles, extra_special=SPECIAL_TOKENS[4:],
-                          chat_template=CHAT_TEMPLATE if chat_template else None)
+    return word_tokenizer(
+        words,
+        roles,
+        extra_special=SPECIAL_TOKENS[4:],
+        chat_template=CHAT_TEMPLATE if chat_template else None,
+    )
 
 
-def tiny_causal_lm(vocab, seed: int = 0, *, arch: str = "llama", hidden: int = 16,
-                   intermediate: int = 32, layers: int = 1, heads: int = 2, kv_heads: int = 1,
-                   max_positions: int = 64):
+def tiny_causal_lm(
+    vocab,
+    seed: int = 0,
+    *,
+    arch: str = "llama",
+    hidden: int = 16,
+    intermediate: int = 32,
+    layers: int = 1,
+    heads: int = 2,
+    kv_heads: int = 1,
+    max_positions: int = 64,
+):
     """A random ``arch`` ("llama" or "qwen2") causal LM, weights drawn from ``seed``.
 
     ``vocab`` is a vocabulary size, or a tokenizer whose size and BOS/EOS/PAD ids the config takes.
@@ -72,25 +92,49 @@ def tiny_causal_lm(vocab, seed: int = 0, *, arch: str = "llama", hidden: int = 1
     if arch not in classes:
         raise ValueError(f"unknown arch {arch!r}; use 'llama' or 'qwen2'")
     config_class, model_class = classes[arch]
-    ids = {} if isinstance(vocab, int) else dict(
-        bos_token_id=vocab.bos_token_id, eos_token_id=vocab.eos_token_id,
-        pad_token_id=vocab.pad_token_id,
+    ids = (
+        {}
+        if isinstance(vocab, int)
+        else dict(
+            bos_token_id=vocab.bos_token_id,
+            eos_token_id=vocab.eos_token_id,
+            pad_token_id=vocab.pad_token_id,
+        )
     )
     config = config_class(
-        vocab_size=vocab if isinstance(vocab, int) else len(vocab), hidden_size=hidden,
-        intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, max_position_embeddings=max_positions, **ids,
+        vocab_size=vocab if isinstance(vocab, int) else len(vocab),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        **ids,
     )
     torch.manual_seed(seed)
     return model_class(config)
 
 
-def save_tiny_lm(folder: str | os.PathLike, arch: str, texts: Iterable[str], seed: int = 0,
-                 chat_template: bool = True) -> str:
+def save_tiny_lm(
+    folder: str | os.PathLike,
+    arch: str,
+    texts: Iterable[str],
+    seed: int = 0,
+    chat_template: bool = True,
+) -> str:
     """Save a 2-layer random ``arch`` ("llama" or "qwen2") model and its tokenizer to ``folder``."""
     tokenizer = build_tokenizer(texts, chat_template=chat_template)
-    model = tiny_causal_lm(tokenizer, seed, arch=arch, hidden=32, intermediate=64, layers=2,
-                           heads=4, kv_heads=2, max_positions=512)
+    model = tiny_causal_lm(
+        tokenizer,
+        seed,
+        arch=arch,
+        hidden=32,
+        intermediate=64,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        max_positions=512,
+    )
     folder = os.fspath(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -12,15 +12,18 @@ def toy_mlp(hidden: int = 8, generator: torch.Generator | None = None) -> torch.
     """``Linear(5, hidden) -> Tanh -> Linear(hidden, 1)`` in float64, weights N(0, 0.25) drawn from
     ``generator`` (default: a fresh one seeded 0)."""
     g = torch.Generator().manual_seed(0) if generator is None else generator
-    model = torch.nn.Sequential(torch.nn.Linear(5, hidden), torch.nn.Tanh(),
-                                torch.nn.Linear(hidden, 1)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)
+    ).double()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
     return model
 
 
-def regression_batches(world: int, rows: int, rank: int | None, safe_scale: torch.Tensor | None = None):
+def regression_batches(
+    world: int, rows: int, rank: int | None, safe_scale: torch.Tensor | None = None
+):
     """(utility, safety) batches of ``rank`` (``rows`` each), or of all ``world`` ranks concatenated
     when rank is None. Utility targets are the inputs' sums, safety targets their negation, times
     ``safe_scale`` (one factor per global row) when given."""

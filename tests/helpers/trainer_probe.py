@@ -41,7 +41,9 @@ class Probe(TrainerCallback):
     def _inner_step(self, optimizer, args, kwargs):
         self.lrs.append(optimizer.param_groups[0]["lr"])
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.grad_norms.append(
+            float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        )
 
     def loss_fn(self, model, batch):
         self.safety_calls += 1
