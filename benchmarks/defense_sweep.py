@@ -12,7 +12,7 @@ verdicts, the full config and the environment (``_demo/environment.py``): what a
     python benchmarks/defense_sweep.py --methods sft,spard --attacks heavy --seeds 0-19 \
         --environments default,avx2 --workers 2             # both kernel settings, one worker each
 
-``--environments`` takes ``default`` (no ``ATEN_CPU_CAPABILITY``) and kernel names such as
+``--environments`` takes ``native`` (no ``ATEN_CPU_CAPABILITY``) and kernel names such as
 ``avx2``; each gets its own worker pool started with that setting, its own aligned-model cache
 (``CACHE_DIR/<environment key>``), and ``--workers`` is split between them, so with the cells in
 seed-major order both environments advance evenly.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from dataclasses import replace
 
@@ -104,14 +105,28 @@ def test_the_kernel_setting_is_measured_in_a_fresh_process():
         defense_sweep.probe_environment("no_such_kernel", 1)
 
 
+#: The kernel setting this process runs in: cells swept in it can be re-run here exactly.
+HERE = (os.environ.get("ATEN_CPU_CAPABILITY", "").lower() or "native",)
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
+    """One cell swept in the kernel setting this process runs in, so that re-running the cell
+    here reproduces it exactly (another setting is another environment, with other numbers)."""
     out = tmp_path_factory.mktemp("sweep")
     cache = out / "cache"
+    label = HERE[0]
     state = defense_sweep.sweep(
-        ["spard"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False
+        ["spard"],
+        ["heavy"],
+        [0],
+        out=out,
+        cache_dir=cache,
+        smoke=True,
+        progress=False,
+        environments=HERE,
     )
-    env_key = environment_key(defense_sweep.probe_environment("native", 1))
+    env_key = environment_key(defense_sweep.probe_environment(label, 1))
     return out, cache, state, env_key
 
 
@@ -158,7 +173,14 @@ def test_a_finished_cell_is_never_recomputed_and_a_new_method_only_adds_its_cell
     out, cache, first, env_key = swept
     before = json.loads((out / "defense_sweep.json").read_text())["cells"]
     state = defense_sweep.sweep(
-        ["spard", "sft"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False
+        ["spard", "sft"],
+        ["heavy"],
+        [0],
+        out=out,
+        cache_dir=cache,
+        smoke=True,
+        progress=False,
+        environments=HERE,
     )
     assert state["runs"][-1]["cells"] == 1  # sft only
     assert state["cells"][next(iter(before))] == before[next(iter(before))]  # untouched
@@ -166,7 +188,14 @@ def test_a_finished_cell_is_never_recomputed_and_a_new_method_only_adds_its_cell
         defense_sweep.cell_key("sft", "heavy", 0, env_key, smoke=True)
     }
     again = defense_sweep.sweep(
-        ["spard", "sft"], ["heavy"], [0], out=out, cache_dir=cache, smoke=True, progress=False
+        ["spard", "sft"],
+        ["heavy"],
+        [0],
+        out=out,
+        cache_dir=cache,
+        smoke=True,
+        progress=False,
+        environments=HERE,
     )
     assert again["cells"] == state["cells"]
     assert len(again["runs"]) == len(state["runs"])  # nothing to run: no run recorded
@@ -181,7 +210,14 @@ def test_two_runs_into_one_out_at_the_same_time_keep_every_cell(swept, tmp_path)
     def run(methods):
         try:
             defense_sweep.sweep(
-                methods, ["heavy"], [0], out=tmp_path, cache_dir=cache, smoke=True, progress=False
+                methods,
+                ["heavy"],
+                [0],
+                out=tmp_path,
+                cache_dir=cache,
+                smoke=True,
+                progress=False,
+                environments=HERE,
             )
         except BaseException as err:  # surfaced below: a thread's exception is otherwise lost
             errors.append(err)
