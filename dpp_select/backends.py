@@ -107,6 +107,7 @@ class NumpyPass:
             self.norms = norms
         self.unit = pass_error_unit(self.d, float64_pass=False)
         self.pass_dtype = np.dtype(np.float32)
+        self._out: np.ndarray | None = None  # project_device's result, reused by every call
 
     def project(self, a: np.ndarray, out: np.ndarray) -> None:
         """Write ``X @ a`` (float32) into ``out``."""
@@ -117,9 +118,27 @@ class NumpyPass:
         rows = np.asarray(self._source[idx], dtype=np.float64)
         return rows / self._norms[idx, None] if self._unit_rows else rows
 
-    def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
-        """``X[rows] @ basis.T`` in float32, each entry within the same bound as ``project``."""
-        return self._x32[rows] @ basis.astype(np.float32).T  # a rounded as in project
+    # The device-style interface of TorchPass, on the CPU, for the lazy greedy (lazy.py): its
+    # bookkeeping is written once in torch, and NumPy arrays become CPU tensors without copies.
+    device = torch.device("cpu")
+
+    def project_device(self, a: np.ndarray) -> torch.Tensor:
+        """``X @ a`` (float32) as a CPU tensor, in a buffer that the next call overwrites."""
+        if self._out is None:
+            self._out = np.empty(self.n, dtype=np.float32)
+        self.project(a, self._out)
+        return torch.from_numpy(self._out)
+
+    def device_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows ``index`` (a CPU tensor) of the pass's matrix, float64."""
+        return torch.from_numpy(self.rows(index.numpy()))
+
+    def project_rows(self, rows: torch.Tensor | slice, basis: torch.Tensor) -> torch.Tensor:
+        """``X[rows] @ basis.T`` in float32 (``basis`` float64), each entry within the same
+        bound as ``project``; ``rows`` is an index tensor or a slice."""
+        index = rows if isinstance(rows, slice) else rows.numpy()
+        b = basis.numpy().astype(np.float32)  # a rounded as in project
+        return torch.from_numpy(self._x32[index] @ b.T)
 
 
 def _tf32_enabled(device: torch.device) -> bool:
@@ -253,20 +272,23 @@ class TorchPass:
         rows = self._source.index_select(0, index).to(torch.float64)
         return rows / self._norms_dev[index, None] if self._unit else rows
 
-    def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
-        """``X[rows] @ basis.T`` in ``pass_dtype`` on the device, returned as NumPy.
+    def project_rows(self, rows: torch.Tensor | slice, basis: torch.Tensor) -> torch.Tensor:
+        """``X[rows] @ basis.T`` in ``pass_dtype`` on the device (``basis`` float64 there).
 
-        ``rows`` is an index array (gathered on the device) or a slice of at most a few
-        thousand rows (widened whole when X is stored in half precision). Each entry is within
-        the float32 (or float64) bound, which the split pass's ``unit`` exceeds.
+        ``rows`` is an index tensor on the device (a few hundred rows, gathered) or a slice
+        (half-precision storage widened a bounded block at a time). Each entry is within the
+        float32 (or float64) bound, which the split pass's ``unit`` exceeds.
         """
-        if isinstance(rows, slice):
-            block = self._x[rows]
-        else:
-            index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
-            block = self._x.index_select(0, index.to(self.device))
-        b = torch.from_numpy(np.ascontiguousarray(basis)).to(self.device, self._pass_dtype)
-        return (block.to(self._pass_dtype) @ b.T).cpu().numpy()
+        b = basis.to(self._pass_dtype)
+        if not isinstance(rows, slice):
+            return self._x.index_select(0, rows).to(self._pass_dtype) @ b.T
+        block = self._x[rows]
+        if block.dtype == self._pass_dtype:
+            return block @ b.T
+        out = torch.empty(block.shape[0], b.shape[0], dtype=self._pass_dtype, device=self.device)
+        for lo in range(0, block.shape[0], self._block):
+            out[lo : lo + self._block] = block[lo : lo + self._block].to(self._pass_dtype) @ b.T
+        return out
 
     @property
     def pass_dtype(self) -> np.dtype:

@@ -25,6 +25,14 @@ would exceed it, the step falls back to a full pass that brings every candidate 
 float32 product of X with the basis vectors it missed), and lazy steps are retried after a
 cool-down that doubles while they keep failing, so data on which lazy evaluation cannot win
 costs a few percent more than the plain full-pass greedy at worst.
+
+Where it runs: every O(N) array (gains, error bounds, steps, weights, exact gains, the pool) is a
+torch tensor on the pass's device (``xpass.device``): the torch backend's device, or the CPU for
+the NumPy backend, whose arrays become CPU tensors without copies and whose products stay NumPy
+BLAS. Per pick, what crosses between host and device is O(d + contenders + batch sizes): the
+new basis vector to the device; to the host, the contenders with their exact gains, the chosen
+row, and a few scalars per batch (bounds, sizes, costs). The full-pass fallback folds the
+device pass (``project_device``) on the device, like ``device_pass.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +41,11 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
-from .kernel import CHUNK, MARGIN, GreedyResult, WholePool, extend_basis, finish, rescore
+from .backends import NumpyPass
+from .device_rescore import rescore_on_device
+from .kernel import CHUNK, MARGIN, GreedyResult, WholePool, extend_basis, finish
 
 __all__ = ["run_lazy"]
 
@@ -42,6 +53,9 @@ _BLOCK = 512  # candidates gathered and multiplied at once
 _FIRST_BATCH = 64  # smallest first batch of a lazy step
 _MIN_POOL = 4096  # smallest pool after a rebuild
 _SAMPLE = 8192  # bounds sampled to choose the pool level
+# Elements of the (rows x basis vectors) products a full-pass fallback folds at a time: cache
+# sized on the CPU, large on an accelerator (fewer kernel launches; 32 MiB per float64 temporary).
+_FOLD_ELEMENTS = {"cpu": CHUNK, "other": 1 << 22}
 # Cost model, in units of reading one row of X in a full pass (measured with OpenBLAS/MKL on
 # x86: a gathered row costs about 1.5 pass rows, each extra basis vector about 0.06; a product
 # of X with w > 2 vectors about 2 + 0.05 w passes).
@@ -69,25 +83,42 @@ def run_lazy(
     return _LazyGreedy(xpass, norms, w, k, jitter, pool).run(k, eps)
 
 
+def _torch_flatnonzero(mask: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(mask).squeeze(1)
+
+
+def _numpy_flatnonzero(mask: torch.Tensor) -> torch.Tensor:
+    """``torch.nonzero`` of a CPU mask through NumPy, without copies: several times faster."""
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
+
+
 class _LazyGreedy:
     def __init__(
         self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, shard: Any
     ) -> None:
-        n, d = xpass.n, xpass.d
-        self.xpass, self.n, self.w, self.jitter, self.shard = xpass, n, w, jitter, shard
-        self.scale = w / norms  # f_i = scale_i * x_i
+        n, d, dev = xpass.n, xpass.d, xpass.device
+        self.xpass, self.n, self.jitter, self.shard = xpass, n, jitter, shard
+        self.host_scale = w / norms  # f_i = scale_i * x_i (the chosen row's features: host)
         base = w * w + jitter
-        self.gain, self.err, self.ub = base.copy(), np.zeros(n), base.copy()
-        self.at = np.zeros(n, dtype=np.int32)  # the step gain and err refer to
-        self.floor = 0  # every candidate is at a step >= floor
-        self.exact_gain, self.exact_step = base.copy(), np.zeros(n, dtype=np.int32)
-        self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))
-        self.bound = np.zeros(k)  # unit * ||a_s||: per-weight error of one projection
         self.margin = MARGIN * shard.max_diagonal(base)
-        self.pool, self.tau = np.arange(n), -math.inf
-        self.pool_ub, self.pool_at = self.ub.copy(), self.at.copy()
+        self.scale = torch.from_numpy(self.host_scale).to(dev)
+        self.w = torch.from_numpy(w).to(dev)
+        self.gain = torch.from_numpy(base).to(dev)
+        self.err, self.ub = torch.zeros_like(self.gain), self.gain.clone()
+        self.at = torch.zeros(n, dtype=torch.int64, device=dev)  # the step gain and err refer to
+        self.floor = 0  # every candidate is at a step >= floor
+        self.exact_gain, self.exact_step = self.gain.clone(), self.at.clone()
+        self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))  # extended on the host
+        self.basis = torch.zeros(k, d, dtype=torch.float64, device=dev)  # basis_a on the device
+        self.bound = torch.zeros(k, dtype=torch.float64, device=dev)  # unit * ||a_s||
+        self.pool, self.tau = torch.arange(n, device=dev), -math.inf
+        self.pool_ub, self.pool_at = self.ub.clone(), self.at.clone()
         self.batch, self.best_lower = _FIRST_BATCH, -math.inf
         self.work, self.rescored = 0.0, 0
+        self.fold_rows = _FOLD_ELEMENTS["cpu" if dev.type == "cpu" else "other"]
+        # The NumPy backend's masks are indexed by NumPy (the torch backend's stay on its device).
+        numpy_backend = isinstance(xpass, NumpyPass)
+        self.flatnonzero = _numpy_flatnonzero if numpy_backend else _torch_flatnonzero
 
     def run(self, k: int, eps: float) -> GreedyResult:
         picks: list[int] = []
@@ -103,19 +134,20 @@ class _LazyGreedy:
                     cooldown, backoff = backoff, min(2 * backoff, _MAX_COOLDOWN)
             elif cooldown:
                 cooldown -= 1
+            if not lazy:
+                self._full_step(t)
+            threshold = self.shard.best_lower(self.best_lower) - self.margin
             if lazy:
-                threshold = self.shard.best_lower(self.best_lower) - self.margin
-                contenders = self.pool[self.pool_ub >= threshold]
+                contenders = self.pool[self.flatnonzero(self.pool_ub >= threshold)]
             else:
-                contenders = self._full_step(t)
-                threshold = self.shard.best_lower(self.best_lower) - self.margin
-                contenders = contenders[self.ub[contenders] >= threshold]
+                contenders = self.flatnonzero(self.ub >= threshold)
             choice, best_gain = self._choose(contenders, t)
             if not best_gain >= eps:
                 break
-            f = self.shard.features(self.xpass, choice, self.scale)
+            f = self.shard.features(self.xpass, choice, self.host_scale)
             if not extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
                 break
+            self.basis[t] = torch.from_numpy(self.basis_a[t]).to(self.basis.device)
             self.bound[t] = self.xpass.unit * float(np.linalg.norm(self.basis_a[t]))
             picks.append(choice)
             gains.append(best_gain)
@@ -131,26 +163,26 @@ class _LazyGreedy:
         """Remove the picked ``row`` (local index) from the candidates."""
         self.gain[row] = self.ub[row] = -math.inf
         self.err[row] = 0.0
-        at_pool = int(np.searchsorted(self.pool, row))
-        if at_pool < self.pool.size and self.pool[at_pool] == row:
-            self.pool_ub[at_pool] = -math.inf
+        self.pool_ub.masked_fill_(self.pool == row, -math.inf)
 
-    def _choose(self, contenders: np.ndarray, t: int) -> tuple[int, float]:
+    def _choose(self, contenders: torch.Tensor, t: int) -> tuple[int, float]:
         """Re-score the contenders in float64 where their bound is not exact; the pool picks
         (lowest global index within the margin of the best exact gain)."""
-        stale = contenders[self.err[contenders] > 0.0]
-        if stale.size:
-            exact = rescore(
-                self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain, self.exact_step
+        stale = contenders[self.flatnonzero(self.err[contenders] > 0.0)]
+        if stale.numel():
+            exact = rescore_on_device(
+                self.xpass, stale, t, self.basis, self.scale, self.exact_gain, self.exact_step
             )
             self.gain[stale] = exact
             self.err[stale] = 0.0
-            self.ub[stale] = np.minimum(self.ub[stale], exact)
-            self.rescored += stale.size
-        best_gain, choice = self.shard.pick(contenders, self.gain[contenders], self.margin)
+            self.ub[stale] = torch.minimum(self.ub[stale], exact)
+            self.rescored += stale.numel()
+        best_gain, choice = self.shard.pick(
+            contenders.cpu().numpy(), self.gain[contenders].cpu().numpy(), self.margin
+        )
         return choice, best_gain
 
-    def _fold(self, rows: np.ndarray | slice, proj: np.ndarray, first: int, t: int) -> None:
+    def _fold(self, rows: torch.Tensor | slice, proj: torch.Tensor, first: int, t: int) -> None:
         """Bring ``rows`` from step ``at`` to ``t``; ``proj`` = X[rows] @ a_first..a_{t-1}.
 
         With e_is = w_i unit ||a_s|| bounding |p_is - exact_is|, the error of the folded-in
@@ -160,51 +192,37 @@ class _LazyGreedy:
         at = self.at[rows]
         w = self.w[rows]
         bound = self.bound[first:t]
-        p = proj * self.scale[rows, None]  # f_i . a_s, float64 from the float32 product
-        if at.size and int(at.max()) > first:  # columns some rows have already folded in
-            p[np.arange(first, t)[None, :] < at[:, None]] = 0.0
-            squares = np.append(np.cumsum((bound * bound)[::-1])[::-1], 0.0)[at - first]
+        p = proj.to(torch.float64) * self.scale[rows, None]  # f_i . a_s, float32 widened
+        if at.numel() and int(at.max()) > first:  # columns some rows have already folded in
+            p[torch.arange(first, t, device=p.device)[None, :] < at[:, None]] = 0.0
+            tail = torch.flip(torch.cumsum(torch.flip(bound * bound, (0,)), 0), (0,))
+            squares = torch.cat([tail, tail.new_zeros(1)])[at - first]
         else:
-            squares = float(bound @ bound)
-        self.gain[rows] -= np.einsum("ij,ij->i", p, p)
-        np.abs(p, out=p)
-        self.err[rows] += w * (2.0 * np.einsum("ij,j->i", p, bound) + w * squares)
-        self.at[rows] = t
-        self.ub[rows] = np.minimum(self.ub[rows], self.gain[rows] + self.err[rows])
+            squares = bound @ bound
+        gain = self.gain[rows] - (p * p).sum(dim=1)
+        p.abs_()
+        err = self.err[rows] + w * (2.0 * (p @ bound) + w * squares)
+        self.gain[rows], self.err[rows], self.at[rows] = gain, err, t
+        self.ub[rows] = torch.minimum(self.ub[rows], gain + err)
 
-    def _full_step(self, t: int) -> np.ndarray:
-        """Bring every candidate to step ``t`` in one pass; return the contenders."""
+    def _full_step(self, t: int) -> None:
+        """Bring every candidate to step ``t`` in one pass on the device; set the best lower
+        bound."""
         width = t - self.floor
-        v = None
-        if width == 1:
-            v = np.empty(self.n, dtype=self.xpass.pass_dtype)
-            self.xpass.project(self.basis_a[t - 1], v)
-        rows_per_chunk = CHUNK if width <= 1 else max(256, CHUNK // width)
-        chunks = [(lo, min(self.n, lo + rows_per_chunk)) for lo in range(0, self.n, rows_per_chunk)]
-        lower, upper = np.empty(len(chunks)), np.empty(len(chunks))
-        for c, (lo, hi) in enumerate(chunks):
-            rows = slice(lo, hi)
+        v = self.xpass.project_device(self.basis_a[t - 1]) if width == 1 else None
+        rows_per_chunk = max(256, self.fold_rows // max(width, 1))
+        for lo in range(0, self.n if width else 0, rows_per_chunk):
+            rows = slice(lo, min(self.n, lo + rows_per_chunk))
             if v is not None:
-                self._fold(rows, v[lo:hi, None], t - 1, t)
-            elif width > 1:
-                self._fold(
-                    rows, self.xpass.project_rows(rows, self.basis_a[self.floor : t]), self.floor, t
-                )
-            lower[c] = (self.gain[rows] - self.err[rows]).max()
-            upper[c] = self.ub[rows].max()
+                proj = v[rows, None]
+            else:
+                proj = self.xpass.project_rows(rows, self.basis[self.floor : t])
+            self._fold(rows, proj, self.floor, t)
         self.work += self.n * width
         self.floor = t
-        self.at[:] = t
-        self.best_lower = float(lower.max())
-        threshold = self.best_lower - self.margin
+        self.at.fill_(t)
+        self.best_lower = float((self.gain - self.err).max())
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
-        return np.concatenate(
-            [
-                lo + np.flatnonzero(self.ub[lo:hi] >= threshold)
-                for c, (lo, hi) in enumerate(chunks)
-                if upper[c] >= threshold
-            ]
-        )
 
     def _lazy_step(self, t: int) -> bool:
         """Bring forward the pool's best bounds until none left behind can win; False: too dear."""
@@ -212,7 +230,7 @@ class _LazyGreedy:
         passes = width if width <= 2 else _WIDE_COST[0] + _WIDE_COST[1] * width
         budget, spent = _BUDGET * passes * self.n, 0.0
         best_lower, batch, refreshed = -math.inf, self.batch, 0
-        if not np.any(self.pool_ub > -math.inf):
+        if not bool((self.pool_ub > -math.inf).any()):
             self._rebuild(math.inf)
         while True:
             threshold = best_lower - self.margin
@@ -223,48 +241,48 @@ class _LazyGreedy:
                 behind &= self.pool_ub >= threshold
             else:
                 behind &= self.pool_ub > -math.inf
-            pos = np.flatnonzero(behind)
-            if pos.size == 0:
+            pos = self.flatnonzero(behind)
+            if pos.numel() == 0:
                 if not refreshed:  # no live candidate left behind: nothing to be lazy about
                     return False
                 break
-            if not refreshed or pos.size > 2 * batch:
-                if pos.size > batch:
-                    pos = pos[np.argpartition(-self.pool_ub[pos], batch - 1)[:batch]]
-            cost = pos.size * _ROW_COST + _VECTOR_COST * float(np.sum(t - self.pool_at[pos]))
+            if (not refreshed or pos.numel() > 2 * batch) and pos.numel() > batch:
+                pos = pos[torch.topk(self.pool_ub[pos], batch, sorted=False).indices]
+            behind_by = float((t - self.pool_at[pos]).sum())
+            cost = pos.numel() * _ROW_COST + _VECTOR_COST * behind_by
             if spent + cost > budget:
                 return False
             spent += cost
             rows = self._refresh(pos, t)
             best_lower = max(best_lower, float((self.gain[rows] - self.err[rows]).max()))
-            refreshed += pos.size
+            refreshed += pos.numel()
             batch *= 2
         self.best_lower = best_lower
         self.batch = max(_FIRST_BATCH, refreshed // 4)
         return True
 
-    def _refresh(self, pos: np.ndarray, t: int) -> np.ndarray:
+    def _refresh(self, pos: torch.Tensor, t: int) -> torch.Tensor:
         """Bring pool entries ``pos`` to step ``t``, in blocks of similar ``at``; return rows."""
-        pos = pos[np.argsort(-self.pool_at[pos], kind="stable")]
+        pos = pos[torch.argsort(-self.pool_at[pos], stable=True)]
         rows = self.pool[pos]
-        for start in range(0, rows.size, _BLOCK):
+        for start in range(0, rows.numel(), _BLOCK):
             block = rows[start : start + _BLOCK]
             first = int(self.at[block[-1]])  # smallest in the block
-            self._fold(block, self.xpass.project_rows(block, self.basis_a[first:t]), first, t)
-            self.work += block.size * (t - first)
+            self._fold(block, self.xpass.project_rows(block, self.basis[first:t]), first, t)
+            self.work += block.numel() * (t - first)
         self.pool_at[pos] = t
         self.pool_ub[pos] = self.ub[rows]
         return rows
 
     def _rebuild(self, threshold: float) -> None:
         """Pool = every candidate whose bound exceeds a new level below ``threshold``."""
-        target = min(self.n, max(_MIN_POOL, 2 * self.pool.size if self.tau > -math.inf else 0))
+        target = min(self.n, max(_MIN_POOL, 2 * self.pool.numel() if self.tau > -math.inf else 0))
         sample = self.ub[:: max(1, self.n // _SAMPLE)]
-        rank = int(sample.size * target / self.n)
+        rank = int(sample.numel() * target / self.n)
         level = -math.inf
-        if rank < sample.size:
-            level = float(np.partition(sample, sample.size - 1 - rank)[sample.size - 1 - rank])
+        if rank < sample.numel():
+            level = float(torch.kthvalue(sample, sample.numel() - rank).values)
         # Strictly below both, so that ties at the level join the pool.
         self.tau = float(np.nextafter(min(level, threshold), -math.inf))
-        self.pool = np.flatnonzero(self.ub > self.tau)
+        self.pool = self.flatnonzero(self.ub > self.tau)
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
