@@ -91,7 +91,7 @@ def _method_spec(method: Method) -> dict[str, Any]:
     def name(fn: Any) -> str | None:
         return None if fn is None else getattr(fn, "__qualname__", type(fn).__qualname__)
 
-    return {
+    spec = {
         "selection": method.selection,
         "options": json.loads(json.dumps(method.options, sort_keys=True, default=repr)),
         "wrapper": name(method.wrapper),
@@ -99,6 +99,9 @@ def _method_spec(method: Method) -> dict[str, Any]:
         "eval_prompt": name(method.eval_prompt),
         "adapter": method.adapter,
     }
+    if method.safe_ratio is not None:  # only when set, so the stored cells' keys stay as they were
+        spec["safe_ratio"] = method.safe_ratio
+    return spec
 
 
 def cell_key(method: str, attack: str, seed: int, environment: str, smoke: bool = False) -> str:
@@ -207,7 +210,9 @@ def run_cell(
     ctx = _context(attack, seed, smoke, Path(cache_dir))
     config, data, m = ctx["config"], ctx["data"], METHODS[method]
     tok = data.tokenizer
-    safe = ctx["selector"].select(m.selection) if m.selection is not None else None
+    safe = None
+    if m.selection is not None:
+        safe = ctx["selector"].select(m.selection, m.safe_ratio)
     outcome = run_attack(
         ctx["aligned"], tok, data.finetune, m, safe, config, desc=method, progress=False
     )

@@ -6,27 +6,32 @@ code, the dispatch of a fixed number of tensor operations, and the O(d + contend
 none of it should grow with N. This CPU-only benchmark measures exactly that part:
 
 * the pool at the large N is the pool at the small N plus rows that never contend (weight 1e-4
-  against >= 0.5), so both runs make identical picks, contenders and float64 re-scorings and
-  differ only in N;
-* the selection runs under ``cProfile``; the host time is the own time of every Python function
-  (the interpreter's work), which excludes every C call: the tensor operations, i.e. all the
-  work a device would do (the pass ``X @ a`` included). What the host spends dispatching those
-  operations is a fixed cost per call; the number of C calls per pick is reported for both
-  sizes and must be equal. (Wall time less the operations' time is no measure on a shared
-  machine: descheduling grows with the O(N) device work that the CPU stands in for here);
-* the Python bytecode instructions per pick (``sys.settrace`` opcode events) and the C calls
-  per pick, counts free of timing noise: equal at both sizes means the host's work does not
-  depend on N. On this CPU the time of those same instructions can still grow with N, because
-  the O(N) tensor work that the CPU does in the device's place evicts the interpreter from the
-  caches between them; on an accelerator that work runs elsewhere;
-* per pick = (host time at k picks - host time at 1 pick) / (k - 1), so the one-off setup
-  (row norms, weights, copies to the device, all chunked by design) cancels; each figure is the
-  median of five pairs of runs.
+  against >= 0.5, and k < d so the real rows keep a residual), so both runs make identical
+  picks, contenders and float64 re-scorings and differ only in N;
+* the selection runs under ``cProfile``. The host time per pick is the own time of the Python
+  functions that run once per pick (those called more often in a k-pick run than in a 1-pick
+  run), which excludes every C call: the tensor operations, i.e. all the work a device would do
+  (the pass ``X @ a`` included). The setup (row norms, weights, copies to the device) runs in
+  functions called once whatever k, so it drops out exactly instead of cancelling with its
+  timing noise. Per pick = (k-pick run - 1-pick run) / (k - 1); each figure is the median of
+  five pairs of runs;
+* three counts free of timing noise: Python bytecode instructions (``sys.settrace`` opcode
+  events), C calls (each tensor operation is one, and costs the host a fixed dispatch), and tensor
+  elements brought to the host (``Tensor.cpu``). Equal at both sizes means the host's work does
+  not depend on N.
+
+Why the time can still grow with N on a CPU when the counts do not: here the CPU also does the
+device's O(N) work, and that work streams the pool through the caches the interpreter runs from.
+With d = 64 the pool at N = 1e6 (256 MB) exceeds the last-level cache and at N = 1e5 it does not,
+so the same instructions run from memory at one size and from cache at the other; every function
+slows alike, ``extend_basis`` (O(k d), no pool data) included. On an accelerator that work runs
+elsewhere. ``--shapes`` therefore also measures a narrower pool (d = 32) whose state at N = 1e6
+stays within a large last-level cache at both sizes, which isolates the dependence on N.
 
 Acceptance: the per-pick host time at N = 1e6 within 1.2x of N = 1e5.
 
-Usage: python benchmarks/dpp_host_work.py [--small 100000] [--large 1000000] [--d 64] [--k 40]
-       [--out benchmarks/results/dpp_host_work.md]
+Usage: python benchmarks/dpp_host_work.py [--small 100000] [--large 1000000]
+       [--shapes 64:40,32:24] [--out benchmarks/results/dpp_host_work.md]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import cProfile
 import os
 import platform
 import pstats
+import subprocess
 import sys
 import time
 
@@ -58,18 +64,33 @@ def pools(small: int, large: int, d: int, seed: int = 0) -> dict[int, tuple]:
     return {small: (torch.from_numpy(x[:small]), q[:small]), large: (torch.from_numpy(x), q)}
 
 
-def host_seconds(emb: torch.Tensor, q: np.ndarray, k: int) -> tuple[float, int, np.ndarray]:
-    """Seconds spent in Python code during one selection (``cProfile``'s own time of every
-    Python function, which excludes the C calls: tensor operations, NumPy), the number of C
-    calls, and the picks."""
+def profile(emb: torch.Tensor, q: np.ndarray, k: int) -> tuple[dict, np.ndarray]:
+    """``cProfile``'s statistics of one selection of ``k`` items, and the picks:
+    (file, line, name) -> (primitive calls, calls, own time, ...)."""
     profiler = cProfile.Profile()
     res = profiler.runcall(
         greedy_dpp_result, emb, k, quality=q, beta=1.0, jitter=1e-9, backend="torch"
     )
-    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tottime, ...)
-    python = sum(v[2] for key, v in stats.items() if key[0] != "~")
-    c_calls = sum(v[1] for key, v in stats.items() if key[0] == "~")
-    return python, c_calls, res.indices
+    return pstats.Stats(profiler).stats, res.indices
+
+
+def per_pick_split(many: dict, one: dict, k: int) -> tuple[float, float]:
+    """Python seconds and C calls per pick from the statistics of a ``k``-pick and a 1-pick run.
+
+    Only functions called more often in the ``k``-pick run count: the per-pick code. The setup
+    (row norms, weights, copies to the device; its functions run once per selection whatever k)
+    drops out exactly rather than cancelling with its timing noise. A Python function's own time
+    excludes every C call it makes (the tensor operations, i.e. the device's work)."""
+    python = c_calls = 0.0
+    for key, row in many.items():
+        before = one.get(key, (0, 0, 0.0))
+        if row[1] <= before[1]:
+            continue
+        if key[0] == "~":
+            c_calls += row[1] - before[1]
+        else:
+            python += row[2] - before[2]
+    return python / (k - 1), c_calls / (k - 1)
 
 
 def opcodes(emb: torch.Tensor, q: np.ndarray, k: int) -> int:
@@ -92,20 +113,41 @@ def opcodes(emb: torch.Tensor, q: np.ndarray, k: int) -> int:
     return count
 
 
+def host_elements(emb: torch.Tensor, q: np.ndarray, k: int) -> int:
+    """Tensor elements brought to the host (``Tensor.cpu``, the only way the greedy reads a
+    device value) during one selection of ``k`` items."""
+    count = 0
+    cpu = torch.Tensor.cpu
+
+    def counted(tensor, *args, **kwargs):
+        nonlocal count
+        count += tensor.numel()
+        return cpu(tensor, *args, **kwargs)
+
+    torch.Tensor.cpu = counted
+    try:
+        greedy_dpp_result(emb, k, quality=q, beta=1.0, jitter=1e-9, backend="torch")
+    finally:
+        torch.Tensor.cpu = cpu
+    return count
+
+
 def per_pick(emb: torch.Tensor, q: np.ndarray, k: int, repeats: int = 5) -> dict:
-    """Python seconds and C calls per pick, setup cancelled (module docstring): the
-    median over ``repeats`` pairs of runs (k picks, then 1 pick)."""
-    host_seconds(emb, q, k)  # warm-up: lazy imports, allocator, profiler
-    diffs, ops = [], []
+    """Python seconds and C calls per pick (``per_pick_split``): the median over ``repeats``
+    pairs of runs (k picks, then 1 pick)."""
+    profile(emb, q, k)  # warm-up: lazy imports, allocator, profiler
+    seconds, calls = [], []
     for _ in range(repeats):
-        full, one = host_seconds(emb, q, k), host_seconds(emb, q, 1)
-        diffs.append((full[0] - one[0]) / (k - 1))
-        ops.append((full[1] - one[1]) / (k - 1))
+        (many, picks), (one, _) = profile(emb, q, k), profile(emb, q, 1)
+        python, c_calls = per_pick_split(many, one, k)
+        seconds.append(python)
+        calls.append(c_calls)
     return {
-        "host_per_pick": float(np.median(diffs)),
-        "ops_per_pick": float(np.median(ops)),
+        "host_per_pick": float(np.median(seconds)),
+        "ops_per_pick": float(np.median(calls)),
         "opcodes_per_pick": (opcodes(emb, q, k) - opcodes(emb, q, 1)) / (k - 1),
-        "picks": full[2],
+        "to_host_per_pick": (host_elements(emb, q, k) - host_elements(emb, q, 1)) / (k - 1),
+        "picks": picks,
     }
 
 
@@ -117,63 +159,76 @@ def measure(small: int, large: int, d: int, k: int) -> dict:
             "the two pools selected different items; the non-contending rows "
             "contended (raise d or lower their weight)"
         )
-    few, many = cells[small], cells[large]
     return {
-        "small": small,
-        "large": large,
         "d": d,
         "k": k,
-        "host_small": few["host_per_pick"],
-        "host_large": many["host_per_pick"],
-        "ops_small": few["ops_per_pick"],
-        "ops_large": many["ops_per_pick"],
-        "opcodes_small": few["opcodes_per_pick"],
-        "opcodes_large": many["opcodes_per_pick"],
-        "ratio": many["host_per_pick"] / few["host_per_pick"],
+        "cells": cells,
+        "ratio": cells[large]["host_per_pick"] / cells[small]["host_per_pick"],
     }
 
 
-def markdown(r: dict) -> list[str]:
-    verdict = "within" if r["ratio"] <= 1.2 else "NOT within"
-    return [
-        "| N | Python time per pick | Python opcodes per pick | C calls (tensor operations "
-        "included) per pick |",
-        "|---|---|---|---|",
-        f"| {r['small']:,} | {r['host_small'] * 1e6:.0f} us | {r['opcodes_small']:.1f} | "
-        f"{r['ops_small']:.1f} |",
-        f"| {r['large']:,} | {r['host_large'] * 1e6:.0f} us | {r['opcodes_large']:.1f} | "
-        f"{r['ops_large']:.1f} |",
-        "",
-        f"Ratio N={r['large']:,} / N={r['small']:,}: **{r['ratio']:.3f}** ({verdict} the 1.2x "
-        f"acceptance bound); d = {r['d']}, k = {r['k']}, identical picks at both sizes.",
+def markdown(results: list[dict]) -> list[str]:
+    lines = [
+        "| d | k | N | Python time per pick | Python opcodes per pick | C calls per pick "
+        "(tensor operations included) | elements brought to the host per pick |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for r in results:
+        for n, c in r["cells"].items():
+            lines.append(
+                f"| {r['d']} | {r['k']} | {n:,} | {c['host_per_pick'] * 1e6:.0f} us | "
+                f"{c['opcodes_per_pick']:.1f} | {c['ops_per_pick']:.1f} | "
+                f"{c['to_host_per_pick']:.1f} |"
+            )
+    lines.append("")
+    for r in results:
+        small, large = r["cells"]
+        verdict = "within" if r["ratio"] <= 1.2 else "NOT within"
+        lines.append(
+            f"- d = {r['d']}, k = {r['k']}: time ratio N={large:,} / N={small:,} "
+            f"**{r['ratio']:.3f}** ({verdict} 1.2x); identical picks at both sizes."
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--large", type=int, default=1_000_000)
-    parser.add_argument("--d", type=int, default=64)
-    parser.add_argument("--k", type=int, default=40)
+    parser.add_argument(
+        "--shapes",
+        default="64:40,32:24",
+        help="comma-separated d:k pairs (k < d, so that the non-contending rows never contend)",
+    )
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a shared 2-core machine: one thread keeps the runs comparable
     load = os.getloadavg()[0]
-    r = measure(args.small, args.large, args.d, args.k)
+    shapes = [tuple(int(v) for v in pair.split(":")) for pair in args.shapes.split(",")]
+    results = [measure(args.small, args.large, d, k) for d, k in shapes]
     lines = [
         "# Host-side work per pick, torch backend (CPU)",
         "",
         f"Finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
-        f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average "
+        f"{platform.machine()} ({_cache_sizes()}), {os.cpu_count()} CPUs (load average "
         f"{load:.1f} at start, {os.getloadavg()[0]:.1f} at end), torch {torch.__version__}, "
-        "one torch thread. How it is measured: see the docstring of "
-        "`benchmarks/dpp_host_work.py` (cProfile's own time of the Python functions, "
-        "which excludes the tensor operations; setup cancelled; identical picks at both "
-        "sizes).",
+        "one torch thread. How it is measured, and why the time (unlike the counts) can grow "
+        "with N on a CPU: see the docstring of `benchmarks/dpp_host_work.py`.",
         "",
-    ] + markdown(r)
+    ] + markdown(results)
     write_atomic(args.out, lambda handle: handle.write(("\n".join(lines) + "\n").encode()))
-    print("\n".join(markdown(r)))
+    print("\n".join(markdown(results)))
+
+
+def _cache_sizes() -> str:
+    """The CPU's cache sizes as lscpu reports them (Linux), or 'cache sizes unknown'."""
+    names = ("L2 cache", "L3 cache")
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "cache sizes unknown"
+    found = [" ".join(line.split()) for line in out.splitlines() if line.startswith(names)]
+    return "; ".join(found) or "cache sizes unknown"
 
 
 if __name__ == "__main__":

@@ -47,24 +47,65 @@ def full_pass_greedy(
     return run(xpass, norms, w, k, jitter, eps, pool)
 
 
-class _DeviceState:
-    """The O(N) state of the greedy on the device, and the float64 basis there."""
+class _DeviceGreedy:
+    """The full-pass greedy with its O(N) state on ``xpass``'s device and its basis on both
+    sides; ``best`` and ``add`` are one pick, everything else in ``__init__`` is set up once."""
 
     def __init__(
-        self, xpass: TorchPass, scale: np.ndarray, w: np.ndarray, base: np.ndarray, k: int
+        self, xpass: TorchPass, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, pool: Any
     ) -> None:
         dev = xpass.device
-        self.scale = torch.from_numpy(scale).to(dev)
+        self.xpass, self.pool, self.jitter = xpass, pool, jitter
+        self.scale_host = w / norms  # f_i = scale_i * x_i
+        base = w * w + jitter  # L_ii
+        self.margin = MARGIN * pool.max_diagonal(base)
+        self.scale = torch.from_numpy(self.scale_host).to(dev)
         self.w = torch.from_numpy(w).to(dev)
         self.gain = torch.from_numpy(base).to(dev)
         self.err = torch.zeros_like(self.gain)
         self.exact_gain = self.gain.clone()
         self.exact_step = torch.zeros(xpass.n, dtype=torch.int64, device=dev)
         self.basis = torch.zeros(k, xpass.d, dtype=torch.float64, device=dev)
+        self.basis_a, self.basis_b = np.zeros((k, xpass.d)), np.zeros((k, k))
         # Work buffers, allocated once: no O(N) allocation (nor, on the CPU, its page faults and
         # unmapping) per pick.
         self.proj, self.e, self.tmp = (torch.empty_like(self.gain) for _ in range(3))
         self.mask = torch.empty(xpass.n, dtype=torch.bool, device=dev)
+        self.rescored = self.passes = 0
+
+    def best(self, t: int) -> tuple[float, int]:
+        """Bring the gains to step ``t`` (one pass), re-score the stale contenders in float64 on
+        the device; return the pool's best exact gain and its index."""
+        if t == 0:
+            best_lower = float(self.gain.max())
+        else:
+            a = self.basis_a[t - 1]
+            v = self.xpass.project_device(a)
+            best_lower = self.fold(v, self.xpass.unit * float(np.linalg.norm(a)))
+            self.passes += 1
+        threshold = self.pool.best_lower(best_lower) - self.margin
+        contenders = self.contenders(threshold)
+        stale = contenders[self.err[contenders] > 0.0]
+        if stale.numel():
+            self.gain[stale] = self.rescore(stale, t)[stale]
+            self.err[stale] = 0.0
+        self.rescored += stale.numel()
+        return self.pool.pick(
+            contenders.cpu().numpy(), self.gain[contenders].cpu().numpy(), self.margin
+        )
+
+    def add(self, choice: int, t: int) -> bool:
+        """Add ``choice`` (a global index) to the basis as a_t and drop it from the candidates;
+        False when its residual vanishes."""
+        f = self.pool.features(self.xpass, choice, self.scale_host)
+        if not extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
+            return False
+        self.basis[t] = torch.from_numpy(self.basis_a[t]).to(self.xpass.device)
+        row = choice - self.pool.offset
+        if 0 <= row < self.xpass.n:
+            self.gain[row] = -np.inf
+            self.err[row] = 0.0
+        return True
 
     def fold(self, v: torch.Tensor, bound: float) -> float:
         """``kernel._fold_pass`` on the device: subtract the squares of the pass, add their
@@ -86,7 +127,7 @@ class _DeviceState:
         torch.ge(self.tmp, threshold, out=self.mask)
         return torch.nonzero(self.mask).squeeze(1)
 
-    def rescore(self, xpass: TorchPass, idx: torch.Tensor, t: int) -> torch.Tensor:
+    def rescore(self, idx: torch.Tensor, t: int) -> torch.Tensor:
         """Exact float64 gains of candidates ``idx`` before step ``t`` (``kernel.rescore``):
         each brought forward from the step it was last exact at, in blocks of similar step."""
         steps = self.exact_step[idx]
@@ -97,7 +138,8 @@ class _DeviceState:
             first = int(first_steps[start : start + _RESCORE_BLOCK].min())
             if first == t:
                 continue
-            proj = (xpass.device_rows(block) @ self.basis[first:t].T) * self.scale[block, None]
+            rows = self.xpass.device_rows(block)
+            proj = (rows @ self.basis[first:t].T) * self.scale[block, None]
             done = torch.arange(first, t, device=idx.device)[None, :] < self.exact_step[block, None]
             proj[done] = 0.0
             self.exact_gain[block] -= (proj * proj).sum(dim=1)
@@ -119,41 +161,13 @@ def run_device_pass(
     ``pool`` is ``kernel.WholePool`` for one process or ``distributed.Shard`` for this rank's
     block of a sharded pool; it receives host arrays of the contenders only."""
     pool = WholePool() if pool is None else pool
-    n = xpass.n
-    scale = w / norms  # f_i = scale_i * x_i
-    base = w * w + jitter  # L_ii
-    state = _DeviceState(xpass, scale, w, base, k)
-    basis_a, basis_b = np.zeros((k, xpass.d)), np.zeros((k, k))
-    margin = MARGIN * pool.max_diagonal(base)
+    greedy = _DeviceGreedy(xpass, norms, w, k, jitter, pool)
     picks: list[int] = []
     gains: list[float] = []
-    rescored = passes = 0
     for t in range(k):
-        if t == 0:
-            best_lower = float(state.gain.max())
-        else:
-            a = basis_a[t - 1]
-            best_lower = state.fold(xpass.project_device(a), xpass.unit * float(np.linalg.norm(a)))
-            passes += 1
-        threshold = pool.best_lower(best_lower) - margin
-        contenders = state.contenders(threshold)
-        stale = contenders[state.err[contenders] > 0.0]
-        if stale.numel():
-            state.gain[stale] = state.rescore(xpass, stale, t)[stale]
-            state.err[stale] = 0.0
-        rescored += stale.numel()
-        best_gain, choice = pool.pick(
-            contenders.cpu().numpy(), state.gain[contenders].cpu().numpy(), margin
-        )
-        if not best_gain >= eps:
+        best_gain, choice = greedy.best(t)
+        if not best_gain >= eps or not greedy.add(choice, t):
             break
-        f = pool.features(xpass, choice, scale)
-        if not extend_basis(f, jitter, basis_a, basis_b, t):
-            break
-        state.basis[t] = torch.from_numpy(basis_a[t]).to(xpass.device)
         picks.append(choice)
         gains.append(best_gain)
-        if 0 <= choice - pool.offset < n:
-            state.gain[choice - pool.offset] = -np.inf
-            state.err[choice - pool.offset] = 0.0
-    return finish(picks, gains, pool.total_rescored(rescored), k, eps, float(passes))
+    return finish(picks, gains, pool.total_rescored(greedy.rescored), k, eps, float(greedy.passes))

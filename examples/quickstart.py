@@ -121,7 +121,9 @@ def run_methods(names, aligned, data, config: DemoConfig, progress: bool) -> tup
     rows, curves = {}, {}
     for name in names:
         method = METHODS[name]
-        safe = selector.select(method.selection) if method.selection is not None else None
+        safe = None
+        if method.selection is not None:
+            safe = selector.select(method.selection, method.safe_ratio)
         outcome = run_attack(
             aligned, tok, data.finetune, method, safe, config, desc=name, progress=progress
         )

@@ -90,6 +90,34 @@ def test_a_changed_method_option_changes_the_key(monkeypatch):
     assert len(keys) == 3
 
 
+def test_a_method_of_its_own_safe_ratio_has_its_own_key_and_the_others_keep_theirs():
+    """``safe_ratio`` enters a method's key only when the method sets it, so adding the field
+    left the key of every committed cell as it was (the committed sweep resumes from them)."""
+    committed = json.loads(
+        (defense_sweep.ROOT / "benchmarks" / "results" / "defense_sweep.json").read_text()
+    )["cells"]
+    for method in ("sft", "spard", "penalty"):
+        config_hash = defense_sweep.cell_key(method, "standard", 0, "env").split("|")[3]
+        assert any(key.startswith(f"{method}|standard|0|{config_hash}|") for key in committed)
+    more = defense_sweep.cell_key("spard_more_safe", "standard", 0, "env", smoke=True)
+    assert (
+        more.split("|")[3]
+        != defense_sweep.cell_key("spard", "standard", 0, "env", smoke=True).split("|")[3]
+    )
+
+
+def test_a_method_of_its_own_safe_ratio_trains_on_that_share_of_the_fine_tuning_set(swept):
+    _, cache, _, _ = swept
+    ctx = defense_sweep._context("heavy", 0, True, cache)
+    selector, n_finetune = ctx["selector"], len(ctx["data"].finetune)
+    default = selector.select("dpp")
+    more = selector.select("dpp", defense_sweep.METHODS["spard_more_safe"].safe_ratio)
+    assert len(default) == max(1, round(ctx["config"].safe_ratio * n_finetune))
+    expected = round(defense_sweep.METHODS["spard_more_safe"].safe_ratio * n_finetune)
+    assert len(more) == min(len(ctx["data"].safe_pool), expected) > len(default)
+    assert selector.select("dpp") is default  # memoised per (method, size)
+
+
 def test_the_kernel_setting_is_measured_in_a_fresh_process():
     native = defense_sweep.probe_environment("native", 1)
     assert (

@@ -163,6 +163,21 @@ def test_python_work_per_pick_does_not_grow_with_n(storage):
     assert calls_small == calls_large
 
 
+def test_host_work_benchmark_counts_the_same_work_per_pick_at_both_sizes():
+    """benchmarks/dpp_host_work.py at toy sizes: its timing-free counts (Python opcodes, C calls,
+    elements brought to the host) are equal at N and 50 N, and what reaches the host per pick is
+    O(d + contenders), far below N."""
+    import dpp_host_work
+
+    r = dpp_host_work.measure(600, 30000, 16, 8)
+    small, large = r["cells"][600], r["cells"][30000]
+    np.testing.assert_array_equal(small["picks"], large["picks"])
+    for count in ("opcodes_per_pick", "ops_per_pick", "to_host_per_pick"):
+        assert small[count] == large[count], count
+    assert 0 < large["to_host_per_pick"] < 600
+    assert small["host_per_pick"] > 0
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("storage", HALF + [torch.float32])

@@ -8,7 +8,8 @@ ablations pin each other trust-region choice explicitly (``"relative"`` with ``r
 fixed eta_safe, ``"lr"``, and none: paper Table 7's "w/o eta_safe"), so the table says which
 default the numbers support. ``spard_repeated`` is spard with the projection repeated on the step's
 safe batch until the loss is at tau (``projection_iterations``, see
-``benchmarks/results/spag_constraint.md``).
+``benchmarks/results/spag_constraint.md``); ``spard_more_safe`` is spard with ten times the safe
+data.
 
 The paper's baselines (``spag_optim.baselines``) use the same safe subset as ``spard`` (the DPP
 selection, 3% of the fine-tuning set), so the table compares what each does with the same data.
@@ -51,6 +52,7 @@ __all__ = [
     "PENALTY_LAMBDA",
     "LISA",
     "REPEATED_PROJECTIONS",
+    "MORE_SAFE_RATIO",
 ]
 
 #: eta_safe for ``spard_fixed_trust``: 10x the demo's LoRA learning rate, about half the step size
@@ -62,6 +64,11 @@ FIXED_ETA = 0.01
 #: loss is at tau. Chosen before any run as "enough for the iteration to converge" (it is Newton's
 #: method on one equation), not tuned on results.
 REPEATED_PROJECTIONS = 10
+
+#: ``spard_more_safe``'s safe ratio: 10x the paper's 3%, so the demo selects about as many safe rows
+#: as the paper's 224 (132 of the 144-row pool under the standard and strong attacks, the whole
+#: pool under the heavy one). Chosen before any sweep run, from ``spag_constraint.md``'s probes.
+MORE_SAFE_RATIO = 0.3
 
 #: ``penalty``'s lambda: 1 weighs the hinge like the task loss (the library default, untuned).
 PENALTY_LAMBDA = 1.0
@@ -89,6 +96,8 @@ class Method:
         eval_prompt: renders a test prompt (the chat template; PTST adds its system prompt).
         adapter: ``"lora"`` (every method but GuardSpace) or ``"guardspace"``: GuardSpace's adapters
             built from the selected safe examples (:mod:`.guardspace`).
+        safe_ratio: how many safe examples to select, as a share of the fine-tuning set's size
+            (capped at the pool); None: the config's ``safe_ratio`` (the paper's 3%).
     """
 
     description: str
@@ -98,6 +107,7 @@ class Method:
     mix_safe: bool = False
     eval_prompt: Callable[[str], str] = chat_prompt
     adapter: str = "lora"
+    safe_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.adapter not in ("lora", "guardspace"):
@@ -184,6 +194,11 @@ METHODS: dict[str, Method] = {
         f"spard with projection_iterations={REPEATED_PROJECTIONS} (projection repeated until the loss is at tau)",
         "dpp",
         {"projection_iterations": REPEATED_PROJECTIONS},
+    ),
+    "spard_more_safe": Method(
+        f"spard with {MORE_SAFE_RATIO:.0%} of the fine-tuning set's size as safe data (10x the paper's 3%)",
+        "dpp",
+        safe_ratio=MORE_SAFE_RATIO,
     ),
     "spard_authors_code": Method(
         "spard with mode='authors_code', tolerance 0.1 (the released code's update)",

@@ -40,28 +40,31 @@ class SafeSelector:
         if not pool:
             raise ValueError("the safe pool is empty; SPAG needs safe examples to select from")
         self.pool = list(pool)
-        self.k = min(len(self.pool), max(1, round(ratio * len(finetune))))
+        self.ratio, self.n_finetune = ratio, len(finetune)
         self.beta = beta
         self.seed = seed
         self._pool_emb = self._embed(model, tokenizer, self.pool, progress)
         self._target_emb = self._embed(model, tokenizer, finetune, progress)
-        self._chosen: dict[str, list[Example]] = {}
+        self._chosen: dict[tuple[str, int], list[Example]] = {}
 
     @staticmethod
     def _embed(model, tokenizer, examples: Sequence[Example], progress: bool) -> np.ndarray:
         texts = [chat_prompt(ex.prompt) for ex in examples]
         return dpp_select.embed_texts(texts, model, tokenizer, batch_size=64, progress=progress)
 
-    def select(self, method: str) -> list[Example]:
-        """The ``k`` safe examples ``dpp_select.select(method=method)`` picks."""
-        if method not in self._chosen:
+    def select(self, method: str, ratio: float | None = None) -> list[Example]:
+        """The safe examples ``dpp_select.select(method=method)`` picks: ``ratio`` (default: the
+        selector's) times the fine-tuning set's size, at least 1, at most the whole pool."""
+        share = self.ratio if ratio is None else ratio
+        k = min(len(self.pool), max(1, round(share * self.n_finetune)))
+        if (method, k) not in self._chosen:
             result = dpp_select.select(
                 self._pool_emb,
                 self._target_emb,
-                k=self.k,
+                k=k,
                 method=method,
                 beta=self.beta,
                 seed=self.seed,
             )
-            self._chosen[method] = [self.pool[int(i)] for i in result.indices]
-        return self._chosen[method]
+            self._chosen[method, k] = [self.pool[int(i)] for i in result.indices]
+        return self._chosen[method, k]
