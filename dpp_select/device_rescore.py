@@ -1,10 +1,11 @@
 """Exact float64 re-scoring with the greedy's state on the pass's device.
 
-``kernel.rescore`` for state kept in torch tensors (the lazy greedy, ``lazy.py``, on either
-backend): each candidate's gain is brought forward in float64 from the step at which it was last
-exact, using only the basis vectors added since (O((t - t0) d) per candidate), so the picks are
-those of the exact float64 greedy (Chen et al. 2018's greedy MAP, as ``kernel.py`` formulates
-it in feature space). What crosses to the host is one step number per candidate.
+``kernel.rescore`` for state kept in torch tensors on the device (the full-pass greedy of
+``device_pass.py``, and the lazy greedy through ``array_ops.TorchOps``): each candidate's gain
+is brought forward in float64 from the step at which it was last exact, using only the basis
+vectors added since (O((t - t0) d) per candidate), so the picks are those of the exact float64
+greedy (Chen et al. 2018's greedy MAP, as ``kernel.py`` formulates it in feature space). What
+crosses to the host is one step number per candidate.
 """
 
 from __future__ import annotations
