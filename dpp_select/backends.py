@@ -90,6 +90,8 @@ class NumpyPass:
     input's memory, as the plain float32 copy did.
     """
 
+    device = torch.device("cpu")  # where the pass's arrays live, as ``TorchPass.device``
+
     def __init__(self, x: np.ndarray, norms: np.ndarray) -> None:
         self._source = x
         self.n, self.d = x.shape
@@ -107,7 +109,6 @@ class NumpyPass:
             self.norms = norms
         self.unit = pass_error_unit(self.d, float64_pass=False)
         self.pass_dtype = np.dtype(np.float32)
-        self._out: np.ndarray | None = None  # project_device's result, reused by every call
 
     def project(self, a: np.ndarray, out: np.ndarray) -> None:
         """Write ``X @ a`` (float32) into ``out``."""
@@ -118,27 +119,9 @@ class NumpyPass:
         rows = np.asarray(self._source[idx], dtype=np.float64)
         return rows / self._norms[idx, None] if self._unit_rows else rows
 
-    # The device-style interface of TorchPass, on the CPU, for the lazy greedy (lazy.py): its
-    # bookkeeping is written once in torch, and NumPy arrays become CPU tensors without copies.
-    device = torch.device("cpu")
-
-    def project_device(self, a: np.ndarray) -> torch.Tensor:
-        """``X @ a`` (float32) as a CPU tensor, in a buffer that the next call overwrites."""
-        if self._out is None:
-            self._out = np.empty(self.n, dtype=np.float32)
-        self.project(a, self._out)
-        return torch.from_numpy(self._out)
-
-    def device_rows(self, index: torch.Tensor) -> torch.Tensor:
-        """The rows ``index`` (a CPU tensor) of the pass's matrix, float64."""
-        return torch.from_numpy(self.rows(index.numpy()))
-
-    def project_rows(self, rows: torch.Tensor | slice, basis: torch.Tensor) -> torch.Tensor:
-        """``X[rows] @ basis.T`` in float32 (``basis`` float64), each entry within the same
-        bound as ``project``; ``rows`` is an index tensor or a slice."""
-        index = rows if isinstance(rows, slice) else rows.numpy()
-        b = basis.numpy().astype(np.float32)  # a rounded as in project
-        return torch.from_numpy(self._x32[index] @ b.T)
+    def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
+        """``X[rows] @ basis.T`` in float32, each entry within the same bound as ``project``."""
+        return self._x32[rows] @ basis.astype(np.float32).T  # a rounded as in project
 
 
 def _tf32_enabled(device: torch.device) -> bool:
@@ -272,7 +255,15 @@ class TorchPass:
         rows = self._source.index_select(0, index).to(torch.float64)
         return rows / self._norms_dev[index, None] if self._unit else rows
 
-    def project_rows(self, rows: torch.Tensor | slice, basis: torch.Tensor) -> torch.Tensor:
+    def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
+        """``project_rows_device`` for host arrays: ``rows`` an index array or a slice, ``basis``
+        float64; the product comes back as NumPy (a view, without a copy, on the CPU)."""
+        if not isinstance(rows, slice):
+            rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device)
+        b = torch.from_numpy(np.ascontiguousarray(basis)).to(self.device)
+        return self.project_rows_device(rows, b).cpu().numpy()
+
+    def project_rows_device(self, rows: torch.Tensor | slice, basis: torch.Tensor) -> torch.Tensor:
         """``X[rows] @ basis.T`` in ``pass_dtype`` on the device (``basis`` float64 there).
 
         ``rows`` is an index tensor on the device (a few hundred rows, gathered) or a slice

@@ -26,13 +26,12 @@ float32 product of X with the basis vectors it missed), and lazy steps are retri
 cool-down that doubles while they keep failing, so data on which lazy evaluation cannot win
 costs a few percent more than the plain full-pass greedy at worst.
 
-Where it runs: every O(N) array (gains, error bounds, steps, weights, exact gains, the pool) is a
-torch tensor on the pass's device (``xpass.device``): the torch backend's device, or the CPU for
-the NumPy backend, whose arrays become CPU tensors without copies and whose products stay NumPy
-BLAS. Per pick, what crosses between host and device is O(d + contenders + batch sizes): the
+Where it runs: the O(N) state (gains, error bounds, steps, weights, exact gains, the pool) is
+written once against an array namespace chosen by the pass's device (``array_ops.py``): NumPy
+arrays on the CPU, whichever backend holds the embeddings, and torch tensors on an accelerator.
+There, per pick, what crosses between host and device is O(d + contenders + batch sizes): the
 new basis vector to the device; to the host, the contenders with their exact gains, the chosen
-row, and a few scalars per batch (bounds, sizes, costs). The full-pass fallback folds the
-device pass (``project_device``) on the device, like ``device_pass.py``.
+row, and a few scalars per batch and per chunk of a full pass (bounds, sizes, costs).
 """
 
 from __future__ import annotations
@@ -41,11 +40,9 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from .backends import NumpyPass
-from .device_rescore import rescore_on_device
-from .kernel import CHUNK, MARGIN, GreedyResult, WholePool, extend_basis, finish
+from .array_ops import for_device
+from .kernel import MARGIN, GreedyResult, WholePool, extend_basis, finish
 
 __all__ = ["run_lazy"]
 
@@ -53,9 +50,6 @@ _BLOCK = 512  # candidates gathered and multiplied at once
 _FIRST_BATCH = 64  # smallest first batch of a lazy step
 _MIN_POOL = 4096  # smallest pool after a rebuild
 _SAMPLE = 8192  # bounds sampled to choose the pool level
-# Elements of the (rows x basis vectors) products a full-pass fallback folds at a time: cache
-# sized on the CPU, large on an accelerator (fewer kernel launches; 32 MiB per float64 temporary).
-_FOLD_ELEMENTS = {"cpu": CHUNK, "other": 1 << 22}
 # Cost model, in units of reading one row of X in a full pass (measured with OpenBLAS/MKL on
 # x86: a gathered row costs about 1.5 pass rows, each extra basis vector about 0.06; a product
 # of X with w > 2 vectors about 2 + 0.05 w passes).
@@ -83,42 +77,29 @@ def run_lazy(
     return _LazyGreedy(xpass, norms, w, k, jitter, pool).run(k, eps)
 
 
-def _torch_flatnonzero(mask: torch.Tensor) -> torch.Tensor:
-    return torch.nonzero(mask).squeeze(1)
-
-
-def _numpy_flatnonzero(mask: torch.Tensor) -> torch.Tensor:
-    """``torch.nonzero`` of a CPU mask through NumPy, without copies: several times faster."""
-    return torch.from_numpy(np.flatnonzero(mask.numpy()))
-
-
 class _LazyGreedy:
     def __init__(
         self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, shard: Any
     ) -> None:
-        n, d, dev = xpass.n, xpass.d, xpass.device
+        n, d = xpass.n, xpass.d
+        self.ops = ops = for_device(xpass.device)
         self.xpass, self.n, self.jitter, self.shard = xpass, n, jitter, shard
         self.host_scale = w / norms  # f_i = scale_i * x_i (the chosen row's features: host)
         base = w * w + jitter
         self.margin = MARGIN * shard.max_diagonal(base)
-        self.scale = torch.from_numpy(self.host_scale).to(dev)
-        self.w = torch.from_numpy(w).to(dev)
-        self.gain = torch.from_numpy(base).to(dev)
-        self.err, self.ub = torch.zeros_like(self.gain), self.gain.clone()
-        self.at = torch.zeros(n, dtype=torch.int64, device=dev)  # the step gain and err refer to
+        self.scale, self.w = ops.asarray(self.host_scale), ops.asarray(w)
+        self.gain, self.err = ops.asarray(base), ops.zeros(n)
+        self.ub = ops.copy(self.gain)
+        self.at = ops.zeros(n, ops.step_dtype)  # the step gain and err refer to
         self.floor = 0  # every candidate is at a step >= floor
-        self.exact_gain, self.exact_step = self.gain.clone(), self.at.clone()
+        self.exact_gain, self.exact_step = ops.copy(self.gain), ops.copy(self.at)
         self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))  # extended on the host
-        self.basis = torch.zeros(k, d, dtype=torch.float64, device=dev)  # basis_a on the device
-        self.bound = torch.zeros(k, dtype=torch.float64, device=dev)  # unit * ||a_s||
-        self.pool, self.tau = torch.arange(n, device=dev), -math.inf
-        self.pool_ub, self.pool_at = self.ub.clone(), self.at.clone()
+        self.basis = ops.asarray(self.basis_a)  # on the host: basis_a itself
+        self.bound = ops.zeros(k)  # unit * ||a_s||: per-weight error of one projection
+        self.pool, self.tau = ops.arange(n), -math.inf
+        self.pool_ub, self.pool_at = ops.copy(self.ub), ops.copy(self.at)
         self.batch, self.best_lower = _FIRST_BATCH, -math.inf
         self.work, self.rescored = 0.0, 0
-        self.fold_rows = _FOLD_ELEMENTS["cpu" if dev.type == "cpu" else "other"]
-        # The NumPy backend's masks are indexed by NumPy (the torch backend's stay on its device).
-        numpy_backend = isinstance(xpass, NumpyPass)
-        self.flatnonzero = _numpy_flatnonzero if numpy_backend else _torch_flatnonzero
 
     def run(self, k: int, eps: float) -> GreedyResult:
         picks: list[int] = []
@@ -134,20 +115,20 @@ class _LazyGreedy:
                     cooldown, backoff = backoff, min(2 * backoff, _MAX_COOLDOWN)
             elif cooldown:
                 cooldown -= 1
-            if not lazy:
-                self._full_step(t)
-            threshold = self.shard.best_lower(self.best_lower) - self.margin
             if lazy:
-                contenders = self.pool[self.flatnonzero(self.pool_ub >= threshold)]
+                threshold = self.shard.best_lower(self.best_lower) - self.margin
+                contenders = self.pool[self.pool_ub >= threshold]
             else:
-                contenders = self.flatnonzero(self.ub >= threshold)
+                contenders = self._full_step(t)
+                threshold = self.shard.best_lower(self.best_lower) - self.margin
+                contenders = contenders[self.ub[contenders] >= threshold]
             choice, best_gain = self._choose(contenders, t)
             if not best_gain >= eps:
                 break
             f = self.shard.features(self.xpass, choice, self.host_scale)
             if not extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
                 break
-            self.basis[t] = torch.from_numpy(self.basis_a[t]).to(self.basis.device)
+            self.basis[t] = self.ops.asarray(self.basis_a[t])  # on the host: itself
             self.bound[t] = self.xpass.unit * float(np.linalg.norm(self.basis_a[t]))
             picks.append(choice)
             gains.append(best_gain)
@@ -163,66 +144,84 @@ class _LazyGreedy:
         """Remove the picked ``row`` (local index) from the candidates."""
         self.gain[row] = self.ub[row] = -math.inf
         self.err[row] = 0.0
-        self.pool_ub.masked_fill_(self.pool == row, -math.inf)
+        at_pool = self.ops.searchsorted(self.pool, row)
+        if at_pool < len(self.pool) and int(self.pool[at_pool]) == row:
+            self.pool_ub[at_pool] = -math.inf
 
-    def _choose(self, contenders: torch.Tensor, t: int) -> tuple[int, float]:
+    def _choose(self, contenders: Any, t: int) -> tuple[int, float]:
         """Re-score the contenders in float64 where their bound is not exact; the pool picks
         (lowest global index within the margin of the best exact gain)."""
-        stale = contenders[self.flatnonzero(self.err[contenders] > 0.0)]
-        if stale.numel():
-            exact = rescore_on_device(
+        ops = self.ops
+        stale = contenders[self.err[contenders] > 0.0]
+        if len(stale):
+            exact = ops.rescore(
                 self.xpass, stale, t, self.basis, self.scale, self.exact_gain, self.exact_step
             )
             self.gain[stale] = exact
             self.err[stale] = 0.0
-            self.ub[stale] = torch.minimum(self.ub[stale], exact)
-            self.rescored += stale.numel()
+            self.ub[stale] = ops.minimum(self.ub[stale], exact)
+            self.rescored += len(stale)
         best_gain, choice = self.shard.pick(
-            contenders.cpu().numpy(), self.gain[contenders].cpu().numpy(), self.margin
+            ops.to_host(contenders), ops.to_host(self.gain[contenders]), self.margin
         )
         return choice, best_gain
 
-    def _fold(self, rows: torch.Tensor | slice, proj: torch.Tensor, first: int, t: int) -> None:
-        """Bring ``rows`` from step ``at`` to ``t``; ``proj`` = X[rows] @ a_first..a_{t-1}.
+    def _fold(self, rows: Any, proj: Any, first: int, t: int) -> None:
+        """Bring ``rows`` (indices or a slice) from step ``at`` to ``t``; ``proj`` = X[rows] @
+        a_first..a_{t-1}.
 
         With e_is = w_i unit ||a_s|| bounding |p_is - exact_is|, the error of the folded-in
         squares is at most sum_s e_is (2 |p_is| + e_is) = w_i (2 sum_s bound_s |p_is| +
         w_i sum_s bound_s^2), summed over the columns a row has not folded in yet.
         """
+        ops = self.ops
         at = self.at[rows]
         w = self.w[rows]
         bound = self.bound[first:t]
-        p = proj.to(torch.float64) * self.scale[rows, None]  # f_i . a_s, float32 widened
-        if at.numel() and int(at.max()) > first:  # columns some rows have already folded in
-            p[torch.arange(first, t, device=p.device)[None, :] < at[:, None]] = 0.0
-            tail = torch.flip(torch.cumsum(torch.flip(bound * bound, (0,)), 0), (0,))
-            squares = torch.cat([tail, tail.new_zeros(1)])[at - first]
+        p = proj * self.scale[rows, None]  # f_i . a_s, float64 from the float32 product
+        if len(at) and int(at.max()) > first:  # columns some rows have already folded in
+            p[ops.arange(first, t)[None, :] < at[:, None]] = 0.0
+            squares = ops.suffix_sums(bound * bound)[at - first]
         else:
             squares = bound @ bound
-        gain = self.gain[rows] - (p * p).sum(dim=1)
-        p.abs_()
-        err = self.err[rows] + w * (2.0 * (p @ bound) + w * squares)
-        self.gain[rows], self.err[rows], self.at[rows] = gain, err, t
-        self.ub[rows] = torch.minimum(self.ub[rows], gain + err)
+        self.gain[rows] -= ops.einsum("ij,ij->i", p, p)
+        ops.absolute(p, out=p)
+        self.err[rows] += w * (2.0 * ops.einsum("ij,j->i", p, bound) + w * squares)
+        self.at[rows] = t
+        self.ub[rows] = ops.minimum(self.ub[rows], self.gain[rows] + self.err[rows])
 
-    def _full_step(self, t: int) -> None:
-        """Bring every candidate to step ``t`` in one pass on the device; set the best lower
-        bound."""
-        width = t - self.floor
-        v = self.xpass.project_device(self.basis_a[t - 1]) if width == 1 else None
-        rows_per_chunk = max(256, self.fold_rows // max(width, 1))
-        for lo in range(0, self.n if width else 0, rows_per_chunk):
-            rows = slice(lo, min(self.n, lo + rows_per_chunk))
+    def _full_step(self, t: int) -> Any:
+        """Bring every candidate to step ``t`` in one pass; return the contenders."""
+        ops, width = self.ops, t - self.floor
+        v = ops.project(self.xpass, self.basis_a[t - 1]) if width == 1 else None
+        rows_per_chunk = ops.fold_elements
+        if width > 1:
+            rows_per_chunk = max(256, rows_per_chunk // width)
+        chunks = [(lo, min(self.n, lo + rows_per_chunk)) for lo in range(0, self.n, rows_per_chunk)]
+        lower, upper = ops.empty(len(chunks)), ops.empty(len(chunks))
+        for c, (lo, hi) in enumerate(chunks):
+            rows = slice(lo, hi)
             if v is not None:
-                proj = v[rows, None]
-            else:
-                proj = self.xpass.project_rows(rows, self.basis[self.floor : t])
-            self._fold(rows, proj, self.floor, t)
+                self._fold(rows, v[lo:hi, None], t - 1, t)
+            elif width > 1:
+                basis = self.basis[self.floor : t]
+                self._fold(rows, ops.project_rows(self.xpass, rows, basis), self.floor, t)
+            lower[c] = (self.gain[rows] - self.err[rows]).max()
+            upper[c] = self.ub[rows].max()
         self.work += self.n * width
         self.floor = t
-        self.at.fill_(t)
-        self.best_lower = float((self.gain - self.err).max())
+        self.at[:] = t
+        self.best_lower = float(lower.max())
+        threshold = self.best_lower - self.margin
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
+        upper = ops.to_host(upper)
+        return ops.concatenate(
+            [
+                lo + ops.flatnonzero(self.ub[lo:hi] >= threshold)
+                for c, (lo, hi) in enumerate(chunks)
+                if upper[c] >= threshold
+            ]
+        )
 
     def _lazy_step(self, t: int) -> bool:
         """Bring forward the pool's best bounds until none left behind can win; False: too dear."""
@@ -241,48 +240,48 @@ class _LazyGreedy:
                 behind &= self.pool_ub >= threshold
             else:
                 behind &= self.pool_ub > -math.inf
-            pos = self.flatnonzero(behind)
-            if pos.numel() == 0:
+            pos = self.ops.flatnonzero(behind)
+            if len(pos) == 0:
                 if not refreshed:  # no live candidate left behind: nothing to be lazy about
                     return False
                 break
-            if (not refreshed or pos.numel() > 2 * batch) and pos.numel() > batch:
-                pos = pos[torch.topk(self.pool_ub[pos], batch, sorted=False).indices]
-            behind_by = float((t - self.pool_at[pos]).sum())
-            cost = pos.numel() * _ROW_COST + _VECTOR_COST * behind_by
+            if (not refreshed or len(pos) > 2 * batch) and len(pos) > batch:
+                pos = pos[self.ops.top_indices(self.pool_ub[pos], batch)]
+            cost = len(pos) * _ROW_COST + _VECTOR_COST * float((t - self.pool_at[pos]).sum())
             if spent + cost > budget:
                 return False
             spent += cost
             rows = self._refresh(pos, t)
             best_lower = max(best_lower, float((self.gain[rows] - self.err[rows]).max()))
-            refreshed += pos.numel()
+            refreshed += len(pos)
             batch *= 2
         self.best_lower = best_lower
         self.batch = max(_FIRST_BATCH, refreshed // 4)
         return True
 
-    def _refresh(self, pos: torch.Tensor, t: int) -> torch.Tensor:
+    def _refresh(self, pos: Any, t: int) -> Any:
         """Bring pool entries ``pos`` to step ``t``, in blocks of similar ``at``; return rows."""
-        pos = pos[torch.argsort(-self.pool_at[pos], stable=True)]
+        pos = pos[self.ops.stable_argsort(-self.pool_at[pos])]
         rows = self.pool[pos]
-        for start in range(0, rows.numel(), _BLOCK):
+        for start in range(0, len(rows), _BLOCK):
             block = rows[start : start + _BLOCK]
             first = int(self.at[block[-1]])  # smallest in the block
-            self._fold(block, self.xpass.project_rows(block, self.basis[first:t]), first, t)
-            self.work += block.numel() * (t - first)
+            proj = self.ops.project_rows(self.xpass, block, self.basis[first:t])
+            self._fold(block, proj, first, t)
+            self.work += len(block) * (t - first)
         self.pool_at[pos] = t
         self.pool_ub[pos] = self.ub[rows]
         return rows
 
     def _rebuild(self, threshold: float) -> None:
         """Pool = every candidate whose bound exceeds a new level below ``threshold``."""
-        target = min(self.n, max(_MIN_POOL, 2 * self.pool.numel() if self.tau > -math.inf else 0))
+        target = min(self.n, max(_MIN_POOL, 2 * len(self.pool) if self.tau > -math.inf else 0))
         sample = self.ub[:: max(1, self.n // _SAMPLE)]
-        rank = int(sample.numel() * target / self.n)
+        rank = int(len(sample) * target / self.n)
         level = -math.inf
-        if rank < sample.numel():
-            level = float(torch.kthvalue(sample, sample.numel() - rank).values)
+        if rank < len(sample):
+            level = self.ops.kth_smallest(sample, len(sample) - 1 - rank)
         # Strictly below both, so that ties at the level join the pool.
         self.tau = float(np.nextafter(min(level, threshold), -math.inf))
-        self.pool = self.flatnonzero(self.ub > self.tau)
+        self.pool = self.ops.flatnonzero(self.ub > self.tau)
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
