@@ -367,7 +367,9 @@ def _section_lazy(quick: bool) -> list[str]:
         "Same process, numpy backend, d = 384, k = 200, beta 4, jitter 1e-6; each mode run "
         "twice, interleaved (lazy, full, lazy, full), best time of each. Work = float32 "
         "multiply-adds with X relative to the full-pass greedy (k - 1 passes). Same = "
-        "identical picks and bit-identical gains. Families: see benchmarks/lazy_families.py.",
+        "identical picks and gains equal within the greedy's tie margin (1e-11 x max L_ii, "
+        "the float64 rounding between two re-scoring orders). Families: see "
+        "benchmarks/lazy_families.py.",
         "",
         "| family | N | q 5-95% | full (s) | lazy (s) | lazy / full | work | re-scored "
         "full / lazy | same |",

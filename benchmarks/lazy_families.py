@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from dpp_select.greedy import greedy_dpp_result
+from dpp_select.kernel import MARGIN
 from dpp_select.relevance import relevance_scores
 
 DIM = 384
@@ -147,6 +148,17 @@ def text_family(
     return x, quality, base.shape[0]
 
 
+def gains_within_tie_margin(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether two runs' gains along the same picks agree within the greedy's tie margin,
+    ``MARGIN x max_i L_ii`` (``kernel.py``): the float64 rounding between two orders of
+    re-scoring one gain, which the greedy counts as a tie. The first gain is the largest L_ii.
+    The lazy and full-pass greedy re-score different candidates at different steps, so their
+    gains agree this closely, not necessarily bit for bit."""
+    if got.shape != expected.shape:
+        return False
+    return expected.size == 0 or bool(np.all(np.abs(got - expected) <= MARGIN * expected[0]))
+
+
 def lazy_cell(family: str, n: int, texts: str | None, targets: str | None) -> dict:
     k, note = 200, ""
     if family == "text":
@@ -173,7 +185,7 @@ def lazy_cell(family: str, n: int, texts: str | None, targets: str | None) -> di
         "work": lazy[1].passes / full[1].passes,
         "same": bool(
             np.array_equal(full[1].indices, lazy[1].indices)
-            and np.array_equal(full[1].gains, lazy[1].gains)
+            and gains_within_tie_margin(lazy[1].gains, full[1].gains)
         ),
         "resc": (full[1].rescored, lazy[1].rescored),
     }

@@ -90,6 +90,8 @@ class NumpyPass:
     input's memory, as the plain float32 copy did.
     """
 
+    device = torch.device("cpu")  # where the pass's arrays live, as ``TorchPass.device``
+
     def __init__(self, x: np.ndarray, norms: np.ndarray) -> None:
         self._source = x
         self.n, self.d = x.shape
@@ -254,19 +256,30 @@ class TorchPass:
         return rows / self._norms_dev[index, None] if self._unit else rows
 
     def project_rows(self, rows: np.ndarray | slice, basis: np.ndarray) -> np.ndarray:
-        """``X[rows] @ basis.T`` in ``pass_dtype`` on the device, returned as NumPy.
+        """``project_rows_device`` for host arrays: ``rows`` an index array or a slice, ``basis``
+        float64; the product comes back as NumPy (a view, without a copy, on the CPU)."""
+        if not isinstance(rows, slice):
+            rows = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self.device)
+        b = torch.from_numpy(np.ascontiguousarray(basis)).to(self.device)
+        return self.project_rows_device(rows, b).cpu().numpy()
 
-        ``rows`` is an index array (gathered on the device) or a slice of at most a few
-        thousand rows (widened whole when X is stored in half precision). Each entry is within
-        the float32 (or float64) bound, which the split pass's ``unit`` exceeds.
+    def project_rows_device(self, rows: torch.Tensor | slice, basis: torch.Tensor) -> torch.Tensor:
+        """``X[rows] @ basis.T`` in ``pass_dtype`` on the device (``basis`` float64 there).
+
+        ``rows`` is an index tensor on the device (a few hundred rows, gathered) or a slice
+        (half-precision storage widened a bounded block at a time). Each entry is within the
+        float32 (or float64) bound, which the split pass's ``unit`` exceeds.
         """
-        if isinstance(rows, slice):
-            block = self._x[rows]
-        else:
-            index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
-            block = self._x.index_select(0, index.to(self.device))
-        b = torch.from_numpy(np.ascontiguousarray(basis)).to(self.device, self._pass_dtype)
-        return (block.to(self._pass_dtype) @ b.T).cpu().numpy()
+        b = basis.to(self._pass_dtype)
+        if not isinstance(rows, slice):
+            return self._x.index_select(0, rows).to(self._pass_dtype) @ b.T
+        block = self._x[rows]
+        if block.dtype == self._pass_dtype:
+            return block @ b.T
+        out = torch.empty(block.shape[0], b.shape[0], dtype=self._pass_dtype, device=self.device)
+        for lo in range(0, block.shape[0], self._block):
+            out[lo : lo + self._block] = block[lo : lo + self._block].to(self._pass_dtype) @ b.T
+        return out
 
     @property
     def pass_dtype(self) -> np.dtype:

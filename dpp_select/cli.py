@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,8 +26,17 @@ import numpy as np
 from spard_io import read_jsonl, write_atomic, write_jsonl
 
 from .cli_sharded import run_sharded, wants_distributed
-from .command import build_parser, check_args, chosen_by, embed, fields, report, texts
-from .selection import resolve_k, select
+from .command import (
+    build_parser,
+    check_args,
+    chosen_by,
+    embed,
+    fields,
+    report,
+    select_recording_warnings,
+    texts,
+)
+from .selection import resolve_k
 
 __all__ = ["build_parser", "main"]
 
@@ -54,19 +62,7 @@ def _run(args: argparse.Namespace) -> None:
     loaded: dict = {}
     pool_emb = embed(texts(pool_rows, pool_fields), args.pool, args, loaded)
     target_emb = embed(texts(target_rows, target_fields), args.target, args, loaded)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = select(
-            pool_emb,
-            target_emb,
-            k=args.k,
-            ratio=args.ratio,
-            method=args.method,
-            beta=args.beta,
-            seed=args.seed,
-            jitter=args.jitter,
-            lazy=args.lazy,
-        )
+    result, caught = select_recording_warnings(pool_emb, target_emb, args)
     rows = (pool_rows[i] for i in result.indices)
     if keep is not None:
         rows = ({f: row[f] for f in keep} for row in rows)
@@ -89,8 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if wants_distributed(args):
-        if args.lazy:
-            parser.error("--lazy runs in one process; drop it with --distributed or torchrun")
         return run_sharded(args, parser)
     try:
         _run(args)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 
 import numpy as np
 import torch
@@ -19,9 +18,8 @@ import torch.distributed as dist
 
 from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
 
-from .command import check_args, chosen_by, embed, fields, report, texts
+from .command import check_args, chosen_by, embed, fields, report, select_recording_warnings, texts
 from .distributed import agree, shard_range
-from .selection import select
 
 __all__ = ["run_sharded", "wants_distributed"]
 
@@ -104,19 +102,7 @@ def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         try:
             agree(group, "dpp-select", {}, error, ())
             indices_out, n_pool, lo, pool_rows, pool_emb, target_emb = shard
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                result = select(
-                    pool_emb,
-                    target_emb,
-                    k=args.k,
-                    ratio=args.ratio,
-                    method=args.method,
-                    beta=args.beta,
-                    seed=args.seed,
-                    jitter=args.jitter,
-                    process_group=group,
-                )
+            result, caught = select_recording_warnings(pool_emb, target_emb, args, group)
         except ValueError as err:
             parser.exit(2, f"dpp-select: error: {' '.join(str(err).split())}\n")
         mine = {

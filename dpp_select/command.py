@@ -22,7 +22,7 @@ from spard_io import distribution_version
 from ._cache import cache_path, load_cached, save_cached
 from ._files import check_distinct, check_output
 from .embed import EmptyTextError, embed_texts
-from .selection import METHODS
+from .selection import METHODS, SelectionResult, select
 
 __all__ = [
     "DESCRIPTION",
@@ -32,6 +32,7 @@ __all__ = [
     "embed",
     "fields",
     "report",
+    "select_recording_warnings",
     "texts",
 ]
 
@@ -275,6 +276,27 @@ def embed(
     if path is not None:
         save_cached(path, emb)
     return emb
+
+
+def select_recording_warnings(
+    pool_emb: Any, target_emb: Any, args: argparse.Namespace, process_group: Any = None
+) -> tuple[SelectionResult, list[warnings.WarningMessage]]:
+    """``select`` with the command's options, and the warnings it raised (for ``report``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = select(
+            pool_emb,
+            target_emb,
+            k=args.k,
+            ratio=args.ratio,
+            method=args.method,
+            beta=args.beta,
+            seed=args.seed,
+            jitter=args.jitter,
+            lazy=args.lazy,
+            process_group=process_group,
+        )
+    return result, caught
 
 
 def report(

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from .backends import TorchPass
+from .device_rescore import rescore_on_device
 from .kernel import MARGIN, GreedyResult, WholePool, extend_basis, finish, run_full_pass
 
 __all__ = ["full_pass_greedy", "run_device_pass"]
-
-_RESCORE_BLOCK = 256  # rows gathered at once when re-scoring in float64
 
 
 def full_pass_greedy(
@@ -87,7 +86,9 @@ class _DeviceGreedy:
         contenders = self.contenders(threshold)
         stale = contenders[self.err[contenders] > 0.0]
         if stale.numel():
-            self.gain[stale] = self.rescore(stale, t)[stale]
+            self.gain[stale] = rescore_on_device(
+                self.xpass, stale, t, self.basis, self.scale, self.exact_gain, self.exact_step
+            )
             self.err[stale] = 0.0
         self.rescored += stale.numel()
         return self.pool.pick(
@@ -126,25 +127,6 @@ class _DeviceGreedy:
         torch.add(self.gain, self.err, out=self.tmp)
         torch.ge(self.tmp, threshold, out=self.mask)
         return torch.nonzero(self.mask).squeeze(1)
-
-    def rescore(self, idx: torch.Tensor, t: int) -> torch.Tensor:
-        """Exact float64 gains of candidates ``idx`` before step ``t`` (``kernel.rescore``):
-        each brought forward from the step it was last exact at, in blocks of similar step."""
-        steps = self.exact_step[idx]
-        order = torch.argsort(-steps, stable=True)
-        idx, first_steps = idx[order], steps[order].cpu().numpy()
-        for start in range(0, idx.numel(), _RESCORE_BLOCK):
-            block = idx[start : start + _RESCORE_BLOCK]
-            first = int(first_steps[start : start + _RESCORE_BLOCK].min())
-            if first == t:
-                continue
-            rows = self.xpass.device_rows(block)
-            proj = (rows @ self.basis[first:t].T) * self.scale[block, None]
-            done = torch.arange(first, t, device=idx.device)[None, :] < self.exact_step[block, None]
-            proj[done] = 0.0
-            self.exact_gain[block] -= (proj * proj).sum(dim=1)
-            self.exact_step[block] = t
-        return self.exact_gain
 
 
 def run_device_pass(

@@ -25,6 +25,13 @@ would exceed it, the step falls back to a full pass that brings every candidate 
 float32 product of X with the basis vectors it missed), and lazy steps are retried after a
 cool-down that doubles while they keep failing, so data on which lazy evaluation cannot win
 costs a few percent more than the plain full-pass greedy at worst.
+
+Where it runs: the O(N) state (gains, error bounds, steps, weights, exact gains, the pool) is
+written once against an array namespace chosen by the pass's device (``array_ops.py``): NumPy
+arrays on the CPU, whichever backend holds the embeddings, and torch tensors on an accelerator.
+There, per pick, what crosses between host and device is O(d + contenders + batch sizes): the
+new basis vector to the device; to the host, the contenders with their exact gains, the chosen
+row, and a few scalars per batch and per chunk of a full pass (bounds, sizes, costs).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .kernel import CHUNK, MARGIN, GreedyResult, WholePool, extend_basis, finish, rescore
+from .array_ops import for_device
+from .kernel import MARGIN, GreedyResult, WholePool, extend_basis, finish
 
 __all__ = ["run_lazy"]
 
@@ -74,18 +82,22 @@ class _LazyGreedy:
         self, xpass: Any, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, shard: Any
     ) -> None:
         n, d = xpass.n, xpass.d
-        self.xpass, self.n, self.w, self.jitter, self.shard = xpass, n, w, jitter, shard
-        self.scale = w / norms  # f_i = scale_i * x_i
+        self.ops = ops = for_device(xpass.device)
+        self.xpass, self.n, self.jitter, self.shard = xpass, n, jitter, shard
+        self.host_scale = w / norms  # f_i = scale_i * x_i (the chosen row's features: host)
         base = w * w + jitter
-        self.gain, self.err, self.ub = base.copy(), np.zeros(n), base.copy()
-        self.at = np.zeros(n, dtype=np.int32)  # the step gain and err refer to
-        self.floor = 0  # every candidate is at a step >= floor
-        self.exact_gain, self.exact_step = base.copy(), np.zeros(n, dtype=np.int32)
-        self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))
-        self.bound = np.zeros(k)  # unit * ||a_s||: per-weight error of one projection
         self.margin = MARGIN * shard.max_diagonal(base)
-        self.pool, self.tau = np.arange(n), -math.inf
-        self.pool_ub, self.pool_at = self.ub.copy(), self.at.copy()
+        self.scale, self.w = ops.asarray(self.host_scale), ops.asarray(w)
+        self.gain, self.err = ops.asarray(base), ops.zeros(n)
+        self.ub = ops.copy(self.gain)
+        self.at = ops.zeros(n, ops.step_dtype)  # the step gain and err refer to
+        self.floor = 0  # every candidate is at a step >= floor
+        self.exact_gain, self.exact_step = ops.copy(self.gain), ops.copy(self.at)
+        self.basis_a, self.basis_b = np.zeros((k, d)), np.zeros((k, k))  # extended on the host
+        self.basis = ops.asarray(self.basis_a)  # on the host: basis_a itself
+        self.bound = ops.zeros(k)  # unit * ||a_s||: per-weight error of one projection
+        self.pool, self.tau = ops.arange(n), -math.inf
+        self.pool_ub, self.pool_at = ops.copy(self.ub), ops.copy(self.at)
         self.batch, self.best_lower = _FIRST_BATCH, -math.inf
         self.work, self.rescored = 0.0, 0
 
@@ -113,9 +125,10 @@ class _LazyGreedy:
             choice, best_gain = self._choose(contenders, t)
             if not best_gain >= eps:
                 break
-            f = self.shard.features(self.xpass, choice, self.scale)
+            f = self.shard.features(self.xpass, choice, self.host_scale)
             if not extend_basis(f, self.jitter, self.basis_a, self.basis_b, t):
                 break
+            self.basis[t] = self.ops.asarray(self.basis_a[t])  # on the host: itself
             self.bound[t] = self.xpass.unit * float(np.linalg.norm(self.basis_a[t]))
             picks.append(choice)
             gains.append(best_gain)
@@ -131,65 +144,68 @@ class _LazyGreedy:
         """Remove the picked ``row`` (local index) from the candidates."""
         self.gain[row] = self.ub[row] = -math.inf
         self.err[row] = 0.0
-        at_pool = int(np.searchsorted(self.pool, row))
-        if at_pool < self.pool.size and self.pool[at_pool] == row:
+        at_pool = self.ops.searchsorted(self.pool, row)
+        if at_pool < len(self.pool) and int(self.pool[at_pool]) == row:
             self.pool_ub[at_pool] = -math.inf
 
-    def _choose(self, contenders: np.ndarray, t: int) -> tuple[int, float]:
+    def _choose(self, contenders: Any, t: int) -> tuple[int, float]:
         """Re-score the contenders in float64 where their bound is not exact; the pool picks
         (lowest global index within the margin of the best exact gain)."""
+        ops = self.ops
         stale = contenders[self.err[contenders] > 0.0]
-        if stale.size:
-            exact = rescore(
-                self.xpass, stale, t, self.basis_a, self.scale, self.exact_gain, self.exact_step
+        if len(stale):
+            exact = ops.rescore(
+                self.xpass, stale, t, self.basis, self.scale, self.exact_gain, self.exact_step
             )
             self.gain[stale] = exact
             self.err[stale] = 0.0
-            self.ub[stale] = np.minimum(self.ub[stale], exact)
-            self.rescored += stale.size
-        best_gain, choice = self.shard.pick(contenders, self.gain[contenders], self.margin)
+            self.ub[stale] = ops.minimum(self.ub[stale], exact)
+            self.rescored += len(stale)
+        best_gain, choice = self.shard.pick(
+            ops.to_host(contenders), ops.to_host(self.gain[contenders]), self.margin
+        )
         return choice, best_gain
 
-    def _fold(self, rows: np.ndarray | slice, proj: np.ndarray, first: int, t: int) -> None:
-        """Bring ``rows`` from step ``at`` to ``t``; ``proj`` = X[rows] @ a_first..a_{t-1}.
+    def _fold(self, rows: Any, proj: Any, first: int, t: int) -> None:
+        """Bring ``rows`` (indices or a slice) from step ``at`` to ``t``; ``proj`` = X[rows] @
+        a_first..a_{t-1}.
 
         With e_is = w_i unit ||a_s|| bounding |p_is - exact_is|, the error of the folded-in
         squares is at most sum_s e_is (2 |p_is| + e_is) = w_i (2 sum_s bound_s |p_is| +
         w_i sum_s bound_s^2), summed over the columns a row has not folded in yet.
         """
+        ops = self.ops
         at = self.at[rows]
         w = self.w[rows]
         bound = self.bound[first:t]
         p = proj * self.scale[rows, None]  # f_i . a_s, float64 from the float32 product
-        if at.size and int(at.max()) > first:  # columns some rows have already folded in
-            p[np.arange(first, t)[None, :] < at[:, None]] = 0.0
-            squares = np.append(np.cumsum((bound * bound)[::-1])[::-1], 0.0)[at - first]
+        if len(at) and int(at.max()) > first:  # columns some rows have already folded in
+            p[ops.arange(first, t)[None, :] < at[:, None]] = 0.0
+            squares = ops.suffix_sums(bound * bound)[at - first]
         else:
-            squares = float(bound @ bound)
-        self.gain[rows] -= np.einsum("ij,ij->i", p, p)
-        np.abs(p, out=p)
-        self.err[rows] += w * (2.0 * np.einsum("ij,j->i", p, bound) + w * squares)
+            squares = bound @ bound
+        self.gain[rows] -= ops.einsum("ij,ij->i", p, p)
+        ops.absolute(p, out=p)
+        self.err[rows] += w * (2.0 * ops.einsum("ij,j->i", p, bound) + w * squares)
         self.at[rows] = t
-        self.ub[rows] = np.minimum(self.ub[rows], self.gain[rows] + self.err[rows])
+        self.ub[rows] = ops.minimum(self.ub[rows], self.gain[rows] + self.err[rows])
 
-    def _full_step(self, t: int) -> np.ndarray:
+    def _full_step(self, t: int) -> Any:
         """Bring every candidate to step ``t`` in one pass; return the contenders."""
-        width = t - self.floor
-        v = None
-        if width == 1:
-            v = np.empty(self.n, dtype=self.xpass.pass_dtype)
-            self.xpass.project(self.basis_a[t - 1], v)
-        rows_per_chunk = CHUNK if width <= 1 else max(256, CHUNK // width)
+        ops, width = self.ops, t - self.floor
+        v = ops.project(self.xpass, self.basis_a[t - 1]) if width == 1 else None
+        rows_per_chunk = ops.fold_elements
+        if width > 1:
+            rows_per_chunk = max(256, rows_per_chunk // width)
         chunks = [(lo, min(self.n, lo + rows_per_chunk)) for lo in range(0, self.n, rows_per_chunk)]
-        lower, upper = np.empty(len(chunks)), np.empty(len(chunks))
+        lower, upper = ops.empty(len(chunks)), ops.empty(len(chunks))
         for c, (lo, hi) in enumerate(chunks):
             rows = slice(lo, hi)
             if v is not None:
                 self._fold(rows, v[lo:hi, None], t - 1, t)
             elif width > 1:
-                self._fold(
-                    rows, self.xpass.project_rows(rows, self.basis_a[self.floor : t]), self.floor, t
-                )
+                basis = self.basis[self.floor : t]
+                self._fold(rows, ops.project_rows(self.xpass, rows, basis), self.floor, t)
             lower[c] = (self.gain[rows] - self.err[rows]).max()
             upper[c] = self.ub[rows].max()
         self.work += self.n * width
@@ -198,9 +214,10 @@ class _LazyGreedy:
         self.best_lower = float(lower.max())
         threshold = self.best_lower - self.margin
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]
-        return np.concatenate(
+        upper = ops.to_host(upper)
+        return ops.concatenate(
             [
-                lo + np.flatnonzero(self.ub[lo:hi] >= threshold)
+                lo + ops.flatnonzero(self.ub[lo:hi] >= threshold)
                 for c, (lo, hi) in enumerate(chunks)
                 if upper[c] >= threshold
             ]
@@ -212,7 +229,7 @@ class _LazyGreedy:
         passes = width if width <= 2 else _WIDE_COST[0] + _WIDE_COST[1] * width
         budget, spent = _BUDGET * passes * self.n, 0.0
         best_lower, batch, refreshed = -math.inf, self.batch, 0
-        if not np.any(self.pool_ub > -math.inf):
+        if not bool((self.pool_ub > -math.inf).any()):
             self._rebuild(math.inf)
         while True:
             threshold = best_lower - self.margin
@@ -223,48 +240,48 @@ class _LazyGreedy:
                 behind &= self.pool_ub >= threshold
             else:
                 behind &= self.pool_ub > -math.inf
-            pos = np.flatnonzero(behind)
-            if pos.size == 0:
+            pos = self.ops.flatnonzero(behind)
+            if len(pos) == 0:
                 if not refreshed:  # no live candidate left behind: nothing to be lazy about
                     return False
                 break
-            if not refreshed or pos.size > 2 * batch:
-                if pos.size > batch:
-                    pos = pos[np.argpartition(-self.pool_ub[pos], batch - 1)[:batch]]
-            cost = pos.size * _ROW_COST + _VECTOR_COST * float(np.sum(t - self.pool_at[pos]))
+            if (not refreshed or len(pos) > 2 * batch) and len(pos) > batch:
+                pos = pos[self.ops.top_indices(self.pool_ub[pos], batch)]
+            cost = len(pos) * _ROW_COST + _VECTOR_COST * float((t - self.pool_at[pos]).sum())
             if spent + cost > budget:
                 return False
             spent += cost
             rows = self._refresh(pos, t)
             best_lower = max(best_lower, float((self.gain[rows] - self.err[rows]).max()))
-            refreshed += pos.size
+            refreshed += len(pos)
             batch *= 2
         self.best_lower = best_lower
         self.batch = max(_FIRST_BATCH, refreshed // 4)
         return True
 
-    def _refresh(self, pos: np.ndarray, t: int) -> np.ndarray:
+    def _refresh(self, pos: Any, t: int) -> Any:
         """Bring pool entries ``pos`` to step ``t``, in blocks of similar ``at``; return rows."""
-        pos = pos[np.argsort(-self.pool_at[pos], kind="stable")]
+        pos = pos[self.ops.stable_argsort(-self.pool_at[pos])]
         rows = self.pool[pos]
-        for start in range(0, rows.size, _BLOCK):
+        for start in range(0, len(rows), _BLOCK):
             block = rows[start : start + _BLOCK]
             first = int(self.at[block[-1]])  # smallest in the block
-            self._fold(block, self.xpass.project_rows(block, self.basis_a[first:t]), first, t)
-            self.work += block.size * (t - first)
+            proj = self.ops.project_rows(self.xpass, block, self.basis[first:t])
+            self._fold(block, proj, first, t)
+            self.work += len(block) * (t - first)
         self.pool_at[pos] = t
         self.pool_ub[pos] = self.ub[rows]
         return rows
 
     def _rebuild(self, threshold: float) -> None:
         """Pool = every candidate whose bound exceeds a new level below ``threshold``."""
-        target = min(self.n, max(_MIN_POOL, 2 * self.pool.size if self.tau > -math.inf else 0))
+        target = min(self.n, max(_MIN_POOL, 2 * len(self.pool) if self.tau > -math.inf else 0))
         sample = self.ub[:: max(1, self.n // _SAMPLE)]
-        rank = int(sample.size * target / self.n)
+        rank = int(len(sample) * target / self.n)
         level = -math.inf
-        if rank < sample.size:
-            level = float(np.partition(sample, sample.size - 1 - rank)[sample.size - 1 - rank])
+        if rank < len(sample):
+            level = self.ops.kth_smallest(sample, len(sample) - 1 - rank)
         # Strictly below both, so that ties at the level join the pool.
         self.tau = float(np.nextafter(min(level, threshold), -math.inf))
-        self.pool = np.flatnonzero(self.ub > self.tau)
+        self.pool = self.ops.flatnonzero(self.ub > self.tau)
         self.pool_ub, self.pool_at = self.ub[self.pool], self.at[self.pool]

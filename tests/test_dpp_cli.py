@@ -14,31 +14,12 @@ import dpp_select.cli as cli
 import dpp_select.command as command
 from dpp_select import embed_texts, select
 
-from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
-
-POOL = [
-    {"prompt": "how do i bake bread", "safe": "help", "unsafe": "UNSAFE-0"},
-    {"prompt": "what is two plus three", "safe": "five", "unsafe": "UNSAFE-1"},
-    {"prompt": "make a cake please", "safe": "refuse", "unsafe": "UNSAFE-2"},
-    {"prompt": "the question is math", "safe": "answer", "unsafe": "UNSAFE-3"},
-    {"prompt": "help", "safe": "safe answer", "unsafe": "UNSAFE-4"},
-    {"prompt": "what is the safe answer", "safe": "refuse", "unsafe": "UNSAFE-5"},
-]
-TARGET = [
-    {"prompt": "what is two plus two", "answer": "four"},
-    {"prompt": "three plus five equals what", "answer": "eight"},
-]
+from helpers.dpp_cli_files import POOL, TARGET, write_model_and_files
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    model_dir = root / "model"
-    tiny_model().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
-    for name, rows in [("pool.jsonl", POOL), ("target.jsonl", TARGET)]:
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_model_and_files(tmp_path_factory.mktemp("cli"))
 
 
 def _run(files, tmp_path, *extra):
@@ -278,16 +259,13 @@ def test_the_low_relevance_warning_is_printed_with_advice(files, tmp_path, capsy
     assert code == 0 and "dpp-select: warning" not in capsys.readouterr().err
 
 
-def test_lazy_flag_selects_what_the_full_pass_selects(files, tmp_path, capsys):
+def test_lazy_flag_selects_what_the_full_pass_selects(files, tmp_path):
+    """(With --distributed too: tests/test_dpp_cli_distributed.py.)"""
     code, _ = _run(files, tmp_path, "--k", "3")
     full = np.load(tmp_path / "sel.indices.npy", allow_pickle=False)
     code_lazy, _ = _run(files, tmp_path, "--k", "3", "--lazy")
     assert code == code_lazy == 0
     np.testing.assert_array_equal(np.load(tmp_path / "sel.indices.npy", allow_pickle=False), full)
-    with pytest.raises(SystemExit) as exit_info:
-        _run(files, tmp_path, "--k", "3", "--lazy", "--distributed")
-    assert exit_info.value.code == 2
-    assert "--lazy runs in one process" in capsys.readouterr().err
 
 
 def test_version_comes_from_the_installed_distribution(capsys):

@@ -19,9 +19,8 @@ from transformers import AutoModel, AutoTokenizer
 import dpp_select.cli as cli
 import dpp_select.command as command
 from dpp_select import embed_texts, select
-from test_dpp_cli import POOL, TARGET
 
-from helpers.dpp_tiny_model import tiny_model, tiny_tokenizer
+from helpers.dpp_cli_files import POOL, TARGET, write_jsonl_rows, write_model_and_files
 from helpers.gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
@@ -60,6 +59,7 @@ def worker(rank: int, world: int, out, root) -> None:
     import torch.distributed as dist
 
     assert cli.main(_argv(root, out / "first.jsonl")) == 0
+    assert cli.main(_argv(root, out / "lazy.jsonl") + ["--lazy"]) == 0
     model = AutoModel.from_pretrained(root / "model")
     tok = AutoTokenizer.from_pretrained(root / "model")
     share = embed_texts(
@@ -95,17 +95,13 @@ def worker(rank: int, world: int, out, root) -> None:
 
 @pytest.fixture(scope="module")
 def sharded_cli(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_dist")
-    tiny_model().save_pretrained(root / "model")
-    tiny_tokenizer().save_pretrained(root / "model")
-    for name, rows in [("pool.jsonl", POOL), ("target.jsonl", TARGET)]:
-        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    root = write_model_and_files(tmp_path_factory.mktemp("cli_dist"))
     lines = [json.dumps(r) for r in POOL]
     lines[4] = '{"prompt": '  # rank 1's share
     (root / "bad_pool.jsonl").write_text("\n".join(lines) + "\n")
     empty = [dict(r) for r in POOL]
     empty[4]["prompt"] = ""  # rank 1's share [3, 6): its local row 1
-    (root / "empty_pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in empty))
+    write_jsonl_rows(root / "empty_pool.jsonl", empty)
     out = run_workers(worker, WORLD, tmp_path_factory.mktemp("cli_out"), root)
     return root, out
 
@@ -183,3 +179,25 @@ def test_keep_fields_need_not_include_the_embedded_fields(sharded_cli):
     np.testing.assert_array_equal(indices, np.load(out / "first.indices.npy"))
     rows = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
     assert rows == [{"safe": POOL[i]["safe"]} for i in indices]
+
+
+def test_lazy_selects_what_the_one_process_command_selects(sharded_cli, tmp_path):
+    """--lazy with --distributed: the sharded lazy greedy picks what the full pass picks on the
+    shards, and what the one-process command picks (with and without --lazy) on the same
+    files (the embeddings come from its own run, without the shards' cache)."""
+    root, out = sharded_cli
+    indices = np.load(out / "lazy.indices.npy", allow_pickle=False)
+    np.testing.assert_array_equal(indices, np.load(out / "first.indices.npy"))
+    rows = [json.loads(line) for line in (out / "lazy.jsonl").read_text().splitlines()]
+    assert rows == [POOL[i] for i in indices]
+    argv = _argv(root, tmp_path / "one.jsonl")
+    argv = argv[: argv.index("--cache-dir")] + [
+        "--cache-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--k",
+        "4",
+    ]
+    for extra in ([], ["--lazy"]):
+        assert cli.main(argv + extra) == 0
+        np.testing.assert_array_equal(np.load(tmp_path / "one.indices.npy"), indices)
