@@ -49,10 +49,11 @@ from spard_io import write_atomic  # noqa: E402
 #: Peak memory bandwidth (GB/s, vendor figures) by a substring of the device name; the first
 #: match wins, so more specific names come first.
 PEAK_GBPS = [
+    ("GH200", 4000.0),
     ("H200", 4800.0),
     ("H100 PCIe", 2000.0),
+    ("H100 NVL", 3900.0),
     ("H100", 3350.0),
-    ("GH200", 4000.0),
     ("B200", 8000.0),
     ("A100-SXM4-80GB", 2039.0),
     ("A100 80GB PCIe", 1935.0),

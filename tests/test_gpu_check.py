@@ -30,6 +30,14 @@ def test_peak_bandwidth_comes_from_the_table_or_the_override():
     assert check.peak_gbps("NVIDIA H200", 1234.0) == 1234.0
 
 
+def test_every_device_in_the_peak_table_resolves_to_its_own_row():
+    """The first match wins, so a name that contains an earlier key (GH200 contains H200) must
+    come before it."""
+    check = _module()
+    for key, peak in check.PEAK_GBPS:
+        assert check.peak_gbps(f"NVIDIA {key}", None) == peak, key
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_its_json_and_table(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
