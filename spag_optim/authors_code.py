@@ -1,7 +1,7 @@
 r"""AuthorsCodeSPAG: SPAG as the authors' released code implements it.
 
 It differs from the paper's Eq. 3-4 (:class:`~spag_optim.SPAGOptimizer`) in three ways, listed in the
-README's table: the safety gradient is scaled per parameter tensor by
+table of the docs' algorithm page: the safety gradient is scaled per parameter tensor by
 :math:`\min((\ell - \tau)/(\lVert g_p\rVert + \epsilon), \alpha_{max})` (norm not squared,
 :func:`spag_optim.functional.authors_code_scale_`), the *inner optimizer* then steps on the scaled
 gradient (a second inner step, with its momentum and adaptive scaling) instead of a direct

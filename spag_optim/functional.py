@@ -36,7 +36,7 @@ stopping at the first :math:`k` with :math:`L_{safe}(\theta^{(k)}) \le \tau + \t
 Newton-Raphson step for the single equation :math:`L_{safe}(\theta) = \tau`; :math:`K = 1` is the
 paper's rule, operation for operation.
 
-Authors'-code mode reproduces the released implementation (see the README's table): the gradient
+Authors'-code mode reproduces the released implementation (see the table of the docs' algorithm page): the gradient
 of each parameter tensor is scaled by :math:`\min((\ell - \tau)/(\lVert g_p\rVert + \epsilon),
 \alpha_{max})` and then handed to the inner optimizer's own step.
 """

@@ -22,10 +22,11 @@ The trust region :math:`\eta_{safe}` (``trust_region``):
   the utility step just did, :math:`\alpha\lVert g\rVert \le \rho\lVert\theta^+ - \theta\rVert`.
   Scale-aware, so it works with Adam-family optimizers whose step size has nothing to do with the
   gradient's scale (with ``"lr"`` the projection is 10-100x smaller than Adam's step and the
-  defense does nothing; see the README's ablation). ``rho=1.0`` (default): the projection never
-  moves further than the step that did the damage. In the demo's ablation the uncapped projection
-  needed a median 0.53x of AdamW's step, so ``rho=0.5`` let the attack through (ASR 1.00 on three
-  seeds) while ``rho=1.0`` and no cap both held it (ASR 0.00) at sft's utility. It keeps one copy
+  defense does nothing; see the demo's trust-region ablation in the docs). ``rho=1.0``
+  (default): the projection never moves further than the step that did the damage. In the
+  demo's ablation (20 seeds, two numeric environments) the uncapped projection needed a median
+  0.53x of AdamW's step, so ``rho=0.5`` let most attacks through (mean ASR 0.71-1.00) while
+  ``rho=1.0`` could not be told from no cap. It keeps one copy
   of the parameters to measure the utility step: the displacement of an arbitrary inner optimizer
   cannot be recovered from its state afterwards.
 
