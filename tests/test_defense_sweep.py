@@ -200,31 +200,26 @@ def test_a_cell_records_what_a_rerun_needs(swept):
 def test_a_finished_cell_is_never_recomputed_and_a_new_method_only_adds_its_cell(swept):
     out, cache, first, env_key = swept
     before = json.loads((out / "defense_sweep.json").read_text())["cells"]
-    state = defense_sweep.sweep(
-        ["spard", "sft"],
-        ["heavy"],
-        [0],
-        out=out,
-        cache_dir=cache,
-        smoke=True,
-        progress=False,
-        environments=HERE,
-    )
+
+    def sweep_spard_and_sft():
+        return defense_sweep.sweep(
+            ["spard", "sft"],
+            ["heavy"],
+            [0],
+            out=out,
+            cache_dir=cache,
+            smoke=True,
+            progress=False,
+            environments=HERE,
+        )
+
+    state = sweep_spard_and_sft()
     assert state["runs"][-1]["cells"] == 1  # sft only
     assert state["cells"][next(iter(before))] == before[next(iter(before))]  # untouched
     assert set(state["cells"]) == set(before) | {
         defense_sweep.cell_key("sft", "heavy", 0, env_key, smoke=True)
     }
-    again = defense_sweep.sweep(
-        ["spard", "sft"],
-        ["heavy"],
-        [0],
-        out=out,
-        cache_dir=cache,
-        smoke=True,
-        progress=False,
-        environments=HERE,
-    )
+    again = sweep_spard_and_sft()
     assert again["cells"] == state["cells"]
     assert len(again["runs"]) == len(state["runs"])  # nothing to run: no run recorded
 
