@@ -37,6 +37,7 @@ Writes ``results.json`` and (with matplotlib) ``results.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -49,12 +50,19 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the demo's own helpers, examples/_demo
 
 from _demo import evaluation  # noqa: E402
-from _demo.alignment import SHIPPED, aligned_model  # noqa: E402
+from _demo.alignment import SHIPPED, aligned_model, weights_sha256  # noqa: E402
 from _demo.attack import run_attack  # noqa: E402
 from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
 from _demo.methods import METHODS, resolve_methods  # noqa: E402
+from _demo.numerics import (  # noqa: E402
+    NUMERICS,
+    in_portable_process,
+    portable_numerics,
+    run_portable,
+)
+from _demo.reference import compare_with_reference  # noqa: E402
 from _demo.report import format_table, summarize, write_plot, write_results  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 
@@ -94,6 +102,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--smoke", action="store_true", help="tiny sizes for tests: seconds, not results"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--numerics",
+        choices=NUMERICS,
+        default="native",
+        help="'portable': the same bits on any x86-64-v3 CPU (a child process with the DEFAULT "
+        "ATen kernels, one thread and BLAS-free products; _demo/numerics.py), at a cost in time; "
+        "'native': this CPU's fastest kernels (default)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="a results.json to compare with, seed by seed (exit 1 when a seed differs); "
+        "benchmarks/results/quickstart_reference.json is the portable run of the defaults",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -166,6 +189,7 @@ def run_seed(
         use_cache=not args.no_cache,
         shipped=True,
         progress=not args.no_progress,
+        numerics=args.numerics,
     )
     scores = evaluation.evaluate(
         aligned, data.tokenizer, data.heldout_harmful, data.heldout_problems
@@ -195,10 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         names, attacks, seeds = _check(args)
+        if args.reference is not None and not args.reference.is_file():
+            raise ValueError(f"--reference {args.reference} is not a file")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.numerics == "portable":
+        if not in_portable_process():  # ATen reads its kernel setting once: a fresh process
+            return run_portable([__file__, *(sys.argv[1:] if argv is None else argv)])
+        with portable_numerics():
+            return _run(args, names, attacks, seeds)
     torch.set_num_threads(args.threads)
+    return _run(args, names, attacks, seeds)
+
+
+def _run(args: argparse.Namespace, names: list[str], attacks: list[str], seeds: list[int]) -> int:
+    """The demo proper, in this process's numerics: every seed, the table and the files."""
     # The demo's own bars cover the long stages; the dependencies' bars and deprecation notices for
     # a one-second weight load would only bury the story.
     hf_logging.disable_progress_bar()
@@ -246,18 +282,26 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds,
         "methods": names,
         "attacks": attacks,
+        "numerics": args.numerics,
         "cache": folders,
         "cached": loaded,
+        "aligned_sha256": [weights_sha256(Path(f)) for f in folders],
     }
     run_config.pop("seed")
-    print(f"\nwrote {write_results(args.out, results, run_config)}")
+    path = write_results(args.out, results, run_config)
+    print(f"\nwrote {path}")
     picture = write_plot(args.out, results, curves, base_config.tau)
     if picture is None:
         print("matplotlib is not installed: skipped results.png (pip install 'spard[examples]')")
     else:
         print(f"wrote {picture}")
     print(f"total {time.perf_counter() - started:.0f}s")
-    return 0
+    if args.reference is None:
+        return 0
+    lines, matched = compare_with_reference(json.loads(path.read_text()), args.reference)
+    print(f"\ncompared with {args.reference}:\n" + "\n".join("  " + line for line in lines))
+    print("reproduced exactly" if matched else "NOT reproduced: see the seeds that differ")
+    return 0 if matched else 1
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from .encoding import encode
 from .model import ModelSize, build_model
 from .training import train
 
-__all__ = ["cache_key", "aligned_model", "SHIPPED", "verify_shipped"]
+__all__ = ["cache_key", "aligned_model", "SHIPPED", "verify_shipped", "weights_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,17 @@ logger = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parent / "aligned"
 
 
-def cache_key(config: DemoConfig, data: DemoData) -> str:
-    """Hash of the alignment settings and the vocabulary: equal keys mean identical weights."""
-    payload = json.dumps(
-        {"config": config.alignment_fields(), "vocab": sorted(data.tokenizer.get_vocab().items())},
-        sort_keys=True,
-    )
+def cache_key(config: DemoConfig, data: DemoData, numerics: str = "native") -> str:
+    """Hash of the alignment settings, the vocabulary and the numerics setting (``numerics.py``;
+    ``native`` adds nothing, so the native keys stay as they were): equal keys mean identical
+    weights (under ``native``, on the same kernels)."""
+    fields = {
+        "config": config.alignment_fields(),
+        "vocab": sorted(data.tokenizer.get_vocab().items()),
+    }
+    if numerics != "native":
+        fields["numerics"] = numerics
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -78,6 +83,12 @@ def _align(config: DemoConfig, data: DemoData, progress: bool) -> LlamaForCausal
     return model
 
 
+def weights_sha256(folder: Path) -> str:
+    """The SHA-256 of an aligned model's weights file (what results record and ``SHA256SUMS``
+    lists)."""
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
 def verify_shipped(folder: Path) -> None:
     """Raise ValueError unless every file of the shipped ``folder`` matches ``SHA256SUMS``."""
     sums = dict(
@@ -101,14 +112,16 @@ def aligned_model(
     use_cache: bool = True,
     shipped: bool = False,
     progress: bool = True,
+    numerics: str = "native",
 ) -> tuple[LlamaForCausalLM, Path, bool]:
     """The aligned model, its folder, and whether it was loaded (cache or shipped) rather than trained.
 
     With ``shipped=True`` a model of :data:`SHIPPED` with the same key is loaded (after its
     checksum) before the cache is looked at. With ``use_cache=False`` the model is retrained and the
-    cache entry overwritten (shipped models are then ignored too).
+    cache entry overwritten (shipped models are then ignored too). ``numerics`` is the setting the
+    caller trains under (``numerics.py``): part of the key, so the two never share an entry.
     """
-    key = f"aligned-{cache_key(config, data)}"
+    key = f"aligned-{cache_key(config, data, numerics)}"
     if use_cache and shipped and (SHIPPED / key / "model.safetensors").is_file():
         verify_shipped(SHIPPED / key)
         model = LlamaForCausalLM.from_pretrained(SHIPPED / key)
