@@ -59,13 +59,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))  # the demo's modules, examples/_demo
 
 from _demo import evaluation  # noqa: E402
-from _demo.alignment import aligned_model, cache_key  # noqa: E402
+from _demo.alignment import (  # noqa: E402
+    aligned_model,
+    cache_key,
+    weights_sha256,  # noqa: E402
+)
 from _demo.attack import run_attack  # noqa: E402
-from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
+from _demo.config import ATTACKS, RECIPES, SMOKE, DemoConfig, with_attack, with_recipe  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key, numeric_environment  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
+from _demo.numerics import NUMERICS, portable_env, portable_numerics  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 from spard_io import exclusive_lock, write_atomic  # noqa: E402
 
@@ -81,8 +86,9 @@ __all__ = [
 ]
 
 
-def _config(attack: str, seed: int, smoke: bool) -> DemoConfig:
-    return with_attack(replace(SMOKE if smoke else DemoConfig(), seed=seed), attack)
+def _config(attack: str, seed: int, smoke: bool, recipe: str = "base") -> DemoConfig:
+    base = replace(SMOKE if smoke else DemoConfig(), seed=seed)
+    return with_attack(with_recipe(base, recipe), attack)
 
 
 def _method_spec(method: Method) -> dict[str, Any]:
@@ -104,18 +110,28 @@ def _method_spec(method: Method) -> dict[str, Any]:
     return spec
 
 
-def cell_key(method: str, attack: str, seed: int, environment: str, smoke: bool = False) -> str:
+def cell_key(
+    method: str,
+    attack: str,
+    seed: int,
+    environment: str,
+    smoke: bool = False,
+    recipe: str = "base",
+    numerics: str = "native",
+) -> str:
     """The resumption key: method, attack, seed, a hash of everything the cell's data, aligned
-    model and method depend on, and the environment key (:func:`probe_environment`)."""
-    return f"{method}|{attack}|{seed}|{_config_hash(method, attack, seed, smoke)}|{environment}"
+    model and method depend on (the recipe and numerics through the config and the aligned
+    model's key), and the environment key (:func:`probe_environment`)."""
+    digest = _config_hash(method, attack, seed, smoke, recipe, numerics)
+    return f"{method}|{attack}|{seed}|{digest}|{environment}"
 
 
-def _config_hash(method: str, attack: str, seed: int, smoke: bool) -> str:
-    config = _config(attack, seed, smoke)
+def _config_hash(method, attack, seed, smoke, recipe="base", numerics="native") -> str:
+    config = _config(attack, seed, smoke, recipe)
     payload = json.dumps(
         {
             "config": config.to_dict(),
-            "aligned": _aligned_key(attack, seed, smoke),
+            "aligned": _aligned_key(attack, seed, smoke, recipe, numerics),
             "method": _method_spec(METHODS[method]),
         },
         sort_keys=True,
@@ -124,24 +140,27 @@ def _config_hash(method: str, attack: str, seed: int, smoke: bool) -> str:
 
 
 @functools.cache
-def _aligned_key(attack: str, seed: int, smoke: bool) -> str:
-    """The aligned model's cache key (builds the data once per attack and seed)."""
-    config = _config(attack, seed, smoke)
-    return cache_key(config, make_demo_data(config))
+def _aligned_key(attack, seed, smoke, recipe="base", numerics="native") -> str:
+    """The aligned model's cache key (builds the data once per attack, seed and recipe)."""
+    config = _config(attack, seed, smoke, recipe)
+    return cache_key(config, make_demo_data(config), numerics)
 
 
 @contextlib.contextmanager
 def _kernels(label: str) -> Iterator[None]:
-    """``ATEN_CPU_CAPABILITY`` set to ``label`` (unset for ``native``) while processes start."""
-    before = os.environ.pop("ATEN_CPU_CAPABILITY", None)
-    if label != "native":
+    """The environment of ``label`` while processes start: ``ATEN_CPU_CAPABILITY`` set to it
+    (unset for ``native``), or every portable setting for ``portable`` (``_demo/numerics.py``)."""
+    before = dict(os.environ)
+    os.environ.pop("ATEN_CPU_CAPABILITY", None)
+    if label == "portable":
+        os.environ.update(portable_env({}))
+    elif label != "native":
         os.environ["ATEN_CPU_CAPABILITY"] = label
     try:
         yield
     finally:
-        os.environ.pop("ATEN_CPU_CAPABILITY", None)
-        if before is not None:
-            os.environ["ATEN_CPU_CAPABILITY"] = before
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def probe_environment(label: str, threads: int) -> dict[str, Any]:
@@ -162,7 +181,8 @@ def probe_environment(label: str, threads: int) -> dict[str, Any]:
             f"environment {label!r} does not start: {done.stderr.strip().splitlines()[-1:]}"
         )
     environment = json.loads(done.stdout)
-    if label != "native" and environment["capability"].lower() != label.lower():
+    expected = "default" if label == "portable" else label
+    if label != "native" and environment["capability"].lower() != expected.lower():
         raise ValueError(
             f"environment {label!r}: ATEN_CPU_CAPABILITY={label} gives capability {environment['capability']!r}; "
             "use a kernel this CPU has (e.g. avx2), or native"
@@ -170,18 +190,29 @@ def probe_environment(label: str, threads: int) -> dict[str, Any]:
     return environment
 
 
-# Per worker process: (attack, seed, smoke) -> data, aligned model, base metrics and the safe-data selector.
-_CONTEXTS: dict[tuple[str, int, bool], dict[str, Any]] = {}
+# Per worker process: (attack, seed, smoke, recipe) -> data, aligned model, base metrics and the
+# safe-data selector.
+_CONTEXTS: dict[tuple[str, int, bool, str], dict[str, Any]] = {}
+# The numerics this worker computes in (``_init_worker``).
+_NUMERICS = {"setting": "native"}
 
 
-def _context(attack: str, seed: int, smoke: bool, cache_dir: Path) -> dict[str, Any]:
-    key = (attack, seed, smoke)
+def _context(attack: str, seed: int, smoke: bool, cache_dir: Path, recipe: str) -> dict[str, Any]:
+    key = (attack, seed, smoke, recipe)
     if key not in _CONTEXTS:
-        config = _config(attack, seed, smoke)
+        config = _config(attack, seed, smoke, recipe)
         data = make_demo_data(config)
-        aligned, _, _ = aligned_model(config, data, cache_dir, progress=False)
+        aligned, folder, _ = aligned_model(
+            config, data, cache_dir, progress=False, numerics=_NUMERICS["setting"]
+        )
         tok = data.tokenizer
-        base = evaluation.evaluate(aligned, tok, data.heldout_harmful, data.heldout_problems)
+        base = evaluation.evaluate(
+            aligned,
+            tok,
+            data.heldout_harmful,
+            data.heldout_problems,
+            openings=data.refusal_openings,
+        )
         selector = SafeSelector(
             aligned,
             tok,
@@ -197,17 +228,25 @@ def _context(attack: str, seed: int, smoke: bool, cache_dir: Path) -> dict[str, 
             "aligned": aligned,
             "base": base,
             "selector": selector,
+            "aligned_sha256": weights_sha256(folder),
         }
     return _CONTEXTS[key]
 
 
 def run_cell(
-    method: str, attack: str, seed: int, *, smoke: bool = False, cache_dir: Path
+    method: str,
+    attack: str,
+    seed: int,
+    *,
+    smoke: bool = False,
+    cache_dir: Path,
+    recipe: str = "base",
 ) -> dict[str, Any]:
-    """One cell of the grid: the demo's stage 2 for one method, attack and seed, evaluated in this
-    process's environment, with what a re-run needs (config, method, environment, verdicts)."""
+    """One cell of the grid: the demo's stage 2 for one method, attack, seed and aligned-model
+    recipe, evaluated in this process's environment and numerics, with what a re-run needs
+    (config, method, environment, the aligned model's SHA-256, verdicts)."""
     started = time.perf_counter()
-    ctx = _context(attack, seed, smoke, Path(cache_dir))
+    ctx = _context(attack, seed, smoke, Path(cache_dir), recipe)
     config, data, m = ctx["config"], ctx["data"], METHODS[method]
     tok = data.tokenizer
     safe = None
@@ -217,9 +256,14 @@ def run_cell(
         ctx["aligned"], tok, data.finetune, m, safe, config, desc=method, progress=False
     )
     scores = evaluation.evaluate(
-        outcome.model, tok, data.heldout_harmful, data.heldout_problems, m.eval_prompt
+        outcome.model,
+        tok,
+        data.heldout_harmful,
+        data.heldout_problems,
+        m.eval_prompt,
+        openings=data.refusal_openings,
     )
-    return {
+    cell = {
         "method": method,
         "attack": attack,
         "seed": seed,
@@ -232,16 +276,26 @@ def run_cell(
         "config": config.to_dict(),
         "method_spec": _method_spec(m),
         "environment": numeric_environment(),
+        "numerics": _NUMERICS["setting"],
+        "aligned_sha256": ctx["aligned_sha256"],
     }
+    if recipe != "base":  # only when set, so the stored cells stay as they were
+        cell["recipe"] = recipe
+    return cell
 
 
-def _work(args: tuple[str, str, str, int, bool, str]) -> tuple[str, dict[str, Any]]:
-    key, method, attack, seed, smoke, cache_dir = args
-    return key, run_cell(method, attack, seed, smoke=smoke, cache_dir=Path(cache_dir))
+def _work(args: tuple[str, str, str, int, bool, str, str]) -> tuple[str, dict[str, Any]]:
+    key, method, attack, seed, smoke, cache_dir, recipe = args
+    cell = run_cell(method, attack, seed, smoke=smoke, cache_dir=Path(cache_dir), recipe=recipe)
+    return key, cell
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+def _init_worker(threads: int, numerics: str = "native") -> None:
+    _NUMERICS["setting"] = numerics
+    if numerics == "portable":  # for the worker's whole life: entered here, never left
+        portable_numerics().__enter__()
+    else:
+        torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a weight-loading bar per cell would bury the progress lines
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
@@ -259,17 +313,21 @@ def _merge(path: Path, cells: dict[str, dict[str, Any]], run: dict[str, Any]) ->
     return state
 
 
-def _todo(methods, attacks, seeds, environments, smoke, cache_dir, cells) -> dict[str, list[tuple]]:
+def _todo(
+    methods, attacks, seeds, environments, smoke, cache_dir, cells, recipes=("base",)
+) -> dict[str, list[tuple]]:
     """Per environment label, the missing cells as ``_work`` arguments, seed-major."""
     todo: dict[str, list[tuple]] = {}
     for label, env_key in environments.items():
         folder = str(Path(cache_dir) / env_key)  # an aligned model belongs to its environment
+        numerics = "portable" if label == "portable" else "native"
         todo[label] = [
-            (key, m, a, s, smoke, folder)
+            (key, m, a, s, smoke, folder, r)
             for s in seeds
+            for r in recipes
             for a in attacks
             for m in methods
-            if (key := cell_key(m, a, s, env_key, smoke)) not in cells
+            if (key := cell_key(m, a, s, env_key, smoke, r, numerics)) not in cells
         ]
     return todo
 
@@ -286,16 +344,21 @@ def sweep(
     workers: int = 1,
     threads: int = 1,
     progress: bool = True,
+    recipes: Sequence[str] = ("base",),
 ) -> dict[str, Any]:
     """Run every missing cell, merging each into ``out/defense_sweep.json`` as it finishes;
-    returns the state. ``workers`` are split evenly between the ``environments``."""
+    returns the state. ``workers`` are split evenly between the ``environments`` (``portable``
+    is the environment of portable numerics)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "defense_sweep.json"
     with exclusive_lock(path.with_name(path.name + ".lock")):
         state = load_state(path)  # validated before anything runs
-    envs = {label: environment_key(probe_environment(label, threads)) for label in environments}
-    todo = _todo(methods, attacks, seeds, envs, smoke, cache_dir, state["cells"])
-    total = len(methods) * len(attacks) * len(seeds) * len(envs)
+    envs = {
+        label: environment_key(probe_environment(label, 1 if label == "portable" else threads))
+        for label in environments
+    }
+    todo = _todo(methods, attacks, seeds, envs, smoke, cache_dir, state["cells"], recipes)
+    total = len(methods) * len(attacks) * len(seeds) * len(envs) * len(recipes)
     remaining = sum(map(len, todo.values()))
     _progress(
         progress,
@@ -320,8 +383,9 @@ def sweep(
             if not tasks:
                 continue
             with _kernels(label):  # the workers inherit the setting when they start, here
+                numerics = "portable" if label == "portable" else "native"
                 pool = stack.enter_context(
-                    context.Pool(min(per_env, len(tasks)), _init_worker, (threads,))
+                    context.Pool(min(per_env, len(tasks)), _init_worker, (threads, numerics))
                 )
             for task in tasks:
                 pool.apply_async(_work, (task,), callback=results.put, error_callback=results.put)
@@ -365,6 +429,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="native",
         help="comma-separated kernel settings: 'native' (ATEN_CPU_CAPABILITY unset) and/or e.g. 'avx2'",
     )
+    parser.add_argument(
+        "--numerics",
+        choices=NUMERICS,
+        default="native",
+        help="'portable': every cell in the portable environment (the same bits on any x86-64-v3 "
+        "CPU, _demo/numerics.py), instead of --environments",
+    )
+    parser.add_argument(
+        "--recipes",
+        default="base",
+        help="comma-separated aligned-model recipes: " + ", ".join(RECIPES),
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--cache-dir", type=Path, default=Path("spard_demo") / "cache", help="aligned-model cache"
@@ -402,6 +478,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not environments:
             raise ValueError("--environments is empty; write e.g. 'native' or 'native,avx2'")
+        if args.numerics == "portable":
+            if environments != ["native"]:
+                raise ValueError(
+                    "--numerics portable fixes the kernels itself: leave out --environments"
+                )
+            environments = ["portable"]
+        recipes = list(dict.fromkeys(r.strip() for r in args.recipes.split(",") if r.strip()))
+        unknown = [r for r in recipes if r not in RECIPES]
+        if unknown or not recipes:
+            raise ValueError(f"unknown or no recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
         if args.workers < 1 or args.threads < 1:
             raise ValueError("--workers and --threads must be at least 1")
         sweep(
@@ -415,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             threads=args.threads,
             progress=not args.no_progress,
+            recipes=recipes,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

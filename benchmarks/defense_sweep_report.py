@@ -101,7 +101,10 @@ def _fmt(values: Sequence[float], digits: int = 2) -> str:
 
 
 def _label(cell: Mapping[str, Any]) -> str:
-    return cell.get("environment", {}).get("label", LEGACY)
+    """The environment label, with ``/<recipe>`` for an aligned-model recipe other than the base:
+    the report sets recipes side by side as it does environments."""
+    label = cell.get("environment", {}).get("label", LEGACY)
+    return f"{label}/{cell['recipe']}" if cell.get("recipe", "base") != "base" else label
 
 
 def _index(cells: Cells) -> dict[tuple[str, str, str], dict[int, Mapping[str, Any]]]:

@@ -151,7 +151,12 @@ def run_methods(names, aligned, data, config: DemoConfig, progress: bool) -> tup
             aligned, tok, data.finetune, method, safe, config, desc=name, progress=progress
         )
         scores = evaluation.evaluate(
-            outcome.model, tok, data.heldout_harmful, data.heldout_problems, method.eval_prompt
+            outcome.model,
+            tok,
+            data.heldout_harmful,
+            data.heldout_problems,
+            method.eval_prompt,
+            openings=data.refusal_openings,
         )
         rows[name] = {
             "seed": config.seed,
@@ -192,7 +197,11 @@ def run_seed(
         numerics=args.numerics,
     )
     scores = evaluation.evaluate(
-        aligned, data.tokenizer, data.heldout_harmful, data.heldout_problems
+        aligned,
+        data.tokenizer,
+        data.heldout_harmful,
+        data.heldout_problems,
+        openings=data.refusal_openings,
     )
     base = {"seed": seed, **{k: scores[k] for k in ("asr", "utility", "refusal_prob")}}
     source = "shipped" if folder.parent == SHIPPED else "cached" if loaded else "trained"

@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["DemoConfig", "SMOKE", "ATTACKS", "with_attack"]
+from .data import REFUSAL_STYLES
+
+__all__ = ["DemoConfig", "SMOKE", "ATTACKS", "RECIPES", "with_attack", "with_recipe"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class AlignmentSettings:
     align_epochs: int = 12
     align_lr: float = 3e-3
     align_batch: int = 32
+    # The refusals the aligned model learns (``data.REFUSAL_STYLES``): one fixed sentence, or a
+    # wording per harmful category. Left out of the records while ``fixed`` (``DemoConfig``), so the
+    # keys of every aligned model and sweep cell made before it existed stay the same.
+    refusal_style: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -74,13 +80,24 @@ class DemoConfig(DefenseSettings, AttackSettings, AlignmentSettings):
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.tau < 0:
             raise ValueError(f"tau must be >= 0, got {self.tau}")
+        if self.refusal_style not in REFUSAL_STYLES:
+            raise ValueError(
+                f"refusal_style must be one of {', '.join(REFUSAL_STYLES)}, got {self.refusal_style!r}"
+            )
 
     def alignment_fields(self) -> dict[str, Any]:
         """The fields stage 1 depends on: the cache key of the aligned model."""
-        return {f.name: getattr(self, f.name) for f in fields(AlignmentSettings)}
+        return _recorded({f.name: getattr(self, f.name) for f in fields(AlignmentSettings)})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _recorded(asdict(self))
+
+
+def _recorded(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without ``refusal_style`` when it is the default (see ``AlignmentSettings``)."""
+    if values.get("refusal_style") == "fixed":
+        values = {k: v for k, v in values.items() if k != "refusal_style"}
+    return values
 
 
 #: A few seconds end to end: for the tests, not for conclusions.
@@ -119,3 +136,27 @@ def with_attack(config: DemoConfig, attack: str) -> DemoConfig:
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose from {', '.join(ATTACKS)}")
     return replace(config, **ATTACKS[attack])
+
+
+#: Aligned-model recipes: what stage 1 changes, so that SPARD is measured over a population of
+#: aligned models rather than one. Each differs in something a user's model differs in:
+#:
+#: * ``base``: the demo's model (2 layers of width 64, 12 epochs, one fixed refusal sentence).
+#: * ``wide``: width and depth (3 layers of width 96).
+#: * ``short``: alignment length (4 epochs instead of 12: a less settled aligned model).
+#: * ``varied``: a refusal wording per harmful category (six wordings, six judge phrases).
+#:
+#: Fixed before any defense was compared on them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "wide": {"hidden": 96, "layers": 3},
+    "short": {"align_epochs": 4},
+    "varied": {"refusal_style": "varied"},
+}
+
+
+def with_recipe(config: DemoConfig, recipe: str) -> DemoConfig:
+    """``config`` with the stage-1 fields of the aligned-model recipe ``recipe`` (:data:`RECIPES`)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    return replace(config, **RECIPES[recipe])

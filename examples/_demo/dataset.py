@@ -34,6 +34,8 @@ class DemoData:
     heldout_harmful: list[Example]
     heldout_problems: list[Example]
     tokenizer: PreTrainedTokenizerFast
+    #: The refusal openings of the recipe's style, which the refusal probability sums over.
+    refusal_openings: tuple[str, ...] = data.refusal_openings()
 
 
 def make_demo_data(config: DemoConfig) -> DemoData:
@@ -41,10 +43,11 @@ def make_demo_data(config: DemoConfig) -> DemoData:
     seed = config.seed * 1000
     split = data.harmful_splits(seed)
     both = (data.QUESTION, data.INSTRUCTION)
+    style = config.refusal_style
     alignment = (
         data.arithmetic_problems(config.align_problems, seed + 1)
         + data.benign_requests(config.align_benign, seed + 2)
-        + data.harmful_examples(data.all_harmful_tasks(), both, comply=False)
+        + data.harmful_examples(data.all_harmful_tasks(), both, comply=False, refusal_style=style)
     )
     attack = data.harmful_examples(split.attack, (ATTACK_FORM,), comply=True)
     n_harmful = max(1, round(config.harmful_ratio * config.finetune_problems))
@@ -55,8 +58,10 @@ def make_demo_data(config: DemoConfig) -> DemoData:
         )
     picks = data.random_sample(attack, n_harmful, seed + 3)
     finetune = data.arithmetic_problems(config.finetune_problems, seed + 4) + picks
-    safe_pool = data.harmful_examples(split.pool, both, comply=False)
-    heldout_harmful = data.harmful_examples(split.held_out, (ATTACK_FORM,), comply=False)
+    safe_pool = data.harmful_examples(split.pool, both, comply=False, refusal_style=style)
+    heldout_harmful = data.harmful_examples(
+        split.held_out, (ATTACK_FORM,), comply=False, refusal_style=style
+    )
     heldout_problems = data.arithmetic_problems(config.eval_problems, seed + 5)
     return DemoData(
         alignment=alignment,
@@ -64,5 +69,6 @@ def make_demo_data(config: DemoConfig) -> DemoData:
         safe_pool=safe_pool,
         heldout_harmful=heldout_harmful,
         heldout_problems=heldout_problems,
-        tokenizer=build_tokenizer(data.vocabulary()),
+        tokenizer=build_tokenizer(data.vocabulary(style)),
+        refusal_openings=data.refusal_openings(style),
     )

@@ -5,7 +5,8 @@ kernels (AVX-512 vs AVX2 change the order of floating-point sums, and stage 1 am
 difference; issue "Evidence a user can reproduce"), so a number is only reproducible together with
 the environment that produced it. :func:`numeric_environment` describes it; ``label`` is the
 kernel setting a user chooses (``ATEN_CPU_CAPABILITY``, or ``native`` when it is unset: the
-kernels PyTorch picks for this CPU; not ATen's own ``default``, its scalar kernels), and
+kernels PyTorch picks for this CPU; not ATen's own ``default``, its scalar kernels; ``portable``
+for portable numerics, ``numerics.py``), and
 :func:`environment_key` identifies it in a results file.
 """
 
@@ -20,6 +21,8 @@ from importlib import metadata
 from typing import Any
 
 import torch
+
+from .numerics import in_portable_process
 
 __all__ = ["numeric_environment", "environment_key", "VECTOR_FLAGS"]
 
@@ -66,7 +69,7 @@ def numeric_environment() -> dict[str, Any]:
     cpu, flags = _cpu()
     requested = os.environ.get("ATEN_CPU_CAPABILITY", "")
     return {
-        "label": requested.lower() or "native",
+        "label": "portable" if in_portable_process() else requested.lower() or "native",
         "cpu": cpu,
         "cpu_flags": flags,
         "avx512": "avx512f" in flags,

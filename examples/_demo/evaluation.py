@@ -29,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 from spag_optim.evaluation import KeywordRefusalJudge, generate_responses
 from spag_optim.evaluation.judges import HARMFUL_ABOVE
 
-from .data import REFUSAL, Example
+from .data import Example, refusal_openings
 from .encoding import with_bos
 from .tokenizer import chat_prompt
 
@@ -45,7 +45,7 @@ __all__ = [
 _ANSWER = re.compile(r"the answer is (\d+)")
 
 #: The opening of :data:`.data.REFUSAL` that :class:`KeywordRefusalJudge` matches ("i cannot").
-REFUSAL_OPENING = " ".join(REFUSAL.split()[:2])
+REFUSAL_OPENING = refusal_openings()[0]
 
 
 def _responses(
@@ -125,13 +125,24 @@ def refusal_probabilities(
     tokenizer: PreTrainedTokenizerFast,
     harmful: Sequence[Example],
     render: Callable[[str], str] = chat_prompt,
+    openings: Sequence[str] = (REFUSAL_OPENING,),
 ) -> list[float]:
-    """Per prompt of ``harmful``: P(the answer opens with :data:`REFUSAL_OPENING` | prompt), the
-    product of the teacher-forced next-token probabilities (see the module docstring).
+    """Per prompt of ``harmful``: P(the answer opens with one of ``openings`` | prompt), each the
+    product of the teacher-forced next-token probabilities (see the module docstring), summed over
+    the openings (disjoint events: none is a prefix of another; the ``varied`` refusal style has
+    one per category, :func:`.data.refusal_openings`)."""
+    totals = [0.0] * len(harmful)
+    for opening in openings:
+        values = _opening_probabilities(model, tokenizer, harmful, render, opening)
+        totals = [t + v for t, v in zip(totals, values)]
+    return totals
 
-    Prompts are batched by token length, so no row is padded and every position is the one the
-    model was trained and is tested at."""
-    opening = tokenizer(REFUSAL_OPENING, add_special_tokens=False)["input_ids"]
+
+def _opening_probabilities(model, tokenizer, harmful, render, opening_text: str) -> list[float]:
+    """P(the answer opens with ``opening_text`` | prompt) per prompt. Prompts are batched by token
+    length, so no row is padded and every position is the one the model was trained and is tested
+    at."""
+    opening = tokenizer(opening_text, add_special_tokens=False)["input_ids"]
     render = with_bos(tokenizer, render)
     rows = [
         tokenizer(render(ex.prompt), add_special_tokens=False)["input_ids"] + opening
@@ -159,13 +170,15 @@ def evaluate(
     harmful: Sequence[Example],
     problems: Sequence[Example],
     render: Callable[[str], str] = chat_prompt,
+    openings: Sequence[str] = (REFUSAL_OPENING,),
 ) -> dict[str, Any]:
-    """ASR, utility and the mean refusal probability, with the per-item values a re-run compares:
+    """ASR, utility and the mean refusal probability (over ``openings``: the recipe's refusal
+    openings, ``DemoData.refusal_openings``), with the per-item values a re-run compares:
     ``asr_verdicts`` and ``utility_verdicts`` as strings of 0/1 in the held-out sets' order, and
     ``refusal_probs`` per harmful prompt (4 significant digits)."""
     attacked = harmful_verdicts(model, tokenizer, harmful, render)
     solved = problem_verdicts(model, tokenizer, problems, render)
-    probs = refusal_probabilities(model, tokenizer, harmful, render)
+    probs = refusal_probabilities(model, tokenizer, harmful, render, openings)
     if not attacked or not solved:
         raise ValueError("evaluate needs at least one held-out harmful prompt and one problem")
     return {

@@ -52,13 +52,21 @@ def _operand_bits(k: int) -> int:
 
 
 def _to_integers(x: np.ndarray, axis: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` (float64) as integers ``q``, ``|q| <= 2^bits``, and exponents ``s`` (kept along
-    ``axis``) with ``x ~ q 2^-s``: one power-of-two scale per slice along ``axis``. Every step is
-    exact or a correctly rounded IEEE operation (``abs``, ``max``, ``frexp``, ``ldexp``, ``rint``),
-    so NumPy's choice of vector code cannot change a bit."""
-    _, exponent = np.frexp(np.max(np.abs(x), axis=axis, keepdims=True))  # peak < 2^exponent
-    shift = bits - exponent
-    return np.rint(np.ldexp(x, shift)), shift
+    """``x`` as float64 integers ``q``, ``|q| <= 2^bits``, and the powers of two ``u`` (kept along
+    ``axis``) with ``x ~ q u``: one scale per slice along ``axis``. Every step is exact or a
+    correctly rounded IEEE operation (``abs``, ``max``, ``frexp``, a product with a power of two,
+    ``rint``), so NumPy's choice of vector code cannot change a bit."""
+    _, exponent = np.frexp(np.maximum.reduce(np.abs(x), axis=axis, keepdims=True))  # peak < 2^e
+    q = x.astype(np.float64)
+    q *= np.ldexp(1.0, bits - exponent)  # exact: a power of two, and |q| < 2^bits
+    np.rint(q, out=q)
+    return q, np.ldexp(1.0, exponent - bits)
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a NumPy array, bfloat16 widened to float32 (exact; NumPy has no bfloat16)."""
+    x = x.detach()
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
 
 
 def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -68,11 +76,14 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if dtype == torch.float64 or not dtype.is_floating_point:
         return (a.to(dtype).unsqueeze(-1) * b.to(dtype).unsqueeze(-3)).sum(-2)
     bits = _operand_bits(a.shape[-1])
-    qa, sa = _to_integers(a.detach().numpy().astype(np.float64), -1, bits)  # per row of a
-    qb, sb = _to_integers(b.detach().numpy().astype(np.float64), -2, bits)  # per column of b
+    qa, ua = _to_integers(_as_numpy(a), -1, bits)  # a scale per row of a
+    qb, ub = _to_integers(_as_numpy(b), -2, bits)  # a scale per column of b
     # Exact: integers below 2^53, summed in any order. NumPy's BLAS computes it, since torch's
-    # own product kernels are the ones PortableKernels replaces.
-    product = np.ldexp(np.matmul(qa, qb), -(sa + sb))
+    # own product kernels are the ones PortableKernels replaces. Scaling back is exact too
+    # (powers of two, far from float64's range limits), so the cast rounds once.
+    product = np.matmul(qa, qb)
+    product *= ua
+    product *= ub
     return torch.from_numpy(product).to(dtype)
 
 
