@@ -70,7 +70,7 @@ from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key, numeric_environment  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
-from _demo.numerics import NUMERICS, portable_env, portable_numerics  # noqa: E402
+from _demo.numerics import NUMERICS, portable_env, use_portable_numerics  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 from spard_io import exclusive_lock, write_atomic  # noqa: E402
 
@@ -292,8 +292,8 @@ def _work(args: tuple[str, str, str, int, bool, str, str]) -> tuple[str, dict[st
 
 def _init_worker(threads: int, numerics: str = "native") -> None:
     _NUMERICS["setting"] = numerics
-    if numerics == "portable":  # for the worker's whole life: entered here, never left
-        portable_numerics().__enter__()
+    if numerics == "portable":
+        use_portable_numerics()
     else:
         torch.set_num_threads(threads)
     hf_logging.disable_progress_bar()  # a weight-loading bar per cell would bury the progress lines

@@ -38,10 +38,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from itertools import repeat
 from pathlib import Path
 
 import torch
@@ -61,6 +64,7 @@ from _demo.numerics import (  # noqa: E402
     in_portable_process,
     portable_numerics,
     run_portable,
+    use_portable_numerics,
 )
 from _demo.reference import compare_with_reference  # noqa: E402
 from _demo.report import format_table, summarize, write_plot, write_results  # noqa: E402
@@ -102,6 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--smoke", action="store_true", help="tiny sizes for tests: seconds, not results"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes running seeds in parallel (each with --threads threads); the numbers do "
+        "not depend on it",
+    )
     parser.add_argument(
         "--numerics",
         choices=NUMERICS,
@@ -175,8 +186,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]]:
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise ValueError(f"unknown or no attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
-    if args.threads < 1:
-        raise ValueError("--threads must be at least 1")
+    if args.threads < 1 or args.workers < 1:
+        raise ValueError("--threads and --workers must be at least 1")
     return names, attacks, parse_seeds(args.seeds)
 
 
@@ -242,6 +253,31 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, names, attacks, seeds)
 
 
+def _init_worker(numerics: str, threads: int) -> None:
+    """A seed worker: the parent's numerics (a portable parent's environment is inherited)."""
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    if numerics == "portable":
+        use_portable_numerics()
+    else:
+        torch.set_num_threads(threads)
+
+
+def _each_seed(seeds, names, attacks, base_config, cache_dir, args):
+    """:func:`run_seed` for every seed, in order: here, or in ``args.workers`` processes."""
+    if args.workers == 1 or len(seeds) == 1:
+        for seed in seeds:
+            yield run_seed(seed, names, attacks, base_config, cache_dir, args)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        min(args.workers, len(seeds)), context, _init_worker, (args.numerics, args.threads)
+    ) as pool:
+        yield from pool.map(
+            run_seed, seeds, *(repeat(x) for x in (names, attacks, base_config, cache_dir, args))
+        )
+
+
 def _run(args: argparse.Namespace, names: list[str], attacks: list[str], seeds: list[int]) -> int:
     """The demo proper, in this process's numerics: every seed, the table and the files."""
     # The demo's own bars cover the long stages; the dependencies' bars and deprecation notices for
@@ -262,10 +298,9 @@ def _run(args: argparse.Namespace, names: list[str], attacks: list[str], seeds: 
         [],
         [],
     )
-    for seed in seeds:
-        base, per_attack, seed_curves, folder, was_loaded = run_seed(
-            seed, names, attacks, base_config, cache_dir, args
-        )
+    for base, per_attack, seed_curves, folder, was_loaded in _each_seed(
+        seeds, names, attacks, base_config, cache_dir, args
+    ):
         bases.append(base)
         folders.append(str(folder))
         loaded.append(was_loaded)

@@ -261,3 +261,22 @@ def test_training_gives_the_same_bits_whatever_code_path_mkl_and_aten_would_take
         for cbwr in ("AVX2", "COMPATIBLE")
     }
     assert len(runs) == 2, "MKL's code path no longer changes native training: the test is void"
+
+
+def test_numerics_entered_for_the_process_survive_garbage_collection():
+    """A worker's initializer enters portable numerics for the process's life; a context manager
+    entered and dropped would be closed by the collector and silently restore MKL's kernels."""
+    code = (
+        "import gc, sys, torch; sys.path.insert(0, sys.argv[1]);"
+        "from _demo.numerics import use_portable_numerics;"
+        "use_portable_numerics(); gc.collect();"
+        "a = torch.randn(3, 3); a @ a; print(use_portable_numerics().counts.get('mm', 0))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLES)],
+        env=portable_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"

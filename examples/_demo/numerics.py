@@ -42,6 +42,7 @@ __all__ = [
     "portable_env",
     "portable_numerics",
     "run_portable",
+    "use_portable_numerics",
 ]
 
 #: The ``--numerics`` settings: ``native`` (this CPU's fastest kernels: numbers vary by CPU) and
@@ -80,6 +81,21 @@ def portable_numerics() -> Iterator[PortableKernels]:
             yield kernels
     finally:
         torch.set_num_threads(threads)
+
+
+#: What :func:`use_portable_numerics` entered, kept open for the process's life.
+_FOR_THE_PROCESS = contextlib.ExitStack()
+_ENTERED: list[PortableKernels] = []
+
+
+def use_portable_numerics() -> PortableKernels:
+    """Portable numerics for the rest of this process (a worker's initializer); the kernels.
+
+    The context is held here: a context manager entered and then dropped would be closed by the
+    garbage collector, restoring the vendor kernels behind the caller's back. Idempotent."""
+    if not _ENTERED:
+        _ENTERED.append(_FOR_THE_PROCESS.enter_context(portable_numerics()))
+    return _ENTERED[0]
 
 
 def run_portable(argv: Sequence[str]) -> int:
