@@ -197,7 +197,9 @@ _CONTEXTS: dict[tuple[str, int, bool, str], dict[str, Any]] = {}
 _NUMERICS = {"setting": "native"}
 
 
-def _context(attack: str, seed: int, smoke: bool, cache_dir: Path, recipe: str) -> dict[str, Any]:
+def _context(
+    attack: str, seed: int, smoke: bool, cache_dir: Path, recipe: str = "base"
+) -> dict[str, Any]:
     key = (attack, seed, smoke, recipe)
     if key not in _CONTEXTS:
         config = _config(attack, seed, smoke, recipe)
