@@ -156,7 +156,8 @@ class SafetyBatches:
         Args:
             pairs: any iterable of ``(prompt, refusal)`` string pairs, ``{"prompt", "safe"}`` rows
                 (``dpp-select``'s output, as it is; ``"unsafe"`` is never read) or
-                ``{"prompt", "response"}`` rows (:func:`spag_optim.evaluation.load_spard_pairs`).
+                ``{"prompt", "response"}`` rows (:func:`~spag_optim.evaluation.load_spard_pairs`;
+                a ``"response"`` beside ``"safe"`` or ``"unsafe"`` is refused as ambiguous).
             tokenizer: the model's tokenizer. A pair longer than its ``model_max_length`` is an
                 error (and, in :func:`make_safety_closure`, one longer than the model's
                 ``max_position_embeddings``).

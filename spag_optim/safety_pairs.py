@@ -47,9 +47,17 @@ UNSET_MODEL_MAX_LENGTH = int(1e30)
 
 def _pair(item: Any, index: int) -> tuple[str, str]:
     """(prompt, refusal) of one pair, a ``{"prompt", "response"}`` row or a ``dpp-select`` row
-    (``{"prompt", "safe", ...}``: the refusal is ``safe``; ``unsafe`` is never read)."""
+    (``{"prompt", "safe", ...}``: the refusal is ``safe``; ``unsafe`` is never read). A row with
+    ``response`` beside ``safe`` or ``unsafe`` is refused: its refusal field is ambiguous."""
     if isinstance(item, Mapping):
         field = "response" if "response" in item else "safe"
+        clash = [key for key in ("safe", "unsafe") if key in item] if field == "response" else []
+        if clash:  # which text is the refusal? A pool's own "response" may be the harmful one
+            raise TypeError(
+                f"safety pair {index}: the row has both 'response' and {clash[0]!r}, so which "
+                "text is the refusal is ambiguous; keep only the refusal's field: {'prompt', "
+                "'safe'} rows (dpp-select --keep-fields prompt,safe) or {'prompt', 'response'} rows"
+            )
         if "prompt" not in item or field not in item:
             raise TypeError(
                 f"safety pair {index}: the row has no 'safe' or 'response' field (or no 'prompt'); "

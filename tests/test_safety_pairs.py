@@ -207,3 +207,19 @@ def test_rows_longer_than_the_models_positions_are_refused_before_training(arch)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         calibrate_tau(model, batches, num_batches=1)
     make_safety_closure(model, SafetyBatches.from_pairs(PAIRS, tok, max_length=longest - 1))
+
+
+@pytest.mark.parametrize(
+    "extra", [{"safe": "sorry i cannot help with that"}, {"unsafe": "UNSAFEMARKER"}]
+)
+def test_a_response_field_beside_safe_or_unsafe_is_refused_not_taken_as_the_target(extra):
+    """A dpp-select row keeps every pool field: a pool's own "response" (here a harmful answer)
+    used to replace "safe" as the safety target without a word, so SPAG protected it."""
+    tok = tokenizer(False)
+    rows = [{"prompt": p, "safe": r} for p, r in PAIRS]
+    rows[1] = {"prompt": PAIRS[1][0], "response": "UNSAFEMARKER", **extra}
+    with pytest.raises(TypeError, match=r"pair 1: the row has both 'response' and '(un)?safe'"):
+        SafetyBatches.from_pairs(rows, tok)
+    with pytest.raises(TypeError) as error:
+        SafetyBatches.from_pairs(rows, tok)
+    assert "UNSAFEMARKER" not in str(error.value)

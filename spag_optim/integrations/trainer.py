@@ -391,7 +391,8 @@ class SPAGTrainerMixin:
 
     Args:
         safety: the safe data: (harmful prompt, refusal) pairs, ``{"prompt", "safe"}`` rows as
-            ``dpp-select`` writes them (other fields ignored), ``{"prompt", "response"}`` rows,
+            ``dpp-select`` writes them (other fields ignored, but a ``"response"`` beside
+            ``"safe"`` is refused as ambiguous), ``{"prompt", "response"}`` rows,
             or a :class:`TrainerSafetyClosure` (for its batch size, ``max_length``, seed or loss).
             Pairs and rows are tokenised with ``processing_class`` as
             :meth:`TrainerSafetyClosure.from_pairs` does (loss on the refusal only), 8 per batch.
