@@ -79,6 +79,35 @@ CORRUPTIONS = {
 }
 
 
+def setting(entry, key, value):
+    def corrupt(state):
+        state[entry][key] = value
+        return state
+
+    return corrupt
+
+
+#: Counters of the wrong type or sign: each used to load part of the checkpoint before failing (a
+#: string num_steps after the inner state and lr, None num_projections after tau), or to load
+#: silently (3.7 became 3, -1 stayed -1).
+BAD_COUNTERS = {
+    "steps_str": ("spag", setting("spag", "num_steps", "three"), "num_steps"),
+    "projections_none": ("spag", setting("spag", "num_projections", None), "num_projections"),
+    "projections_negative": ("spag", setting("spag", "num_projections", -1), "num_projections"),
+    "projections_float": ("spag", setting("spag", "num_projections", 3.7), "num_projections"),
+    "nonfinite_bool": ("spag", setting("spag", "num_nonfinite", True), "num_nonfinite"),
+    "authors_float": (
+        "spag_authors_code",
+        setting("spag", "num_projections", 2.0),
+        "num_projections",
+    ),
+    "penalty_str": ("penalty", setting("penalty", "num_active", "2"), "num_active"),
+    "safegrad_negative": ("safegrad", setting("safegrad", "num_conflicts", -3), "num_conflicts"),
+    "lisa_float": ("lisa", setting("lisa", "num_steps", 4.5), "num_steps"),
+}
+CORRUPTIONS.update(BAD_COUNTERS)
+
+
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
 def test_a_bad_checkpoint_changes_nothing_and_says_what_is_missing(case):
     name, corrupt, match = CORRUPTIONS[case]
