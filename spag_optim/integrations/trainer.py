@@ -51,7 +51,7 @@ from torch import Tensor
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .._caller_warning import warn_at_caller
-from ..config import CALIBRATE, SPAGConfig
+from ..config import CALIBRATE, SPAGConfig, is_calibrate
 from ..distributed import DEEPSPEED_UNSUPPORTED
 from ..factory import SPAG_CLASSES, make_spag
 from ..safety_data import (
@@ -245,8 +245,9 @@ def attach_spag(
             "(a baseline's TrainerSafetyClosure is bound with closure.bind(trainer))"
         )
     if isinstance(tau, str):
-        if tau != "calibrate":
+        if not is_calibrate(tau):
             raise ValueError(f"tau={tau!r}: pass a number, 'calibrate' or None")
+        tau = CALIBRATE
     elif tau is not None:
         tau = check_number("tau", tau, minimum=0.0)
     if getattr(trainer, "is_deepspeed_enabled", False):
@@ -254,7 +255,7 @@ def attach_spag(
     closure = spag.safety_closure
     if isinstance(closure, TrainerSafetyClosure):
         closure.bind(trainer)
-    if tau == "calibrate":
+    if tau == CALIBRATE:
         if not isinstance(closure, TrainerSafetyClosure):
             raise ValueError(
                 "tau='calibrate' needs a TrainerSafetyClosure; otherwise call "
