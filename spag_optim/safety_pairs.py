@@ -85,6 +85,11 @@ def _pair_list(pairs: Iterable[Any]) -> list[Any]:
         raise TypeError("pairs is one string; pass a list of (prompt, refusal) pairs")
     if isinstance(pairs, Mapping):
         raise TypeError("pairs is one row (a dict); pass a list of rows, e.g. [row]")
+    if hasattr(pairs, "columns") and callable(getattr(pairs, "to_dict", None)):
+        raise TypeError(
+            f"pairs is a {type(pairs).__name__}, which iterates over its column names, not its "
+            "rows; pass frame.to_dict('records')"
+        )
     return list(pairs)
 
 
