@@ -18,8 +18,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ._caller_warning import warn_at_caller
+from .data_digest import data_digest
 from .safety_pairs import padded_pairs
-from .warnings import UnrestorablePositionWarning
+from .warnings import SafeDataChangedWarning, UnrestorablePositionWarning
 
 __all__ = ["SafetyBatches", "move_to_device"]
 
@@ -114,6 +115,7 @@ class SafetyBatches:
         self.position = 0
         self._order: list[int] | None = None
         self._loader_iter: Iterator | None = None
+        self._identity: dict[str, Any] | None = None
 
     @classmethod
     def from_pairs(
@@ -225,9 +227,16 @@ class SafetyBatches:
                 self.epoch += 1
         raise ValueError("the safety DataLoader yields no batches; give it at least one example")
 
-    def state_dict(self) -> dict[str, int]:
-        """The position: pass number and offset in it (the seed is not state, see the class)."""
-        return {"epoch": self.epoch, "position": self.position}
+    def state_dict(self) -> dict[str, Any]:
+        """The position: pass number and offset in it (the seed is not state, see the class), and
+        for a dataset what identifies it (``"data"``: its length and, for a list, a content hash;
+        :func:`~spag_optim.data_digest.data_digest`), so that a resume over other safe data warns."""
+        state: dict[str, Any] = {"epoch": self.epoch, "position": self.position}
+        if self.loader is None:
+            if self._identity is None:  # read once: the state is saved at every step
+                self._identity = {"num_examples": len(self.data), "sha256": data_digest(self.data)}  # type: ignore[arg-type]
+            state["data"] = dict(self._identity)
+        return state
 
     def check_state_dict(self, state: Any) -> None:
         """Raise, naming what is missing or wrong, if ``state`` is not a position of this data."""
@@ -236,6 +245,10 @@ class SafetyBatches:
         missing = [key for key in ("epoch", "position") if key not in state]
         if missing:
             raise ValueError(f"the safe batches' state lacks {missing}")
+        if "data" in state and not isinstance(state["data"], Mapping):
+            raise ValueError(
+                f"the safe batches' 'data' entry must be a dict, got {type(state['data']).__name__}"
+            )
         for key in ("epoch", "position"):
             value = state[key]
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
@@ -255,8 +268,32 @@ class SafetyBatches:
                 UnrestorablePositionWarning,
             )
             return
+        self._warn_if_other_data(state.get("data"))
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = None
+
+    def _warn_if_other_data(self, saved: Any) -> None:
+        """Warn when the position was saved over other safe data than these (checkpoints of
+        earlier versions do not say: nothing to compare)."""
+        if saved is None:
+            return
+        mine = self.state_dict()["data"]
+        counts = (saved.get("num_examples"), mine["num_examples"])
+        hashes = (saved.get("sha256"), mine["sha256"])
+        if counts[0] == counts[1] and (None in hashes or hashes[0] == hashes[1]):
+            return
+        change = (
+            f"{counts[0]} examples, these are {counts[1]}"
+            if counts[0] != counts[1]
+            else f"{counts[0]} examples with other contents"
+        )
+        warn_at_caller(
+            f"SafetyBatches.load_state_dict: the position was saved over other safe data ({change}), "
+            "so the resumed run draws other batches than the interrupted one would. Resume with "
+            "the safe data the checkpoint was saved with; if the change is meant (new safe data, "
+            "or each rank its own shard), ignore this warning",
+            SafeDataChangedWarning,
+        )
 
 
 def _holds_token_lists(example: Any) -> bool:

@@ -44,6 +44,12 @@ LossFn = Callable[[torch.nn.Module, Any], Tensor]
 def model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
     """Hugging Face convention: the model returns an output with ``.loss`` given ``labels``."""
     output = model(**batch) if isinstance(batch, Mapping) else model(*batch)
+    if isinstance(output, (tuple, list, Tensor)):  # which element is the loss cannot be known
+        raise ValueError(
+            f"the model returned a {type(output).__name__}, not an output with .loss: with a "
+            "Hugging Face model do not pass return_dict=False; otherwise pass "
+            "loss_fn=lambda model, batch: ... (the safety loss of the batch)"
+        )
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")
@@ -256,6 +262,11 @@ def _mean_loss(
         model.train(was_training)
     if count == 0:
         raise ValueError("calibrate_tau got no batches")
+    if num_batches is not None and count < num_batches:
+        raise ValueError(
+            f"calibrate_tau: num_batches={num_batches} but the batches ended after {count}; pass "
+            f"num_batches={count}, or None to average over all of them"
+        )
     return total / count
 
 

@@ -129,13 +129,20 @@ def test_an_endless_iterable_is_refused_with_advice(which):
     assert_unchanged(model, before)
 
 
-def test_max_batches_bounds_each_pass():
+def test_max_batches_bounds_each_pass_and_leaves_safety_batches_where_they_were():
+    """The position used to move by the batches read (a training run then drew other batches)."""
     safety, null = data()
     endless_safety = endless(safety)  # 6 rows: 3 batches of 2 are one pass
+    read = []
+    collate = endless_safety.collate_fn
+    endless_safety.collate_fn = lambda rows: read.append(len(rows)) or collate(rows)
+    next(endless_safety)
+    position = endless_safety.state_dict()
     report = apply_guardspace(
         net(), endless_safety, itertools.cycle(null), rank=2, max_batches=3, progress=False
     )
-    assert endless_safety.state_dict() == {"epoch": 1, "position": 0}  # read exactly 3 batches
+    assert read == [2, 2, 2, 2]  # the draw above, then exactly 3 batches
+    assert endless_safety.state_dict() == position
     # the null pass read null[0], null[1], null[0]: the same span as null itself
     assert report == apply_guardspace(net(), safety, null, rank=2, progress=False)
     with pytest.raises(ValueError, match="max_batches must be a positive int"):

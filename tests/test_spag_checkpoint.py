@@ -257,3 +257,30 @@ def test_token_lists_without_collate_fn_say_what_to_do():
         with pytest.raises(TypeError, match="pass collate_fn .* or use SafetyBatches.from_pairs"):
             SafetyBatches(rows, batch_size=2)
     SafetyBatches([{"input_ids": [1, 2]}], batch_size=1, collate_fn=list)  # with a collate_fn: fine
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda: safe_dataset(n=9),  # fewer examples
+        lambda: safe_dataset(seed=2),  # as many, other content
+    ],
+    ids=["count", "content"],
+)
+def test_resuming_over_other_safe_data_warns(other):
+    """A checkpoint's safe-batch position used to be loaded over any other safe data silently."""
+    from spag_optim.warnings import SafeDataChangedWarning
+
+    model, opt = build()
+    train(model, opt, 3)
+    saved = opt.state_dict()
+    model2 = PairLoss()
+    closure = make_safety_closure(model2, SafetyBatches(other(), batch_size=3, seed=7))
+    opt2 = build_defense("spag", torch.optim.AdamW(model2.parameters(), lr=0.05), closure)
+    with pytest.warns(SafeDataChangedWarning, match="other safe data"):
+        opt2.load_state_dict(saved)
+    assert opt2.safety_closure.batches.position == opt.safety_closure.batches.position
+    _, same_data = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same_data.load_state_dict(saved)

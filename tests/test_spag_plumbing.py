@@ -221,3 +221,38 @@ def test_calibrate_tau_names_a_loss_fn_that_returns_none():
             num_batches=1,
             loss_fn=lambda model, batch: None,
         )
+
+
+@pytest.mark.parametrize(
+    "output, named",
+    [
+        (lambda loss: (loss, loss.detach()), "a tuple"),  # return_dict=False: (loss, logits)
+        (lambda loss: loss, "a Tensor"),
+    ],
+    ids=["tuple", "tensor"],
+)
+def test_a_model_that_returns_no_output_object_is_told_so(output, named):
+    """A model returning a tuple was told to "include 'labels'", which it had."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_model()
+
+        def forward(self, x, y):
+            return output(((self.net(x) - y) ** 2).mean())
+
+    closure = make_safety_closure(Plain(), SafetyBatches(safe_dataset(), batch_size=3))
+    with pytest.raises(ValueError, match=rf"returned {named}.*loss_fn=") as error:
+        closure()
+    assert "include 'labels'" not in str(error.value)
+
+
+def test_calibrate_tau_refuses_fewer_batches_than_it_was_asked_to_average():
+    """num_batches=8 over a list of 2 batches averaged 2 without a word."""
+    wrapper = PairLoss(tiny_model())
+    data = safe_dataset(4)
+    batches = [torch.utils.data.default_collate(data[i : i + 2]) for i in range(0, 4, 2)]
+    with pytest.raises(ValueError, match=r"num_batches=8 but the batches ended after 2"):
+        calibrate_tau(wrapper, batches, num_batches=8)
+    assert calibrate_tau(wrapper, batches, num_batches=2) == calibrate_tau(wrapper, batches)
