@@ -396,10 +396,10 @@ def test_merge_leaves_no_parameter_trainable_as_documented(tmp_path):
 
 def test_the_fingerprint_holds_across_load_dtypes_and_tells_bases_apart():
     torch.manual_seed(0)
-    linear = nn.Linear(300, 200)  # 60000 weights: a strided sample of them
-    with torch.no_grad():  # a bfloat16 checkpoint, loaded in each dtype
-        linear.weight.copy_(linear.weight.to(torch.bfloat16))
-        linear.bias.copy_(linear.bias.to(torch.bfloat16))
+    linear = nn.Linear(300, 200)  # 60000 weights, every one in the fingerprint
+    with torch.no_grad():  # a bfloat16 checkpoint within float16's normal range, in each dtype
+        for p in (linear.weight, linear.bias):
+            p.copy_(torch.where(p.abs() < 2**-14, torch.full_like(p, 2**-14), p).to(torch.bfloat16))
     prints = {
         str(dtype): base_fingerprint(linear.to(dtype))
         for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
