@@ -6,17 +6,21 @@ fail the same way on a malformed line, yet neither may import the other. This pa
 home of that reading; it imports nothing from either.
 """
 
-from .atomic import write_atomic
-from .jsonl import JSONLError, count_jsonl_rows, read_jsonl, write_jsonl
+from .atomic import describe_write_error, discard_leftovers, write_atomic, write_atomic_files
+from .jsonl import JSONLError, count_jsonl_rows, jsonl_writer, read_jsonl, write_jsonl
 from .lock import exclusive_lock
 from .version import distribution_version
 
 __all__ = [
     "JSONLError",
+    "describe_write_error",
+    "discard_leftovers",
     "count_jsonl_rows",
     "distribution_version",
     "exclusive_lock",
+    "jsonl_writer",
     "read_jsonl",
     "write_atomic",
+    "write_atomic_files",
     "write_jsonl",
 ]

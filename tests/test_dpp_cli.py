@@ -226,8 +226,26 @@ def test_a_failed_write_leaves_the_previous_output_intact(files, tmp_path, capsy
 
     monkeypatch.setattr(files_module.os, "fsync", full_disk)
     err = _one_line_error(files, tmp_path, capsys, "--k", "3")
-    assert f"--out {out}: could not write (No space left on device)" in err
+    assert f"could not write --out {out} and --indices-out" in err and "the disk is full" in err
     assert out.read_text() == "previous result\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_rows_and_their_indices_are_written_as_a_pair(files, tmp_path, capsys, monkeypatch):
+    """A full disk after the JSONL used to leave a new selection beside the old indices, and the
+    error did not say that the disk was full."""
+    code, out = _run(files, tmp_path, "--k", "2")
+    indices = tmp_path / "sel.indices.npy"
+    before = (out.read_bytes(), indices.read_bytes())
+    assert code == 0
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    err = _one_line_error(files, tmp_path, capsys, "--k", "4")
+    assert "no space left on the device (the disk is full); neither file was changed" in err
+    assert (out.read_bytes(), indices.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
