@@ -2,7 +2,7 @@
 
 Reads both files strictly (errors name the file and line), embeds the chosen text fields with a
 local model (mean of final hidden states), caches the embeddings as .npy keyed by a hash of the
-model, the texts and the settings, runs :func:`dpp_select.select`, and writes the selected rows
+model's files (their contents), the texts and the settings, runs :func:`dpp_select.select`, and writes the selected rows
 (JSONL, in selection order) and their pool indices (.npy), then prints the selection's
 diagnostics (relevance and weight quantiles, the jitter's weight) and any advice.
 
