@@ -62,6 +62,8 @@ def test_seeds_parse_ranges_and_lists_and_refuse_garbage():
     for bad in ("", "a-b", "1-"):
         with pytest.raises(ValueError, match="seeds"):
             parse_seeds(bad)
+    with pytest.raises(ValueError, match=r"--seeds '0,5-1': 5-1 counts down; write 1-5"):
+        parse_seeds("0,5-1")  # it used to say "--seeds is empty" (or drop the range silently)
 
 
 def test_the_resumption_key_changes_with_attack_seed_and_environment_but_not_the_method_list():
