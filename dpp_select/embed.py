@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from spard_io import token_prefix
+
 from .distributed import shard_range
 
 __all__ = ["EmptyTextError", "embed_texts"]
@@ -97,7 +99,8 @@ def embed_texts(
                 "(sentence-transformers)"
             )
         return _encode_with_sentence_transformer(model, texts, batch_size, progress)
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    cut = [token_prefix(tokenizer, text, max_length) for text in texts]  # never tokenised whole
+    ids = tokenizer(cut, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(x) for x in ids])
     empty = np.flatnonzero(lengths == 0)
     if empty.size:

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from spard_io import token_prefix
+
 __all__ = [
     "IGNORE_INDEX",
     "PaddingCollator",
@@ -148,10 +150,12 @@ def encode_safety_pairs(
             raise ValueError(f"safety pair {index}: the refusal is empty; give the refusal's text")
         row = encode_pair(tokenizer, prompt, refusal, max_length, render=render)
         if row is None:
-            prompt_len = len(_ids(tokenizer, _rendered(tokenizer, prompt, render)))
+            text = _rendered(tokenizer, prompt, render)
+            cut = token_prefix(tokenizer, text, max_length)  # type: ignore[arg-type]
+            takes = f"{'at least ' if len(cut) < len(text) else ''}{len(_ids(tokenizer, cut))}"
             raise ValueError(
                 f"safety pair {index}: no refusal token is left within max_length={max_length} "
-                f"(the prompt alone takes {prompt_len} tokens); raise max_length"
+                f"(the prompt alone takes {takes} tokens); raise max_length"
             )
         rows.append(row)
     limit = _tokenizer_max_length(tokenizer)
@@ -191,7 +195,13 @@ def encode_pair(
     With ``max_length`` the row is cut on the right; None when the prompt alone fills it (no
     answer token is left to learn from).
     """
-    prompt_ids = _ids(tokenizer, _rendered(tokenizer, prompt, render))
+    text = _rendered(tokenizer, prompt, render)
+    if max_length is not None:  # tokenise only what the cut keeps (a 100 MB text took minutes)
+        text, answer = (
+            token_prefix(tokenizer, text, max_length),
+            token_prefix(tokenizer, answer, max_length),
+        )
+    prompt_ids = _ids(tokenizer, text)
     answer_ids = _ids(tokenizer, answer)
     if tokenizer.eos_token_id is not None:
         answer_ids = answer_ids + [tokenizer.eos_token_id]

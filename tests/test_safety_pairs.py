@@ -223,3 +223,34 @@ def test_a_response_field_beside_safe_or_unsafe_is_refused_not_taken_as_the_targ
     with pytest.raises(TypeError) as error:
         SafetyBatches.from_pairs(rows, tok)
     assert "UNSAFEMARKER" not in str(error.value)
+
+
+class Spy:
+    """The tokenizer, recording the longest text it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_with_max_length_a_huge_text_is_not_tokenised_whole():
+    """A 100 MB prompt was tokenised whole before the row was cut to max_length (254 s)."""
+    tok = tokenizer(False)
+    huge = "i will not help with hacking a bank account " * 100_000  # 4.4 million characters
+    spy = Spy(tok)
+    rows = SafetyBatches.from_pairs([(PAIRS[0][0], huge)], spy, max_length=24).data
+    assert spy.longest < 100_000
+    assert rows == SafetyBatches.from_pairs([(PAIRS[0][0], huge[:600])], tok, max_length=24).data
+    spy = Spy(tok)
+    with pytest.raises(
+        ValueError,
+        match=r"no refusal token is left within max_length=24 \(the prompt alone takes at least",
+    ):
+        SafetyBatches.from_pairs([(huge, "no")], spy, max_length=24)
+    assert spy.longest < 100_000
