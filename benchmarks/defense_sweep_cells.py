@@ -27,6 +27,8 @@ __all__ = ["LEGACY", "REQUIRED_CELL_FIELDS", "label_of", "load_state", "separate
 LEGACY = "legacy"
 #: What every stored cell must have for the report; a cell lacking one is an error, not a gap.
 REQUIRED_CELL_FIELDS = ("method", "attack", "seed", "asr", "utility", "base")
+#: What every run record must have (the report's "Runs" line).
+RUN_FIELDS = ("cells", "wall_seconds", "workers")
 
 Cells = Sequence[Mapping[str, Any]]
 
@@ -43,7 +45,8 @@ def _bad_cell(key: str, cell: Any) -> str | None:
             return f"cell {key!r} has {name} {cell[name]!r}, not a name"
     if isinstance(cell["seed"], bool) or not isinstance(cell["seed"], int):
         return f"cell {key!r} has seed {cell['seed']!r}, not an int"
-    for name, value in (("asr", cell["asr"]), ("utility", cell["utility"])):
+    for name in ("asr", "utility", "refusal_prob"):
+        value = cell.get(name, 0.0)  # refusal_prob: absent from cells of earlier versions
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
@@ -69,11 +72,19 @@ def load_state(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a defense_sweep results file (no 'cells' object); {fix}")
     if not isinstance(state.setdefault("runs", []), list):
         raise ValueError(f"{path}: 'runs' is not a list; {fix}")
+    for number, run in enumerate(state["runs"]):
+        missing = [k for k in RUN_FIELDS if not isinstance(run, dict) or not _number(run.get(k))]
+        if missing:
+            raise ValueError(f"{path}: run {number} lacks {missing} (numbers); {fix}")
     for key, cell in state["cells"].items():
         problem = _bad_cell(key, cell)
         if problem:
             raise ValueError(f"{path}: {problem}; delete that cell to recompute it, or {fix}")
     return state
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def label_of(cell: Mapping[str, Any]) -> str:

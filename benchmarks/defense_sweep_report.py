@@ -372,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if not args.results.is_file():
+            raise ValueError(
+                f"no results file {args.results}; run benchmarks/defense_sweep.py first"
+            )
         load_state(args.results)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -90,6 +90,8 @@ def embed_texts(
     contiguous share of ``texts`` (``distributed.shard_range``: the ranks' results, concatenated
     in rank order, are the whole set's embeddings), so R ranks share the model forward passes.
     """
+    if isinstance(texts, str):
+        raise TypeError("texts is one string; pass a list of strings")
     texts, first = _share(list(texts), process_group)
     _check_texts(texts, batch_size, max_length)
     if tokenizer is None:

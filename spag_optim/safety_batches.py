@@ -77,6 +77,13 @@ class SafetyBatches:
         ):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         batch_size = int(batch_size)
+        if isinstance(data, Mapping):
+            raise TypeError(
+                "SafetyBatches got one dict, not a dataset: pass a list of examples (one dict per "
+                "example), a Dataset or a DataLoader"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         self.loader = data if isinstance(data, DataLoader) else None
         if self.loader is None:
             if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):

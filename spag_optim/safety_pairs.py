@@ -78,6 +78,14 @@ def _pair(item: Any, index: int) -> tuple[str, str]:
             raise TypeError(
                 f"safety pair {index}: the {name} is a {type(text).__name__}, not a str"
             )
+        if not text.isascii():
+            try:  # a lone surrogate: the tokenizer would fail with no pair named
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"safety pair {index}: the {name} holds a lone surrogate (half of a UTF-16 "
+                    "pair), which no tokenizer takes; fix the text"
+                ) from None
     return item[0], item[1]
 
 
@@ -87,6 +95,10 @@ def _pair_list(pairs: Iterable[Any]) -> list[Any]:
         raise TypeError("pairs is one string; pass a list of (prompt, refusal) pairs")
     if isinstance(pairs, Mapping):
         raise TypeError("pairs is one row (a dict); pass a list of rows, e.g. [row]")
+    if not isinstance(pairs, Iterable):
+        raise TypeError(
+            f"pairs must be an iterable of (prompt, refusal) pairs, got {type(pairs).__name__}"
+        )
     if hasattr(pairs, "columns") and callable(getattr(pairs, "to_dict", None)):
         raise TypeError(
             f"pairs is a {type(pairs).__name__}, which iterates over its column names, not its "
@@ -140,6 +152,10 @@ def encode_safety_pairs(
         raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
     if render is not None and not callable(render):
         raise TypeError(f"render must be a callable prompt -> text, got {type(render).__name__}")
+    if not callable(tokenizer):
+        raise TypeError(
+            f"tokenizer must be the model's tokenizer (callable), got {type(tokenizer).__name__}"
+        )
     pairs = _pair_list(pairs)
     if len(pairs) == 0:
         raise ValueError("no safety pairs given; SPAG needs at least one (prompt, refusal) pair")

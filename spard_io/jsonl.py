@@ -8,6 +8,7 @@ number and what to fix, never with a silently shorter dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -38,6 +39,13 @@ def _constant(name: str) -> Any:
     raise _Refused(f"{name} is not JSON (Python's extension); write null or a number")
 
 
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # json.loads would read it as inf without a word
+        raise _Refused(f"the number {text} is too large for a float; write it as a string")
+    return value
+
+
 def _lone_surrogate(value: Any) -> bool:
     """Whether a string in ``value`` holds a lone surrogate (a ``\\ud800`` escape): valid JSON
     that no UTF-8 text can hold, so it fails only when written."""
@@ -55,7 +63,12 @@ def _lone_surrogate(value: Any) -> bool:
 def _parse(line: str, where: str) -> Any:
     """One line as JSON, or one JSONLError starting with ``where`` (file:line)."""
     try:  # without the line break, an error at the end of the line keeps its column
-        row = json.loads(line.rstrip("\r\n"), object_pairs_hook=_object, parse_constant=_constant)
+        row = json.loads(
+            line.rstrip("\r\n"),
+            object_pairs_hook=_object,
+            parse_constant=_constant,
+            parse_float=_float,
+        )
     except _Refused as err:
         raise JSONLError(f"{where}: {err}") from None
     except json.JSONDecodeError as err:
@@ -164,8 +177,12 @@ def jsonl_writer(rows: Iterable[dict]) -> Callable[[BinaryIO], None]:
     :func:`spard_io.write_atomic_files`."""
 
     def write(handle: BinaryIO) -> None:
-        for row in rows:
-            handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        for number, row in enumerate(rows, start=1):
+            try:  # what read_jsonl refuses is never written
+                line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+            except ValueError as err:
+                raise ValueError(f"row {number}: {err}; JSON has no NaN or infinity") from None
+            handle.write((line + "\n").encode("utf-8"))
 
     return write
 

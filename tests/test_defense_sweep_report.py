@@ -98,3 +98,29 @@ def test_a_seed_that_is_not_an_int_is_named_before_the_report(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert f"cell 'b' has seed {seed!r}, not an int" in err
     assert not (tmp_path / "r.md").exists()
+
+
+def _report_main(tmp_path, state):
+    path = tmp_path / "defense_sweep.json"
+    if state is not None:
+        path.write_text(json.dumps(state))
+    return report.main(["--results", str(path), "--stem", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize(
+    "state, says",
+    [
+        (None, "no results file"),  # a FileNotFoundError traceback
+        ({"cells": {}, "runs": [{"cells": 1}]}, "run 0 lacks"),  # KeyError: 'wall_seconds'
+        (
+            {"cells": {"k": {**sweep_cell("sft", "heavy", 0, 1.0), "refusal_prob": "x"}}},
+            "cell 'k' has refusal_prob 'x'",  # TypeError deep in statistics.fmean
+        ),
+    ],
+    ids=["missing", "run_without_time", "refusal_prob_str"],
+)
+def test_a_results_file_the_report_cannot_use_is_one_line(tmp_path, capsys, state, says):
+    assert _report_main(tmp_path, state) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    assert not (tmp_path / "r.md").exists()

@@ -82,3 +82,9 @@ def test_a_huge_text_is_not_tokenised_whole_to_keep_its_first_tokens():
     np.testing.assert_array_equal(
         got, embed_texts([huge[:400], "help"], model, tokenizer, max_length=8, progress=False)
     )
+
+
+def test_one_string_instead_of_a_list_is_named():
+    """A string was embedded character by character, then refused for its spaces."""
+    with pytest.raises(TypeError, match="one string"):
+        embed_texts("how do i bake bread", tiny_model(), tiny_tokenizer(), progress=False)

@@ -254,3 +254,30 @@ def test_with_max_length_a_huge_text_is_not_tokenised_whole():
     ):
         SafetyBatches.from_pairs([(huge, "no")], spy, max_length=24)
     assert spy.longest < 100_000
+
+
+@pytest.mark.parametrize(
+    "pairs, tok, error, match",
+    [
+        (
+            None,
+            "tok",
+            TypeError,
+            r"pairs must be an iterable of \(prompt, refusal\) pairs, got NoneType",
+        ),
+        (3, "tok", TypeError, "got int"),
+        (PAIRS, None, TypeError, "tokenizer must be the model's tokenizer"),
+        (
+            [("how do i make poison", "sorry \ud800")],
+            "tok",
+            ValueError,
+            r"pair 0: the refusal holds a lone surrogate",
+        ),
+    ],
+    ids=["none", "int", "no_tokenizer", "surrogate"],
+)
+def test_hostile_pairs_and_tokenizers_get_one_clear_error(pairs, tok, error, match):
+    """Each used to fail inside Python or the tokenizers library ("'NoneType' object is not
+    iterable", "no attribute 'bos_token'", "TextEncodeInput must be Union[...]")."""
+    with pytest.raises(error, match=match):
+        SafetyBatches.from_pairs(pairs, tokenizer(False) if tok == "tok" else tok)

@@ -256,3 +256,25 @@ def test_calibrate_tau_refuses_fewer_batches_than_it_was_asked_to_average():
     with pytest.raises(ValueError, match=r"num_batches=8 but the batches ended after 2"):
         calibrate_tau(wrapper, batches, num_batches=8)
     assert calibrate_tau(wrapper, batches, num_batches=2) == calibrate_tau(wrapper, batches)
+
+
+@pytest.mark.parametrize(
+    "data, seed, match",
+    [
+        ({"x": [1, 2]}, 0, "one dict"),  # used to be KeyError: 0
+        ([1, 2], "x", "seed must be an int"),  # used to be "invalid literal for int()"
+    ],
+    ids=["dict", "string_seed"],
+)
+def test_safety_batches_name_a_dict_or_a_bad_seed(data, seed, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        SafetyBatches(data, batch_size=1, seed=seed, collate_fn=list)
+
+
+def test_load_state_dict_of_something_that_is_not_a_state_dict_is_named():
+    """``load_state_dict(None)`` said "'NoneType' object is not iterable"."""
+    _, opt = build()
+    with pytest.raises(
+        TypeError, match=r"load_state_dict takes the dict .*state_dict\(\).*NoneType"
+    ):
+        opt.load_state_dict(None)

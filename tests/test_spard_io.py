@@ -31,8 +31,18 @@ def lines(tmp_path, *texts):
         ('{"meta": {"note": ["\\udfff"]}}', r"rows\.jsonl:2: field 'meta' holds a lone surrogate"),
         ('{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}", r"rows\.jsonl:2: nested too deeply"),
         ('{"prompt": "a", "n": ' + "9" * 5000 + "}", r"rows\.jsonl:2: .*digits"),
+        ('{"prompt": "a", "x": 1e400}', r"rows\.jsonl:2: the number 1e400 is too large"),
     ],
-    ids=["duplicate_key", "nan", "infinity", "surrogate", "nested_surrogate", "deep", "long_int"],
+    ids=[
+        "duplicate_key",
+        "nan",
+        "infinity",
+        "surrogate",
+        "nested_surrogate",
+        "deep",
+        "long_int",
+        "float_overflow",  # read as inf without a word
+    ],
 )
 def test_what_json_does_not_allow_is_named_by_line_while_reading(tmp_path, text, match):
     """Each was read (the last duplicate winning, NaN as a float), failed much later with no file or
@@ -105,3 +115,12 @@ def test_leftovers_of_an_interrupted_write_are_discarded(tmp_path):
         ".other.json.abc123.tmp",
         "defense_sweep.json",
     ]
+
+
+def test_write_jsonl_refuses_what_read_jsonl_would_refuse_and_changes_nothing(tmp_path):
+    """A NaN was written as bare NaN, which read_jsonl then refuses."""
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match=r"row 2: .*NaN or infinity"):
+        spard_io.write_jsonl(path, [{"a": 2}, {"a": float("nan")}])
+    assert path.read_text() == '{"a": 1}\n'
