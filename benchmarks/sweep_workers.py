@@ -44,16 +44,26 @@ def _exit_with(parent: int) -> None:
 def _worker(conn: Connection, run: Callable, initializer: Callable, initargs: tuple, parent: int):
     """Run the tasks the sweep sends until ``None``, answering each with its result or error."""
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    initializer(*initargs)
+    try:
+        initializer(*initargs)
+    except BaseException as err:  # the answer to its first task: the sweep raises it
+        conn.recv()
+        conn.send(("failed", _picklable(err)))
+        return
     while (task := conn.recv()) is not None:
         try:
             conn.send(("done", run(task)))
         except BaseException as err:  # sent to the sweep, which raises it
-            try:
-                pickle.dumps(err)
-            except Exception:
-                err = RuntimeError(f"{type(err).__name__}: {err}")
-            conn.send(("failed", err))
+            conn.send(("failed", _picklable(err)))
+
+
+def _picklable(err: BaseException) -> BaseException:
+    """``err`` if it crosses the pipe, else a RuntimeError that says what it was."""
+    try:
+        pickle.dumps(err)
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+    return err
 
 
 def _died(process: Any, cell: str | None) -> WorkerDied:
@@ -107,7 +117,7 @@ def run_in_workers(
                 if conn.poll():  # a result, an error, or the end of a pipe whose worker died
                     try:
                         kind, payload = conn.recv()
-                    except EOFError:
+                    except (EOFError, OSError):  # its end closed (or reset) as it died
                         raise _died(_joined(process), running[conn]) from None
                     if kind == "failed":
                         raise payload

@@ -182,3 +182,21 @@ def test_the_sweep_command_reports_a_dead_worker_in_one_line(tmp_path, capsys, m
     assert defense_sweep.main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "signal 9" in err and "spard|heavy|0" in err
+
+
+def test_a_worker_whose_setup_fails_stops_the_run_with_that_error():
+    """It surfaced as ConnectionResetError from the worker's pipe (hostile pass)."""
+
+    def run_failing_setup():
+        return list(
+            run_in_workers(
+                [("native", [("a", "ok")], 1)],
+                task,
+                initializer=int,  # int("x"): the setup raises ValueError
+                initargs=("x",),
+                started_in=lambda _: contextlib.nullcontext(),
+            )
+        )
+
+    outcome, finished = in_thread(run_failing_setup)
+    assert finished and isinstance(outcome, ValueError) and "invalid literal" in str(outcome)
