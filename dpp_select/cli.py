@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from spard_io import read_jsonl
 
+from ._files import write_outputs
 from .cli_sharded import run_sharded, wants_distributed
 from .command import (
     build_parser,
@@ -34,7 +35,6 @@ from .command import (
     report,
     select_recording_warnings,
     texts,
-    write_outputs,
 )
 from .selection import resolve_k
 

@@ -12,12 +12,12 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from spard_io import describe_write_error, distribution_version, jsonl_writer, write_atomic_files
+from spard_io import distribution_version
 
 from ._cache import cache_path, load_cached, model_digest, save_cached
 from ._files import check_distinct, check_output
@@ -34,7 +34,6 @@ __all__ = [
     "report",
     "select_recording_warnings",
     "texts",
-    "write_outputs",
 ]
 
 #: The command's one-line description (``--help``).
@@ -279,24 +278,6 @@ def embed(
     if path is not None:
         save_cached(path, emb)
     return emb
-
-
-def write_outputs(out: str, indices_out: str, rows: Iterable[dict], indices: np.ndarray) -> None:
-    """The selected rows (JSONL, ``--out``) and their pool indices (.npy, ``--indices-out``) as one
-    pair: both are written before either replaces its file, so a failure (a full disk) leaves the
-    previous pair as it was. Raises OSError in one line that says why."""
-    try:
-        write_atomic_files(
-            [
-                (out, jsonl_writer(rows)),
-                (indices_out, lambda handle: np.save(handle, indices, allow_pickle=False)),
-            ]
-        )
-    except OSError as err:
-        raise OSError(
-            f"could not write --out {out} and --indices-out {indices_out}: "
-            f"{describe_write_error(err)}; neither file was changed"
-        ) from None
 
 
 def select_recording_warnings(

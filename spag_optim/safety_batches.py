@@ -98,19 +98,9 @@ class SafetyBatches:
                     f"drop_last=True with {len(data)} examples and batch_size={batch_size} "  # type: ignore[arg-type]
                     "would yield no batch; lower batch_size or set drop_last=False"
                 )
-            if collate_fn is None and _holds_token_lists(data[0]):  # type: ignore[index]
-                raise TypeError(
-                    "the safe examples hold token lists (e.g. {'input_ids': [...]}), which torch's "
-                    "default collate cannot batch: pass collate_fn (a padding collator, e.g. "
-                    "spag_optim.safety_pairs.PaddingCollator) or use SafetyBatches.from_pairs"
-                    "(pairs, tokenizer)"
-                )
-            if collate_fn is None and _holds_text(data[0]):  # type: ignore[index]
-                raise TypeError(
-                    "the safe examples are text (e.g. dpp-select's {'prompt', 'safe', 'unsafe'} "
-                    "rows), which the model cannot take: tokenise them with SafetyBatches.from_pairs"
-                    "(rows, tokenizer), or pass collate_fn= if your loss_fn tokenises text itself"
-                )
+            for holds, advice in ((_holds_token_lists, _TOKEN_LISTS), (_holds_text, _TEXT_ROWS)):
+                if collate_fn is None and holds(data[0]):  # type: ignore[index]
+                    raise TypeError(advice)
         self.data = data
         self.batch_size = batch_size
         self.collate_fn = collate_fn or default_collate
@@ -301,6 +291,18 @@ class SafetyBatches:
             "or each rank its own shard), ignore this warning",
             SafeDataChangedWarning,
         )
+
+
+_TOKEN_LISTS = (
+    "the safe examples hold token lists (e.g. {'input_ids': [...]}), which torch's default collate "
+    "cannot batch: pass collate_fn (a padding collator, e.g. "
+    "spag_optim.safety_pairs.PaddingCollator) or use SafetyBatches.from_pairs(pairs, tokenizer)"
+)
+_TEXT_ROWS = (
+    "the safe examples are text (e.g. dpp-select's {'prompt', 'safe', 'unsafe'} rows), which the "
+    "model cannot take: tokenise them with SafetyBatches.from_pairs(rows, tokenizer), or pass "
+    "collate_fn= if your loss_fn tokenises text itself"
+)
 
 
 def _holds_token_lists(example: Any) -> bool:

@@ -11,14 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from spag_optim.guardspace import (
-    adapter_parameters,
-    apply_guardspace,
-    base_fingerprint,
-    load_guardspace,
-    save_guardspace,
-)
-from spag_optim.guardspace.fingerprint import SAMPLE_SIZE
+from spag_optim import guardspace
+from spag_optim.guardspace.fingerprint import SAMPLE_SIZE, base_fingerprint
 
 from helpers.guardspace_net import D_X, Net, make_batches
 
@@ -31,14 +25,14 @@ def net(seed=0):
 def saved_file(tmp_path):
     model = net()
     gen = torch.Generator().manual_seed(0)
-    apply_guardspace(
+    guardspace.apply_guardspace(
         model, make_batches(gen, 3, D_X, 16), make_batches(gen, 2, 5, 12), rank=2, progress=False
     )
     with torch.no_grad():
-        for p in adapter_parameters(model):
+        for p in guardspace.adapter_parameters(model):
             p.add_(0.01)
     path = tmp_path / "gs.pt"
-    save_guardspace(model, path)
+    guardspace.save_guardspace(model, path)
     return path
 
 
@@ -57,7 +51,7 @@ def test_a_model_of_another_size_is_named_not_the_file(tmp_path):
     bigger.a = nn.Linear(D_X, 11).double()  # the file adapts a 10 x 12 Linear `a`
     before = parameters(bigger)
     with pytest.raises(ValueError) as error:
-        load_guardspace(bigger, path)
+        guardspace.load_guardspace(bigger, path)
     message = str(error.value)
     assert re.search(r"layer a .*10 x 12.*this model's is 11 x 12", message), message
     assert "damaged" not in message and "another model" in message
@@ -98,6 +92,6 @@ def test_a_file_of_the_previous_format_is_checked_as_it_was_written(tmp_path):
     as_previous_format(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_guardspace(net(), path)
+        guardspace.load_guardspace(net(), path)
     with pytest.raises(ValueError, match="different base"):
-        load_guardspace(net(seed=1), path)
+        guardspace.load_guardspace(net(seed=1), path)
