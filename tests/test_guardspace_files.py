@@ -95,3 +95,24 @@ def test_a_file_of_the_previous_format_is_checked_as_it_was_written(tmp_path):
         guardspace.load_guardspace(net(), path)
     with pytest.raises(ValueError, match="different base"):
         guardspace.load_guardspace(net(seed=1), path)
+
+
+def test_the_fingerprint_holds_across_load_dtypes_and_tells_bases_apart():
+    torch.manual_seed(0)
+    linear = nn.Linear(300, 200)  # 60000 weights, every one in the fingerprint
+    with torch.no_grad():  # a bfloat16 checkpoint within float16's normal range, in each dtype
+        for p in (linear.weight, linear.bias):
+            p.copy_(torch.where(p.abs() < 2**-14, torch.full_like(p, 2**-14), p).to(torch.bfloat16))
+    prints = {
+        str(dtype): base_fingerprint(linear.to(dtype))
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+    }
+    assert len(set(prints.values())) == 1, prints
+    other = nn.Linear(300, 200)
+    assert base_fingerprint(other) != prints["torch.float32"]
+    with torch.no_grad():
+        other.weight.copy_(linear.weight.float())
+        other.bias.copy_(linear.bias.float())
+        assert base_fingerprint(other) == prints["torch.float32"]
+        other.bias[0] += 1.0  # the bias is part of the base too
+    assert base_fingerprint(other) != prints["torch.float32"]
