@@ -116,8 +116,16 @@ def _report_main(tmp_path, state):
             {"cells": {"k": {**sweep_cell("sft", "heavy", 0, 1.0), "refusal_prob": "x"}}},
             "cell 'k' has refusal_prob 'x'",  # TypeError deep in statistics.fmean
         ),
+        (
+            {"cells": {"k": {**sweep_cell("sft", "heavy", 0, 1.0), "method": 3}}},
+            "cell 'k' has method 3, not a name",
+        ),
+        (
+            {"cells": {"k": {**sweep_cell("sft", "heavy", 0, 1.0), "environment": "native"}}},
+            "cell 'k' has an environment that is not an object",  # AttributeError on .get
+        ),
     ],
-    ids=["missing", "run_without_time", "refusal_prob_str"],
+    ids=["missing", "run_without_time", "refusal_prob_str", "method_int", "environment_str"],
 )
 def test_a_results_file_the_report_cannot_use_is_one_line(tmp_path, capsys, state, says):
     assert _report_main(tmp_path, state) == 2
