@@ -39,9 +39,7 @@ import contextlib
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
-import queue
 import subprocess
 import sys
 import time
@@ -70,12 +68,18 @@ from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key, numeric_environment  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
 from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
-from _demo.numerics import NUMERICS, portable_env, use_portable_numerics  # noqa: E402
+from _demo.numerics import (  # noqa: E402
+    NUMERICS,
+    in_portable_process,
+    portable_env,
+    use_portable_numerics,
+)
 from _demo.selection import SafeSelector  # noqa: E402
-from spard_io import exclusive_lock, write_atomic  # noqa: E402
+from spard_io import discard_leftovers, exclusive_lock, write_atomic  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from defense_sweep_report import load_state, write_report  # noqa: E402
+from sweep_workers import WorkerDied, run_in_workers  # noqa: E402
 
 __all__ = [
     "cell_key",
@@ -292,9 +296,11 @@ def _work(args: tuple[str, str, str, int, bool, str, str]) -> tuple[str, dict[st
     return key, cell
 
 
-def _init_worker(threads: int, numerics: str = "native") -> None:
-    _NUMERICS["setting"] = numerics
-    if numerics == "portable":
+def _init_worker(threads: int) -> None:
+    """A cell worker: portable numerics when started in the portable environment (``_kernels``),
+    else ``threads`` torch threads."""
+    if in_portable_process():
+        _NUMERICS["setting"] = "portable"
         use_portable_numerics()
     else:
         torch.set_num_threads(threads)
@@ -306,6 +312,7 @@ def _merge(path: Path, cells: dict[str, dict[str, Any]], run: dict[str, Any]) ->
     """Under the lock: re-read ``path``, add ``cells`` and this ``run``'s record, write atomically.
     Cells another process stored meanwhile are kept; returns the merged state."""
     with exclusive_lock(path.with_name(path.name + ".lock")):
+        discard_leftovers(path)  # of a merge killed between its write and its rename
         state = load_state(path)
         state["cells"].update(cells)
         state["runs"] = [r for r in state["runs"] if r.get("id") != run["id"]] + [dict(run)]
@@ -376,26 +383,15 @@ def sweep(
         "workers": workers,
         "environments": list(envs.values()),
     }
-    results: queue.Queue = queue.Queue()
     per_env = max(1, workers // len(envs))
-    # Spawned workers start clean (their own kernels, one torch thread, their own per-seed context).
-    context = multiprocessing.get_context("spawn")
-    with contextlib.ExitStack() as stack:
-        for label, tasks in todo.items():
-            if not tasks:
-                continue
-            with _kernels(label):  # the workers inherit the setting when they start, here
-                numerics = "portable" if label == "portable" else "native"
-                pool = stack.enter_context(
-                    context.Pool(min(per_env, len(tasks)), _init_worker, (threads, numerics))
-                )
-            for task in tasks:
-                pool.apply_async(_work, (task,), callback=results.put, error_callback=results.put)
-        for i in range(1, remaining + 1):
-            item = results.get()
-            if isinstance(item, BaseException):
-                raise item
-            key, cell = item
+    # Spawned workers start clean (their own kernels, one torch thread, their own per-seed context);
+    # each starts under _kernels(label), so it inherits its environment's setting.
+    groups = [(label, tasks, min(per_env, len(tasks))) for label, tasks in todo.items() if tasks]
+    finished = run_in_workers(
+        groups, _work, initializer=_init_worker, initargs=(threads,), started_in=_kernels
+    )
+    with contextlib.closing(finished):  # a failure here stops every worker
+        for i, (key, cell) in enumerate(finished, 1):
             elapsed = time.perf_counter() - started
             run.update(cells=i, wall_seconds=elapsed)
             state = _merge(path, {key: cell}, run)
@@ -505,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             recipes=recipes,
         )
-    except ValueError as err:
+    except (ValueError, WorkerDied) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for written in write_report(args.out / "defense_sweep.json", args.out / args.report_name):

@@ -12,7 +12,9 @@ than comparing two marginal intervals. The worst case over attack presets follow
 (per method, the highest ASR over the attack configurations that keep utility within 10% of plain
 fine-tuning's), taken per seed and then given an interval over seeds, which TamperBench (one seed)
 does not have. Cells recorded before environments were (``legacy``) are listed apart and kept out
-of every comparison.
+of every comparison. An entry pools only cells of one configuration computed on one machine; cells
+of another configuration (a ``--smoke`` run, a changed option) or another machine under the same
+label get rows or columns of their own, and a note says what differs (``defense_sweep_cells.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from _demo.intervals import t_interval, verdict  # noqa: E402
+from defense_sweep_cells import LEGACY, label_of, load_state, separate  # noqa: E402
 
 __all__ = [
     "load_state",
@@ -44,50 +47,9 @@ REFERENCE = "spard"
 BASELINE = "sft"
 #: The worst case counts an attack preset only where utility stays within this share of sft's.
 UTILITY_BOUND = 0.1
-LEGACY = "legacy"
-#: What every stored cell must have for the report; a cell lacking one is an error, not a gap.
-REQUIRED_CELL_FIELDS = ("method", "attack", "seed", "asr", "utility", "base")
 METRICS = (("asr", "ASR"), ("refusal_prob", "refusal"))
 
 Cells = Sequence[Mapping[str, Any]]
-
-
-def _bad_cell(key: str, cell: Any) -> str | None:
-    """Why the stored ``cell`` cannot be reported, or None."""
-    if not isinstance(cell, dict):
-        return f"cell {key!r} is a {type(cell).__name__}, not an object"
-    missing = [f for f in REQUIRED_CELL_FIELDS if f not in cell]
-    if missing:
-        return f"cell {key!r} lacks {missing}"
-    for name, value in (("asr", cell["asr"]), ("utility", cell["utility"])):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not 0.0 <= value <= 1.0
-        ):
-            return f"cell {key!r} has {name} {value!r}, not a number in [0, 1]"
-    return None
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """The results file at ``path``, validated (an empty state when there is none). Raises one
-    ValueError naming the file and what to do when it cannot be read or a cell is unusable."""
-    if not path.is_file():
-        return {"cells": {}, "runs": []}
-    fix = "restore it (git checkout) or move it away; it was not changed"
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({err}), perhaps truncated; {fix}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("cells"), dict):
-        raise ValueError(f"{path} is not a defense_sweep results file (no 'cells' object); {fix}")
-    if not isinstance(state.setdefault("runs", []), list):
-        raise ValueError(f"{path}: 'runs' is not a list; {fix}")
-    for key, cell in state["cells"].items():
-        problem = _bad_cell(key, cell)
-        if problem:
-            raise ValueError(f"{path}: {problem}; delete that cell to recompute it, or {fix}")
-    return state
 
 
 def _fmt(values: Sequence[float], digits: int = 2) -> str:
@@ -100,19 +62,12 @@ def _fmt(values: Sequence[float], digits: int = 2) -> str:
     return (text if math.isnan(half) else f"{text} ± {half:.{digits}f}") + f" [{len(values)}]"
 
 
-def _label(cell: Mapping[str, Any]) -> str:
-    """The environment label, with ``/<recipe>`` for an aligned-model recipe other than the base:
-    the report sets recipes side by side as it does environments."""
-    label = cell.get("environment", {}).get("label", LEGACY)
-    return f"{label}/{cell['recipe']}" if cell.get("recipe", "base") != "base" else label
-
-
 def _index(cells: Cells) -> dict[tuple[str, str, str], dict[int, Mapping[str, Any]]]:
     """(environment label, method, attack) -> seed -> cell. Cells of the same label from several
     machines would mix here; the report names every environment key it read (:func:`_environments`)."""
     out: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = defaultdict(dict)
     for c in cells:
-        out[(_label(c), c["method"], c["attack"])][c["seed"]] = c
+        out[(label_of(c), c["method"], c["attack"])][c["seed"]] = c
     return out
 
 
@@ -142,7 +97,7 @@ def _environments(cells: Cells) -> list[str]:
     for c in cells:
         env = c.get("environment", {})
         key = json.dumps(env, sort_keys=True)
-        label, _, n = seen.get(key, (_label(c), env, 0))
+        label, _, n = seen.get(key, (label_of(c), env, 0))
         seen[key] = (label, env, n + 1)
     lines = []
     for label, env, n in seen.values():
@@ -161,22 +116,19 @@ def _side_by_side(index, methods: Sequence[str], attack: str, envs: Sequence[str
     """Per method: each environment's ASR, refusal probability and utility, the paired difference
     between the first two environments, and each environment's verdict against sft and spard."""
     a, b = envs[0], envs[-1]
+    several = len(envs) > 1  # with one environment there is no difference or agreement to show
     head = ["method"] + [
         f"{e} {name}" for _, name in (*METRICS, ("utility", "utility")) for e in envs
     ]
-    head += [
-        f"ΔASR {b}−{a}",
-        f"Δrefusal {b}−{a}",
-        f"vs {BASELINE} ({'/'.join(envs)})",
-        f"vs {REFERENCE} ({'/'.join(envs)})",
-        "agree",
-    ]
+    head += [f"ΔASR {b}−{a}", f"Δrefusal {b}−{a}"] if several else []
+    head += [f"vs {BASELINE} ({'/'.join(envs)})", f"vs {REFERENCE} ({'/'.join(envs)})"]
+    head += ["agree"] if several else []
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for m in methods:
         row = [f"`{m}`"]
         for metric in ("asr", "refusal_prob", "utility"):
             row += [_fmt(_values(index.get((e, m, attack), {}), metric)) for e in envs]
-        for metric in ("asr", "refusal_prob"):
+        for metric in ("asr", "refusal_prob") if several else ():
             row.append(
                 _fmt(_paired(index.get((b, m, attack), {}), index.get((a, m, attack), {}), metric))
             )
@@ -192,11 +144,9 @@ def _side_by_side(index, methods: Sequence[str], attack: str, envs: Sequence[str
             ]
             verdicts.append(per_env)
             row.append("/".join(per_env))
-        flat = [v for per_env in verdicts for v in per_env if v != "-"]
-        pending = any(v == "n<2" for v in flat)
-        row.append(
-            "pending" if pending else ("yes" if all(p[0] == p[-1] for p in verdicts) else "**no**")
-        )
+        pending = any(v == "n<2" for per_env in verdicts for v in per_env)
+        agree = "yes" if all(p[0] == p[-1] for p in verdicts) else "**no**"
+        row += ["pending" if pending else agree] if several else []
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -259,13 +209,14 @@ def _legacy_table(index, methods: Sequence[str], attacks: Sequence[str]) -> list
 
 def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] = ()) -> Path:
     """``defense_sweep.md`` from whatever ``cells`` exist (see the module docstring)."""
-    current = [c for c in cells if _label(c) != LEGACY]
+    cells, separated = separate(cells)
+    current = [c for c in cells if label_of(c) != LEGACY]
     methods = _order(
         current, "method", (BASELINE, REFERENCE)
     )  # the comparisons' rows: no legacy-only method
     attacks = _order(cells, "attack", ("standard", "strong", "heavy"))
     index = _index(cells)
-    envs = sorted({_label(c) for c in cells} - {LEGACY}, key=lambda e: (e != "native", e))
+    envs = sorted({label_of(c) for c in cells} - {LEGACY}, key=lambda e: (e != "native", e))
     lines = [
         "# Defense sweep: demo methods x attack presets x seeds x numeric environments",
         "",
@@ -278,6 +229,11 @@ def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] =
         "",
         "Environments:",
         *_environments(cells),
+        *(
+            ["", "Kept apart (not pooled into the rows above them):", *separated]
+            if separated
+            else []
+        ),
         "",
         "Runs: "
         + (
@@ -309,11 +265,17 @@ def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] =
         ]
         worst = {e: _worst_case(index, methods, attacks, e) for e in envs}
         for m in methods:
+            entries = [
+                "needs `sft` cells under every attack"
+                if not worst[e][m][0] and not all(index.get((e, BASELINE, a)) for a in attacks)
+                else _fmt(worst[e][m][0])
+                for e in envs
+            ]
             lines.append(
                 "| "
                 + " | ".join(
                     [f"`{m}`"]
-                    + [x for e in envs for x in (_fmt(worst[e][m][0]), str(worst[e][m][1]))]
+                    + [x for e, t in zip(envs, entries) for x in (t, str(worst[e][m][1]))]
                 )
                 + " |"
             )
@@ -326,9 +288,9 @@ def write_markdown(path: Path, cells: Cells, runs: Sequence[Mapping[str, Any]] =
                 "",
                 *_versus_reference(index, methods, attacks, e),
             ]
-    if any(_label(c) == LEGACY for c in cells):
+    if any(label_of(c) == LEGACY for c in cells):
         legacy_methods = _order(
-            [c for c in cells if _label(c) == LEGACY], "method", (BASELINE, REFERENCE)
+            [c for c in cells if label_of(c) == LEGACY], "method", (BASELINE, REFERENCE)
         )
         lines += [
             "",
@@ -351,12 +313,12 @@ def write_plot(path: Path, cells: Cells) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    cells = [c for c in cells if _label(c) != LEGACY]
+    cells = [c for c in separate(cells)[0] if label_of(c) != LEGACY]
     if not cells:
         return None
     methods = _order(cells, "method", (BASELINE, REFERENCE))
     attacks = _order(cells, "attack", ("standard", "strong", "heavy"))
-    envs = sorted({_label(c) for c in cells}, key=lambda e: (e != "native", e))
+    envs = sorted({label_of(c) for c in cells}, key=lambda e: (e != "native", e))
     index = _index(cells)
     fig, axes = plt.subplots(len(attacks), 1, figsize=(12, 3.6 * len(attacks)), squeeze=False)
     width = 0.8 / len(envs)
@@ -410,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        if not args.results.is_file():
+            raise ValueError(
+                f"no results file {args.results}; run benchmarks/defense_sweep.py first"
+            )
         load_state(args.results)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,7 +10,7 @@ from spard_io import distribution_version
 
 from .diagnostics import SelectionSummary
 from .embed import embed_texts
-from .greedy import EarlyStopWarning, greedy_dpp
+from .greedy import EarlyStopWarning, NoRelevanceWarning, greedy_dpp
 from .relevance import relevance_scores
 from .selection import LowRelevanceWarning, SelectionResult, select
 
@@ -19,6 +19,7 @@ __version__ = distribution_version()
 __all__ = [
     "EarlyStopWarning",
     "LowRelevanceWarning",
+    "NoRelevanceWarning",
     "SelectionResult",
     "SelectionSummary",
     "embed_texts",

@@ -1,4 +1,4 @@
-"""The ``dpp-select`` embedding cache: one .npy per (model files, settings, texts).
+"""The ``dpp-select`` embedding cache: one .npy per (model files' contents, settings, texts).
 
 A cache must never turn into a permanent failure: an entry that cannot be read or does not hold
 what it should (truncated, empty, garbage, wrong shape, NaN/inf) is a miss, logged with its
@@ -16,29 +16,36 @@ import numpy as np
 
 from spard_io import write_atomic
 
-__all__ = ["cache_path", "load_cached", "save_cached"]
+__all__ = ["cache_path", "load_cached", "model_digest", "save_cached"]
 
 logger = logging.getLogger(__name__)
 
 
-def _model_fingerprint(model_path: str) -> list[tuple[str, int, int]]:
-    """Names, sizes and mtimes of the model's files, so a changed checkpoint misses the cache."""
-    entries = []
+def model_digest(model_path: str) -> str:
+    """SHA-256 of the model folder's files, names and contents: other weights miss the cache even
+    with the same size and modification time. One read of the weights; the command takes it once
+    per run."""
+    digest = hashlib.sha256()
     for name in sorted(os.listdir(model_path)):
-        stat = os.stat(os.path.join(model_path, name))
-        entries.append((name, stat.st_size, stat.st_mtime_ns))
-    return entries
+        path = os.path.join(model_path, name)
+        digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        if os.path.isfile(path):
+            digest.update(os.path.getsize(path).to_bytes(8, "little"))
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
 
 
-def cache_path(cache_dir: str, model_path: str, texts: list[str], max_length: int) -> str:
-    """Where the embeddings of ``texts`` under this model and ``max_length`` are cached."""
+def cache_path(cache_dir: str, model_sha256: str, texts: list[str], max_length: int) -> str:
+    """Where the embeddings of ``texts`` under the model of digest ``model_sha256``
+    (:func:`model_digest`) and ``max_length`` are cached."""
     h = hashlib.sha256()
     meta = {
-        "model": os.path.abspath(model_path),
-        "files": _model_fingerprint(model_path),
+        "model_sha256": model_sha256,
         "max_length": max_length,
         "pooling": "mean-last-hidden",
-        "version": 1,
+        "version": 2,
     }
     h.update(json.dumps(meta, sort_keys=True).encode())
     for text in texts:

@@ -2,13 +2,14 @@
 
 Reads both files strictly (errors name the file and line), embeds the chosen text fields with a
 local model (mean of final hidden states), caches the embeddings as .npy keyed by a hash of the
-model, the texts and the settings, runs :func:`dpp_select.select`, and writes the selected rows
+model's files (their contents), the texts and the settings, runs :func:`dpp_select.select`, and writes the selected rows
 (JSONL, in selection order) and their pool indices (.npy), then prints the selection's
 diagnostics (relevance and weight quantiles, the jitter's weight) and any advice.
 
 Nothing is lost: every argument and output location is checked before any embedding, an output
-that names an input (or the other output) is refused, and outputs are written to a temporary file
-and renamed into place. Every user error exits with status 2 and one line naming the file.
+that names an input (or the other output) is refused, and both outputs are written to temporary
+files before either is renamed into place (a failure, such as a full disk, leaves the previous
+pair). Every user error exits with status 2 and one line naming the file.
 
 The SPARD pool format is {"prompt", "safe", "unsafe"}: by default only the prompt is embedded, and
 the unsafe response is never embedded unless ``--allow-unsafe-field`` is given.
@@ -21,10 +22,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import numpy as np
+from spard_io import read_jsonl
 
-from spard_io import read_jsonl, write_atomic, write_jsonl
-
+from ._files import write_outputs
 from .cli_sharded import run_sharded, wants_distributed
 from .command import (
     build_parser,
@@ -66,16 +66,7 @@ def _run(args: argparse.Namespace) -> None:
     rows = (pool_rows[i] for i in result.indices)
     if keep is not None:
         rows = ({f: row[f] for f in keep} for row in rows)
-    try:
-        write_jsonl(args.out, rows)
-    except OSError as err:
-        raise OSError(f"--out {args.out}: could not write ({err.strerror or err})") from None
-    try:
-        write_atomic(indices_out, lambda h: np.save(h, result.indices, allow_pickle=False))
-    except OSError as err:
-        raise OSError(
-            f"--indices-out {indices_out}: could not write ({err.strerror or err})"
-        ) from None
+    write_outputs(args.out, indices_out, rows, result.indices)
     report(result, len(pool_rows), args, indices_out, caught)
 
 

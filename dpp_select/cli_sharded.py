@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
+from spard_io import count_jsonl_rows, read_jsonl
 
+from ._files import write_outputs
 from .command import check_args, chosen_by, embed, fields, report, select_recording_warnings, texts
 from .distributed import agree, shard_range
 
@@ -113,10 +114,11 @@ def run_sharded(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         if parts is not None:
             rows = {i: row for part in parts for i, row in part.items()}
             try:
-                write_jsonl(args.out, (rows[int(i)] for i in result.indices))
-                write_atomic(indices_out, lambda h: np.save(h, result.indices, allow_pickle=False))
+                write_outputs(
+                    args.out, indices_out, (rows[i] for i in result.indices), result.indices
+                )
             except OSError as err:
-                parser.exit(2, f"dpp-select: error: could not write the outputs ({err})\n")
+                parser.exit(2, f"dpp-select: error: {err}\n")
             report(result, n_pool, args, indices_out, caught, where=f" on {world} ranks")
         dist.barrier()  # outputs exist before any rank returns
         return 0

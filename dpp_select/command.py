@@ -19,7 +19,7 @@ import numpy as np
 
 from spard_io import distribution_version
 
-from ._cache import cache_path, load_cached, save_cached
+from ._cache import cache_path, load_cached, model_digest, save_cached
 from ._files import check_distinct, check_output
 from .embed import EmptyTextError, embed_texts
 from .selection import METHODS, SelectionResult, select
@@ -254,11 +254,13 @@ def embed(
     their 0-based number in the file."""
     path = None
     if not args.no_cache:
-        path = cache_path(args.cache_dir, args.model, texts, args.max_length)
+        if "model_sha256" not in loaded:  # once per run: it reads every weight
+            loaded["model_sha256"] = model_digest(args.model)
+        path = cache_path(args.cache_dir, loaded["model_sha256"], texts, args.max_length)
         cached = load_cached(path, len(texts))
         if cached is not None:
             return cached
-    if not loaded:
+    if "model" not in loaded:
         _load_model(args, loaded)
     try:
         emb = embed_texts(

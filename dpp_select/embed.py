@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from spard_io import token_prefix
+
 from .distributed import shard_range
 
 __all__ = ["EmptyTextError", "embed_texts"]
@@ -88,6 +90,8 @@ def embed_texts(
     contiguous share of ``texts`` (``distributed.shard_range``: the ranks' results, concatenated
     in rank order, are the whole set's embeddings), so R ranks share the model forward passes.
     """
+    if isinstance(texts, str):
+        raise TypeError("texts is one string; pass a list of strings")
     texts, first = _share(list(texts), process_group)
     _check_texts(texts, batch_size, max_length)
     if tokenizer is None:
@@ -97,7 +101,8 @@ def embed_texts(
                 "(sentence-transformers)"
             )
         return _encode_with_sentence_transformer(model, texts, batch_size, progress)
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    cut = [token_prefix(tokenizer, text, max_length) for text in texts]  # never tokenised whole
+    ids = tokenizer(cut, truncation=True, max_length=max_length)["input_ids"]
     lengths = np.array([len(x) for x in ids])
     empty = np.flatnonzero(lengths == 0)
     if empty.size:

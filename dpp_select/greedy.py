@@ -16,10 +16,24 @@ import numpy as np
 
 from .device_pass import full_pass_greedy
 from .distributed import sharded_greedy
-from .kernel import EarlyStopWarning, GreedyResult, check_scalars, dpp_weights, make_pass
+from .kernel import (
+    EarlyStopWarning,
+    GreedyResult,
+    NoRelevanceWarning,
+    check_scalars,
+    dpp_weights,
+    make_pass,
+)
 from .lazy import run_lazy
 
-__all__ = ["EarlyStopWarning", "GreedyResult", "greedy_dpp", "greedy_dpp_result", "dpp_weights"]
+__all__ = [
+    "EarlyStopWarning",
+    "GreedyResult",
+    "NoRelevanceWarning",
+    "greedy_dpp",
+    "greedy_dpp_result",
+    "dpp_weights",
+]
 
 
 def greedy_dpp_result(

@@ -42,6 +42,7 @@ __all__ = [
     "MARGIN",
     "EarlyStopWarning",
     "GreedyResult",
+    "NoRelevanceWarning",
     "WholePool",
     "check_scalars",
     "dpp_weights",
@@ -62,6 +63,10 @@ MARGIN = 1e-11  # relative slack covering float64 rounding between update and re
 
 class EarlyStopWarning(UserWarning):
     """Greedy selection stopped before k items because the best remaining gain fell below eps."""
+
+
+class NoRelevanceWarning(UserWarning):
+    """Every relevance score is <= 0, so every DPP weight is 0 and the picks are in index order."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def dpp_weights(quality: Any, n: int, beta: float) -> np.ndarray:
             "is jitter x I: all candidates tie and the picks are simply pool indices 0, 1, 2, "
             "...; check that the pool and the targets were embedded with the same model, or use "
             "beta=0 (diversity only)",
-            UserWarning,
+            NoRelevanceWarning,
             stacklevel=3,
         )
     return np.power(np.maximum(q, 0.0), float(beta))

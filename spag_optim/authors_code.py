@@ -30,6 +30,7 @@ from .distributed import check_distributed_mode, reject_deepspeed
 from .hyperparameters import (
     check_hyperparameters,
     check_mode,
+    checked_hyperparameters,
     checked_saved,
     hyperparameters_of,
     restore,
@@ -40,6 +41,7 @@ from .safety_wrapper import SafetyClosureOptimizer
 __all__ = ["AuthorsCodeSPAG"]
 
 
+@checked_hyperparameters
 class AuthorsCodeSPAG(SafetyClosureOptimizer):
     r"""SPAG with the authors' released projection rule (``mode="authors_code"``).
 

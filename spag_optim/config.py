@@ -11,7 +11,7 @@ validation, and it round-trips through a dict and a JSON file::
     optimizer = make_spag(torch.optim.AdamW(model.parameters()), safety, **config.to_dict())
     config.to_json_file("run/spag_config.json")
 
-``tau="calibrate"`` is accepted for :class:`~spag_optim.integrations.trainer.SPAGTrainer`, which
+``tau="calibrate"`` (in any case) is accepted for :class:`~spag_optim.integrations.trainer.SPAGTrainer`, which
 replaces it with the aligned model's safety loss before training; a plain ``SPAGOptimizer`` needs
 a number (use :func:`spag_optim.calibrate_tau`).
 """
@@ -29,10 +29,15 @@ from spard_io import write_atomic
 from .distributed import check_distributed_mode
 from .hyperparameters import check_hyperparameters
 
-__all__ = ["CALIBRATE", "SPAGConfig"]
+__all__ = ["CALIBRATE", "SPAGConfig", "is_calibrate"]
 
 #: The ``tau`` that asks the trainer to calibrate tau on the aligned model before training.
 CALIBRATE = "calibrate"
+
+
+def is_calibrate(tau: Any) -> bool:
+    """Whether ``tau`` is :data:`CALIBRATE`, in any case and with spaces around it allowed."""
+    return isinstance(tau, str) and tau.strip().lower() == CALIBRATE
 
 
 @dataclasses.dataclass
@@ -56,15 +61,18 @@ class SPAGConfig:
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         check_distributed_mode(values.pop("distributed"))
-        calibrate = values["tau"] == CALIBRATE
+        calibrate = is_calibrate(values["tau"])
         if calibrate:
             values["tau"] = 0.0  # a placeholder, so that the other values are checked
+        elif isinstance(values["tau"], str):
+            raise TypeError(f"tau must be a number or {CALIBRATE!r}, got {values['tau']!r}")
         for name, value in check_hyperparameters(**values).items():  # plain Python values
             setattr(self, name, CALIBRATE if calibrate and name == "tau" else value)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict: ``SPAGOptimizer(inner, closure, **config.to_dict())``."""
-        return dataclasses.asdict(self)
+        """The fields as a dict: ``SPAGOptimizer(inner, closure, **config.to_dict())``. Checked
+        again first: a field may have been set since construction."""
+        return dataclasses.asdict(dataclasses.replace(self))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SPAGConfig:

@@ -27,12 +27,14 @@ from .warnings import ReplacedHyperparameterWarning, TauTooLowWarning
 __all__ = [
     "FIRST_STEPS",
     "HYPERPARAMETERS",
+    "Hyperparameter",
     "MIN_EXCESS",
     "MODES",
     "RULES",
     "TauCheck",
     "check_hyperparameters",
     "check_mode",
+    "checked_hyperparameters",
     "checked_saved",
     "hyperparameters_of",
     "restore",
@@ -121,6 +123,43 @@ def check_mode(mode: Any, implemented: str) -> None:
             f"spag_optim.{RULES[mode]}(inner, safety_closure, ...) or "
             f"spag_optim.make_spag(inner, safety_closure, mode={mode!r}, ...)"
         )
+
+
+class Hyperparameter:
+    """One hyper-parameter attribute of a SPAG optimizer, checked with the others whenever it is
+    set after construction: ``optimizer.tau = float("nan")`` would silently disable the projection
+    (no loss is above NaN), and a string tau would fail only at the next step. The rule's ``mode``
+    cannot be switched (an optimizer never changes its class)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:  # not set yet (during construction): what getattr(..., default) expects
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        stored = obj.__dict__
+        if all(name in stored for name in HYPERPARAMETERS):  # constructed: check with the others
+            current = {name: stored[name] for name in HYPERPARAMETERS}
+            if self.name == "mode":
+                check_mode(value, current["mode"])
+            value = check_hyperparameters(**{**current, self.name: value})[self.name]
+        stored[self.name] = value
+
+
+def checked_hyperparameters(cls: type) -> type:
+    """Class decorator: the :data:`HYPERPARAMETERS` of a SPAG rule become :class:`Hyperparameter`
+    attributes (a decorator, not a base class: each rule stays one class over the step template)."""
+    for name in HYPERPARAMETERS:
+        attribute = Hyperparameter()
+        attribute.__set_name__(cls, name)
+        setattr(cls, name, attribute)
+    return cls
 
 
 def hyperparameters_of(optimizer: Any) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from .distributed import Reducer, check_distributed_mode, local_tensors, reject_
 from .hyperparameters import (
     check_hyperparameters,
     check_mode,
+    checked_hyperparameters,
     checked_saved,
     hyperparameters_of,
     restore,
@@ -78,6 +79,7 @@ from .safety_wrapper import SafetyClosureOptimizer
 __all__ = ["SPAGOptimizer"]
 
 
+@checked_hyperparameters
 class SPAGOptimizer(SafetyClosureOptimizer):
     r"""Wrap ``inner`` so that every step ends with SPAG's safety projection (SPARD, Eq. 3-4).
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ._caller_warning import warn_at_caller
-from .safety_pairs import PaddingCollator, check_rows_fit, padded_pairs
-from .warnings import RefusalsNotProducedWarning, UnrestorablePositionWarning
+from .safety_batches import SafetyBatches, move_to_device
+from .safety_pairs import PaddingCollator, check_rows_fit
+from .warnings import RefusalsNotProducedWarning
 
 __all__ = [
     "SafetyBatches",
@@ -41,261 +41,15 @@ __all__ = [
 LossFn = Callable[[torch.nn.Module, Any], Tensor]
 
 
-def move_to_device(batch: Any, device: torch.device | str | None) -> Any:
-    """``batch`` with every tensor (inside dicts, lists, tuples) moved to ``device``."""
-    if device is None:
-        return batch
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        if hasattr(batch, "to"):  # transformers' BatchEncoding moves itself
-            return batch.to(device)
-        return type(batch)({k: move_to_device(v, device) for k, v in batch.items()})
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device) for v in batch)
-    return batch
-
-
-class SafetyBatches:
-    """Endless, reproducible mini-batches from a safe dataset.
-
-    ``data`` is a map-style dataset (anything with ``__len__`` and ``__getitem__``: a list of
-    examples, a ``torch.utils.data.Dataset``, a Hugging Face ``datasets.Dataset``) or a
-    ``DataLoader``. A dataset is shuffled with ``seed`` + pass number on every pass and batched
-    with ``collate_fn`` (torch's ``default_collate`` if not given); the position is saved by
-    :meth:`state_dict`. A ``DataLoader`` is cycled as it is (its own sampler orders it), and its
-    position cannot be saved.
-
-    The seed is a construction argument and stays what it was given: :meth:`load_state_dict`
-    restores the position (pass and offset) only. Under DDP each rank builds its batches with its
-    own seed (``seed=rank``) and may load any rank's checkpoint (all ranks are at the same
-    position); it keeps drawing its own batches.
-
-    Examples that are token lists (``{"input_ids": [...]}``) need a padding ``collate_fn``; use
-    :meth:`from_pairs` to tokenise (prompt, refusal) pairs with one.
-    """
-
-    def __init__(
-        self,
-        data: Sequence[Any] | Dataset | DataLoader,
-        *,
-        batch_size: int = 8,
-        collate_fn: Callable[[list], Any] | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        device: torch.device | str | None = None,
-    ) -> None:
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        batch_size = int(batch_size)
-        self.loader = data if isinstance(data, DataLoader) else None
-        if self.loader is None:
-            if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-                raise TypeError(
-                    "SafetyBatches needs a map-style dataset (with __len__ and __getitem__) or a "
-                    f"DataLoader, got {type(data).__name__}"
-                )
-            if len(data) == 0:  # type: ignore[arg-type]
-                raise ValueError("the safe dataset is empty; SPAG needs at least one safe example")
-            if drop_last and len(data) < batch_size:  # type: ignore[arg-type]
-                raise ValueError(
-                    f"drop_last=True with {len(data)} examples and batch_size={batch_size} "  # type: ignore[arg-type]
-                    "would yield no batch; lower batch_size or set drop_last=False"
-                )
-            if collate_fn is None and _holds_token_lists(data[0]):  # type: ignore[index]
-                raise TypeError(
-                    "the safe examples hold token lists (e.g. {'input_ids': [...]}), which torch's "
-                    "default collate cannot batch: pass collate_fn (a padding collator, e.g. "
-                    "spag_optim.safety_pairs.PaddingCollator) or use SafetyBatches.from_pairs"
-                    "(pairs, tokenizer)"
-                )
-            if collate_fn is None and _holds_text(data[0]):  # type: ignore[index]
-                raise TypeError(
-                    "the safe examples are text (e.g. dpp-select's {'prompt', 'safe', 'unsafe'} "
-                    "rows), which the model cannot take: tokenise them with SafetyBatches.from_pairs"
-                    "(rows, tokenizer), or pass collate_fn= if your loss_fn tokenises text itself"
-                )
-        self.data = data
-        self.batch_size = batch_size
-        self.collate_fn = collate_fn or default_collate
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.device = device
-        self.epoch = 0
-        self.position = 0
-        self._order: list[int] | None = None
-        self._loader_iter: Iterator | None = None
-
-    @classmethod
-    def from_pairs(
-        cls,
-        pairs: Iterable[Any],
-        tokenizer: Any,
-        *,
-        batch_size: int = 8,
-        seed: int = 0,
-        max_length: int | None = None,
-        render: Callable[[str], str] | None = None,
-        shuffle: bool = True,
-        drop_last: bool = False,
-        device: torch.device | str | None = None,
-    ) -> SafetyBatches:
-        """Batches of (harmful prompt, refusal) pairs, ready for :func:`make_safety_closure`.
-
-        Each pair is labelled on the refusal only: the safety loss ``model(**batch).loss`` is the
-        refusal's mean per-token negative log-likelihood given the prompt, the paper's safety loss
-        (SPARD, Algorithm 1; prompt and padding are -100). Batches are right-padded with the
-        tokenizer's pad token (its EOS if it has none). See :mod:`spag_optim.safety_pairs`.
-
-        Args:
-            pairs: any iterable of ``(prompt, refusal)`` string pairs, ``{"prompt", "safe"}`` rows
-                (``dpp-select``'s output, as it is; ``"unsafe"`` is never read) or
-                ``{"prompt", "response"}`` rows (:func:`spag_optim.evaluation.load_spard_pairs`).
-            tokenizer: the model's tokenizer. A pair longer than its ``model_max_length`` is an
-                error (and, in :func:`make_safety_closure`, one longer than the model's
-                ``max_position_embeddings``).
-            batch_size, seed, shuffle, drop_last, device: as for :class:`SafetyBatches`.
-            max_length: cut each row to this many tokens (on the right, so the refusal's end).
-            render: prompt -> the exact text before the refusal, special tokens included, for
-                training formats that are not the tokenizer's chat template. Default: the chat
-                template's user turn and assistant header, else ``bos + prompt + "\\n"``
-                (:func:`spag_optim.safety_pairs.format_prompt`), as
-                :func:`spag_optim.evaluation.generate_responses` renders prompts.
-
-        Raises:
-            TypeError: a pair, a row or one of its texts is not what is listed above (named by
-                its index); ``pairs`` is a single string or row.
-            ValueError: no pairs; an empty refusal; a row with no refusal token left within
-                ``max_length``; a row longer than the tokenizer's ``model_max_length``.
-
-        Example::
-
-            from spard_io import read_jsonl
-            rows = read_jsonl("safe_subset.jsonl")      # dpp-select ... --out safe_subset.jsonl
-            safe = SafetyBatches.from_pairs(rows, tokenizer, batch_size=8, seed=0)
-            closure = make_safety_closure(model, safe)
-        """
-        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length, render)
-        return cls(
-            rows,
-            batch_size=batch_size,
-            collate_fn=collate_fn,
-            seed=seed,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            device=device,
-        )
-
-    def _epoch_order(self) -> list[int]:
-        n = len(self.data)  # type: ignore[arg-type]
-        if not self.shuffle:
-            return list(range(n))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(n, generator=generator).tolist()
-
-    def __iter__(self) -> SafetyBatches:
-        return self
-
-    def __next__(self) -> Any:
-        if self.loader is not None:
-            return move_to_device(self._next_from_loader(), self.device)
-        if self._order is None:
-            self._order = self._epoch_order()
-        n = len(self._order)
-        end = self.position + self.batch_size
-        if end > n and (self.drop_last or self.position >= n):
-            self.epoch, self.position, self._order = self.epoch + 1, 0, None
-            return next(self)
-        indices = self._order[self.position : min(end, n)]
-        self.position = min(end, n)
-        if self.position >= n:
-            self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        batch = self.collate_fn([self.data[i] for i in indices])  # type: ignore[index]
-        return move_to_device(batch, self.device)
-
-    @contextlib.contextmanager
-    def kept_position(self) -> Iterator[None]:
-        """Draw batches inside the block without moving the position seen outside it."""
-        saved = (self.epoch, self.position, self._order, self._loader_iter)
-        self._loader_iter = None  # a DataLoader is read through a fresh iterator
-        try:
-            yield
-        finally:
-            self.epoch, self.position, self._order, self._loader_iter = saved
-
-    def _next_from_loader(self) -> Any:
-        assert self.loader is not None
-        for _ in range(2):
-            if self._loader_iter is None:
-                self._loader_iter = iter(self.loader)
-            try:
-                return next(self._loader_iter)
-            except StopIteration:
-                self._loader_iter = None
-                self.epoch += 1
-        raise ValueError("the safety DataLoader yields no batches; give it at least one example")
-
-    def state_dict(self) -> dict[str, int]:
-        """The position: pass number and offset in it (the seed is not state, see the class)."""
-        return {"epoch": self.epoch, "position": self.position}
-
-    def check_state_dict(self, state: Any) -> None:
-        """Raise, naming what is missing or wrong, if ``state`` is not a position of this data."""
-        if not isinstance(state, Mapping):
-            raise ValueError(f"the safe batches' state must be a dict, got {type(state).__name__}")
-        missing = [key for key in ("epoch", "position") if key not in state]
-        if missing:
-            raise ValueError(f"the safe batches' state lacks {missing}")
-        for key in ("epoch", "position"):
-            value = state[key]
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"the safe batches' {key} must be an int >= 0, got {value!r}")
-        if self.loader is None and state["position"] > len(self.data):  # type: ignore[arg-type]
-            raise ValueError(
-                f"the safe batches' position {state['position']} is beyond the {len(self.data)} "  # type: ignore[arg-type]
-                "safe examples: the checkpoint was saved with other safe data"
-            )
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        """Restore the position; the seed given at construction is kept."""
-        self.check_state_dict(state)
-        if self.loader is not None:
-            warn_at_caller(
-                "SafetyBatches over a DataLoader cannot restore its position; restarting it",
-                UnrestorablePositionWarning,
-            )
-            return
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = None
-
-
-def _holds_token_lists(example: Any) -> bool:
-    """Whether ``example`` is (or maps names to) a Python list of token ids (tuples such as
-    ``(features, label)`` are batched fine by the default collate)."""
-    values = example.values() if isinstance(example, Mapping) else [example]
-    return any(
-        isinstance(v, list)
-        and len(v) > 0
-        and isinstance(v[0], numbers.Integral)
-        and not isinstance(v[0], bool)
-        for v in values
-    )
-
-
-def _holds_text(example: Any) -> bool:
-    """Whether ``example`` is a row that maps names to strings (text no model takes as input)."""
-    return isinstance(example, Mapping) and any(isinstance(v, str) for v in example.values())
-
-
 def model_loss(model: torch.nn.Module, batch: Any) -> Tensor:
     """Hugging Face convention: the model returns an output with ``.loss`` given ``labels``."""
     output = model(**batch) if isinstance(batch, Mapping) else model(*batch)
+    if isinstance(output, (tuple, list, Tensor)):  # which element is the loss cannot be known
+        raise ValueError(
+            f"the model returned a {type(output).__name__}, not an output with .loss: with a "
+            "Hugging Face model do not pass return_dict=False; otherwise pass "
+            "loss_fn=lambda model, batch: ... (the safety loss of the batch)"
+        )
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")
@@ -508,6 +262,11 @@ def _mean_loss(
         model.train(was_training)
     if count == 0:
         raise ValueError("calibrate_tau got no batches")
+    if num_batches is not None and count < num_batches:
+        raise ValueError(
+            f"calibrate_tau: num_batches={num_batches} but the batches ended after {count}; pass "
+            f"num_batches={count}, or None to average over all of them"
+        )
     return total / count
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from spard_io import token_prefix
+
 __all__ = [
     "IGNORE_INDEX",
     "PaddingCollator",
@@ -47,9 +49,17 @@ UNSET_MODEL_MAX_LENGTH = int(1e30)
 
 def _pair(item: Any, index: int) -> tuple[str, str]:
     """(prompt, refusal) of one pair, a ``{"prompt", "response"}`` row or a ``dpp-select`` row
-    (``{"prompt", "safe", ...}``: the refusal is ``safe``; ``unsafe`` is never read)."""
+    (``{"prompt", "safe", ...}``: the refusal is ``safe``; ``unsafe`` is never read). A row with
+    ``response`` beside ``safe`` or ``unsafe`` is refused: its refusal field is ambiguous."""
     if isinstance(item, Mapping):
         field = "response" if "response" in item else "safe"
+        clash = [key for key in ("safe", "unsafe") if key in item] if field == "response" else []
+        if clash:  # which text is the refusal? A pool's own "response" may be the harmful one
+            raise TypeError(
+                f"safety pair {index}: the row has both 'response' and {clash[0]!r}, so which "
+                "text is the refusal is ambiguous; keep only the refusal's field: {'prompt', "
+                "'safe'} rows (dpp-select --keep-fields prompt,safe) or {'prompt', 'response'} rows"
+            )
         if "prompt" not in item or field not in item:
             raise TypeError(
                 f"safety pair {index}: the row has no 'safe' or 'response' field (or no 'prompt'); "
@@ -68,6 +78,14 @@ def _pair(item: Any, index: int) -> tuple[str, str]:
             raise TypeError(
                 f"safety pair {index}: the {name} is a {type(text).__name__}, not a str"
             )
+        if not text.isascii():
+            try:  # a lone surrogate: the tokenizer would fail with no pair named
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"safety pair {index}: the {name} holds a lone surrogate (half of a UTF-16 "
+                    "pair), which no tokenizer takes; fix the text"
+                ) from None
     return item[0], item[1]
 
 
@@ -77,6 +95,15 @@ def _pair_list(pairs: Iterable[Any]) -> list[Any]:
         raise TypeError("pairs is one string; pass a list of (prompt, refusal) pairs")
     if isinstance(pairs, Mapping):
         raise TypeError("pairs is one row (a dict); pass a list of rows, e.g. [row]")
+    if not isinstance(pairs, Iterable):
+        raise TypeError(
+            f"pairs must be an iterable of (prompt, refusal) pairs, got {type(pairs).__name__}"
+        )
+    if hasattr(pairs, "columns") and callable(getattr(pairs, "to_dict", None)):
+        raise TypeError(
+            f"pairs is a {type(pairs).__name__}, which iterates over its column names, not its "
+            "rows; pass frame.to_dict('records')"
+        )
     return list(pairs)
 
 
@@ -125,6 +152,10 @@ def encode_safety_pairs(
         raise ValueError(f"max_length must be an int >= 2 or None, got {max_length!r}")
     if render is not None and not callable(render):
         raise TypeError(f"render must be a callable prompt -> text, got {type(render).__name__}")
+    if not callable(tokenizer):
+        raise TypeError(
+            f"tokenizer must be the model's tokenizer (callable), got {type(tokenizer).__name__}"
+        )
     pairs = _pair_list(pairs)
     if len(pairs) == 0:
         raise ValueError("no safety pairs given; SPAG needs at least one (prompt, refusal) pair")
@@ -135,10 +166,12 @@ def encode_safety_pairs(
             raise ValueError(f"safety pair {index}: the refusal is empty; give the refusal's text")
         row = encode_pair(tokenizer, prompt, refusal, max_length, render=render)
         if row is None:
-            prompt_len = len(_ids(tokenizer, _rendered(tokenizer, prompt, render)))
+            text = _rendered(tokenizer, prompt, render)
+            cut = token_prefix(tokenizer, text, max_length)  # type: ignore[arg-type]
+            takes = f"{'at least ' if len(cut) < len(text) else ''}{len(_ids(tokenizer, cut))}"
             raise ValueError(
                 f"safety pair {index}: no refusal token is left within max_length={max_length} "
-                f"(the prompt alone takes {prompt_len} tokens); raise max_length"
+                f"(the prompt alone takes {takes} tokens); raise max_length"
             )
         rows.append(row)
     limit = _tokenizer_max_length(tokenizer)
@@ -178,7 +211,13 @@ def encode_pair(
     With ``max_length`` the row is cut on the right; None when the prompt alone fills it (no
     answer token is left to learn from).
     """
-    prompt_ids = _ids(tokenizer, _rendered(tokenizer, prompt, render))
+    text = _rendered(tokenizer, prompt, render)
+    if max_length is not None:  # tokenise only what the cut keeps (a 100 MB text took minutes)
+        text, answer = (
+            token_prefix(tokenizer, text, max_length),
+            token_prefix(tokenizer, answer, max_length),
+        )
+    prompt_ids = _ids(tokenizer, text)
     answer_ids = _ids(tokenizer, answer)
     if tokenizer.eos_token_id is not None:
         answer_ids = answer_ids + [tokenizer.eos_token_id]

@@ -325,6 +325,13 @@ class SafetyClosureOptimizer(OptimizerWrapper):
                 f"{name}.load_state_dict: the checkpoint's {key!r} entry lacks {missing}; nothing "
                 "was loaded (was it saved by another defense or an incomplete save?)"
             )
+        for field in self.STATE_FIELDS:
+            value = state[field]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(
+                    f"{name}.load_state_dict: the checkpoint's {key!r} entry has {field}="
+                    f"{value!r}, not a count (an int >= 0); nothing was loaded (was it edited?)"
+                )
         saver = getattr(self.safety_closure, "state_dict", None)
         loader = getattr(self.safety_closure, "load_state_dict", None)
         if "safety_closure" in state and not callable(loader):

@@ -29,6 +29,8 @@ Categories:
   defense's own entry (a plain optimizer's); its own state starts fresh.
 * :class:`UnrestorablePositionWarning`: safe batches drawn from a ``DataLoader`` cannot restore
   their position; they restart.
+* :class:`SafeDataChangedWarning`: ``load_state_dict`` restored a safe-batch position saved over
+  other safe data (another count or contents); the resumed run draws other batches.
 * :class:`EmptyNullSpaceWarning`: GuardSpace found an empty null space for some layers.
 * :class:`UnverifiedBaseWarning`: ``load_guardspace`` could not confirm that the model is the
   base the adapters were built on (a file without fingerprints, or ``check_base=False``).
@@ -49,6 +51,7 @@ __all__ = [
     "NonFiniteWarning",
     "NotSPAGOptimizerWarning",
     "ReplacedHyperparameterWarning",
+    "SafeDataChangedWarning",
     "SPAGWarning",
     "RefusalsNotProducedWarning",
     "TauTooLowWarning",
@@ -92,6 +95,10 @@ class MissingCheckpointEntryWarning(SPAGWarning):
 
 class UnrestorablePositionWarning(SPAGWarning):
     """Safe batches over a ``DataLoader`` cannot restore their position: they restart."""
+
+
+class SafeDataChangedWarning(SPAGWarning):
+    """A safe-batch position was loaded over other safe data than it was saved with."""
 
 
 class EmptyNullSpaceWarning(SPAGWarning):

@@ -18,6 +18,7 @@ Like davda54/sam, the class is small enough to read in one sitting; subclasses i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -127,6 +128,11 @@ class OptimizerWrapper(torch.optim.Optimizer):
             hook_result = pre_hook(self, state_dict)
             if hook_result is not None:
                 state_dict = hook_result
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"{type(self).__name__}.load_state_dict takes the dict an optimizer's state_dict() "
+                f"returned, got {type(state_dict).__name__}"
+            )
         state_dict = dict(state_dict)  # never mutate the caller's checkpoint
         own = state_dict.pop(self.STATE_KEY, None)
         # All or nothing: the wrapper's entry is checked whole, then torch checks the inner state

@@ -8,16 +8,86 @@ number and what to fix, never with a silently shorter dataset.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 from .atomic import write_atomic
 
-__all__ = ["JSONLError", "count_jsonl_rows", "read_jsonl", "write_jsonl"]
+__all__ = ["JSONLError", "count_jsonl_rows", "jsonl_writer", "read_jsonl", "write_jsonl"]
 
 
 class JSONLError(ValueError):
     """A JSONL file that cannot be used as it is; the message names the file and line."""
+
+
+class _Refused(ValueError):
+    """Raised while parsing a line for what JSON itself does not allow; the message says what."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in row:  # json.loads would keep the last one without a word
+            raise _Refused(f"the key {key!r} appears twice in one object; keep one")
+        row[key] = value
+    return row
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON (Python's extension); write null or a number")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # json.loads would read it as inf without a word
+        raise _Refused(f"the number {text} is too large for a float; write it as a string")
+    return value
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a string in ``value`` holds a lone surrogate (a ``\\ud800`` escape): valid JSON
+    that no UTF-8 text can hold, so it fails only when written."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    return isinstance(value, list) and any(_lone_surrogate(v) for v in value)
+
+
+def _parse(line: str, where: str) -> Any:
+    """One line as JSON, or one JSONLError starting with ``where`` (file:line)."""
+    try:  # without the line break, an error at the end of the line keeps its column
+        row = json.loads(
+            line.rstrip("\r\n"),
+            object_pairs_hook=_object,
+            parse_constant=_constant,
+            parse_float=_float,
+        )
+    except _Refused as err:
+        raise JSONLError(f"{where}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise JSONLError(
+            f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+            "each line must hold one JSON object"
+        ) from None
+    except RecursionError:
+        raise JSONLError(f"{where}: nested too deeply to read; flatten the row") from None
+    except ValueError as err:  # an integer longer than Python converts (4300 digits)
+        raise JSONLError(f"{where}: {err}; write such a number as a string") from None
+    if isinstance(row, dict):
+        for key, value in row.items():
+            if _lone_surrogate(key) or _lone_surrogate(value):
+                raise JSONLError(
+                    f"{where}: field {key!r} holds a lone surrogate (an escape in \\ud800-\\udfff "
+                    "without its pair), which no UTF-8 text can hold; fix or drop it"
+                )
+    return row
 
 
 def count_jsonl_rows(path: str | os.PathLike) -> int:
@@ -50,7 +120,9 @@ def read_jsonl(
 
     Blank lines are skipped. Every other line must be a JSON object that has each key in
     ``required`` with a string value; otherwise :class:`JSONLError` names the line (and, for
-    invalid JSON, the 1-based column). ``chosen_by`` maps a required key to the option that
+    invalid JSON, the 1-based column). What JSON does not allow is refused on its line too: a
+    key twice in one object, ``NaN``/``Infinity``, a lone surrogate escape, nesting deeper than
+    Python reads, an integer longer than Python converts. ``chosen_by`` maps a required key to the option that
     chose it (e.g. ``{"prompt": "--pool-fields"}``), which a missing-field error then names.
     With ``span=(lo, hi)`` only rows lo..hi-1 (0-based, blank lines not counted) are parsed and
     returned: one process's shard of a file read by several.
@@ -79,13 +151,7 @@ def read_jsonl(
                 continue
             if hi is not None and row_number >= hi:
                 break
-            try:  # without the line break, an error at the end of the line keeps its column
-                row = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as err:
-                raise JSONLError(
-                    f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); "
-                    "each line must hold one JSON object"
-                ) from None
+            row = _parse(line, f"{path}:{lineno}")
             if not isinstance(row, dict):
                 raise JSONLError(
                     f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
@@ -106,15 +172,25 @@ def read_jsonl(
     return rows
 
 
+def jsonl_writer(rows: Iterable[dict]) -> Callable[[BinaryIO], None]:
+    """``write(handle)``: ``rows`` one JSON object per line (UTF-8, non-ASCII kept as is), for
+    :func:`spard_io.write_atomic_files`."""
+
+    def write(handle: BinaryIO) -> None:
+        for number, row in enumerate(rows, start=1):
+            try:  # what read_jsonl refuses is never written
+                line = json.dumps(row, ensure_ascii=False, allow_nan=False)
+            except ValueError as err:
+                raise ValueError(f"row {number}: {err}; JSON has no NaN or infinity") from None
+            handle.write((line + "\n").encode("utf-8"))
+
+    return write
+
+
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Write ``rows`` one JSON object per line (UTF-8, non-ASCII kept as is).
 
     The file is written under a temporary name and renamed into place, so a failure never leaves
     ``path`` half written.
     """
-
-    def write(handle) -> None:
-        for row in rows:
-            handle.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-
-    write_atomic(path, write)
+    write_atomic(path, jsonl_writer(rows))

@@ -29,6 +29,8 @@ from _demo.environment import environment_key  # noqa: E402
 from _demo.intervals import parse_seeds, t_interval, verdict  # noqa: E402
 from defense_sweep_report import write_markdown  # noqa: E402
 
+from helpers.sweep_cells import sweep_cell as _cell  # noqa: E402
+
 #: Two-sided 95% Student-t quantiles t(0.975, df) from a printed table.
 T975 = {1: 12.7062047, 2: 4.3026527, 4: 2.7764451, 9: 2.2621572}
 
@@ -60,6 +62,8 @@ def test_seeds_parse_ranges_and_lists_and_refuse_garbage():
     for bad in ("", "a-b", "1-"):
         with pytest.raises(ValueError, match="seeds"):
             parse_seeds(bad)
+    with pytest.raises(ValueError, match=r"--seeds '0,5-1': 5-1 counts down; write 1-5"):
+        parse_seeds("0,5-1")  # it used to say "--seeds is empty" (or drop the range silently)
 
 
 def test_the_resumption_key_changes_with_attack_seed_and_environment_but_not_the_method_list():
@@ -352,35 +356,6 @@ def test_a_prompt_whose_refusal_probability_exceeds_one_half_is_refused_by_greed
     verdicts = evaluation.harmful_verdicts(model, tok, data.heldout_harmful)
     assert all(v == 0 for p, v in zip(probs, verdicts) if p > 0.5)
     assert all(0.0 <= p <= 1.0 for p in probs)
-
-
-def _cell(method, attack, seed, asr, env="native", utility=1.0, refusal=0.5):
-    cell = {
-        "method": method,
-        "attack": attack,
-        "seed": seed,
-        "asr": asr,
-        "utility": utility,
-        "refusal_prob": refusal,
-        "seconds": 2.0,
-        "base": {"asr": 0.0, "utility": 1.0},
-    }
-    if env == "legacy":
-        cell["environment"] = {"label": "legacy", "note": "not recorded"}
-    else:
-        cell["environment"] = {
-            "label": env,
-            "cpu": "cpu",
-            "capability": env.upper(),
-            "ATEN_CPU_CAPABILITY": "",
-            "torch": "t",
-            "transformers": "x",
-            "peft": "p",
-            "numpy": "n",
-            "python": "3",
-            "threads": 1,
-        }
-    return cell
 
 
 def test_the_report_puts_environments_side_by_side_with_paired_differences_and_verdicts(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -226,8 +227,26 @@ def test_a_failed_write_leaves_the_previous_output_intact(files, tmp_path, capsy
 
     monkeypatch.setattr(files_module.os, "fsync", full_disk)
     err = _one_line_error(files, tmp_path, capsys, "--k", "3")
-    assert f"--out {out}: could not write (No space left on device)" in err
+    assert f"could not write --out {out} and --indices-out" in err and "the disk is full" in err
     assert out.read_text() == "previous result\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_rows_and_their_indices_are_written_as_a_pair(files, tmp_path, capsys, monkeypatch):
+    """A full disk after the JSONL used to leave a new selection beside the old indices, and the
+    error did not say that the disk was full."""
+    code, out = _run(files, tmp_path, "--k", "2")
+    indices = tmp_path / "sel.indices.npy"
+    before = (out.read_bytes(), indices.read_bytes())
+    assert code == 0
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    err = _one_line_error(files, tmp_path, capsys, "--k", "4")
+    assert "no space left on the device (the disk is full); neither file was changed" in err
+    assert (out.read_bytes(), indices.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -317,3 +336,27 @@ def test_json_errors_name_the_column_and_missing_fields_name_the_option(files, t
         err = _one_line_error(files, tmp_path, capsys, "--k", "1", option, field)
         assert f"{source}.jsonl:1: missing field '{field}'" in err
         assert f"choose the fields with {option}" in err
+
+
+def test_the_cache_misses_after_same_size_weights_with_the_old_modification_time(files, tmp_path):
+    """The cache was keyed by the model files' names, sizes and mtimes: other weights of the same
+    size with a preserved mtime hit the old entries, and the selection differed from --no-cache."""
+    import shutil
+
+    from helpers.dpp_tiny_model import tiny_model
+
+    model = tmp_path / "model"
+    shutil.copytree(files / "model", model)
+    argv = ["--k", "3", "--method", "top_relevance", "--model", str(model)]
+    assert _run(files, tmp_path, *argv)[0] == 0
+    weights = model / "model.safetensors"
+    stat = weights.stat()
+    tiny_model(seed=5).save_pretrained(tmp_path / "other")
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size and weights.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _run(files, tmp_path, *argv)[0] == 0
+    cached = np.load(tmp_path / "sel.indices.npy")
+    assert _run(files, tmp_path, *argv, "--no-cache")[0] == 0
+    np.testing.assert_array_equal(cached, np.load(tmp_path / "sel.indices.npy"))
+    assert len(list((tmp_path / "cache").glob("emb-*.npy"))) == 4  # two entries per model

@@ -55,3 +55,36 @@ def test_duck_typed_sentence_transformer_and_errors():
         embed_texts(["help", ""], tiny_model(), tiny_tokenizer(), progress=False)
     with pytest.raises(ValueError, match="tokenizer"):
         embed_texts(["help"], tiny_model())
+
+
+class Spy:
+    """The tokenizer, recording the longest text it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, **kwargs):
+        batch = [texts] if isinstance(texts, str) else texts
+        self.longest = max([self.longest, *map(len, batch)])
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_text_is_not_tokenised_whole_to_keep_its_first_tokens():
+    """A 100 MB prompt was tokenised whole before truncation to max_length (254 s)."""
+    model, tokenizer = tiny_model(), tiny_tokenizer()
+    huge = "how do i bake bread " * 200_000  # 4 million characters
+    spy = Spy(tokenizer)
+    got = embed_texts([huge, "help"], model, spy, max_length=8, progress=False)
+    assert spy.longest < 100_000
+    np.testing.assert_array_equal(
+        got, embed_texts([huge[:400], "help"], model, tokenizer, max_length=8, progress=False)
+    )
+
+
+def test_one_string_instead_of_a_list_is_named():
+    """A string was embedded character by character, then refused for its spaces."""
+    with pytest.raises(TypeError, match="one string"):
+        embed_texts("how do i bake bread", tiny_model(), tiny_tokenizer(), progress=False)

@@ -188,7 +188,9 @@ def test_any_finite_float64_scale_keeps_the_unscaled_picks(scale):
 def test_all_relevance_at_most_zero_warns_why_the_picks_are_in_index_order():
     rng = np.random.default_rng(14)
     x = rng.normal(size=(30, 5))
-    with pytest.warns(UserWarning, match=r"every relevance score is <= 0.*pool indices 0, 1, 2"):
+    from dpp_select import NoRelevanceWarning  # a category of its own: it was a bare UserWarning
+
+    with pytest.warns(NoRelevanceWarning, match=r"every relevance score is <= 0.*indices 0, 1, 2"):
         got = greedy_dpp(x, 4, quality=-rng.uniform(0, 1, 30), beta=4.0, jitter=1e-6)
     np.testing.assert_array_equal(got, [0, 1, 2, 3])
     with warnings.catch_warnings():

@@ -102,7 +102,7 @@ def test_from_pairs_keeps_the_seed_and_cycles_like_safety_batches():
     for indices in order:
         batch = next(batches)
         assert batch["input_ids"].shape[0] == len(indices)
-    assert batches.seed == 4 and batches.state_dict() == plain.state_dict()
+    assert batches.seed == 4 and (batches.epoch, batches.position) == (plain.epoch, plain.position)
 
 
 # -- dpp-select's rows, render=, and bad input named precisely ------------------------------------
@@ -207,3 +207,77 @@ def test_rows_longer_than_the_models_positions_are_refused_before_training(arch)
     with pytest.raises(ValueError, match="max_position_embeddings"):
         calibrate_tau(model, batches, num_batches=1)
     make_safety_closure(model, SafetyBatches.from_pairs(PAIRS, tok, max_length=longest - 1))
+
+
+@pytest.mark.parametrize(
+    "extra", [{"safe": "sorry i cannot help with that"}, {"unsafe": "UNSAFEMARKER"}]
+)
+def test_a_response_field_beside_safe_or_unsafe_is_refused_not_taken_as_the_target(extra):
+    """A dpp-select row keeps every pool field: a pool's own "response" (here a harmful answer)
+    used to replace "safe" as the safety target without a word, so SPAG protected it."""
+    tok = tokenizer(False)
+    rows = [{"prompt": p, "safe": r} for p, r in PAIRS]
+    rows[1] = {"prompt": PAIRS[1][0], "response": "UNSAFEMARKER", **extra}
+    with pytest.raises(TypeError, match=r"pair 1: the row has both 'response' and '(un)?safe'"):
+        SafetyBatches.from_pairs(rows, tok)
+    with pytest.raises(TypeError) as error:
+        SafetyBatches.from_pairs(rows, tok)
+    assert "UNSAFEMARKER" not in str(error.value)
+
+
+class Spy:
+    """The tokenizer, recording the longest text it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_with_max_length_a_huge_text_is_not_tokenised_whole():
+    """A 100 MB prompt was tokenised whole before the row was cut to max_length (254 s)."""
+    tok = tokenizer(False)
+    huge = "i will not help with hacking a bank account " * 100_000  # 4.4 million characters
+    spy = Spy(tok)
+    rows = SafetyBatches.from_pairs([(PAIRS[0][0], huge)], spy, max_length=24).data
+    assert spy.longest < 100_000
+    assert rows == SafetyBatches.from_pairs([(PAIRS[0][0], huge[:600])], tok, max_length=24).data
+    spy = Spy(tok)
+    with pytest.raises(
+        ValueError,
+        match=r"no refusal token is left within max_length=24 \(the prompt alone takes at least",
+    ):
+        SafetyBatches.from_pairs([(huge, "no")], spy, max_length=24)
+    assert spy.longest < 100_000
+
+
+@pytest.mark.parametrize(
+    "pairs, tok, error, match",
+    [
+        (
+            None,
+            "tok",
+            TypeError,
+            r"pairs must be an iterable of \(prompt, refusal\) pairs, got NoneType",
+        ),
+        (3, "tok", TypeError, "got int"),
+        (PAIRS, None, TypeError, "tokenizer must be the model's tokenizer"),
+        (
+            [("how do i make poison", "sorry \ud800")],
+            "tok",
+            ValueError,
+            r"pair 0: the refusal holds a lone surrogate",
+        ),
+    ],
+    ids=["none", "int", "no_tokenizer", "surrogate"],
+)
+def test_hostile_pairs_and_tokenizers_get_one_clear_error(pairs, tok, error, match):
+    """Each used to fail inside Python or the tokenizers library ("'NoneType' object is not
+    iterable", "no attribute 'bos_token'", "TextEncodeInput must be Union[...]")."""
+    with pytest.raises(error, match=match):
+        SafetyBatches.from_pairs(pairs, tokenizer(False) if tok == "tok" else tok)

@@ -79,6 +79,35 @@ CORRUPTIONS = {
 }
 
 
+def setting(entry, key, value):
+    def corrupt(state):
+        state[entry][key] = value
+        return state
+
+    return corrupt
+
+
+#: Counters of the wrong type or sign: each used to load part of the checkpoint before failing (a
+#: string num_steps after the inner state and lr, None num_projections after tau), or to load
+#: silently (3.7 became 3, -1 stayed -1).
+BAD_COUNTERS = {
+    "steps_str": ("spag", setting("spag", "num_steps", "three"), "num_steps"),
+    "projections_none": ("spag", setting("spag", "num_projections", None), "num_projections"),
+    "projections_negative": ("spag", setting("spag", "num_projections", -1), "num_projections"),
+    "projections_float": ("spag", setting("spag", "num_projections", 3.7), "num_projections"),
+    "nonfinite_bool": ("spag", setting("spag", "num_nonfinite", True), "num_nonfinite"),
+    "authors_float": (
+        "spag_authors_code",
+        setting("spag", "num_projections", 2.0),
+        "num_projections",
+    ),
+    "penalty_str": ("penalty", setting("penalty", "num_active", "2"), "num_active"),
+    "safegrad_negative": ("safegrad", setting("safegrad", "num_conflicts", -3), "num_conflicts"),
+    "lisa_float": ("lisa", setting("lisa", "num_steps", 4.5), "num_steps"),
+}
+CORRUPTIONS.update(BAD_COUNTERS)
+
+
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
 def test_a_bad_checkpoint_changes_nothing_and_says_what_is_missing(case):
     name, corrupt, match = CORRUPTIONS[case]
@@ -228,3 +257,30 @@ def test_token_lists_without_collate_fn_say_what_to_do():
         with pytest.raises(TypeError, match="pass collate_fn .* or use SafetyBatches.from_pairs"):
             SafetyBatches(rows, batch_size=2)
     SafetyBatches([{"input_ids": [1, 2]}], batch_size=1, collate_fn=list)  # with a collate_fn: fine
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda: safe_dataset(n=9),  # fewer examples
+        lambda: safe_dataset(seed=2),  # as many, other content
+    ],
+    ids=["count", "content"],
+)
+def test_resuming_over_other_safe_data_warns(other):
+    """A checkpoint's safe-batch position used to be loaded over any other safe data silently."""
+    from spag_optim.warnings import SafeDataChangedWarning
+
+    model, opt = build()
+    train(model, opt, 3)
+    saved = opt.state_dict()
+    model2 = PairLoss()
+    closure = make_safety_closure(model2, SafetyBatches(other(), batch_size=3, seed=7))
+    opt2 = build_defense("spag", torch.optim.AdamW(model2.parameters(), lr=0.05), closure)
+    with pytest.warns(SafeDataChangedWarning, match="other safe data"):
+        opt2.load_state_dict(saved)
+    assert opt2.safety_closure.batches.position == opt.safety_closure.batches.position
+    _, same_data = build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same_data.load_state_dict(saved)

@@ -59,6 +59,65 @@ def test_bad_values_raise_the_optimizers_error(values, error, match):
         SPAGConfig(**values)
 
 
+@pytest.mark.parametrize("spelling", ["Calibrate", " CALIBRATE "])
+def test_calibrate_is_recognised_in_any_case(spelling):
+    assert SPAGConfig(tau=spelling).tau == "calibrate"
+    assert SPAGConfig.from_dict({"tau": spelling}) == SPAGConfig(tau="calibrate")
+
+
+def test_a_mutated_config_is_checked_before_it_is_written(tmp_path):
+    """A field set after construction used to be written as NaN that from_json_file refuses."""
+    path = tmp_path / "spag_config.json"
+    SPAGConfig(tau=0.5).to_json_file(path)
+    before = path.read_bytes()
+    config = SPAGConfig(tau=0.5)
+    config.tau = float("nan")
+    with pytest.raises(ValueError, match="tau must be finite"):
+        config.to_json_file(path)
+    with pytest.raises(ValueError, match="tau must be finite"):
+        config.to_dict()
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("mode", ["paper", "authors_code"])
+@pytest.mark.parametrize(
+    "name, value, error, match",
+    [
+        ("tau", float("nan"), ValueError, "tau must be finite"),
+        ("tau", "0.2", TypeError, "tau must be a number"),
+        ("tau", -1.0, ValueError, "tau must be finite and >= 0"),
+        ("rho", 0.0, ValueError, "rho must be finite and > 0"),
+        ("trust_region", "huge", ValueError, "unknown trust_region"),
+        ("skip_if_safe", 1, TypeError, "skip_if_safe must be True or False"),
+        ("projection_iterations", 0, ValueError, "projection_iterations must be an int >= 1"),
+    ],
+)
+def test_a_hyperparameter_set_on_the_optimizer_is_checked_at_once(mode, name, value, error, match):
+    """``opt.tau = nan`` silently disabled the projection (NaN is never above tau), and a string
+    tau failed only at the next step."""
+    p = torch.ones(2, requires_grad=True)
+    opt = spag_optim.make_spag(torch.optim.SGD([p], lr=0.1), lambda: (p**2).sum(), mode=mode)
+    before = getattr(opt, name)
+    with pytest.raises(error, match=match):
+        setattr(opt, name, value)
+    assert getattr(opt, name) == before
+    opt.tau = np.float32(0.75)
+    assert opt.tau == 0.75 and type(opt.tau) is float
+
+
+def test_a_rule_cannot_be_switched_by_setting_its_mode_or_repeating_the_authors_projection():
+    p = torch.ones(2, requires_grad=True)
+    opt = spag_optim.make_spag(torch.optim.SGD([p], lr=0.1), lambda: (p**2).sum())
+    with pytest.raises(ValueError, match="AuthorsCodeSPAG"):
+        opt.mode = "authors_code"
+    authors = spag_optim.make_spag(
+        torch.optim.SGD([p], lr=0.1), lambda: (p**2).sum(), mode="authors_code"
+    )
+    with pytest.raises(ValueError, match="projection_iterations > 1"):
+        authors.projection_iterations = 3
+    assert (opt.mode, authors.projection_iterations) == ("paper", 1)
+
+
 def test_unknown_keys_are_named():
     with pytest.raises(ValueError, match=r"unknown SPAG hyper-parameter\(s\) \['lr'\]"):
         SPAGConfig.from_dict({"tau": 0.5, "lr": 1e-5})

@@ -221,3 +221,60 @@ def test_calibrate_tau_names_a_loss_fn_that_returns_none():
             num_batches=1,
             loss_fn=lambda model, batch: None,
         )
+
+
+@pytest.mark.parametrize(
+    "output, named",
+    [
+        (lambda loss: (loss, loss.detach()), "a tuple"),  # return_dict=False: (loss, logits)
+        (lambda loss: loss, "a Tensor"),
+    ],
+    ids=["tuple", "tensor"],
+)
+def test_a_model_that_returns_no_output_object_is_told_so(output, named):
+    """A model returning a tuple was told to "include 'labels'", which it had."""
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_model()
+
+        def forward(self, x, y):
+            return output(((self.net(x) - y) ** 2).mean())
+
+    closure = make_safety_closure(Plain(), SafetyBatches(safe_dataset(), batch_size=3))
+    with pytest.raises(ValueError, match=rf"returned {named}.*loss_fn=") as error:
+        closure()
+    assert "include 'labels'" not in str(error.value)
+
+
+def test_calibrate_tau_refuses_fewer_batches_than_it_was_asked_to_average():
+    """num_batches=8 over a list of 2 batches averaged 2 without a word."""
+    wrapper = PairLoss(tiny_model())
+    data = safe_dataset(4)
+    batches = [torch.utils.data.default_collate(data[i : i + 2]) for i in range(0, 4, 2)]
+    with pytest.raises(ValueError, match=r"num_batches=8 but the batches ended after 2"):
+        calibrate_tau(wrapper, batches, num_batches=8)
+    assert calibrate_tau(wrapper, batches, num_batches=2) == calibrate_tau(wrapper, batches)
+
+
+@pytest.mark.parametrize(
+    "data, seed, match",
+    [
+        ({"x": [1, 2]}, 0, "one dict"),  # used to be KeyError: 0
+        ([1, 2], "x", "seed must be an int"),  # used to be "invalid literal for int()"
+    ],
+    ids=["dict", "string_seed"],
+)
+def test_safety_batches_name_a_dict_or_a_bad_seed(data, seed, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        SafetyBatches(data, batch_size=1, seed=seed, collate_fn=list)
+
+
+def test_load_state_dict_of_something_that_is_not_a_state_dict_is_named():
+    """``load_state_dict(None)`` said "'NoneType' object is not iterable"."""
+    _, opt = build()
+    with pytest.raises(
+        TypeError, match=r"load_state_dict takes the dict .*state_dict\(\).*NoneType"
+    ):
+        opt.load_state_dict(None)

@@ -107,7 +107,7 @@ def test_spag_trainer_snippet(tmp_path, bf16):
             model, SafetyBatches.from_pairs(SAFE_PAIRS, tok), CALIBRATION_BATCHES
         )
     assert trainer.spag_config.tau == pytest.approx(expected_tau, rel=1e-6)
-    assert trainer.safety_closure.batches.state_dict() == {"epoch": 0, "position": 0}
+    assert (trainer.safety_closure.batches.epoch, trainer.safety_closure.batches.position) == (0, 0)
     forwards_before = probe.forwards
     trainer.train()
 

@@ -51,9 +51,12 @@ def parse_seeds(spec: str) -> list[int]:
             continue
         lo, dash, hi = part.partition("-")
         try:
-            seeds += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+            first, last = int(lo), int(hi if dash else lo)
         except ValueError:
             raise ValueError(f"bad --seeds {spec!r}; write e.g. '0-4' or '0,1,5'") from None
+        if last < first:
+            raise ValueError(f"--seeds {spec!r}: {part} counts down; write {last}-{first}")
+        seeds += list(range(first, last + 1))
     if not seeds:
         raise ValueError("--seeds is empty; write e.g. '0-4'")
     return list(dict.fromkeys(seeds))

@@ -19,6 +19,7 @@ Iterables are read once per pass. An endless one (a :class:`spag_optim.SafetyBat
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
@@ -276,7 +277,7 @@ def apply_guardspace(
             adapter can then change nothing); ``"ignore"`` to accept it silently.
         covariance_dtype: accumulation dtype (float64; float32 halves the memory).
         max_batches: read at most this many batches of each iterable; needed for an endless one
-            such as a :class:`spag_optim.SafetyBatches`.
+            such as a :class:`spag_optim.SafetyBatches` (whose position is left where it was).
         progress: show a progress bar per pass (needs ``tqdm``).
 
     Returns:
@@ -299,32 +300,38 @@ def apply_guardspace(
         null_rel_tol = 1e-10 if covariance_dtype == torch.float64 else 1e-6
     layers = find_targets(model, target_modules)
     _check_rank(rank, layers)
-    null_batches = _bounded(null_batches, max_batches, "null_batches")
-    safety_batches = _bounded(safety_batches, max_batches, "safety_batches")
-    projectors, null_leader = _null_projectors(
-        model,
-        layers,
-        null_batches,
-        dtype=covariance_dtype,
-        rel_tol=null_rel_tol,
-        abs_tol=null_abs_tol,
-        energy=null_energy,
-        on_empty=on_empty,
-        progress=progress,
-    )
-    covs, leader = input_covariances(
-        model,
-        layers,
-        safety_batches,
-        dtype=covariance_dtype,
-        desc="GuardSpace safety covariances",
-        progress=progress,
-    )
-    if leader != null_leader:
-        raise ValueError("the layers sharing an input differ between the safety and null batches")
-    replacements, report = _adapter_layers(
-        layers, covs, leader, projectors, rank, damping, inverse_tol
-    )
+    with contextlib.ExitStack() as kept:  # a SafetyBatches read here is left where it was
+        for batches in {id(b): b for b in (null_batches, safety_batches)}.values():
+            if isinstance(batches, SafetyBatches):
+                kept.enter_context(batches.kept_position())
+        null_batches = _bounded(null_batches, max_batches, "null_batches")
+        safety_batches = _bounded(safety_batches, max_batches, "safety_batches")
+        projectors, null_leader = _null_projectors(
+            model,
+            layers,
+            null_batches,
+            dtype=covariance_dtype,
+            rel_tol=null_rel_tol,
+            abs_tol=null_abs_tol,
+            energy=null_energy,
+            on_empty=on_empty,
+            progress=progress,
+        )
+        covs, leader = input_covariances(
+            model,
+            layers,
+            safety_batches,
+            dtype=covariance_dtype,
+            desc="GuardSpace safety covariances",
+            progress=progress,
+        )
+        if leader != null_leader:
+            raise ValueError(
+                "the layers sharing an input differ between the safety and null batches"
+            )
+        replacements, report = _adapter_layers(
+            layers, covs, leader, projectors, rank, damping, inverse_tol
+        )
     swap_modules(model, replacements)
     train_only_adapters(model)
     return report

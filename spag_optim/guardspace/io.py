@@ -28,14 +28,17 @@ from spard_io import write_atomic
 from .._caller_warning import warn_at_caller
 from ..warnings import UnverifiedBaseWarning
 from .decompose import NullSpace
-from .fingerprint import base_fingerprint
+from .fingerprint import SAMPLE_SIZE, base_fingerprint
 from .layer import GuardSpaceLinear, NullSpaceProjector, residual_weight
 from .surgery import swap_modules, train_only_adapters
 
 __all__ = ["save_guardspace", "load_guardspace", "merge_guardspace", "FORMAT"]
 
-#: The ``format`` entry of a saved adapter file. Version 2 adds each layer's ``base_fingerprint``.
-FORMAT = "spard-guardspace-2"
+#: The ``format`` entry of a saved adapter file. Version 2 added each layer's ``base_fingerprint``
+#: (of a strided sample of the weights); version 3 fingerprints every weight.
+FORMAT = "spard-guardspace-3"
+#: Version 2 files are checked against the sampled fingerprint they recorded.
+_FORMAT_V2 = "spard-guardspace-2"
 #: Version 1 files (no fingerprints) still load, with a warning that the base cannot be checked.
 _FORMAT_V1 = "spard-guardspace-1"
 
@@ -85,7 +88,7 @@ def _read(path: PathLike) -> dict[str, Any]:
             f"{path}: cannot be read as a GuardSpace adapter file; it is truncated or corrupted "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): save it again"
         ) from exc
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, _FORMAT_V1):
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, _FORMAT_V2, _FORMAT_V1):
         raise ValueError(f"{path} is not a GuardSpace adapter file (expected format {FORMAT!r})")
     return state
 
@@ -115,15 +118,15 @@ def _projector_problem(p: Any, in_features: int) -> str | None:
     return _matrix(p, "basis", (in_features, stored))
 
 
-def _layer_problem(saved: Any, linear: nn.Linear, projectors: Mapping[str, Any]) -> str | None:
-    """What is wrong with one layer's entry, for the model's Linear of that name (None: fine)."""
+def _layer_problem(saved: Any, projectors: Mapping[str, Any]) -> str | None:
+    """What is wrong with one layer's entry in itself (None: consistent)."""
     if not isinstance(saved, Mapping):
         return "is not a dict"
-    out, d_in = linear.out_features, linear.in_features
-    init_a = saved.get("init_A")
-    rank = init_a.shape[1] if isinstance(init_a, Tensor) and init_a.dim() == 2 else None
+    init_a, init_b = saved.get("init_A"), saved.get("init_B")
+    out, rank = init_a.shape if isinstance(init_a, Tensor) and init_a.dim() == 2 else (None, None)
+    d_in = init_b.shape[1] if isinstance(init_b, Tensor) and init_b.dim() == 2 else None
     for key, shape in (
-        ("init_A", (out, None)),
+        ("init_A", (out, rank)),
         ("A", (out, rank)),
         ("init_B", (rank, d_in)),
         ("B", (rank, d_in)),
@@ -140,12 +143,19 @@ def _layer_problem(saved: Any, linear: nn.Linear, projectors: Mapping[str, Any])
 
 
 def _check_file(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, nn.Module]) -> None:
-    """Raise one ValueError naming ``path`` and the first bad entry, before anything changes."""
+    """Raise one ValueError naming ``path`` and the first bad entry, before anything changes: a
+    damaged file, or a model other than the one it was built on (names or sizes)."""
     layers, projectors = state.get("layers"), state.get("projectors")
     if not isinstance(layers, Mapping) or not layers or not isinstance(projectors, Mapping):
         raise ValueError(
             f"{path}: holds no GuardSpace layers; the file is damaged or was edited: save it again"
         )
+    for name, saved in layers.items():
+        problem = _layer_problem(saved, projectors)
+        if problem:
+            raise ValueError(
+                f"{path}: layer {name}: {problem}; the file is damaged or was edited: save it again"
+            )
     for name, saved in layers.items():
         linear = modules.get(name)
         if not isinstance(linear, nn.Linear):
@@ -153,10 +163,12 @@ def _check_file(state: Mapping[str, Any], path: PathLike, modules: Mapping[str, 
                 f"{path}: adapts {name}, which is not an nn.Linear of this model: load the file onto "
                 "the base model apply_guardspace ran on"
             )
-        problem = _layer_problem(saved, linear, projectors)
-        if problem:
+        built = (saved["init_A"].shape[0], saved["init_B"].shape[1])
+        if built != (linear.out_features, linear.in_features):
             raise ValueError(
-                f"{path}: layer {name}: {problem}; the file is damaged or was edited: save it again"
+                f"{path}: layer {name} was built on a {built[0]} x {built[1]} Linear (out x in); "
+                f"this model's is {linear.out_features} x {linear.in_features}: the file belongs to "
+                "another model. Load it onto the base model apply_guardspace ran on"
             )
 
 
@@ -173,10 +185,11 @@ def _check_base(
             "the adapters again to record it",
             UnverifiedBaseWarning,
         )
+    sample = SAMPLE_SIZE if state["format"] == _FORMAT_V2 else None
     differ = [
         name
         for name in saved
-        if name not in unknown and saved[name] != base_fingerprint(modules[name])
+        if name not in unknown and saved[name] != base_fingerprint(modules[name], sample=sample)
     ]
     if not differ:
         return
