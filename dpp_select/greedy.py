@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .device_pass import full_pass_greedy
 from .distributed import sharded_greedy
-from .kernel import EarlyStopWarning, GreedyResult, check_scalars, dpp_weights, make_pass
-from .lazy import run_lazy
+from .engine.device_pass import full_pass_greedy
+from .engine.kernel import EarlyStopWarning, GreedyResult, check_scalars, dpp_weights, make_pass
+from .engine.lazy import run_lazy
 
 __all__ = ["EarlyStopWarning", "GreedyResult", "greedy_dpp", "greedy_dpp_result", "dpp_weights"]
 

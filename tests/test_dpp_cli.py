@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
-import dpp_select.command as command
+import dpp_select.cli.command as command
 from dpp_select import embed_texts, select
 
 from helpers.dpp_cli_files import POOL, TARGET, write_model_and_files
@@ -219,7 +219,7 @@ def test_indices_out_is_written_at_exactly_the_reported_path(files, tmp_path, ca
 def test_a_failed_write_leaves_the_previous_output_intact(files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sel.jsonl"
     out.write_text("previous result\n")
-    import dpp_select._files as files_module
+    import dpp_select.cli._files as files_module
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")

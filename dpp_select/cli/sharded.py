@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from spard_io import count_jsonl_rows, read_jsonl, write_atomic, write_jsonl
 
+from ..distributed import agree, shard_range
 from .command import check_args, chosen_by, embed, fields, report, select_recording_warnings, texts
-from .distributed import agree, shard_range
 
 __all__ = ["run_sharded", "wants_distributed"]
 

@@ -19,10 +19,10 @@ import numpy as np
 
 from spard_io import distribution_version
 
+from ..embed import EmptyTextError, embed_texts
+from ..selection import METHODS, SelectionResult, select
 from ._cache import cache_path, load_cached, save_cached
 from ._files import check_distinct, check_output
-from .embed import EmptyTextError, embed_texts
-from .selection import METHODS, SelectionResult, select
 
 __all__ = [
     "DESCRIPTION",
