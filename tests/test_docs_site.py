@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.module_from_path import module_from_path
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TWO_COMMANDS = [
@@ -201,11 +203,9 @@ def test_the_results_page_opens_with_the_sweep_figure_and_a_short_table(site):
 
 
 def test_word_subscripts_render_upright_and_index_pairs_stay_italic(site):
-    sys.path.insert(0, str(ROOT / "docs" / "_ext"))
-    try:
-        from mathml import upright_word_scripts
-    finally:
-        sys.path.remove(str(ROOT / "docs" / "_ext"))
+    upright_word_scripts = module_from_path(
+        ROOT / "docs" / "_ext" / "mathml.py"
+    ).upright_word_scripts
     assert upright_word_scripts(r"\eta_{safe} x_{ij}^{max}") == (
         r"\eta_{\mathrm{safe}} x_{ij}^{\mathrm{max}}"
     )

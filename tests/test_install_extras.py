@@ -1,11 +1,12 @@
 """docs/install.md's extras table matches setup.cfg (what users read, what pip installs)."""
 
 import configparser
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from helpers.module_from_path import module_from_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,12 +42,8 @@ def test_install_page_lists_every_extra_with_its_packages():
 
 
 def _supported_versions():
-    """``.ci/supported_versions.py``, which pins CI's lowest-versions run (loaded from its path)."""
-    path = ROOT / ".ci" / "supported_versions.py"
-    spec = importlib.util.spec_from_file_location("supported_versions", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``.ci/supported_versions.py``, which pins CI's lowest-versions run."""
+    return module_from_path(ROOT / ".ci" / "supported_versions.py")
 
 
 def test_the_hugging_face_stack_is_bounded_below_and_above_as_the_install_page_says():
