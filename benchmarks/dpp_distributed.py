@@ -21,10 +21,10 @@ import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
 from dpp_select._inputs import check_embeddings
-from dpp_select.backends import NumpyPass
 from dpp_select.distributed import all_gather_tensor
+from dpp_select.engine.backends import NumpyPass
+from dpp_select.engine.kernel import run_full_pass
 from dpp_select.greedy import greedy_dpp_result
-from dpp_select.kernel import run_full_pass
 from lazy_families import _gaussian
 
 

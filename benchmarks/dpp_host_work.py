@@ -1,7 +1,7 @@
 """Host-side work per pick of the torch backend's greedy, at two pool sizes N.
 
 On an accelerator the host only issues the per-pick work: the pass and the O(N) bookkeeping run
-on the device (dpp_select/device_pass.py). What the host itself spends per pick is the Python
+on the device (dpp_select/engine/device_pass.py). What the host itself spends per pick is the Python
 code, the dispatch of a fixed number of tensor operations, and the O(d + contenders) transfers;
 none of it should grow with N. This CPU-only benchmark measures exactly that part:
 
@@ -54,7 +54,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpp_select.backends import TorchPass  # noqa: E402
+from dpp_select.engine.backends import TorchPass  # noqa: E402
 from dpp_select.greedy import greedy_dpp_result  # noqa: E402
 from spard_io import write_atomic  # noqa: E402
 

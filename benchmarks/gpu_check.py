@@ -149,7 +149,7 @@ def timed_selection(
 def bandwidth(n: int, d: int, k: int, device: torch.device, peak: float | None) -> dict:
     """Bytes of embeddings read per pick / seconds per pick, with setup cancelled."""
     from dpp_select._inputs import row_norms
-    from dpp_select.backends import TorchPass
+    from dpp_select.engine.backends import TorchPass
 
     x, quality = bf16_pool(n, d, device, seed=1)
     timed_selection(x, quality, 2)  # warm-up: kernels, allocator

@@ -26,8 +26,8 @@ import zlib
 
 import numpy as np
 
+from dpp_select.engine.kernel import MARGIN
 from dpp_select.greedy import greedy_dpp_result
-from dpp_select.kernel import MARGIN
 from dpp_select.relevance import relevance_scores
 
 DIM = 384

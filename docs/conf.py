@@ -27,6 +27,8 @@ extensions = [
     "mathml",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}  # guide pages are Markdown (MyST)
+# attrs_block: a {.class} line before a block, for the wide result tables (nowrap in tables.css).
+myst_enable_extensions = ["attrs_block"]
 html_math_renderer = "mathml"
 exclude_patterns = ["_build", "_generated", "_ext"]  # generated pages are included, not built alone
 # The docstrings are Google style ("Args:", "Returns:") with Sphinx roles (:class:, :math:).
@@ -36,10 +38,11 @@ autodoc_default_options = {"members": True, "member-order": "bysource", "show-in
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented"  # types join the "Args:" text, no bare lists
 autodoc_inherit_docstrings = False  # torch.optim's docstrings are not this project's reference
+add_function_parentheses = False  # a linked name reads as written: no "()" added
 html_theme = "furo"
 html_title = "spard"
 html_static_path = ["_static"]
-html_css_files = ["mathml.css"]
+html_css_files = ["mathml.css", "tables.css"]
 
 
 def _write_generated(name: str, text: str) -> None:

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .device_pass import full_pass_greedy
-from .kernel import check_scalars, dpp_weights, make_pass
-from .lazy import run_lazy
+from .engine.device_pass import full_pass_greedy
+from .engine.kernel import check_scalars, dpp_weights, make_pass
+from .engine.lazy import run_lazy
 
 __all__ = [
     "DistributedArgumentError",

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .device_pass import full_pass_greedy
 from .distributed import sharded_greedy
-from .kernel import (
+from .engine.device_pass import full_pass_greedy
+from .engine.kernel import (
     EarlyStopWarning,
     GreedyResult,
     NoRelevanceWarning,
@@ -24,7 +24,7 @@ from .kernel import (
     dpp_weights,
     make_pass,
 )
-from .lazy import run_lazy
+from .engine.lazy import run_lazy
 
 __all__ = [
     "EarlyStopWarning",

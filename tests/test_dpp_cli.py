@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
-import dpp_select.command as command
+import dpp_select.cli.command as command
 from dpp_select import embed_texts, select
 
 from helpers.dpp_cli_files import POOL, TARGET, write_model_and_files
@@ -111,6 +112,41 @@ def test_runs_as_a_module():
         check=True,
     )
     assert "--pool-fields" in done.stdout
+
+
+def test_a_run_prints_no_load_report_of_the_model(files, tmp_path):
+    """The checkpoint is a causal LM; embedding loads it without its LM head, and transformers'
+    report listing that head as UNEXPECTED must not appear in a successful run."""
+    argv = ["--pool", str(files / "pool.jsonl"), "--target", str(files / "target.jsonl")]
+    argv += ["--model", str(files / "model"), "--out", str(tmp_path / "sel.jsonl"), "--k", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dpp_select.cli", *argv, "--no-cache", "--no-progress"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("selected 2 of 6 pool items")
+    output = done.stdout + done.stderr
+    assert "UNEXPECTED" not in output and "LOAD REPORT" not in output
+    assert "Loading weights" not in output  # --no-progress covers transformers' bar too
+
+
+def test_weights_missing_from_the_folder_are_named(files, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+    from transformers.utils import logging as hf_logging
+
+    model = tmp_path / "model"
+    shutil.copytree(files / "model", model)
+    weights = load_file(model / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    verbosity = hf_logging.get_verbosity()
+    code, _ = _run(files, tmp_path, "--k", "2", "--model", str(model), "--no-cache")
+    assert code == 0
+    warned = [r.getMessage() for r in caplog.records if r.name == command.__name__]
+    assert len(warned) == 1 and "1 weights are missing" in warned[0]
+    assert "(norm.weight)" in warned[0]
+    assert hf_logging.get_verbosity() == verbosity  # transformers' logging is left as it was
 
 
 def _one_line_error(files, tmp_path, capsys, *extra):
@@ -220,7 +256,7 @@ def test_indices_out_is_written_at_exactly_the_reported_path(files, tmp_path, ca
 def test_a_failed_write_leaves_the_previous_output_intact(files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sel.jsonl"
     out.write_text("previous result\n")
-    import dpp_select._files as files_module
+    import dpp_select.cli._files as files_module
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import dpp_select.cli as cli
-import dpp_select.command as command
+import dpp_select.cli.command as command
 from dpp_select import embed_texts, select
 
 from helpers.dpp_cli_files import POOL, TARGET, write_jsonl_rows, write_model_and_files

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dpp_select import EarlyStopWarning
 from dpp_select._inputs import row_norms
-from dpp_select.backends import TorchPass, pass_error_unit
+from dpp_select.engine.backends import TorchPass, pass_error_unit
 from dpp_select.greedy import greedy_dpp_result
 
 from helpers.dpp_reference import brute_force_greedy, chen_greedy, dense_kernel

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 
 from dpp_select import EarlyStopWarning, greedy_dpp
 from dpp_select._inputs import row_norms
-from dpp_select.backends import NumpyPass, TorchPass
+from dpp_select.engine.backends import NumpyPass, TorchPass
 from dpp_select.greedy import greedy_dpp_result
 
 from helpers.dpp_reference import (
@@ -97,7 +97,7 @@ def test_torch_half_storage_is_exact_for_the_rounded_embeddings(half):
 
 
 def test_tf32_falls_back_to_an_exact_float64_pass(monkeypatch, caplog):
-    import dpp_select.backends as backends
+    import dpp_select.engine.backends as backends
 
     monkeypatch.setattr(backends, "_tf32_enabled", lambda device: True)
     rng = np.random.default_rng(10)

@@ -12,12 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dpp_select.lazy as lazy_mod
+import dpp_select.engine.lazy as lazy_mod
 from dpp_select import EarlyStopWarning, greedy_dpp
-from dpp_select.array_ops import NumpyOps, TorchOps, for_device
-from dpp_select.backends import TorchPass
+from dpp_select.engine.array_ops import NumpyOps, TorchOps, for_device
+from dpp_select.engine.backends import TorchPass
+from dpp_select.engine.kernel import WholePool, dpp_weights, make_pass
 from dpp_select.greedy import greedy_dpp_result
-from dpp_select.kernel import WholePool, dpp_weights, make_pass
 
 from helpers.dpp_reference import (
     assert_gains_close,

@@ -225,3 +225,82 @@ def test_no_library_function_is_longer_than_a_screen(package):
                     f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)"
                 )
     assert not too_long, too_long
+
+
+# --- dpp_select's parts: which may import which ----------------------------------------------
+# The one-process greedy engine (dpp_select/engine/) knows nothing of processes or of the front
+# that calls it; the distribution module builds on the engine; the front (select, greedy_dpp,
+# relevance, embedding, diagnostics) chooses between them; the command (dpp_select/cli/) sits on
+# top and nothing imports it. The diagram: docs/api/dpp_select.rst.
+
+MAY_IMPORT = {  # part -> the parts its modules may import
+    "shared": {"shared"},
+    "engine": {"engine", "shared"},
+    "distribution": {"distribution", "engine", "shared"},
+    "front": {"front", "distribution", "engine", "shared"},
+    "command": {"command", "front", "distribution", "shared"},
+}
+
+
+def _part(module: str) -> str:
+    if module == "dpp_select._inputs":
+        return "shared"
+    if module == "dpp_select.distributed":
+        return "distribution"
+    for prefix, part in (("dpp_select.engine", "engine"), ("dpp_select.cli", "command")):
+        if module == prefix or module.startswith(prefix + "."):
+            return part
+    return "front"
+
+
+def _uses_torch_distributed(path: pathlib.Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import) and any(
+            a.name.startswith("torch.distributed") for a in node.names
+        ):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torch.distributed"):
+            return True
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "distributed"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "torch"
+        ):
+            return True
+    return False
+
+
+def _layout_violations(root: pathlib.Path = ROOT) -> list[str]:
+    modules = _module_files(root)
+    found = []
+    for module, path in modules.items():
+        if module.split(".")[0] != "dpp_select":
+            continue
+        part = _part(module)
+        for target, _, line in _imports(module, path, modules):
+            if target.startswith("dpp_select") and _part(target) not in MAY_IMPORT[part]:
+                found.append(f"{module}:{line} ({part}) imports {target} ({_part(target)})")
+        if part == "engine" and _uses_torch_distributed(path):
+            found.append(f"{module} ({part}) uses torch.distributed")
+    return found
+
+
+def test_dpp_select_parts_import_only_the_parts_below_them():
+    parts = {_part(m) for m in _module_files() if m.split(".")[0] == "dpp_select"}
+    assert parts == set(MAY_IMPORT)
+    assert _layout_violations() == []
+
+
+def test_the_layout_check_sees_the_engine_reaching_for_distribution(tmp_path):
+    pkg = tmp_path / "dpp_select"
+    (pkg / "engine").mkdir(parents=True)
+    for init in (pkg / "__init__.py", pkg / "engine" / "__init__.py"):
+        init.write_text("")
+    (pkg / "distributed.py").write_text("")
+    (pkg / "engine" / "lazy.py").write_text("def f():\n    from ..distributed import agree\n")
+    (pkg / "engine" / "kernel.py").write_text("import torch\nrank = torch.distributed.get_rank\n")
+    assert _layout_violations(tmp_path) == [
+        "dpp_select.engine.kernel (engine) uses torch.distributed",
+        "dpp_select.engine.lazy:2 (engine) imports dpp_select.distributed (distribution)",
+    ]

@@ -5,7 +5,13 @@ the network the reader sees raw ``\\(\\eta_{safe}\\)``. Here docutils' own TeX-t
 (shipped with Sphinx, nothing to install) writes MathML into the page, which every current browser
 draws natively. A formula the converter cannot read is a build warning naming it, so the strict
 CI build (``-W``) fails on it rather than publishing raw TeX.
+
+A sub- or superscript of three or more letters in braces is a word, as in ``\\eta_{safe}`` or
+``\\lambda_{max}``, and is set upright as ``\\mathrm`` would set it: TeX, and the converter, would
+set it as that many italic variables multiplied together.
 """
+
+import re
 
 from docutils import nodes
 from docutils.utils.math import latex2mathml
@@ -14,11 +20,18 @@ from sphinx.util.math import get_node_equation_number
 
 logger = logging.getLogger(__name__)
 
+_WORD_SCRIPT = re.compile(r"([_^])\{([A-Za-z]{3,})\}")
+
+
+def upright_word_scripts(tex: str) -> str:
+    """``tex`` with every sub- or superscript of three or more letters wrapped in ``\\mathrm``."""
+    return _WORD_SCRIPT.sub(r"\1{\\mathrm{\2}}", tex)
+
 
 def _mathml(translator, node, tex: str, as_block: bool) -> str:
     """MathML for ``tex``; on a formula docutils cannot convert, a warning and the escaped TeX."""
     try:
-        return latex2mathml.tex2mathml(tex, as_block=as_block)
+        return latex2mathml.tex2mathml(upright_word_scripts(tex), as_block=as_block)
     except SyntaxError as err:
         logger.warning("cannot render math %r as MathML: %s", tex, err, location=node)
         return f"<code>{translator.encode(tex)}</code>"

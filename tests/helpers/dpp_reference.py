@@ -24,7 +24,7 @@ __all__ = [
     "assert_relevance_close",
 ]
 
-# The greedy's tie margin (dpp_select/greedy.py): two float64 evaluation orders of one gain differ
+# The greedy's tie margin (dpp_select/engine/kernel.py): two float64 evaluation orders of one gain differ
 # by less than this times max_i L_ii, so gains within it count as ties.
 GAIN_TIE_MARGIN = 1e-11
 

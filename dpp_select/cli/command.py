@@ -8,6 +8,7 @@ way, with the functions here.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -19,10 +20,10 @@ import numpy as np
 
 from spard_io import distribution_version
 
+from ..embed import EmptyTextError, embed_texts
+from ..selection import METHODS, SelectionResult, select
 from ._cache import cache_path, load_cached, model_digest, save_cached
 from ._files import check_distinct, check_output
-from .embed import EmptyTextError, embed_texts
-from .selection import METHODS, SelectionResult, select
 
 __all__ = [
     "DESCRIPTION",
@@ -39,6 +40,7 @@ __all__ = [
 #: The command's one-line description (``--help``).
 DESCRIPTION = "``dpp-select``: pick a safe subset of a JSONL pool for a JSONL fine-tuning set."
 _UNSAFE = "unsafe"
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,20 +231,44 @@ def texts(rows: list[dict], fields: list[str]) -> list[str]:
 
 
 def _load_model(args: argparse.Namespace, loaded: dict) -> None:
+    """The base model (no LM head: embeddings are hidden states) and tokenizer of ``--model``.
+
+    transformers' own load report is silenced: loading a causal LM's checkpoint without its head
+    always lists the head's weights as unexpected, which reads like an error in a successful run.
+    What the report would say that matters, weights the folder lacks, is logged here instead."""
     try:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
     except ImportError:
         raise ValueError("embedding needs transformers: pip install 'spard[hf]'") from None
 
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if args.no_progress:
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar
     try:
         loaded["tokenizer"] = AutoTokenizer.from_pretrained(args.model)
-        loaded["model"] = AutoModel.from_pretrained(args.model).to(args.device or "cpu")
+        model, info = AutoModel.from_pretrained(args.model, output_loading_info=True)
+        loaded["model"] = model.to(args.device or "cpu")
     except Exception as err:  # transformers raises many types for a folder that is not a model
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ValueError(
             f"--model {args.model}: cannot load a model and tokenizer from this "
             f"folder ({type(err).__name__}: {first})"
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    untrained = [*info["missing_keys"], *(key for key, *_ in info["mismatched_keys"])]
+    if untrained:
+        logger.warning(
+            "--model %s: %d weights are missing from the folder or have another shape (%s): "
+            "they are random, so the embeddings do not reflect the model",
+            args.model,
+            len(untrained),
+            ", ".join(sorted(untrained)[:3]) + (", ..." if len(untrained) > 3 else ""),
+        )
 
 
 def embed(

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._inputs import check_embeddings, is_torch
+from .._inputs import check_embeddings, is_torch
 from .backends import NumpyPass, TorchPass
 
 __all__ = [

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
 from spard_io import read_jsonl
 
+from ..selection import resolve_k
 from ._files import write_outputs
-from .cli_sharded import run_sharded, wants_distributed
 from .command import (
     build_parser,
     check_args,
@@ -36,7 +35,7 @@ from .command import (
     select_recording_warnings,
     texts,
 )
-from .selection import resolve_k
+from .sharded import run_sharded, wants_distributed
 
 __all__ = ["build_parser", "main"]
 
@@ -83,7 +82,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(err).split())
         parser.exit(2, f"dpp-select: error: {message}\n")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

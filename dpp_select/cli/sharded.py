@@ -18,9 +18,9 @@ import torch.distributed as dist
 
 from spard_io import count_jsonl_rows, read_jsonl
 
+from ..distributed import agree, shard_range
 from ._files import write_outputs
 from .command import check_args, chosen_by, embed, fields, report, select_recording_warnings, texts
-from .distributed import agree, shard_range
 
 __all__ = ["run_sharded", "wants_distributed"]
 
