@@ -19,7 +19,7 @@ seed-major order both environments advance evenly.
 
 Resumable and safe to run twice at once: every finished cell is merged into
 ``OUT/defense_sweep.json`` under an exclusive lock on ``defense_sweep.json.lock`` (re-read, merge,
-atomic write), under the key ``method|attack|seed|config-hash|environment-key``; a cell whose key
+atomic write), under the key ``method|attack|seed|config-hash|environment-key`` (``sweep_grid.py``); a cell whose key
 is already there is never recomputed. The config hash covers the attack's full ``DemoConfig``, the
 aligned model's cache key and the method's definition (its options included), so a changed
 setting makes new cells instead of reusing stale ones. The file is validated before anything runs;
@@ -36,17 +36,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import hashlib
 import json
-import os
-import subprocess
 import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +54,17 @@ sys.path.insert(0, str(ROOT / "examples"))  # the demo's modules, examples/_demo
 from _demo import evaluation  # noqa: E402
 from _demo.alignment import (  # noqa: E402
     aligned_model,
-    cache_key,
     weights_sha256,  # noqa: E402
 )
 from _demo.attack import run_attack  # noqa: E402
-from _demo.config import ATTACKS, RECIPES, SMOKE, DemoConfig, with_attack, with_recipe  # noqa: E402
+from _demo.config import ATTACKS, RECIPES  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key, numeric_environment  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
-from _demo.methods import METHODS, Method, resolve_methods  # noqa: E402
+from _demo.methods import METHODS, resolve_methods  # noqa: E402
 from _demo.numerics import (  # noqa: E402
     NUMERICS,
     in_portable_process,
-    portable_env,
     use_portable_numerics,
 )
 from _demo.selection import SafeSelector  # noqa: E402
@@ -79,6 +72,7 @@ from spard_io import discard_leftovers, exclusive_lock, write_atomic  # noqa: E4
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from defense_sweep_report import load_state, write_report  # noqa: E402
+from sweep_grid import cell_config, cell_key, environment_started, method_spec, probe_environment  # noqa: E402
 from sweep_workers import WorkerDied, run_in_workers  # noqa: E402
 
 __all__ = [
@@ -88,110 +82,6 @@ __all__ = [
     "probe_environment",
     "main",
 ]
-
-
-def _config(attack: str, seed: int, smoke: bool, recipe: str = "base") -> DemoConfig:
-    base = replace(SMOKE if smoke else DemoConfig(), seed=seed)
-    return with_attack(with_recipe(base, recipe), attack)
-
-
-def _method_spec(method: Method) -> dict[str, Any]:
-    """Everything that defines ``method``: a changed option (e.g. ``FIXED_ETA``) changes the key."""
-
-    def name(fn: Any) -> str | None:
-        return None if fn is None else getattr(fn, "__qualname__", type(fn).__qualname__)
-
-    spec = {
-        "selection": method.selection,
-        "options": json.loads(json.dumps(method.options, sort_keys=True, default=repr)),
-        "wrapper": name(method.wrapper),
-        "mix_safe": method.mix_safe,
-        "eval_prompt": name(method.eval_prompt),
-        "adapter": method.adapter,
-    }
-    if method.safe_ratio is not None:  # only when set, so the stored cells' keys stay as they were
-        spec["safe_ratio"] = method.safe_ratio
-    return spec
-
-
-def cell_key(
-    method: str,
-    attack: str,
-    seed: int,
-    environment: str,
-    smoke: bool = False,
-    recipe: str = "base",
-    numerics: str = "native",
-) -> str:
-    """The resumption key: method, attack, seed, a hash of everything the cell's data, aligned
-    model and method depend on (the recipe and numerics through the config and the aligned
-    model's key), and the environment key (:func:`probe_environment`)."""
-    digest = _config_hash(method, attack, seed, smoke, recipe, numerics)
-    return f"{method}|{attack}|{seed}|{digest}|{environment}"
-
-
-def _config_hash(method, attack, seed, smoke, recipe="base", numerics="native") -> str:
-    config = _config(attack, seed, smoke, recipe)
-    payload = json.dumps(
-        {
-            "config": config.to_dict(),
-            "aligned": _aligned_key(attack, seed, smoke, recipe, numerics),
-            "method": _method_spec(METHODS[method]),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:10]
-
-
-@functools.cache
-def _aligned_key(attack, seed, smoke, recipe="base", numerics="native") -> str:
-    """The aligned model's cache key (builds the data once per attack, seed and recipe)."""
-    config = _config(attack, seed, smoke, recipe)
-    return cache_key(config, make_demo_data(config), numerics)
-
-
-@contextlib.contextmanager
-def _kernels(label: str) -> Iterator[None]:
-    """The environment of ``label`` while processes start: ``ATEN_CPU_CAPABILITY`` set to it
-    (unset for ``native``), or every portable setting for ``portable`` (``_demo/numerics.py``)."""
-    before = dict(os.environ)
-    os.environ.pop("ATEN_CPU_CAPABILITY", None)
-    if label == "portable":
-        os.environ.update(portable_env({}))
-    elif label != "native":
-        os.environ["ATEN_CPU_CAPABILITY"] = label
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(before)
-
-
-def probe_environment(label: str, threads: int) -> dict[str, Any]:
-    """The environment a worker started for ``label`` computes in, measured in a fresh process (the
-    kernel setting is read once per process, so this one cannot switch)."""
-    code = (
-        "import json, sys, torch; sys.path.insert(0, sys.argv[1]); torch.set_num_threads(int(sys.argv[2]));"
-        "from _demo.environment import numeric_environment; print(json.dumps(numeric_environment()))"
-    )
-    with _kernels(label):
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(ROOT / "examples"), str(threads)],
-            capture_output=True,
-            text=True,
-        )
-    if done.returncode != 0:
-        raise ValueError(
-            f"environment {label!r} does not start: {done.stderr.strip().splitlines()[-1:]}"
-        )
-    environment = json.loads(done.stdout)
-    expected = "default" if label == "portable" else label
-    if label != "native" and environment["capability"].lower() != expected.lower():
-        raise ValueError(
-            f"environment {label!r}: ATEN_CPU_CAPABILITY={label} gives capability {environment['capability']!r}; "
-            "use a kernel this CPU has (e.g. avx2), or native"
-        )
-    return environment
 
 
 # Per worker process: (attack, seed, smoke, recipe) -> data, aligned model, base metrics and the
@@ -206,28 +96,13 @@ def _context(
 ) -> dict[str, Any]:
     key = (attack, seed, smoke, recipe)
     if key not in _CONTEXTS:
-        config = _config(attack, seed, smoke, recipe)
+        config = cell_config(attack, seed, smoke, recipe)
         data = make_demo_data(config)
         aligned, folder, _ = aligned_model(
             config, data, cache_dir, progress=False, numerics=_NUMERICS["setting"]
         )
-        tok = data.tokenizer
-        base = evaluation.evaluate(
-            aligned,
-            tok,
-            data.heldout_harmful,
-            data.heldout_problems,
-            openings=data.refusal_openings,
-        )
-        selector = SafeSelector(
-            aligned,
-            tok,
-            data.safe_pool,
-            data.finetune,
-            ratio=config.safe_ratio,
-            beta=config.beta,
-            seed=seed,
-        )
+        base = evaluation.evaluate_demo(aligned, data)
+        selector = SafeSelector.for_demo(aligned, data, config)
         _CONTEXTS[key] = {
             "config": config,
             "data": data,
@@ -261,14 +136,7 @@ def run_cell(
     outcome = run_attack(
         ctx["aligned"], tok, data.finetune, m, safe, config, desc=method, progress=False
     )
-    scores = evaluation.evaluate(
-        outcome.model,
-        tok,
-        data.heldout_harmful,
-        data.heldout_problems,
-        m.eval_prompt,
-        openings=data.refusal_openings,
-    )
+    scores = evaluation.evaluate_demo(outcome.model, data, m.eval_prompt)
     cell = {
         "method": method,
         "attack": attack,
@@ -280,7 +148,7 @@ def run_cell(
         "base": ctx["base"],
         "safety_losses": [float(f"{x:.5g}") for x in outcome.safety_losses],
         "config": config.to_dict(),
-        "method_spec": _method_spec(m),
+        "method_spec": method_spec(m),
         "environment": numeric_environment(),
         "numerics": _NUMERICS["setting"],
         "aligned_sha256": ctx["aligned_sha256"],
@@ -297,7 +165,7 @@ def _work(args: tuple[str, str, str, int, bool, str, str]) -> tuple[str, dict[st
 
 
 def _init_worker(threads: int) -> None:
-    """A cell worker: portable numerics when started in the portable environment (``_kernels``),
+    """A cell worker: portable numerics when started in the portable environment (``environment_started``),
     else ``threads`` torch threads."""
     if in_portable_process():
         _NUMERICS["setting"] = "portable"
@@ -385,10 +253,10 @@ def sweep(
     }
     per_env = max(1, workers // len(envs))
     # Spawned workers start clean (their own kernels, one torch thread, their own per-seed context);
-    # each starts under _kernels(label), so it inherits its environment's setting.
+    # each starts under environment_started(label), so it inherits its environment's setting.
     groups = [(label, tasks, min(per_env, len(tasks))) for label, tasks in todo.items() if tasks]
     finished = run_in_workers(
-        groups, _work, initializer=_init_worker, initargs=(threads,), started_in=_kernels
+        groups, _work, initializer=_init_worker, initargs=(threads,), started_in=environment_started
     )
     with contextlib.closing(finished):  # a failure here stops every worker
         for i, (key, cell) in enumerate(finished, 1):

@@ -131,15 +131,7 @@ def run(
     data = make_demo_data(config)
     tok = data.tokenizer
     aligned, _, _ = aligned_model(config, data, cache_dir, progress=False)
-    selector = SafeSelector(
-        aligned,
-        tok,
-        data.safe_pool,
-        data.finetune,
-        ratio=config.safe_ratio,
-        beta=config.beta,
-        seed=seed,
-    )
+    selector = SafeSelector.for_demo(aligned, data, config)
     safe = selector.select(selection)
     collate = PaddingCollator(tok.pad_token_id)
     whole_safe, heldout = collate(encode(tok, safe)), collate(encode(tok, data.heldout_harmful))

@@ -143,15 +143,7 @@ def run_methods(names, aligned, data, config: DemoConfig, progress: bool) -> tup
     tok = data.tokenizer
     selector = None
     if any(METHODS[n].selection is not None for n in names):
-        selector = SafeSelector(
-            aligned,
-            tok,
-            data.safe_pool,
-            data.finetune,
-            ratio=config.safe_ratio,
-            beta=config.beta,
-            seed=config.seed,
-        )
+        selector = SafeSelector.for_demo(aligned, data, config)
     rows, curves = {}, {}
     for name in names:
         method = METHODS[name]
@@ -161,14 +153,7 @@ def run_methods(names, aligned, data, config: DemoConfig, progress: bool) -> tup
         outcome = run_attack(
             aligned, tok, data.finetune, method, safe, config, desc=name, progress=progress
         )
-        scores = evaluation.evaluate(
-            outcome.model,
-            tok,
-            data.heldout_harmful,
-            data.heldout_problems,
-            method.eval_prompt,
-            openings=data.refusal_openings,
-        )
+        scores = evaluation.evaluate_demo(outcome.model, data, method.eval_prompt)
         rows[name] = {
             "seed": config.seed,
             **{k: scores[k] for k in ("asr", "utility", "refusal_prob")},
@@ -207,13 +192,7 @@ def run_seed(
         progress=not args.no_progress,
         numerics=args.numerics,
     )
-    scores = evaluation.evaluate(
-        aligned,
-        data.tokenizer,
-        data.heldout_harmful,
-        data.heldout_problems,
-        openings=data.refusal_openings,
-    )
+    scores = evaluation.evaluate_demo(aligned, data)
     base = {"seed": seed, **{k: scores[k] for k in ("asr", "utility", "refusal_prob")}}
     source = "shipped" if folder.parent == SHIPPED else "cached" if loaded else "trained"
     print(

@@ -249,7 +249,8 @@ def test_a_different_seed_gets_its_own_cache_entry(first_run, tmp_path):
 
 def test_the_shipped_aligned_models_cover_the_default_seeds_and_match_their_checksums():
     """If the default config or the vocabulary changes, the shipped models no longer match its key:
-    this fails until they are retrained (``python examples/quickstart.py --no-cache``, then copy)."""
+    this fails until they are retrained (``python examples/quickstart.py --no-cache``, then copy;
+    ``--numerics portable`` too, for the portable ones)."""
     from _demo.alignment import SHIPPED, cache_key, verify_shipped
 
     listed = {line.split()[1] for line in (SHIPPED / "SHA256SUMS").read_text().splitlines()}
@@ -257,7 +258,10 @@ def test_the_shipped_aligned_models_cover_the_default_seeds_and_match_their_chec
     assert listed == {f"{f.name}/{p.name}" for f in folders for p in f.iterdir()}
     for seed in quickstart.parse_seeds(quickstart.parse_args([]).seeds):
         config = replace(DemoConfig(), seed=seed)
-        assert (SHIPPED / f"aligned-{cache_key(config, make_demo_data(config))}") in folders, seed
+        for numerics in ("native", "portable"):
+            key = cache_key(config, make_demo_data(config), numerics)
+            assert (SHIPPED / f"aligned-{key}") in folders, (seed, numerics)
+    assert len(folders) == 2 * len(quickstart.parse_seeds(quickstart.parse_args([]).seeds))
     for folder in folders:
         verify_shipped(folder)
 

@@ -39,6 +39,7 @@ __all__ = [
     "harmful_verdicts",
     "problem_verdicts",
     "refusal_probabilities",
+    "evaluate_demo",
     "evaluate",
 ]
 
@@ -189,3 +190,18 @@ def evaluate(
         "utility_verdicts": "".join(map(str, solved)),
         "refusal_probs": [float(f"{p:.4g}") for p in probs],
     }
+
+
+def evaluate_demo(
+    model: PreTrainedModel, data, render: Callable[[str], str] = chat_prompt
+) -> dict[str, Any]:
+    """:func:`evaluate` on the demo's held-out sets of ``data`` (a ``DemoData``), with its
+    tokenizer and its recipe's refusal openings."""
+    return evaluate(
+        model,
+        data.tokenizer,
+        data.heldout_harmful,
+        data.heldout_problems,
+        render,
+        openings=data.refusal_openings,
+    )

@@ -52,6 +52,20 @@ class SafeSelector:
         texts = [chat_prompt(ex.prompt) for ex in examples]
         return dpp_select.embed_texts(texts, model, tokenizer, batch_size=64, progress=progress)
 
+    @classmethod
+    def for_demo(cls, model: PreTrainedModel, data, config) -> SafeSelector:
+        """The selector of the demo's ``data`` (a ``DemoData``) under ``config``: its pool and
+        fine-tuning set, the config's safe ratio and beta, the config's seed."""
+        return cls(
+            model,
+            data.tokenizer,
+            data.safe_pool,
+            data.finetune,
+            ratio=config.safe_ratio,
+            beta=config.beta,
+            seed=config.seed,
+        )
+
     def select(self, method: str, ratio: float | None = None) -> list[Example]:
         """The safe examples ``dpp_select.select(method=method)`` picks: ``ratio`` (default: the
         selector's) times the fine-tuning set's size, at least 1, at most the whole pool."""
