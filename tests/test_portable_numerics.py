@@ -280,3 +280,49 @@ def test_numerics_entered_for_the_process_survive_garbage_collection():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "1"
+
+
+#: Edge cases of the replaced kernels: each must give the native kernel's shape and dtype and,
+#: within float32-grade tolerance, its values (inf and NaN where it has them).
+EDGE_CASES = {
+    "empty sum": lambda: torch.randn(3, 0) @ torch.randn(0, 4),
+    "empty dot": lambda: torch.dot(torch.randn(0), torch.randn(0)),
+    "no rows": lambda: torch.randn(0, 5) @ torch.randn(5, 4),
+    "inf row": lambda: torch.tensor([[math.inf, 1.0], [1.0, 2.0]]) @ torch.eye(2),
+    "NaN": lambda: torch.tensor([[math.nan, 1.0]]) @ torch.ones(2, 1),
+    "overflow": lambda: torch.tensor([[3e38, 3e38]]) @ torch.tensor([[2.0], [2.0]]),
+    "subnormal": lambda: torch.tensor([[1e-45, 1e-40]]) @ torch.tensor([[1e-45], [1.0]]),
+    "integers": lambda: torch.arange(6).view(2, 3) @ torch.arange(6).view(3, 2),
+    "float16": lambda: torch.randn(3, 4).half() @ torch.randn(4, 2).half(),
+    "bfloat16": lambda: torch.randn(3, 4).bfloat16() @ torch.randn(4, 2).bfloat16(),
+    "complex": lambda: torch.randn(3, 4, dtype=torch.complex64) @ torch.randn(4, 2).cfloat(),
+    "addmm beta 0 ignores NaN": lambda: torch.addmm(
+        torch.full((3, 2), math.nan), torch.randn(3, 4), torch.randn(4, 2), beta=0, alpha=2.0
+    ),
+    "transposed": lambda: torch.randn(4, 3).T @ torch.randn(4, 5),
+    "einsum": lambda: torch.einsum("bij,bjk->bik", torch.randn(2, 3, 4), torch.randn(2, 4, 5)),
+    "mv": lambda: torch.mv(torch.randn(3, 4), torch.randn(4)),
+    "out of another size": lambda: torch.mm(
+        torch.randn(2, 3), torch.randn(3, 4), out=torch.empty(7)
+    ),
+    "sqrt of integers": lambda: torch.sqrt(torch.arange(5)),
+    "exp in float16": lambda: torch.exp(torch.randn(4).half()),
+    "logsumexp of infinities": lambda: torch.logsumexp(
+        torch.tensor([[-math.inf, -math.inf], [math.inf, 1.0]]), 1
+    ),
+    "logsumexp over two dims": lambda: torch.logsumexp(torch.randn(2, 3, 4), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDGE_CASES))
+def test_edge_cases_agree_with_the_native_kernels(name):
+    torch.manual_seed(0)
+    native = EDGE_CASES[name]()
+    torch.manual_seed(0)
+    with PortableKernels():
+        portable = EDGE_CASES[name]()
+    assert portable.shape == native.shape and portable.dtype == native.dtype
+    wide = torch.complex128 if native.is_complex() else torch.float64
+    torch.testing.assert_close(
+        portable.to(wide), native.to(wide), rtol=1e-2, atol=1e-6, equal_nan=True
+    )

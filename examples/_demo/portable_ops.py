@@ -75,15 +75,20 @@ def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     dtype = torch.promote_types(a.dtype, b.dtype)
     if dtype == torch.float64 or not dtype.is_floating_point:
         return (a.to(dtype).unsqueeze(-1) * b.to(dtype).unsqueeze(-3)).sum(-2)
+    if a.shape[-1] == 0:  # an empty sum (no slice has a peak to scale by)
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        return torch.zeros(*batch, a.shape[-2], b.shape[-1], dtype=dtype)
     bits = _operand_bits(a.shape[-1])
-    qa, ua = _to_integers(_as_numpy(a), -1, bits)  # a scale per row of a
-    qb, ub = _to_integers(_as_numpy(b), -2, bits)  # a scale per column of b
-    # Exact: integers below 2^53, summed in any order. NumPy's BLAS computes it, since torch's
-    # own product kernels are the ones PortableKernels replaces. Scaling back is exact too
-    # (powers of two, far from float64's range limits), so the cast rounds once.
-    product = np.matmul(qa, qb)
-    product *= ua
-    product *= ub
+    # inf and NaN propagate as in any BLAS, without NumPy's warnings (torch gives none).
+    with np.errstate(all="ignore"):
+        qa, ua = _to_integers(_as_numpy(a), -1, bits)  # a scale per row of a
+        qb, ub = _to_integers(_as_numpy(b), -2, bits)  # a scale per column of b
+        # Exact: integers below 2^53, summed in any order. NumPy's BLAS computes it, since
+        # torch's own product kernels are the ones PortableKernels replaces. Scaling back is
+        # exact too (powers of two, far from float64's range limits), so the cast rounds once.
+        product = np.matmul(qa, qb)
+        product *= ua
+        product *= ub
     return torch.from_numpy(product).to(dtype)
 
 
