@@ -66,7 +66,7 @@ from _demo.numerics import (  # noqa: E402
     run_portable,
     use_portable_numerics,
 )
-from _demo.reference import compare_with_reference  # noqa: E402
+from _demo.reference import compare_with_reference, load_reference  # noqa: E402
 from _demo.report import format_table, summarize, write_plot, write_results  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
 
@@ -218,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         names, attacks, seeds = _check(args)
-        if args.reference is not None and not args.reference.is_file():
-            raise ValueError(f"--reference {args.reference} is not a file")
+        reference = None if args.reference is None else load_reference(args.reference)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -227,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         if not in_portable_process():  # ATen reads its kernel setting once: a fresh process
             return run_portable([__file__, *(sys.argv[1:] if argv is None else argv)])
         with portable_numerics():
-            return _run(args, names, attacks, seeds)
+            return _run(args, names, attacks, seeds, reference)
     torch.set_num_threads(args.threads)
-    return _run(args, names, attacks, seeds)
+    return _run(args, names, attacks, seeds, reference)
 
 
 def _init_worker(numerics: str, threads: int) -> None:
@@ -257,8 +256,15 @@ def _each_seed(seeds, names, attacks, base_config, cache_dir, args):
         )
 
 
-def _run(args: argparse.Namespace, names: list[str], attacks: list[str], seeds: list[int]) -> int:
-    """The demo proper, in this process's numerics: every seed, the table and the files."""
+def _run(
+    args: argparse.Namespace,
+    names: list[str],
+    attacks: list[str],
+    seeds: list[int],
+    reference: dict | None,
+) -> int:
+    """The demo proper, in this process's numerics: every seed, the table and the files, and the
+    comparison with the ``reference`` run when one was given."""
     # The demo's own bars cover the long stages; the dependencies' bars and deprecation notices for
     # a one-second weight load would only bury the story.
     hf_logging.disable_progress_bar()
@@ -319,9 +325,9 @@ def _run(args: argparse.Namespace, names: list[str], attacks: list[str], seeds: 
     else:
         print(f"wrote {picture}")
     print(f"total {time.perf_counter() - started:.0f}s")
-    if args.reference is None:
+    if reference is None:
         return 0
-    lines, matched = compare_with_reference(json.loads(path.read_text()), args.reference)
+    lines, matched = compare_with_reference(json.loads(path.read_text()), reference)
     print(f"\ncompared with {args.reference}:\n" + "\n".join("  " + line for line in lines))
     print("reproduced exactly" if matched else "NOT reproduced: see the seeds that differ")
     return 0 if matched else 1

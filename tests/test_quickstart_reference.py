@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _demo.reference import compare_with_reference
+from _demo.reference import compare_with_reference, load_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "benchmarks" / "results" / "quickstart_reference.json"
@@ -32,7 +32,7 @@ def _results(numerics: str = "portable") -> dict:
 def _compare(ours: dict, theirs: dict, tmp_path: Path) -> tuple[list[str], bool]:
     path = tmp_path / "reference.json"
     path.write_text(json.dumps(theirs))
-    return compare_with_reference(ours, path)
+    return compare_with_reference(ours, load_reference(path))
 
 
 def test_a_run_that_differs_only_in_its_timings_matches(tmp_path):
@@ -64,6 +64,21 @@ def test_a_seed_that_differs_is_named_with_what_differs(tmp_path, change, says):
     lines, matched = _compare(ours, _results(), tmp_path)
     assert not matched
     assert lines[0].startswith("seed 0: DIFFERS") and says in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("not json", "not a readable"),
+        ('{"config": {}}', "not a quickstart results.json"),
+        ("[]", "not a quickstart"),
+    ],
+)
+def test_a_bad_reference_file_is_refused_before_the_run(tmp_path, text, says):
+    path = tmp_path / "reference.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=says):
+        load_reference(path)
 
 
 def test_runs_of_other_numerics_are_not_compared(tmp_path):

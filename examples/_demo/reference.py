@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare_with_reference"]
+__all__ = ["compare_with_reference", "load_reference"]
 
 _TIMINGS = {"seconds"}
 
@@ -35,13 +35,29 @@ def _aligned(results: Mapping[str, Any]) -> dict[int, str]:
     return dict(zip(config["seeds"], config.get("aligned_sha256", [])))
 
 
+def load_reference(path: Path) -> dict[str, Any]:
+    """The reference run in ``path`` (a quickstart ``results.json``), or ValueError naming what
+    is wrong: read before the run starts, so a bad file costs nothing."""
+    try:
+        reference = json.loads(Path(path).read_text())
+        _rows(reference), _aligned(reference), reference["config"]["numerics"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--reference {path} is not a readable results.json ({err})") from None
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(
+            f"--reference {path} is not a quickstart results.json (nothing at {err}); "
+            "give the results.json of a quickstart run"
+        ) from None
+    return reference
+
+
 def compare_with_reference(
-    results: Mapping[str, Any], reference_path: Path
+    results: Mapping[str, Any], reference: Mapping[str, Any]
 ) -> tuple[list[str], bool]:
-    """One line per seed of ``results`` saying whether it matches the reference file, and whether
-    all did. A seed matches when its aligned model's SHA-256 and all its rows are equal; a seed,
-    attack or method the reference lacks is reported as not checked, and counts as a mismatch."""
-    reference = json.loads(Path(reference_path).read_text())
+    """One line per seed of ``results`` saying whether it matches the ``reference`` run
+    (:func:`load_reference`), and whether all did. A seed matches when its aligned model's SHA-256
+    and all its rows are equal; a seed, attack or method the reference lacks is reported as not
+    checked, and counts as a mismatch."""
     ours, theirs = _rows(results), _rows(reference)
     ours_aligned, their_aligned = _aligned(results), _aligned(reference)
     if results["config"].get("numerics") != reference["config"].get("numerics"):
