@@ -77,12 +77,14 @@ def test_refusals_from_model_keeps_the_models_own_refusals(aligned):
 
 
 def attached(model, tok, tmp_path, **kwargs):
-    """A Trainer with SPAG over OTHER_REFUSAL pairs, attached with ``kwargs``."""
+    """A Trainer with SPAG over OTHER_REFUSAL pairs, attached with ``kwargs`` (on a copy of the
+    shared aligned model: it may be trained)."""
     from transformers import Trainer, TrainingArguments
 
     from spag_optim import SPAGOptimizer
     from spag_optim.integrations.trainer import TrainerSafetyClosure, attach_spag
 
+    model = copy.deepcopy(model)
     safety = TrainerSafetyClosure.from_pairs(
         [(p, OTHER_REFUSAL) for p in REFUSED], tok, batch_size=2
     )

@@ -171,12 +171,7 @@ def safety_targets(
             'that render= is the format the model was aligned with; or pass targets="given" '
             "to go on with these (or a number tau, e.g. the paper's 0.2, to teach them)"
         )
-    warn_refusals_not_produced(tau)
-    logger.warning(
-        "SPAG: tau=%.4f calibrated on refusals the model does not say; the defense barely acts "
-        "(logged as spag/refusals_not_produced=1)",
-        tau,
-    )
+    warn_refusals_not_produced(tau)  # and the callback logs spag/refusals_not_produced
     return tau, True
 
 
