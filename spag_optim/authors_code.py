@@ -10,7 +10,8 @@ per-tensor norms are read on the host, as the released Python loop does.
 
 It is a sibling of :class:`~spag_optim.SPAGOptimizer`, not a subclass: each rule's whole step
 reads in its own class and the step template of :class:`~spag_optim.SafetyClosureOptimizer`; the
-safety gradient and counters both share are :class:`~spag_optim.safety_gradient.SafetyGradient`.
+safety gradient and counters both share are :class:`~spag_optim.safety_gradient.SafetyGradient`,
+and the constructor, checkpoint hooks and host-side decision are :mod:`spag_optim.spag_rule`'s.
 It takes the same arguments and saves the same checkpoint entry (``trust_region``, ``rho`` and
 ``skip_if_safe`` are kept but unused); :func:`spag_optim.make_spag` builds either rule from
 ``mode``. A checkpoint of the other rule is refused (an optimizer never changes its class).
@@ -19,29 +20,19 @@ It takes the same arguments and saves the same checkpoint entry (``trust_region`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import functional as F
-from .distributed import check_distributed_mode, reject_deepspeed
-from .hyperparameters import (
-    check_hyperparameters,
-    check_mode,
-    checked_hyperparameters,
-    checked_saved,
-    hyperparameters_of,
-    restore,
-)
-from .safety_gradient import SafetyGradient, check_grad_scaler, host_stats
+from .safety_gradient import host_stats
 from .safety_wrapper import SafetyClosureOptimizer
+from .spag_rule import host_decision, reducer_for, safety_backward, spag_rule
 
 __all__ = ["AuthorsCodeSPAG"]
 
 
-@checked_hyperparameters
+@spag_rule("authors_code", sharded=False)
 class AuthorsCodeSPAG(SafetyClosureOptimizer):
     r"""SPAG with the authors' released projection rule (``mode="authors_code"``).
 
@@ -80,53 +71,6 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
         1
     """
 
-    STATE_KEY = "spag"
-    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_projections",)
-    WARN_NAME = "SPAG"
-    INTERVENTIONS = "num_projections"
-    COUNTERS = ("num_projections",)
-
-    def __init__(
-        self,
-        inner: torch.optim.Optimizer,
-        safety_closure: Callable[[], Tensor],
-        *,
-        tau: float = 0.2,
-        trust_region: float | str | None = "relative",
-        rho: float = 1.0,
-        mode: str = "authors_code",
-        tolerance: float = 0.0,
-        alpha_max: float = 1.0,
-        eps: float = 1e-8,
-        skip_if_safe: bool = True,
-        projection_iterations: int = 1,
-        distributed: str | None = "auto",
-        process_group: Any = None,
-        grad_scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        check_mode(mode, "authors_code")
-        reject_deepspeed(inner, safety_closure)
-        super().__init__(inner, safety_closure)
-        hyperparameters = check_hyperparameters(
-            tau=tau,
-            trust_region=trust_region,
-            rho=rho,
-            mode=mode,
-            tolerance=tolerance,
-            alpha_max=alpha_max,
-            eps=eps,
-            skip_if_safe=skip_if_safe,
-            projection_iterations=projection_iterations,
-        )
-        check_distributed_mode(distributed)
-        check_grad_scaler(grad_scaler)
-        for name, value in hyperparameters.items():
-            setattr(self, name, value)
-        self.distributed = distributed
-        self.process_group = process_group
-        self.grad_scaler = grad_scaler
-        self._safety_gradient = SafetyGradient("authors_code", sharded=False)
-
     def _extra_repr(self) -> str:
         return (
             f"tau={self.tau}, trust_region={self.trust_region!r}, rho={self.rho}, "
@@ -141,38 +85,12 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
     # -- the rule ---------------------------------------------------------------------------------
     def _after_inner_step(self, params: list[Tensor], prepared: None) -> None:
         safety = self._safety_gradient
-        reducer = safety.reducer_for(
-            params,
-            distributed=self.distributed,
-            safety_closure=self.safety_closure,
-            process_group=self.process_group,
-        )
+        reducer = reducer_for(self, params)
         loss = self._safety_loss()
         loss_value = float(reducer.mean_loss(loss))
-        if not math.isfinite(loss_value):
-            self._skip_nonfinite(
-                "loss",
-                loss_value,
-                "this step's projection was skipped and the "
-                "parameters kept the inner optimizer's update",
-            )
-            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))
+        if not host_decision(self, loss_value):
             return
-        if not safety.triggered(
-            loss_value, tau=self.tau, tolerance=self.tolerance, step=self._num_steps
-        ):
-            self.last_stats = host_stats(
-                loss_value, False, 0.0, float("nan")
-            )  # no safety backward: no norm
-            return
-        grads = safety.backward(
-            loss,
-            params,
-            reducer,
-            grad_scaler=self.grad_scaler,
-            optimizer=self,
-            host_reads=self.skip_if_safe,
-        )
+        grads = safety_backward(self, loss, params, reducer)
         with torch.no_grad():
             grad_norm = float(reducer.sq_norm(grads, params[0].device).sqrt())
             if not math.isfinite(grad_norm):
@@ -186,27 +104,3 @@ class AuthorsCodeSPAG(SafetyClosureOptimizer):
         projections, _ = safety.counters(params[0].device)
         projections.add_(1)
         self.last_stats = host_stats(loss_value, True, max(factors), grad_norm)
-
-    def _frozen_stats(self) -> dict[str, Any]:
-        return host_stats(float("nan"), False, 0.0, float("nan"))
-
-    # -- state dict -------------------------------------------------------------------------------
-    def _wrapper_state(self) -> dict[str, Any]:
-        return {
-            **super()._wrapper_state(),
-            **self._safety_gradient.state_dict(),
-            "hyperparameters": hyperparameters_of(self),
-        }
-
-    def _check_wrapper_state(self, state: Any) -> None:
-        super()._check_wrapper_state(state)
-        if "hyperparameters" in state:  # absent from checkpoints of earlier versions
-            checked_saved(hyperparameters_of(self), state["hyperparameters"])
-
-    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
-        super()._load_wrapper_state(state)
-        if "hyperparameters" in state:
-            for name, value in restore(hyperparameters_of(self), state["hyperparameters"]).items():
-                setattr(self, name, value)
-        device = self.params()[0].device if self.params() else torch.device("cpu")
-        self._safety_gradient.load_state_dict(state, device)

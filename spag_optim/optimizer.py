@@ -56,30 +56,26 @@ the counters, when the caller logs.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import functional as F
-from .distributed import Reducer, check_distributed_mode, local_tensors, reject_deepspeed
-from .hyperparameters import (
-    check_hyperparameters,
-    check_mode,
-    checked_hyperparameters,
-    checked_saved,
-    hyperparameters_of,
-    restore,
-)
-from .safety_gradient import SafetyGradient, check_grad_scaler, host_stats
+from .distributed import Reducer, local_tensors
 from .safety_wrapper import SafetyClosureOptimizer
+from .spag_rule import host_decision, reducer_for, safety_backward, spag_rule
 
 __all__ = ["SPAGOptimizer"]
 
 
-@checked_hyperparameters
+def _paper_state(optimizer: SPAGOptimizer) -> None:
+    """The paper rule's own state: the copy of theta that measures the utility step."""
+    optimizer._snapshot = []
+    optimizer._step_norm = None
+
+
+@spag_rule("paper", sharded=True, setup=_paper_state)
 class SPAGOptimizer(SafetyClosureOptimizer):
     r"""Wrap ``inner`` so that every step ends with SPAG's safety projection (SPARD, Eq. 3-4).
 
@@ -106,16 +102,10 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             the step size still uses ``loss - tau``.
         alpha_max: unused by this rule (the authors' per-tensor cap); saved with the checkpoint.
         eps: added to the denominator :math:`\lVert g\rVert^2`.
-        projection_iterations: ``1`` (default) is the paper's single projection. ``K > 1``
-            repeats it from the point reached, on the same safe batch and with the same trust
-            region each time, until the loss is at most ``tau + tolerance`` or K projections were
-            made (see :mod:`spag_optim.functional`): it keeps the constraint on the batch where one
-            linearised step undershoots. Each repeat costs a safety forward and backward and one
-            host read; the parameters after the utility step are kept (one copy of the trainable
-            parameters) so that a step whose closure fails part-way is retried from them. The
-            closure is rewound through its ``state_dict``/``load_state_dict``
-            (:func:`spag_optim.make_safety_closure` has them); a closure without them is simply
-            called again. ``mode="paper"`` only.
+        projection_iterations: ``1`` (default) is the paper's single projection; ``K > 1``
+            repeats it on the same safe batch, with the step's trust region, until the loss is at
+            most ``tau + tolerance`` or K projections were made (cost, retries and measurements:
+            the docs' algorithm page). ``mode="paper"`` only.
         skip_if_safe: read the safety loss once on the host and skip the safety backward when it
             is already below the trigger; ``False`` keeps the whole step on device. Under
             ``distributed`` the read is of the loss averaged over ranks, so all ranks agree.
@@ -149,55 +139,6 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         With real data, build the closure with :func:`spag_optim.make_safety_closure` over
         :class:`spag_optim.SafetyBatches`; its position is then saved in ``state_dict()``.
     """
-
-    STATE_KEY = "spag"
-    STATE_FIELDS = SafetyClosureOptimizer.STATE_FIELDS + ("num_projections",)
-    WARN_NAME = "SPAG"
-    INTERVENTIONS = "num_projections"
-    COUNTERS = ("num_projections",)
-
-    def __init__(
-        self,
-        inner: torch.optim.Optimizer,
-        safety_closure: Callable[[], Tensor],
-        *,
-        tau: float = 0.2,
-        trust_region: float | str | None = "relative",
-        rho: float = 1.0,
-        mode: str = "paper",
-        tolerance: float = 0.0,
-        alpha_max: float = 1.0,
-        eps: float = 1e-8,
-        skip_if_safe: bool = True,
-        projection_iterations: int = 1,
-        distributed: str | None = "auto",
-        process_group: Any = None,
-        grad_scaler: torch.amp.GradScaler | None = None,
-    ) -> None:
-        check_mode(mode, "paper")
-        reject_deepspeed(inner, safety_closure)
-        super().__init__(inner, safety_closure)
-        hyperparameters = check_hyperparameters(
-            tau=tau,
-            trust_region=trust_region,
-            rho=rho,
-            mode=mode,
-            tolerance=tolerance,
-            alpha_max=alpha_max,
-            eps=eps,
-            skip_if_safe=skip_if_safe,
-            projection_iterations=projection_iterations,
-        )
-        check_distributed_mode(distributed)
-        check_grad_scaler(grad_scaler)
-        for name, value in hyperparameters.items():
-            setattr(self, name, value)
-        self.distributed = distributed
-        self.process_group = process_group
-        self.grad_scaler = grad_scaler
-        self._safety_gradient = SafetyGradient("paper", sharded=True)
-        self._snapshot: list[Tensor] = []
-        self._step_norm: Tensor | None = None
 
     def _extra_repr(self) -> str:
         return (
@@ -238,12 +179,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
 
     def _after_inner_step(self, params: list[Tensor], relative: bool) -> None:
         device, safety = params[0].device, self._safety_gradient
-        reducer = safety.reducer_for(
-            params,
-            distributed=self.distributed,
-            safety_closure=self.safety_closure,
-            process_group=self.process_group,
-        )
+        reducer = reducer_for(self, params)
         batch_position = self._closure_position()  # where a repeated projection rewinds to
         local_loss = self._safety_loss()
         loss = reducer.mean_loss(local_loss)  # what alpha (and every rank's decision) uses
@@ -255,7 +191,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
                 [loss.to(torch.float64), nonfinite.to(loss.device, torch.float64)]
             ).tolist()
             safety.warn_nonfinite(int(seen))
-            if not self._triggered(loss_value):
+            if not host_decision(self, loss_value):
                 return
         repeated = self.projection_iterations > 1
         theta_plus = [p.detach().clone() for p in local_tensors(params)] if repeated else []
@@ -279,27 +215,6 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             "safety_grad_norm": sq_norm.sqrt(),
         }
 
-    def _triggered(self, loss_value: float) -> bool:
-        """The host-side decision on the (rank-averaged) safety loss: project only when it is
-        finite and above ``tau + tolerance``; otherwise ``last_stats`` says why not."""
-        if not math.isfinite(loss_value):
-            self._skip_nonfinite(
-                "loss",
-                loss_value,
-                "this step's projection was skipped and the "
-                "parameters kept the inner optimizer's update",
-            )
-            self.last_stats = host_stats(loss_value, False, 0.0, float("nan"))
-            return False
-        if not self._safety_gradient.triggered(
-            loss_value, tau=self.tau, tolerance=self.tolerance, step=self._num_steps
-        ):
-            self.last_stats = host_stats(
-                loss_value, False, 0.0, float("nan")
-            )  # no safety backward: no norm
-            return False
-        return True
-
     def _project(
         self,
         local_loss: Tensor,
@@ -309,14 +224,7 @@ class SPAGOptimizer(SafetyClosureOptimizer):
         reducer: Reducer,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One projection of Eq. 4 from the current parameters; returns alpha, finite, ||g||^2."""
-        grads = self._safety_gradient.backward(
-            local_loss,
-            params,
-            reducer,
-            grad_scaler=self.grad_scaler,
-            optimizer=self,
-            host_reads=self.skip_if_safe,
-        )
+        grads = safety_backward(self, local_loss, params, reducer)
         with torch.no_grad():
             local_params = local_tensors(params)
             sq_norm = reducer.sq_norm(grads, params[0].device)
@@ -363,27 +271,3 @@ class SPAGOptimizer(SafetyClosureOptimizer):
             step_norm=self._step_norm,
             lr=self.param_groups[0]["lr"],
         )
-
-    def _frozen_stats(self) -> dict[str, Any]:
-        return host_stats(float("nan"), False, 0.0, float("nan"))
-
-    # -- state dict -------------------------------------------------------------------------------
-    def _wrapper_state(self) -> dict[str, Any]:
-        return {
-            **super()._wrapper_state(),
-            **self._safety_gradient.state_dict(),
-            "hyperparameters": hyperparameters_of(self),
-        }
-
-    def _check_wrapper_state(self, state: Any) -> None:
-        super()._check_wrapper_state(state)
-        if "hyperparameters" in state:  # absent from checkpoints of earlier versions
-            checked_saved(hyperparameters_of(self), state["hyperparameters"])
-
-    def _load_wrapper_state(self, state: dict[str, Any]) -> None:
-        super()._load_wrapper_state(state)
-        if "hyperparameters" in state:
-            for name, value in restore(hyperparameters_of(self), state["hyperparameters"]).items():
-                setattr(self, name, value)
-        device = self.params()[0].device if self.params() else torch.device("cpu")
-        self._safety_gradient.load_state_dict(state, device)

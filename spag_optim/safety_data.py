@@ -35,6 +35,7 @@ __all__ = [
     "check_batches_fit_model",
     "measures_refusal_nll",
     "PRODUCED_NLL_MAX",
+    "warn_refusals_not_produced",
 ]
 
 
@@ -200,7 +201,7 @@ def calibrate_tau(
     if loss_is_nll is None:
         loss_is_nll = measures_refusal_nll(batches, loss_fn)
     if loss_is_nll and tau > PRODUCED_NLL_MAX:
-        _warn_refusals_not_produced(tau)
+        warn_refusals_not_produced(tau)
     return tau
 
 
@@ -270,7 +271,9 @@ def _mean_loss(
     return total / count
 
 
-def _warn_refusals_not_produced(tau: float) -> None:
+def warn_refusals_not_produced(tau: float) -> None:
+    """Warn (:class:`~spag_optim.warnings.RefusalsNotProducedWarning`) that a refusal NLL of
+    ``tau`` shows the model does not produce its safety targets, with the ways out."""
     warn_at_caller(
         f"calibrate_tau: the model's safety loss is {tau:.3g} nats per refusal token (geometric-mean "
         f"token probability {math.exp(-tau):.2g}, above log 2 = {PRODUCED_NLL_MAX:.3f}): the model "

@@ -28,6 +28,8 @@ __all__ = [
     "encode_pair",
     "encode_safety_pairs",
     "format_prompt",
+    "pair_list",
+    "pair_prompts",
 ]
 
 IGNORE_INDEX = -100
@@ -89,7 +91,7 @@ def _pair(item: Any, index: int) -> tuple[str, str]:
     return item[0], item[1]
 
 
-def _pair_list(pairs: Iterable[Any]) -> list[Any]:
+def pair_list(pairs: Iterable[Any]) -> list[Any]:
     """``pairs`` as a list (any iterable: a list, a generator, a ``datasets.Dataset``)."""
     if isinstance(pairs, (str, bytes)):
         raise TypeError("pairs is one string; pass a list of (prompt, refusal) pairs")
@@ -105,6 +107,11 @@ def _pair_list(pairs: Iterable[Any]) -> list[Any]:
             "rows; pass frame.to_dict('records')"
         )
     return list(pairs)
+
+
+def pair_prompts(pairs: Sequence[Any]) -> list[str]:
+    """The harmful prompts of ``pairs`` (as :func:`encode_safety_pairs` reads them)."""
+    return [_pair(item, index)[0] for index, item in enumerate(pairs)]
 
 
 def _tokenizer_max_length(tokenizer: Any) -> int | None:
@@ -156,7 +163,7 @@ def encode_safety_pairs(
         raise TypeError(
             f"tokenizer must be the model's tokenizer (callable), got {type(tokenizer).__name__}"
         )
-    pairs = _pair_list(pairs)
+    pairs = pair_list(pairs)
     if len(pairs) == 0:
         raise ValueError("no safety pairs given; SPAG needs at least one (prompt, refusal) pair")
     rows = []

@@ -159,7 +159,7 @@ def test_attach_spag_calibrates_tau_without_moving_the_safe_batches(tmp_path):
         attach_spag(trainer, tau="calibrated")
     next(safety.batches)  # calibration starts where the batches are and leaves them there
     position = safety.batches.state_dict()
-    attach_spag(trainer, tau="calibrate", calibration_batches=3)
+    attach_spag(trainer, tau="calibrate", calibration_batches=3, targets="given")
     assert safety.batches.state_dict() == position
     reference = SafetyBatches.from_pairs(SAFE_PAIRS, tok, batch_size=2, seed=3)
     next(reference)

@@ -64,7 +64,7 @@ def training_args(out, **overrides):
 
 
 # README "Hugging Face Trainer" snippet: the SPAGTrainer(...) call and trainer.train().
-def spag_trainer(out, tok, model, safe_pairs, *, callbacks=(), **args):
+def spag_trainer(out, tok, model, safe_pairs, *, callbacks=(), render=None, **args):
     trainer = SPAGTrainer(
         model=model,
         args=training_args(out, **args),
@@ -73,6 +73,8 @@ def spag_trainer(out, tok, model, safe_pairs, *, callbacks=(), **args):
         data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
         safety=safe_pairs,  # (prompt, refusal) pairs, {prompt, safe} rows or a TrainerSafetyClosure
         spag={"tau": "calibrate"},  # SPAGOptimizer's keyword arguments, or a SPAGConfig
+        targets="given",  # a random tiny model says no refusal: go on with the given ones
+        render=render,
         callbacks=list(callbacks),
     )
     return trainer
@@ -125,6 +127,40 @@ def test_spag_trainer_snippet(tmp_path, bf16):
     for entry, step in zip(train_logs, trainer.spag_callback.history):
         assert math.isclose(entry["spag/safety_loss"], step["safety_loss"], rel_tol=1e-6)
     assert train_logs[-1]["spag/projections"] == spag.num_projections
+    # targets="given" on refusals the model does not say: every log entry says so.
+    assert all(entry["spag/refusals_not_produced"] == 1.0 for entry in train_logs)
+    # The stats where a Trainer user looks, through Accelerate's wrapper.
+    assert trainer.optimizer is not spag and trainer.optimizer.optimizer is spag
+    assert trainer.spag_stats() == pytest.approx(spag.stats(), nan_ok=True)
+    assert trainer.spag_stats()["num_steps"] == MAX_STEPS
+
+
+def test_spag_stats_before_the_optimizer_exists_says_when_it_will(tmp_path):
+    tok = tokenizer()
+    trainer = spag_trainer(tmp_path, tok, tiny_causal_lm(tok), SAFE_PAIRS)
+    with pytest.raises(RuntimeError, match=r"built by train\(\)"):
+        trainer.spag_stats()
+    trainer.create_optimizer()
+    assert trainer.spag_stats()["num_steps"] == 0.0
+
+
+def test_render_sets_the_safety_pairs_format(tmp_path):
+    tok = tokenizer()
+    model = tiny_causal_lm(tok)
+
+    def render(prompt):
+        return f"<|user|> {prompt} <|end|> <|assistant|> "
+
+    trainer = spag_trainer(tmp_path, tok, model, SAFE_PAIRS, render=render)
+    rendered = SafetyBatches.from_pairs(SAFE_PAIRS, tok, render=render).data
+    assert trainer.safety_closure.batches.data == rendered
+    assert rendered != SafetyBatches.from_pairs(SAFE_PAIRS, tok).data  # bos + prompt + "\n"
+    user = tok.convert_tokens_to_ids("<|user|>")
+    assert all(row["input_ids"][0] == user for row in rendered)
+    with pytest.raises(ValueError, match="render= to TrainerSafetyClosure.from_pairs"):
+        spag_trainer(
+            tmp_path, tok, model, TrainerSafetyClosure.from_pairs(SAFE_PAIRS, tok), render=render
+        )
 
 
 @pytest.mark.parametrize(
@@ -214,6 +250,7 @@ def test_a_closure_and_a_number_tau_are_used_as_given(tmp_path):
         ({"safety": SAFE_PAIRS, "spag": {"tau": "calibrated"}}, TypeError, "tau must be a number"),
         ({"safety": SAFE_PAIRS, "spag": [("tau", 0.5)]}, TypeError, "spag= takes"),
         ({"safety": SAFE_PAIRS, "calibration_batches": 0}, ValueError, "calibration_batches"),
+        ({"safety": SAFE_PAIRS, "targets": "mine"}, ValueError, "targets='mine'"),
         (
             {"safety": SAFE_PAIRS, "optimizers": "spag"},
             ValueError,

@@ -56,6 +56,7 @@ def build(out, tok, model, safety, spag=None, **overrides):
         data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
         safety=safety,
         spag=spag,
+        targets="given",  # a random tiny model says no refusal: calibrate on the given ones
     )
 
 
@@ -134,7 +135,7 @@ def test_calibrate_in_any_case_calibrates(tmp_path, spelling):
     assert isinstance(trainer.spag_config.tau, float) and trainer.spag_config.tau > 0
     spag = find_spag_optimizer(trainer.create_optimizer())
     spag.tau = 0.0
-    attach_spag(trainer, tau=spelling)
+    attach_spag(trainer, tau=spelling, targets="given")
     assert spag.tau == pytest.approx(trainer.spag_config.tau, rel=1e-6) and spag.tau > 0
 
 

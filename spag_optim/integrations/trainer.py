@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +51,7 @@ from ..config import CALIBRATE, SPAGConfig, is_calibrate
 from ..distributed import DEEPSPEED_UNSUPPORTED
 from ..factory import make_spag
 from ..hyperparameters import hyperparameters_of
+from ..safety_data import PRODUCED_NLL_MAX, warn_refusals_not_produced
 from ..safety_wrapper import check_number
 from .trainer_closure import TrainerSafetyClosure
 from .trainer_logging import SPAGLoggingCallback, add_spag_logging, find_spag_optimizer
@@ -69,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 
 def attach_spag(
-    trainer: Any, *, tau: Any = None, calibration_batches: int = 8
+    trainer: Any, *, tau: Any = None, calibration_batches: int = 8, targets: Targets = None
 ) -> SPAGLoggingCallback:
     """Make ``trainer`` train with the SPAGOptimizer it was given and log SPAG's stats.
 
@@ -83,6 +84,11 @@ def attach_spag(
       safety backward is scaled like the utility backward;
     * adds a :class:`SPAGLoggingCallback`: ``spag/safety_loss``,
       ``spag/projected``, ``spag/alpha`` and ``spag/projections`` in every log entry;
+    * ``targets`` as for :class:`SPAGTrainerMixin`: by default a calibration that shows the model
+      does not say the given refusals is an error naming the fix; ``"model"`` first replaces them
+      by the model's own (:meth:`TrainerSafetyClosure.use_model_refusals`: the closure must come
+      from :meth:`TrainerSafetyClosure.from_pairs`, whose ``render=`` sets the prompt format);
+      ``"given"`` goes on with them and says so in every log entry;
     * refuses DeepSpeed, which SPAG does not support.
 
     Returns the callback (its ``history`` holds every step's stats).
@@ -100,24 +106,73 @@ def attach_spag(
         tau = CALIBRATE
     elif tau is not None:
         tau = check_number("tau", tau, minimum=0.0)
+    check_targets(targets)
     if getattr(trainer, "is_deepspeed_enabled", False):
         raise NotImplementedError(DEEPSPEED_UNSUPPORTED)
     closure = spag.safety_closure
     if isinstance(closure, TrainerSafetyClosure):
         closure.bind(trainer)
-    if tau == CALIBRATE:
-        if not isinstance(closure, TrainerSafetyClosure):
-            raise ValueError(
-                "tau='calibrate' needs a TrainerSafetyClosure; otherwise call "
-                "spag_optim.calibrate_tau yourself and pass tau="
-            )
-        tau = closure.calibrate_tau(calibration_batches)
-        logger.info("SPAG: calibrated tau = %.4f", tau)
+    elif tau == CALIBRATE or targets == "model":
+        raise ValueError(
+            "tau='calibrate' and targets='model' need a TrainerSafetyClosure; otherwise call "
+            "spag_optim.calibrate_tau yourself and pass tau="
+        )
+    inert = False
+    if isinstance(closure, TrainerSafetyClosure):
+        tau, inert = safety_targets(
+            closure, tau, calibration_batches, targets, "attach_spag(trainer, ..., "
+        )
     if tau is not None:
         spag.tau = tau
     if spag.grad_scaler is None:
         spag.grad_scaler = trainer_grad_scaler(trainer)
-    return add_spag_logging(trainer, spag)
+    callback = add_spag_logging(trainer, spag)
+    callback.refusals_not_produced = inert
+    return callback
+
+
+#: ``targets=``: None (the given refusals, checked), ``"given"`` (unchecked) or ``"model"``.
+Targets = str | None
+TARGETS = (None, "given", "model")
+
+
+def check_targets(targets: Any) -> None:
+    if targets not in TARGETS:
+        raise ValueError(
+            f"targets={targets!r}: pass 'model' (the model's own refusals), 'given' (the given "
+            "ones, even if the model does not say them) or None (the given ones, checked)"
+        )
+
+
+def safety_targets(
+    closure: TrainerSafetyClosure,
+    tau: Any,
+    calibration_batches: int,
+    targets: Targets,
+    call: str,
+) -> tuple[Any, bool]:
+    """Apply ``targets=`` to a bound closure and calibrate tau if asked; returns (tau, whether
+    the run goes on with refusals the model does not produce). ``call`` starts the fix's code."""
+    if targets == "model":
+        kept = closure.use_model_refusals()
+        logger.info("SPAG: %d safety targets in the model's own words", kept)
+    if tau != CALIBRATE:
+        return tau, False
+    tau = closure.mean_safety_loss(calibration_batches)
+    logger.info("SPAG: calibrated tau = %.4f", tau)
+    if not closure.refusals_not_produced(tau):
+        return tau, False
+    if targets is None:
+        raise ValueError(
+            f"SPAG would barely act: the model's loss on the given refusals is {tau:.3g} nats per "
+            f"token (above log 2 = {PRODUCED_NLL_MAX:.3f}), so it does not say them and "
+            f"tau='calibrate' would be that high. Fix: {call}targets=\"model\") trains towards "
+            "the model's own refusals (one greedy generation over the safe prompts now); check "
+            'that render= is the format the model was aligned with; or pass targets="given" '
+            "to go on with these (or a number tau, e.g. the paper's 0.2, to teach them)"
+        )
+    warn_refusals_not_produced(tau)  # and the callback logs spag/refusals_not_produced
+    return tau, True
 
 
 def trainer_grad_scaler(trainer: Any) -> Any | None:
@@ -151,6 +206,21 @@ class SPAGTrainerMixin:
             safety loss over ``calibration_batches`` safe batches when the trainer is constructed
             (the aligned model, before any checkpoint is loaded), as :func:`attach_spag` does.
         calibration_batches: safe batches that ``tau="calibrate"`` averages over.
+        targets: whose refusals SPAG keeps likely. SPARD's tau is the aligned model's loss on
+            them, which means something only if the model says them. None (default): the given
+            ones; when ``tau="calibrate"`` measures more than log 2 nats per refusal token on
+            them (:data:`~spag_optim.safety_data.PRODUCED_NLL_MAX`: the model does not say them,
+            e.g. a public pool's wording), construction fails with the fix. ``"model"``: each
+            safe prompt is answered greedily by the model at construction and the answers that
+            refuse become the targets (:meth:`TrainerSafetyClosure.use_model_refusals`; costs one
+            batched generation of up to 64 tokens per safe prompt, and prompts the model does not
+            refuse are dropped). ``"given"``: the given ones even so; the run then warns and
+            logs ``spag/refusals_not_produced=1`` in every log entry.
+        render: prompt -> the exact text before the refusal (special tokens included), for safety
+            pairs; default the tokenizer's chat template (user turn and assistant header), else
+            ``bos + prompt + "\\n"``. It must be the format the model was aligned and is
+            fine-tuned in: the safety loss of a refusal in another context says little about the
+            model's own.
 
     :meth:`create_optimizer` wraps the optimizer the Trainer creates (from ``args.optim``,
     ``learning_rate``, ``weight_decay``, with its no-decay groups; or the one given in
@@ -165,9 +235,12 @@ class SPAGTrainerMixin:
         safety: SafetyArg,
         spag: SPAGArg = None,
         calibration_batches: int = 8,
+        targets: Targets = None,
+        render: Callable[[str], str] | None = None,
         **kwargs: Any,
     ) -> None:
         config = spag_config(spag)
+        check_targets(targets)
         if (
             isinstance(calibration_batches, bool)
             or not isinstance(calibration_batches, int)
@@ -182,18 +255,31 @@ class SPAGTrainerMixin:
                 f"{type(self).__name__} builds the SPAGOptimizer itself: pass safety= and spag= "
                 "and no SPAGOptimizer in optimizers= (or use Trainer with attach_spag)"
             )
-        closure = trainer_safety_closure(safety, kwargs.get("processing_class"))
+        closure = trainer_safety_closure(safety, kwargs.get("processing_class"), render)
         super().__init__(*args, **kwargs)
         if getattr(self, "is_deepspeed_enabled", False):
             raise NotImplementedError(DEEPSPEED_UNSUPPORTED)
         closure.bind(self)
-        if config.tau == CALIBRATE:
-            tau = closure.calibrate_tau(calibration_batches)
-            logger.info("SPAG: calibrated tau = %.4f", tau)
-            config = dataclasses.replace(config, tau=tau)
+        tau, inert = safety_targets(
+            closure, config.tau, calibration_batches, targets, f"{type(self).__name__}(..., "
+        )
+        config = dataclasses.replace(config, tau=tau)
         self.safety_closure = closure
         self._spag_config = config
         self.spag_callback = add_spag_logging(self)  # type: ignore[arg-type]
+        self.spag_callback.refusals_not_produced = inert
+
+    def spag_stats(self) -> dict[str, float]:
+        """:meth:`SPAGOptimizer.stats() <spag_optim.SPAGOptimizer.stats>` of the trainer's SPAG
+        optimizer, through Accelerate's wrapper (``trainer.optimizer`` is an
+        ``AcceleratedOptimizer`` once training starts); the optimizer exists after ``train()`` or
+        ``create_optimizer()``."""
+        spag = find_spag_optimizer(getattr(self, "optimizer", None))
+        if spag is None:
+            raise RuntimeError(
+                "the SPAG optimizer is built by train() (or create_optimizer()); no stats yet"
+            )
+        return spag.stats()
 
     @property
     def spag_config(self) -> SPAGConfig:
@@ -220,7 +306,8 @@ class SPAGTrainerMixin:
 
 class SPAGTrainer(SPAGTrainerMixin, Trainer):
     """A ``transformers.Trainer`` that trains with SPAG: ``Trainer``'s arguments plus ``safety=``,
-    ``spag=`` and ``calibration_batches=`` (see :class:`SPAGTrainerMixin`)."""
+    ``spag=``, ``calibration_batches=``, ``targets=`` and ``render=`` (see
+    :class:`SPAGTrainerMixin`)."""
 
 
 def spag_config(spag: SPAGArg) -> SPAGConfig:
@@ -237,9 +324,16 @@ def spag_config(spag: SPAGArg) -> SPAGConfig:
     )
 
 
-def trainer_safety_closure(safety: SafetyArg, tokenizer: Any) -> TrainerSafetyClosure:
-    """``safety=`` as an unbound :class:`TrainerSafetyClosure`."""
+def trainer_safety_closure(
+    safety: SafetyArg, tokenizer: Any, render: Callable[[str], str] | None
+) -> TrainerSafetyClosure:
+    """``safety=`` as an unbound :class:`TrainerSafetyClosure` (pairs rendered by ``render``)."""
     if isinstance(safety, TrainerSafetyClosure):
+        if render is not None:
+            raise ValueError(
+                "render= formats safety pairs, and the TrainerSafetyClosure given as safety= is "
+                "already tokenised: pass render= to TrainerSafetyClosure.from_pairs instead"
+            )
         return safety
     if (
         isinstance(safety, (str, bytes, Mapping))
@@ -256,4 +350,4 @@ def trainer_safety_closure(safety: SafetyArg, tokenizer: Any) -> TrainerSafetyCl
             "safety= pairs are tokenised with the trainer's tokenizer: pass "
             "processing_class=tokenizer, or a TrainerSafetyClosure as safety="
         )
-    return TrainerSafetyClosure.from_pairs(safety, tokenizer)
+    return TrainerSafetyClosure.from_pairs(safety, tokenizer, render=render)

@@ -11,6 +11,7 @@ Algorithm 1) on the next safe batch. Re-exported by :mod:`spag_optim.integration
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -19,12 +20,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..safety_data import (
+    PRODUCED_NLL_MAX,
     SafetyBatches,
     calibrate_tau,
     check_batches_fit_model,
     measures_refusal_nll,
     model_loss,
     move_to_device,
+    warn_refusals_not_produced,
 )
 
 __all__ = ["TrainerSafetyClosure"]
@@ -64,6 +67,7 @@ class TrainerSafetyClosure:
         self._seed = int(seed)
         self.loss_fn = loss_fn or model_loss
         self.trainer: Any = None
+        self._pairs: _PairsSource | None = None  # what from_pairs encoded, for use_model_refusals
 
     @classmethod
     def from_pairs(
@@ -79,11 +83,47 @@ class TrainerSafetyClosure:
         padded as :meth:`spag_optim.SafetyBatches.from_pairs` does (``max_length``, ``render``): the
         safety loss is the refusal's negative log-likelihood (the prompt is masked out), whatever the
         trainer's own collator does. ``kwargs`` are the constructor's (``batch_size``, ``seed``,
-        ``loss_fn``)."""
+        ``loss_fn``). The prompts are kept for :meth:`use_model_refusals`."""
+        from ..safety_pairs import padded_pairs, pair_list, pair_prompts
+
+        pairs = pair_list(pairs)
+        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length, render)
+        closure = cls(rows, collate_fn=collate_fn, **kwargs)
+        closure._pairs = _PairsSource(pair_prompts(pairs), tokenizer, max_length, render)
+        return closure
+
+    def use_model_refusals(self) -> int:
+        """Replace the refusals by the bound trainer's model's own, before training: each safe
+        prompt is answered greedily (:func:`~spag_optim.model_refusals.refusals_from_model`, at
+        most 64 new tokens, formatted as the pairs were) and kept where it refuses, so the model
+        produces its targets by construction and the calibrated tau is the aligned model's loss on
+        what it says (SPARD, Algorithm 1). Costs one batched generation over the safe prompts.
+        Only for a closure made by :meth:`from_pairs`; returns how many pairs are kept."""
+        from ..model_refusals import refusals_from_model
         from ..safety_pairs import padded_pairs
 
-        rows, collate_fn = padded_pairs(pairs, tokenizer, max_length, render)
-        return cls(rows, collate_fn=collate_fn, **kwargs)
+        if self.trainer is None:
+            raise RuntimeError("bind the closure to a trainer first (attach_spag does)")
+        if self._pairs is None:
+            raise ValueError(
+                "targets='model' needs the safety prompts: build the closure with "
+                "TrainerSafetyClosure.from_pairs(pairs, tokenizer), or pass safety= pairs"
+            )
+        source = self._pairs
+        pairs = refusals_from_model(
+            self.trainer.model,
+            source.tokenizer,
+            source.prompts,
+            render=source.render,
+            device=self.trainer.args.device,
+        )
+        rows, _ = padded_pairs(pairs, source.tokenizer, source.max_length, source.render)
+        batches = self.batches
+        self.batches = SafetyBatches(
+            rows, batch_size=batches.batch_size, collate_fn=batches.collate_fn, seed=batches.seed
+        )
+        check_batches_fit_model(self.trainer.model, self.batches)
+        return len(rows)
 
     def bind(self, trainer: Any) -> None:
         """Use ``trainer``'s model, collator, device and rank from now on; refuses (before
@@ -125,7 +165,22 @@ class TrainerSafetyClosure:
         """:func:`spag_optim.calibrate_tau` with the trainer's model, device and autocast, from the
         closure's current position, which it leaves unchanged. Under torch.distributed the ranks'
         values (each from its own safe batches) are averaged: every rank needs the same tau to take
-        the same projection decisions.
+        the same projection decisions. Warns as ``calibrate_tau`` does when the (averaged) loss
+        shows the model does not produce the refusals (:meth:`refusals_not_produced`)."""
+        tau = self.mean_safety_loss(num_batches)
+        if self.refusals_not_produced(tau):
+            warn_refusals_not_produced(tau)
+        return tau
+
+    def refusals_not_produced(self, loss: float) -> bool:
+        """Whether ``loss`` (from :meth:`mean_safety_loss`) is a refusal NLL above
+        :data:`~spag_optim.safety_data.PRODUCED_NLL_MAX`: the model does not say these refusals,
+        and a tau calibrated on them leaves SPAG nearly inert."""
+        return measures_refusal_nll(self.batches, self.loss_fn) and loss > PRODUCED_NLL_MAX
+
+    def mean_safety_loss(self, num_batches: int = 8) -> float:
+        """:meth:`calibrate_tau` without its warning: the mean over ``num_batches`` safe batches,
+        averaged over the ranks.
 
         The loss is measured in the precision training will measure it in: before training the
         model is not yet wrapped in Accelerate's autocast, so the trainer's ``bf16``/``fp16``
@@ -143,7 +198,7 @@ class TrainerSafetyClosure:
             self.batches,
             num_batches,
             loss_fn,
-            loss_is_nll=measures_refusal_nll(self.batches, self.loss_fn),
+            loss_is_nll=False,  # checked by the caller, on the mean over ranks
         )
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             total = torch.tensor([tau], dtype=torch.float64, device=self.trainer.args.device)
@@ -167,6 +222,16 @@ class TrainerSafetyClosure:
         equally long data)."""
         self.check_state_dict(state)
         self.batches.load_state_dict(state["batches"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _PairsSource:
+    """How :meth:`TrainerSafetyClosure.from_pairs` encoded its pairs."""
+
+    prompts: list[str]
+    tokenizer: Any
+    max_length: int | None
+    render: Callable[[str], str] | None
 
 
 def _unbound_collate(rows: list) -> Any:

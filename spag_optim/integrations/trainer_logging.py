@@ -49,6 +49,10 @@ class SPAGLoggingCallback(TrainerCallback):
     - ``spag/projections``: projections since training began: the optimizer's own counter
       (``num_interventions``, saved in its checkpoint), so it continues after a resume.
 
+    And ``spag/refusals_not_produced`` (1.0) when ``refusals_not_produced`` is set: the run goes on
+    with a tau calibrated on refusals the model does not say (``targets="given"``), so the defense
+    barely acts.
+
     ``history`` keeps every step's stats as floats for scripts that want more than the logs.
     Pass ``optimizer`` when the Trainer's own optimizer is not the SPAG one (or not yet built);
     otherwise it is found in the callback arguments, through Accelerate's wrapper.
@@ -60,6 +64,7 @@ class SPAGLoggingCallback(TrainerCallback):
         self.projections = 0
         self._since_log: list[dict[str, float]] = []
         self._warned = False
+        self.refusals_not_produced = False
 
     def _spag(self, optimizer: Any) -> Any | None:
         spag = find_spag_optimizer(self.optimizer if self.optimizer is not None else optimizer)
@@ -105,6 +110,8 @@ class SPAGLoggingCallback(TrainerCallback):
             "spag/alpha": math.fsum(s["alpha"] for s in steps) / len(steps),
             "spag/projections": self.projections,
         }
+        if self.refusals_not_produced:
+            added["spag/refusals_not_produced"] = 1.0
         logs.update(added)
         # Trainer.log appends its entry to log_history before calling on_log: complete it too.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
