@@ -57,7 +57,7 @@ from _demo.alignment import (  # noqa: E402
     weights_sha256,  # noqa: E402
 )
 from _demo.attack import run_attack  # noqa: E402
-from _demo.config import ATTACKS, RECIPES  # noqa: E402
+from _demo.config import ATTACKS, RECIPES, parse_presets  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key, numeric_environment  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
@@ -350,10 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--numerics portable fixes the kernels itself: leave out --environments"
                 )
             environments = ["portable"]
-        recipes = list(dict.fromkeys(r.strip() for r in args.recipes.split(",") if r.strip()))
-        unknown = [r for r in recipes if r not in RECIPES]
-        if unknown or not recipes:
-            raise ValueError(f"unknown or no recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
+        recipes = parse_presets(args.recipes, RECIPES, "recipe(s)")
         if args.workers < 1 or args.threads < 1:
             raise ValueError("--workers and --threads must be at least 1")
         sweep(

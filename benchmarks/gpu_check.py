@@ -66,46 +66,36 @@ PEAK_GBPS = [
     ("T4", 320.0),
 ]
 
-FULL = {
-    "sizes": [1_000_000, 10_000_000],
-    "d": 4096,
-    "k": 16,
-    "lazy_n": 1_000_000,
-    "lazy_k": 64,
-    "subset": 20_000,
-    "subset_k": 30,
-    "tests": ["tests"],
-    "llama": dict(
-        vocab_size=32000,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=16,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-    ),
-    "tokens": (8, 256),
-    "steps": 10,
+#: Each size as (the device check, ``--smoke`` at toy sizes on the CPU), side by side so the
+#: smoke run visibly exercises the same code at scaled-down sizes.
+SIZES = {
+    "sizes": ([1_000_000, 10_000_000], [2_000, 8_000]),
+    "d": (4096, 64),
+    "k": (16, 8),
+    "lazy_n": (1_000_000, 4_000),
+    "lazy_k": (64, 24),
+    "subset": (20_000, 1_000),
+    "subset_k": (30, 20),
+    "tests": (["tests"], ["tests/test_dpp_device_pass.py"]),
+    "tokens": ((8, 256), (2, 16)),
+    "steps": (10, 2),
 }
-SMOKE = {
-    "sizes": [2_000, 8_000],
-    "d": 64,
-    "k": 8,
-    "lazy_n": 4_000,
-    "lazy_k": 24,
-    "subset": 1_000,
-    "subset_k": 20,
-    "tests": ["tests/test_dpp_device_pass.py"],
-    "llama": dict(
-        vocab_size=2048,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-    ),
-    "tokens": (2, 16),
-    "steps": 2,
+#: ``LlamaConfig`` arguments, (~1B parameters, toy) as above.
+LLAMA = {
+    "vocab_size": (32000, 2048),
+    "hidden_size": (2048, 64),
+    "intermediate_size": (5632, 128),
+    "num_hidden_layers": (16, 2),
+    "num_attention_heads": (16, 4),
+    "num_key_value_heads": (16, 4),
 }
+
+
+def run_sizes(smoke: bool) -> dict[str, Any]:
+    """The sizes of one run: the device check's, or the smoke run's with ``smoke``."""
+    sizes = {key: pair[smoke] for key, pair in SIZES.items()}
+    sizes["llama"] = {key: pair[smoke] for key, pair in LLAMA.items()}
+    return sizes
 
 
 def peak_gbps(name: str, override: float | None) -> float | None:
@@ -322,7 +312,7 @@ def markdown(report: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    sizes = SMOKE if args.smoke else FULL
+    sizes = run_sizes(args.smoke)
     device = torch.device("cpu" if args.smoke else "cuda")
     if args.smoke:
         torch.set_num_threads(1)  # CI machines are shared: threads waiting on busy cores

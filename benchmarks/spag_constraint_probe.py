@@ -26,7 +26,6 @@ Then ASR and utility as the sweep measures them. Run it niced, on one thread::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -35,19 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 from _demo import evaluation  # noqa: E402
 from _demo.alignment import aligned_model  # noqa: E402
+from _demo.attack import lora_copy  # noqa: E402
 from _demo.config import DemoConfig, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.encoding import encode  # noqa: E402
 from _demo.methods import PENALTY_LAMBDA  # noqa: E402
 from _demo.selection import SafeSelector  # noqa: E402
-from lora_targets import DEFAULT_LORA_TARGETS  # noqa: E402
 from spag_optim import SafetyBatches, SPAGOptimizer  # noqa: E402
 from spag_optim.baselines import PenaltyOptimizer  # noqa: E402
 from spag_optim.safety_pairs import PaddingCollator  # noqa: E402
@@ -141,14 +139,7 @@ def run(
         "safe_rows": len(safe),
     }
     torch.manual_seed(config.seed)
-    lora = LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=0.0,
-        target_modules=list(DEFAULT_LORA_TARGETS),
-    )
-    model = get_peft_model(copy.deepcopy(aligned), lora)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, params = lora_copy(aligned, config)
     batches = SafetyBatches(
         encode(tok, safe), batch_size=config.safety_batch, collate_fn=collate, seed=seed
     )

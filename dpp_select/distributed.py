@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from .engine.device_pass import full_pass_greedy
-from .engine.kernel import check_scalars, dpp_weights, make_pass
+from .engine.kernel import GreedyInputs, check_scalars, dpp_weights, make_pass
 from .engine.lazy import run_lazy
 
 __all__ = [
@@ -217,7 +217,7 @@ def sharded_greedy(
         norms,
     )
     run = run_lazy if lazy else full_pass_greedy
-    return run(xpass, norms, w, int(k), float(jitter), float(eps), shard)
+    return run(GreedyInputs(xpass, norms, w, int(k), float(jitter), float(eps), shard))
 
 
 def agree_sizes(group: Any, n_pool: int, target_emb: Any, **arguments: Any) -> tuple[int, int]:

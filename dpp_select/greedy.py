@@ -18,6 +18,7 @@ from .distributed import sharded_greedy
 from .engine.device_pass import full_pass_greedy
 from .engine.kernel import (
     EarlyStopWarning,
+    GreedyInputs,
     GreedyResult,
     NoRelevanceWarning,
     check_scalars,
@@ -62,9 +63,8 @@ def greedy_dpp_result(
             f"k={k} exceeds the pool size N={xpass.n}; ask for at most {xpass.n} items"
         )
     w = dpp_weights(quality, xpass.n, beta)
-    if lazy:
-        return run_lazy(xpass, norms, w, int(k), float(jitter), float(eps))
-    return full_pass_greedy(xpass, norms, w, int(k), float(jitter), float(eps))
+    inputs = GreedyInputs(xpass, norms, w, int(k), float(jitter), float(eps))
+    return run_lazy(inputs) if lazy else full_pass_greedy(inputs)
 
 
 def greedy_dpp(*args: Any, **kwargs: Any) -> np.ndarray:

@@ -14,6 +14,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,27 +87,17 @@ def select_safe_rows(
             f"examples but --safe-pool has {len(pool)}; lower the ratio or grow the pool"
         )
 
-    def texts(pairs: Sequence[tuple[str, str]]) -> list[str]:
-        return [format_prompt(tokenizer, p) + a for p, a in pairs]
+    def embed(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return embed_texts(
+            [format_prompt(tokenizer, p) + a for p, a in pairs],
+            model,
+            tokenizer,
+            batch_size=args.eval_batch_size,
+            max_length=args.max_length,
+            device=device,
+            progress=False,
+        )
 
-    batch = args.eval_batch_size
-    pool_emb = embed_texts(
-        texts(pool),
-        model,
-        tokenizer,
-        batch_size=batch,
-        max_length=args.max_length,
-        device=device,
-        progress=False,
-    )
-    target_emb = embed_texts(
-        texts(finetune),
-        model,
-        tokenizer,
-        batch_size=batch,
-        max_length=args.max_length,
-        device=device,
-        progress=False,
-    )
+    pool_emb, target_emb = embed(pool), embed(finetune)
     result = select(pool_emb, target_emb, k=k, method="dpp", beta=args.beta, seed=args.seed)
     return [int(i) for i in result.indices]

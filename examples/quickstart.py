@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the demo's own helpe
 from _demo import evaluation  # noqa: E402
 from _demo.alignment import SHIPPED, aligned_model, weights_sha256  # noqa: E402
 from _demo.attack import run_attack  # noqa: E402
-from _demo.config import ATTACKS, SMOKE, DemoConfig, with_attack  # noqa: E402
+from _demo.config import ATTACKS, SMOKE, DemoConfig, parse_presets, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.intervals import parse_seeds  # noqa: E402
 from _demo.methods import METHODS, resolve_methods  # noqa: E402
@@ -167,10 +167,7 @@ def run_methods(names, aligned, data, config: DemoConfig, progress: bool) -> tup
 def _check(args: argparse.Namespace) -> tuple[list[str], list[str], list[int]]:
     """The methods, attacks and seeds, or ValueError with what is wrong."""
     names = resolve_methods(args.methods)
-    attacks = list(dict.fromkeys(a.strip() for a in args.attacks.split(",") if a.strip()))
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown or not attacks:
-        raise ValueError(f"unknown or no attack(s) {unknown}; choose from {', '.join(ATTACKS)}")
+    attacks = parse_presets(args.attacks, ATTACKS, "attack(s)")
     if args.threads < 1 or args.workers < 1:
         raise ValueError("--threads and --workers must be at least 1")
     return names, attacks, parse_seeds(args.seeds)

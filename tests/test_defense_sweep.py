@@ -2,7 +2,8 @@
 with tabulated quantiles, resumption (a finished cell is never recomputed, a new method only adds
 its cells), that re-running a stored cell reproduces its numbers exactly, that two runs at once
 lose no cell, that a bad results file stops the run before anything changes, that a method's
-options and the environment are part of the key, and the graded refusal probability."""
+options and the environment are part of the key, the graded refusal probability, and the
+verdicts (the report on hand-built cells is in test_defense_sweep_report.py)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,12 @@ pytest.importorskip("peft")
 pytest.importorskip("scipy")
 
 import defense_sweep  # noqa: E402
-import defense_sweep_report as report  # noqa: E402
 from _demo import evaluation  # noqa: E402
 from _demo.alignment import aligned_model  # noqa: E402
 from _demo.config import SMOKE, with_attack  # noqa: E402
 from _demo.dataset import make_demo_data  # noqa: E402
 from _demo.environment import environment_key  # noqa: E402
 from _demo.intervals import parse_seeds, t_interval, verdict  # noqa: E402
-from defense_sweep_report import write_markdown  # noqa: E402
-
-from helpers.sweep_cells import sweep_cell as _cell  # noqa: E402
 
 #: Two-sided 95% Student-t quantiles t(0.975, df) from a printed table.
 T975 = {1: 12.7062047, 2: 4.3026527, 4: 2.7764451, 9: 2.2621572}
@@ -356,71 +353,6 @@ def test_a_prompt_whose_refusal_probability_exceeds_one_half_is_refused_by_greed
     verdicts = evaluation.harmful_verdicts(model, tok, data.heldout_harmful)
     assert all(v == 0 for p, v in zip(probs, verdicts) if p > 0.5)
     assert all(0.0 <= p <= 1.0 for p in probs)
-
-
-def test_the_report_puts_environments_side_by_side_with_paired_differences_and_verdicts(tmp_path):
-    spard = {"native": (0.1, 0.2, 0.3), "avx2": (0.2, 0.2, 0.4)}
-    cells = [_cell("sft", "heavy", s, 1.0, e) for e in spard for s in range(3)]
-    cells += [
-        _cell("spard", "heavy", s, a, e, refusal=1 - a)
-        for e, asrs in spard.items()
-        for s, a in enumerate(asrs)
-    ]
-    cells += [_cell("spard", "heavy", s, 0.0, "legacy") for s in range(5)]  # never compared
-    text = write_markdown(
-        tmp_path / "t.md", cells, [{"cells": 12, "wall_seconds": 60.0, "workers": 1}]
-    ).read_text()
-    row = next(
-        line for line in text.splitlines() if line.startswith("| `spard` |") and "ΔASR" not in line
-    )
-    mean, half = t_interval([0.1, 0.2, 0.3])
-    assert (
-        f"| `spard` | {mean:.2f} ± {half:.2f} [3] |" in row
-    )  # native first, from 3 seeds, legacy not mixed in
-    diff, diff_half = t_interval([0.1, 0.0, 0.1])
-    assert f"{diff:.2f} ± {diff_half:.2f} [3]" in row  # avx2 - native, paired by seed
-    assert row.endswith("| lower/lower | -/- | yes |")  # spard below sft in both environments
-    assert "12 cells in 1.0 min (1 workers)" in text
-    assert "## Legacy cells" in text and "| `spard` | 0.00 ± 0.00 [5] |" in text
-    worst = next(
-        line
-        for line in text.splitlines()
-        if line.startswith("| `spard` | ") and "left out" not in line and line.count("|") == 6
-    )
-    assert (
-        worst
-        == f"| `spard` | {mean:.2f} ± {half:.2f} [3] | 0 | {t_interval([0.2, 0.2, 0.4])[0]:.2f} ± {t_interval([0.2, 0.2, 0.4])[1]:.2f} [3] | 0 |"
-    )
-
-
-def test_the_report_works_on_partial_data_and_says_so(tmp_path):
-    cells = [
-        _cell("sft", "heavy", 0, 1.0),
-        _cell("spard", "heavy", 0, 0.5),
-        _cell("spard", "strong", 1, 0.0, "avx2"),
-    ]
-    text = write_markdown(tmp_path / "t.md", cells).read_text()
-    assert "| `spard` | 0.50 [1] | - |" in text  # one seed: a mean without an interval
-    assert "pending" in text  # no verdict from one seed
-
-
-def test_the_worst_case_leaves_out_attacks_that_cost_more_than_a_tenth_of_sfts_utility():
-    index = report._index(
-        [
-            _cell("sft", "standard", 0, 1.0, utility=0.9),
-            _cell("sft", "heavy", 0, 1.0, utility=0.9),
-            _cell("spard", "standard", 0, 0.2, utility=0.85),
-            _cell("spard", "heavy", 0, 0.9, utility=0.5),
-            _cell("penalty", "standard", 0, 0.1, utility=0.1),
-            _cell("penalty", "heavy", 0, 0.7, utility=0.2),
-        ]
-    )
-    worst = report._worst_case(index, ["spard", "penalty"], ["standard", "heavy"], "native")
-    assert worst["spard"] == (
-        [0.2],
-        0,
-    )  # heavy kept 0.5 < 0.9 * 0.9: not a valid attack configuration
-    assert worst["penalty"] == ([], 1)  # no preset kept utility: left out, counted
 
 
 def test_verdicts_need_an_interval_that_excludes_zero():

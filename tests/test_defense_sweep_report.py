@@ -132,3 +132,68 @@ def test_a_results_file_the_report_cannot_use_is_one_line(tmp_path, capsys, stat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_the_report_puts_environments_side_by_side_with_paired_differences_and_verdicts(tmp_path):
+    spard = {"native": (0.1, 0.2, 0.3), "avx2": (0.2, 0.2, 0.4)}
+    cells = [sweep_cell("sft", "heavy", s, 1.0, e) for e in spard for s in range(3)]
+    cells += [
+        sweep_cell("spard", "heavy", s, a, e, refusal=1 - a)
+        for e, asrs in spard.items()
+        for s, a in enumerate(asrs)
+    ]
+    cells += [sweep_cell("spard", "heavy", s, 0.0, "legacy") for s in range(5)]  # never compared
+    text = write_markdown(
+        tmp_path / "t.md", cells, [{"cells": 12, "wall_seconds": 60.0, "workers": 1}]
+    ).read_text()
+    spard_row = next(
+        line for line in text.splitlines() if line.startswith("| `spard` |") and "ΔASR" not in line
+    )
+    mean, half = t_interval([0.1, 0.2, 0.3])
+    assert (
+        f"| `spard` | {mean:.2f} ± {half:.2f} [3] |" in spard_row
+    )  # native first, from 3 seeds, legacy not mixed in
+    diff, diff_half = t_interval([0.1, 0.0, 0.1])
+    assert f"{diff:.2f} ± {diff_half:.2f} [3]" in spard_row  # avx2 - native, paired by seed
+    assert spard_row.endswith("| lower/lower | -/- | yes |")  # spard below sft in both environments
+    assert "12 cells in 1.0 min (1 workers)" in text
+    assert "## Legacy cells" in text and "| `spard` | 0.00 ± 0.00 [5] |" in text
+    worst = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("| `spard` | ") and "left out" not in line and line.count("|") == 6
+    )
+    assert (
+        worst
+        == f"| `spard` | {mean:.2f} ± {half:.2f} [3] | 0 | {t_interval([0.2, 0.2, 0.4])[0]:.2f} ± {t_interval([0.2, 0.2, 0.4])[1]:.2f} [3] | 0 |"
+    )
+
+
+def test_the_report_works_on_partial_data_and_says_so(tmp_path):
+    cells = [
+        sweep_cell("sft", "heavy", 0, 1.0),
+        sweep_cell("spard", "heavy", 0, 0.5),
+        sweep_cell("spard", "strong", 1, 0.0, "avx2"),
+    ]
+    text = write_markdown(tmp_path / "t.md", cells).read_text()
+    assert "| `spard` | 0.50 [1] | - |" in text  # one seed: a mean without an interval
+    assert "pending" in text  # no verdict from one seed
+
+
+def test_the_worst_case_leaves_out_attacks_that_cost_more_than_a_tenth_of_sfts_utility():
+    index = report._index(
+        [
+            sweep_cell("sft", "standard", 0, 1.0, utility=0.9),
+            sweep_cell("sft", "heavy", 0, 1.0, utility=0.9),
+            sweep_cell("spard", "standard", 0, 0.2, utility=0.85),
+            sweep_cell("spard", "heavy", 0, 0.9, utility=0.5),
+            sweep_cell("penalty", "standard", 0, 0.1, utility=0.1),
+            sweep_cell("penalty", "heavy", 0, 0.7, utility=0.2),
+        ]
+    )
+    worst = report._worst_case(index, ["spard", "penalty"], ["standard", "heavy"], "native")
+    assert worst["spard"] == (
+        [0.2],
+        0,
+    )  # heavy kept 0.5 < 0.9 * 0.9: not a valid attack configuration
+    assert worst["penalty"] == ([], 1)  # no preset kept utility: left out, counted

@@ -1,6 +1,7 @@
 """The demo's aligned-model recipes (examples/_demo/config.py RECIPES) and the varied refusal
 style: what each recipe changes, that the base recipe's records and keys stay as they were, and
-that every varied refusal is one the judge and the refusal probability see."""
+that every varied refusal is one the judge and the refusal probability see; and how a
+comma-separated list of presets (recipes, attacks) is read from the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ pytest.importorskip("transformers")
 
 from _demo import data  # noqa: E402
 from _demo.alignment import cache_key  # noqa: E402
-from _demo.config import RECIPES, AlignmentSettings, DemoConfig, with_recipe  # noqa: E402
+from _demo.config import (  # noqa: E402
+    ATTACKS,
+    RECIPES,
+    AlignmentSettings,
+    DemoConfig,
+    parse_presets,
+    with_recipe,
+)
 from _demo.dataset import make_demo_data  # noqa: E402
 from spag_optim.evaluation import KeywordRefusalJudge  # noqa: E402
 
@@ -23,6 +31,16 @@ def test_recipes_change_only_what_stage_one_depends_on():
         assert set(changes) <= stage_one, name
     with pytest.raises(ValueError, match="unknown recipe"):
         with_recipe(DemoConfig(), "tall")
+
+
+def test_preset_lists_keep_the_order_given_drop_repeats_and_name_the_unknown():
+    assert parse_presets(" wide,base,wide ,", RECIPES, "recipe(s)") == ["wide", "base"]
+    with pytest.raises(
+        ValueError, match=r"unknown or no attack\(s\) \['tall'\]; choose from standard"
+    ):
+        parse_presets("strong,tall", ATTACKS, "attack(s)")
+    with pytest.raises(ValueError, match=r"unknown or no recipe\(s\) \[\]"):
+        parse_presets(" , ", RECIPES, "recipe(s)")
 
 
 def test_every_recipe_trains_another_aligned_model():

@@ -20,42 +20,32 @@ independent of N; extending the basis on the host is O(k d).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from .backends import TorchPass
 from .device_rescore import rescore_on_device
-from .kernel import MARGIN, GreedyResult, WholePool, extend_basis, finish, run_full_pass
+from .kernel import MARGIN, GreedyInputs, GreedyResult, extend_basis, finish, run_full_pass
 
 __all__ = ["full_pass_greedy", "run_device_pass"]
 
 
-def full_pass_greedy(
-    xpass: Any,
-    norms: np.ndarray,
-    w: np.ndarray,
-    k: int,
-    jitter: float,
-    eps: float,
-    pool: Any = None,
-) -> GreedyResult:
-    """The full-pass greedy for ``xpass``: on the device for the torch backend, else NumPy."""
-    run = run_device_pass if isinstance(xpass, TorchPass) else run_full_pass
-    return run(xpass, norms, w, k, jitter, eps, pool)
+def full_pass_greedy(inputs: GreedyInputs) -> GreedyResult:
+    """The full-pass greedy for ``inputs.xpass``: on the device for the torch backend, else
+    NumPy."""
+    run = run_device_pass if isinstance(inputs.xpass, TorchPass) else run_full_pass
+    return run(inputs)
 
 
 class _DeviceGreedy:
     """The full-pass greedy with its O(N) state on ``xpass``'s device and its basis on both
     sides; ``best`` and ``add`` are one pick, everything else in ``__init__`` is set up once."""
 
-    def __init__(
-        self, xpass: TorchPass, norms: np.ndarray, w: np.ndarray, k: int, jitter: float, pool: Any
-    ) -> None:
+    def __init__(self, inputs: GreedyInputs) -> None:
+        xpass, w, k, jitter, pool = inputs.xpass, inputs.w, inputs.k, inputs.jitter, inputs.pool
         dev = xpass.device
         self.xpass, self.pool, self.jitter = xpass, pool, jitter
-        self.scale_host = w / norms  # f_i = scale_i * x_i
+        self.scale_host = w / inputs.norms  # f_i = scale_i * x_i
         base = w * w + jitter  # L_ii
         self.margin = MARGIN * pool.max_diagonal(base)
         self.scale = torch.from_numpy(self.scale_host).to(dev)
@@ -129,21 +119,12 @@ class _DeviceGreedy:
         return torch.nonzero(self.mask).squeeze(1)
 
 
-def run_device_pass(
-    xpass: TorchPass,
-    norms: np.ndarray,
-    w: np.ndarray,
-    k: int,
-    jitter: float,
-    eps: float,
-    pool: Any = None,
-) -> GreedyResult:
-    """``kernel.run_full_pass`` with the O(N) work on ``xpass``'s device (module docstring).
-
-    ``pool`` is ``kernel.WholePool`` for one process or ``distributed.Shard`` for this rank's
-    block of a sharded pool; it receives host arrays of the contenders only."""
-    pool = WholePool() if pool is None else pool
-    greedy = _DeviceGreedy(xpass, norms, w, k, jitter, pool)
+def run_device_pass(inputs: GreedyInputs) -> GreedyResult:
+    """``kernel.run_full_pass`` with the O(N) work on ``inputs.xpass``'s device (module
+    docstring); the pool (``kernel.WholePool`` or ``distributed.Shard``) receives host arrays
+    of the contenders only."""
+    k, eps, pool = inputs.k, inputs.eps, inputs.pool
+    greedy = _DeviceGreedy(inputs)
     picks: list[int] = []
     gains: list[float] = []
     for t in range(k):

@@ -28,7 +28,7 @@ import logging
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ __all__ = [
     "CHUNK",
     "MARGIN",
     "EarlyStopWarning",
+    "GreedyInputs",
     "GreedyResult",
     "NoRelevanceWarning",
     "WholePool",
@@ -178,22 +179,27 @@ class WholePool:
         return count
 
 
-def run_full_pass(
-    xpass: Any,
-    norms: np.ndarray,
-    w: np.ndarray,
-    k: int,
-    jitter: float,
-    eps: float,
-    pool: Any = None,
-) -> GreedyResult:
-    """The full-pass greedy: one float32 pass over the pool per pick (module docstring).
+@dataclass(frozen=True)
+class GreedyInputs:
+    """What every greedy runner takes (full pass, on the device, lazy): the pass over the
+    embeddings ``xpass`` and their norms, the DPP weights ``w``, the ``k`` picks asked for, the
+    kernel's ``jitter``, the stopping gain ``eps``, and the ``pool``: :class:`WholePool` for one
+    process, or ``distributed.Shard`` for this rank's block of a sharded pool."""
 
-    ``pool`` is :class:`WholePool` for one process, or ``distributed.Shard`` for this rank's
-    block of a sharded pool."""
-    pool = WholePool() if pool is None else pool
+    xpass: Any
+    norms: np.ndarray
+    w: np.ndarray
+    k: int
+    jitter: float
+    eps: float
+    pool: Any = field(default_factory=WholePool)
+
+
+def run_full_pass(inputs: GreedyInputs) -> GreedyResult:
+    """The full-pass greedy: one float32 pass over the pool per pick (module docstring)."""
+    xpass, w, k, jitter, pool = inputs.xpass, inputs.w, inputs.k, inputs.jitter, inputs.pool
     n, d = xpass.n, xpass.d
-    scale = w / norms  # f_i = scale_i * x_i
+    scale = w / inputs.norms  # f_i = scale_i * x_i
     base = w * w + jitter  # L_ii: cos(x_i, x_i) = 1
     gain = base.copy()
     err = np.zeros(n)  # rigorous bound on |gain - exact float64 gain|
@@ -237,7 +243,7 @@ def run_full_pass(
         rescored += stale.size
         # Gains within the rounding margin of the best are ties; the lowest index wins.
         best_gain, choice = pool.pick(contenders, gain[contenders], margin)
-        if not best_gain >= eps:
+        if not best_gain >= inputs.eps:
             break
         f = pool.features(xpass, choice, scale)
         if not extend_basis(f, jitter, basis_a, basis_b, t):
@@ -247,7 +253,7 @@ def run_full_pass(
         if 0 <= choice - pool.offset < n:
             gain[choice - pool.offset] = -np.inf
             err[choice - pool.offset] = 0.0
-    return finish(picks, gains, pool.total_rescored(rescored), k, eps, float(passes))
+    return finish(picks, gains, pool.total_rescored(rescored), k, inputs.eps, float(passes))
 
 
 def _fold_pass(

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .array_ops import for_device
-from .kernel import MARGIN, GreedyResult, WholePool, extend_basis, finish
+from .kernel import MARGIN, GreedyInputs, GreedyResult, extend_basis, finish
 
 __all__ = ["run_lazy"]
 
@@ -59,22 +59,14 @@ _BUDGET = 0.6  # lazy work allowed per step, as a share of that step's full pass
 _MAX_COOLDOWN = 64  # most full-pass steps between two lazy attempts
 
 
-def run_lazy(
-    xpass: Any,
-    norms: np.ndarray,
-    w: np.ndarray,
-    k: int,
-    jitter: float,
-    eps: float,
-    pool: Any = None,
-) -> GreedyResult:
+def run_lazy(inputs: GreedyInputs) -> GreedyResult:
     """Lazy greedy with the inputs of ``kernel.run_full_pass``; the same picks, gains and
-    stopping rule. ``pool`` is ``kernel.WholePool`` or a ``distributed.Shard``: on a shard each
+    stopping rule. The pool is ``kernel.WholePool`` or a ``distributed.Shard``: on a shard each
     rank brings forward its own candidates until none left behind can reach its best lower
     bound; the largest of those bounds over the ranks (never below any rank's own) decides the
     contenders, so every candidate that can reach it has been brought forward."""
-    pool = WholePool() if pool is None else pool
-    return _LazyGreedy(xpass, norms, w, k, jitter, pool).run(k, eps)
+    greedy = _LazyGreedy(inputs.xpass, inputs.norms, inputs.w, inputs.k, inputs.jitter, inputs.pool)
+    return greedy.run(inputs.k, inputs.eps)
 
 
 class _LazyGreedy:

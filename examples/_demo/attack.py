@@ -32,7 +32,7 @@ from .methods import Method
 from .optimizers import interventions
 from .training import train
 
-__all__ = ["AttackOutcome", "run_attack"]
+__all__ = ["AttackOutcome", "lora_copy", "run_attack"]
 
 
 @dataclass
@@ -41,6 +41,21 @@ class AttackOutcome:
     projections: int
     seconds: float
     safety_losses: list[float] = field(default_factory=list)  # the wrapper's safety loss per step
+
+
+def lora_copy(
+    aligned: PreTrainedModel, config: DemoConfig
+) -> tuple[PreTrainedModel, list[torch.nn.Parameter]]:
+    """A LoRA copy of ``aligned`` (the demo's rank and alpha on ``DEFAULT_LORA_TARGETS``, no
+    dropout) and its trainable parameters; ``aligned`` itself is left untouched."""
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(DEFAULT_LORA_TARGETS),
+    )
+    model = get_peft_model(copy.deepcopy(aligned), lora)
+    return model, [p for p in model.parameters() if p.requires_grad]
 
 
 def run_attack(
@@ -64,14 +79,7 @@ def run_attack(
         model = guardspace_model(aligned, tokenizer, safe, config, list(DEFAULT_LORA_TARGETS))
         trainable = adapter_parameters(model)
     else:
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=0.0,
-            target_modules=list(DEFAULT_LORA_TARGETS),
-        )
-        model = get_peft_model(copy.deepcopy(aligned), lora)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        model, trainable = lora_copy(aligned, config)
     optimizer: torch.optim.Optimizer = torch.optim.AdamW(trainable, lr=config.finetune_lr)
     losses: list[float] = []
     rows = list(finetune)

@@ -8,7 +8,15 @@ from typing import Any
 
 from .data import REFUSAL_STYLES
 
-__all__ = ["DemoConfig", "SMOKE", "ATTACKS", "RECIPES", "with_attack", "with_recipe"]
+__all__ = [
+    "DemoConfig",
+    "SMOKE",
+    "ATTACKS",
+    "RECIPES",
+    "parse_presets",
+    "with_attack",
+    "with_recipe",
+]
 
 
 @dataclass(frozen=True)
@@ -160,3 +168,14 @@ def with_recipe(config: DemoConfig, recipe: str) -> DemoConfig:
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     return replace(config, **RECIPES[recipe])
+
+
+def parse_presets(spec: str, presets: dict[str, dict[str, Any]], what: str) -> list[str]:
+    """The comma-separated preset names in ``spec`` (:data:`ATTACKS` or :data:`RECIPES`), in the
+    order given, without duplicates; ValueError naming the unknown ones (``what``, e.g.
+    ``"attack(s)"``) and the choices, or when none is given."""
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    unknown = [n for n in names if n not in presets]
+    if unknown or not names:
+        raise ValueError(f"unknown or no {what} {unknown}; choose from {', '.join(presets)}")
+    return names
