@@ -14,6 +14,7 @@ while slows both sides of the same pair; the median of the pairs is reported. Wr
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--methods {args.methods} --attacks {args.attacks}`: wall time of the whole quickstart "
         "process, native and portable interleaved; the ratio is per pair (median, range).",
         f"Machine: {env['cpu']}, {env['capability']} kernels natively, torch {env['torch']}, "
-        f"Python {env['python']}; 2 cores shared with other work while it ran.",
+        f"Python {env['python']}, {os.cpu_count()} cores.",
         "",
         "| what | pairs | native s | portable s | portable / native |",
         "| --- | --- | --- | --- | --- |",
